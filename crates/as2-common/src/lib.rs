@@ -1,0 +1,24 @@
+//! What every service of the AS2 gateway shares.
+//!
+//! - [`config`]: clap argument blocks that each service flattens into its own
+//!   configuration; every flag is also an `AS2_*` environment variable and
+//!   parsing has no side effects.
+//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry trace export when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with the W3C trace-context propagator.
+//! - [`shutdown`]: SIGTERM / SIGINT as a cancellation token, and the readiness
+//!   flag that is cleared first when a service drains.
+//! - [`admin`]: the HTTP admin server with `/healthz`, `/readyz` and `/metrics`.
+//! - [`health`]: gRPC health (`grpc.health.v1`) wiring.
+//! - [`redis`]: the Redis connection and the key namespace.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod health;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use prometheus_client;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,133 @@
+//! Redis setup: the shared connection and the key namespace.
+
+use std::fmt;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisConfig;
+
+pub use redis::Client as RedisClient;
+
+/// Why Redis could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    /// The URL does not parse.
+    #[error("invalid redis url: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
+    /// The key prefix is not usable.
+    #[error("invalid redis key prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix as configured.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The first connection failed.
+    #[error("cannot connect to redis: {0}")]
+    Connect(#[source] redis::RedisError),
+}
+
+/// A connected Redis: the client (for dedicated connections such as pub/sub)
+/// and the shared multiplexed connection that reconnects by itself.
+#[derive(Clone)]
+pub struct Redis {
+    /// For connections that cannot be shared, such as pub/sub subscriptions.
+    pub client: RedisClient,
+    /// The shared connection for commands; cheap to clone.
+    pub connection: ConnectionManager,
+    /// Where this service's keys live.
+    pub namespace: KeyNamespace,
+}
+
+/// Connects to Redis as `config` says and checks the connection.
+pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
+    let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
+    let client =
+        RedisClient::open(config.redis_url.as_str()).map_err(RedisSetupError::InvalidUrl)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout()))
+        .set_response_timeout(Some(config.response_timeout()))
+        .set_number_of_retries(2)
+        .set_max_delay(std::time::Duration::from_secs(2));
+    let connection = ConnectionManager::new_with_config(client.clone(), manager_config)
+        .await
+        .map_err(RedisSetupError::Connect)?;
+    Ok(Redis {
+        client,
+        connection,
+        namespace,
+    })
+}
+
+/// The prefix that every key and channel of one gateway starts with.
+///
+/// Keys are `{prefix}:{kind}:{rest}`; see each service's docs for its kinds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyNamespace {
+    prefix: String,
+}
+
+impl KeyNamespace {
+    /// Accepts 1 to 64 printable ASCII characters without spaces.
+    pub fn new(prefix: &str) -> Result<Self, RedisSetupError> {
+        let invalid = |reason| RedisSetupError::InvalidPrefix {
+            prefix: prefix.to_owned(),
+            reason,
+        };
+        if prefix.is_empty() || prefix.len() > 64 {
+            return Err(invalid("must be 1 to 64 characters"));
+        }
+        if !prefix.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(invalid("must be printable ascii without spaces"));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}:{suffix}`.
+    pub fn key(&self, suffix: impl fmt::Display) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed() {
+        let namespace = KeyNamespace::new("as2").unwrap();
+        assert_eq!(namespace.key("partnership:abc"), "as2:partnership:abc");
+    }
+
+    #[test]
+    fn bad_prefixes_are_rejected() {
+        assert!(KeyNamespace::new("").is_err());
+        assert!(KeyNamespace::new("has space").is_err());
+        assert!(KeyNamespace::new(&"x".repeat(65)).is_err());
+    }
+
+    #[tokio::test]
+    async fn connects_to_a_real_redis() {
+        let server = as2_testkit::RedisServer::start();
+        let redis = connect(&RedisConfig::new(server.url(), "test")).await.unwrap();
+        let mut connection = redis.connection.clone();
+        let pong: String = redis::cmd("PING").query_async(&mut connection).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_connect_error() {
+        let port = as2_testkit::free_port();
+        let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}/"), "test");
+        config.redis_connect_timeout_ms = 500;
+        let result = connect(&config).await;
+        assert!(matches!(result, Err(RedisSetupError::Connect(_))));
+    }
+}

@@ -1,0 +1,146 @@
+//! Logs and traces.
+//!
+//! Logs go to standard output as text or JSON lines. When an OTLP endpoint is
+//! configured (`OTEL_EXPORTER_OTLP_ENDPOINT`), spans are also exported over
+//! OTLP/gRPC in batches. The W3C trace-context propagator is installed either
+//! way, so `traceparent` headers are read and written even when nothing is
+//! exported.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("invalid log filter {filter:?}: {source}")]
+    InvalidFilter {
+        /// The filter as configured.
+        filter: String,
+        /// The parser's complaint.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The OTLP exporter could not be built.
+    #[error("cannot build the otlp exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A global subscriber was installed already.
+    #[error("a tracing subscriber is already installed: {0}")]
+    AlreadyInitialized(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps trace export running; flushes and stops it when shut down or dropped.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported over OTLP.
+    pub fn exports_traces(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+
+    /// Flushes pending spans and stops the exporter. Call it last.
+    pub fn shutdown(mut self) {
+        self.shutdown_provider();
+    }
+
+    fn shutdown_provider(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "trace exporter did not shut down cleanly");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown_provider();
+    }
+}
+
+/// Installs the global tracing subscriber and, when configured, OTLP export.
+///
+/// Must run inside a tokio runtime when an OTLP endpoint is configured (the
+/// exporter's gRPC channel needs it). `service_name` becomes the OpenTelemetry
+/// `service.name` resource attribute.
+pub fn init_telemetry(
+    config: &TelemetryConfig,
+    service_name: &'static str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter =
+        EnvFilter::try_new(&config.log_filter).map_err(|source| TelemetryError::InvalidFilter {
+            filter: config.log_filter.clone(),
+            source,
+        })?;
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let tracer_provider = match config.otlp_endpoint.as_deref().map(str::trim) {
+        Some(endpoint) if !endpoint.is_empty() => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .build();
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            Some(provider)
+        }
+        _ => None,
+    };
+    let otel_layer = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name))
+    });
+
+    let (text_layer, json_layer) = match config.log_format {
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ),
+        ),
+    };
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text_layer)
+        .with(json_layer)
+        .with(otel_layer)
+        .try_init()?;
+
+    if tracer_provider.is_some() {
+        tracing::info!(service = service_name, "exporting traces over otlp");
+    }
+    Ok(TelemetryGuard { tracer_provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_filter_is_reported() {
+        let config = TelemetryConfig {
+            log_filter: "info,[".to_owned(),
+            ..TelemetryConfig::default()
+        };
+        let result = init_telemetry(&config, "test");
+        assert!(matches!(result, Err(TelemetryError::InvalidFilter { .. })));
+    }
+}
