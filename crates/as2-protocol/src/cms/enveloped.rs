@@ -1,0 +1,337 @@
+//! EnvelopedData (CBC ciphers) and AuthEnvelopedData (GCM) with RSA key transport.
+
+use openssl::encrypt::{Decrypter, Encrypter};
+use openssl::pkey::{HasPrivate, HasPublic, PKeyRef};
+use openssl::rsa::Padding;
+use openssl::x509::X509;
+
+use super::{ContentCipher, Identity, KeyTransport, oid};
+use crate::der::{self, Element};
+use crate::error::{As2Error, Result};
+use crate::headers::MicAlgorithm;
+
+/// GCM authentication tag length we write (and the longest we accept).
+const GCM_TAG_LENGTH: usize = 16;
+const GCM_NONCE_LENGTH: usize = 12;
+
+/// A decrypted message and how it was protected.
+#[derive(Clone, Debug)]
+pub struct Decrypted {
+    /// The plaintext content (a MIME entity in AS2).
+    pub content: Vec<u8>,
+    /// The content cipher.
+    pub cipher: ContentCipher,
+    /// The key transport.
+    pub key_transport: KeyTransport,
+    /// Index of the identity whose key decrypted the content-encryption key.
+    pub identity_index: usize,
+}
+
+struct Envelope<'a> {
+    recipients: Vec<RecipientInfo<'a>>,
+    cipher: ContentCipher,
+    /// IV (CBC) or nonce (GCM).
+    iv: Vec<u8>,
+    encrypted_content: Vec<u8>,
+    /// GCM only: the additional authenticated data and the tag.
+    authentication: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+struct RecipientInfo<'a> {
+    identifier: Element<'a>,
+    key_transport: KeyTransport,
+    encrypted_key: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Decrypts a DER ContentInfo holding EnvelopedData or AuthEnvelopedData with the first
+/// of `identities` that can open it.
+pub fn decrypt(data: &[u8], identities: &[Identity]) -> Result<Decrypted> {
+    let envelope = parse_envelope(data)?;
+    let mut last_error = As2Error::DecryptionFailed("no decryption key configured".into());
+    for (identity_index, identity) in identities.iter().enumerate() {
+        for recipient in ordered_recipients(&envelope.recipients, &identity.certificate) {
+            let attempt = decrypt_key(&identity.key, recipient)
+                .and_then(|key| decrypt_content(&envelope, &key));
+            match attempt {
+                Ok(content) => {
+                    return Ok(Decrypted {
+                        content,
+                        cipher: envelope.cipher,
+                        key_transport: recipient.key_transport,
+                        identity_index,
+                    });
+                }
+                Err(error) => last_error = error,
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// Recipients naming `certificate` first, then the others.
+fn ordered_recipients<'e, 'a>(recipients: &'e [RecipientInfo<'a>], certificate: &X509) -> Vec<&'e RecipientInfo<'a>> {
+    let (mut named, others): (Vec<_>, Vec<_>) =
+        recipients.iter().partition(|r| super::identifies(&r.identifier, certificate));
+    named.extend(others);
+    named
+}
+
+fn parse_envelope(data: &[u8]) -> Result<Envelope<'_>> {
+    let info = super::parse_content_info(data)?;
+    let authenticated = match info.content_type {
+        t if t == oid::ENVELOPED_DATA => false,
+        t if t == oid::AUTH_ENVELOPED_DATA => true,
+        _ => return Err(As2Error::UnsupportedFormat("CMS content is not (Auth)EnvelopedData".into())),
+    };
+    let mut fields = info.content.children();
+    fields.expect(der::TAG_INTEGER, "version")?;
+    fields.optional(0xa0)?; // originatorInfo
+    let recipient_set = fields.expect(der::TAG_SET, "recipientInfos")?;
+    let recipients = parse_recipients(&recipient_set)?;
+    let content_info = fields.expect(der::TAG_SEQUENCE, "encryptedContentInfo")?;
+    let (cipher, iv, encrypted_content, tag_length) = parse_encrypted_content_info(&content_info)?;
+    let authentication = if authenticated {
+        let aad = fields.optional(0xa1)?.map(|attributes| {
+            let mut bytes = attributes.raw.to_vec();
+            if let Some(first) = bytes.first_mut() {
+                *first = der::TAG_SET;
+            }
+            bytes
+        });
+        let mac = fields.expect(der::TAG_OCTET_STRING, "mac")?.octets()?.into_owned();
+        if tag_length.is_some_and(|length| length != mac.len()) {
+            return Err(As2Error::cms("GCM tag length differs from its parameters"));
+        }
+        Some((aad.unwrap_or_default(), mac))
+    } else {
+        None
+    };
+    if cipher.is_authenticated() != authenticated {
+        return Err(As2Error::UnsupportedAlgorithm("cipher does not fit the content type".into()));
+    }
+    Ok(Envelope { recipients, cipher, iv, encrypted_content, authentication })
+}
+
+fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
+    let mut recipients = Vec::new();
+    let mut reader = set.children();
+    while let Some(recipient) = reader.next()? {
+        if recipient.tag != der::TAG_SEQUENCE {
+            continue; // key agreement, KEK and password recipients are not for RSA keys
+        }
+        if recipients.len() >= 64 {
+            return Err(As2Error::LimitExceeded("too many recipients".into()));
+        }
+        let mut fields = recipient.children();
+        fields.expect(der::TAG_INTEGER, "RecipientInfo version")?;
+        let identifier = fields.next()?.ok_or_else(|| As2Error::cms("missing recipient identifier"))?;
+        let (algorithm, parameters) = super::read_algorithm(&mut fields, "keyEncryptionAlgorithm")?;
+        let key_transport = key_transport(algorithm, parameters.as_ref())?;
+        let encrypted_key = fields.next()?.ok_or_else(|| As2Error::cms("missing encryptedKey"))?.octets()?;
+        recipients.push(RecipientInfo { identifier, key_transport, encrypted_key });
+    }
+    if recipients.is_empty() {
+        return Err(As2Error::DecryptionFailed("no RSA key-transport recipient".into()));
+    }
+    Ok(recipients)
+}
+
+fn key_transport(algorithm: &[u8], parameters: Option<&Element<'_>>) -> Result<KeyTransport> {
+    if algorithm == oid::RSA_ENCRYPTION {
+        return Ok(KeyTransport::RsaPkcs1v15);
+    }
+    if algorithm != oid::RSAES_OAEP {
+        return Err(As2Error::UnsupportedAlgorithm("key transport other than RSA".into()));
+    }
+    let parameters = super::read_rsa_parameters(parameters)?;
+    if parameters.hash != parameters.mgf1_hash {
+        return Err(As2Error::UnsupportedAlgorithm("OAEP with different hash and MGF1 hash".into()));
+    }
+    if parameters.rest.iter().any(|field| field.tag == 0xa2) {
+        return Err(As2Error::UnsupportedAlgorithm("OAEP with a label".into()));
+    }
+    Ok(KeyTransport::RsaOaep(parameters.hash))
+}
+
+type EncryptedContent = (ContentCipher, Vec<u8>, Vec<u8>, Option<usize>);
+
+fn parse_encrypted_content_info(element: &Element<'_>) -> Result<EncryptedContent> {
+    let mut fields = element.children();
+    fields.expect(der::TAG_OID, "contentType")?;
+    let (algorithm, parameters) = super::read_algorithm(&mut fields, "contentEncryptionAlgorithm")?;
+    let cipher = cipher_from_oid(algorithm)?;
+    let parameters = parameters.ok_or_else(|| As2Error::cms("cipher without parameters"))?;
+    let (iv, tag_length) = if cipher.is_authenticated() {
+        let mut gcm = parameters.children();
+        let nonce = gcm.expect(der::TAG_OCTET_STRING, "GCM nonce")?.octets()?.into_owned();
+        let tag_length = match gcm.next()? {
+            Some(length) => usize::try_from(length.small_uint()?).unwrap_or(usize::MAX),
+            None => 12,
+        };
+        (nonce, Some(tag_length))
+    } else {
+        (parameters.octets()?.into_owned(), None)
+    };
+    let content = fields
+        .next()?
+        .filter(|e| e.tag & !0x20 == 0x80)
+        .ok_or_else(|| As2Error::UnsupportedFormat("detached encrypted content".into()))?;
+    Ok((cipher, iv, content.octets()?.into_owned(), tag_length))
+}
+
+fn cipher_from_oid(algorithm: &[u8]) -> Result<ContentCipher> {
+    CIPHER_OIDS
+        .iter()
+        .find(|(_, o)| *o == algorithm)
+        .map(|(cipher, _)| *cipher)
+        .ok_or_else(|| As2Error::UnsupportedAlgorithm("content cipher (RC2, RC4 and others are not supported)".into()))
+}
+
+const CIPHER_OIDS: [(ContentCipher, &[u8]); 7] = [
+    (ContentCipher::TripleDesCbc, oid::DES_EDE3_CBC),
+    (ContentCipher::Aes128Cbc, oid::AES128_CBC),
+    (ContentCipher::Aes192Cbc, oid::AES192_CBC),
+    (ContentCipher::Aes256Cbc, oid::AES256_CBC),
+    (ContentCipher::Aes128Gcm, oid::AES128_GCM),
+    (ContentCipher::Aes192Gcm, oid::AES192_GCM),
+    (ContentCipher::Aes256Gcm, oid::AES256_GCM),
+];
+
+fn cipher_oid(cipher: ContentCipher) -> &'static [u8] {
+    CIPHER_OIDS.iter().find(|(c, _)| *c == cipher).map(|(_, o)| *o).unwrap_or(oid::AES256_CBC)
+}
+
+fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -> Result<Vec<u8>> {
+    let failed = |_| As2Error::DecryptionFailed("the content-encryption key does not decrypt with our key".into());
+    let mut decrypter = Decrypter::new(key).map_err(failed)?;
+    configure_padding(recipient.key_transport, |padding, digest| {
+        decrypter.set_rsa_padding(padding)?;
+        if let Some(digest) = digest {
+            decrypter.set_rsa_oaep_md(digest.message_digest())?;
+            decrypter.set_rsa_mgf1_md(digest.message_digest())?;
+        }
+        Ok(())
+    })?;
+    let length = decrypter.decrypt_len(&recipient.encrypted_key).map_err(failed)?;
+    let mut plain = vec![0u8; length];
+    let written = decrypter.decrypt(&recipient.encrypted_key, &mut plain).map_err(failed)?;
+    plain.truncate(written);
+    Ok(plain)
+}
+
+fn configure_padding(
+    transport: KeyTransport,
+    mut apply: impl FnMut(Padding, Option<MicAlgorithm>) -> std::result::Result<(), openssl::error::ErrorStack>,
+) -> Result<()> {
+    match transport {
+        KeyTransport::RsaPkcs1v15 => apply(Padding::PKCS1, None)?,
+        KeyTransport::RsaOaep(digest) => apply(Padding::PKCS1_OAEP, Some(digest))?,
+    }
+    Ok(())
+}
+
+fn decrypt_content(envelope: &Envelope<'_>, key: &[u8]) -> Result<Vec<u8>> {
+    let cipher = envelope.cipher.openssl();
+    if key.len() != cipher.key_len() {
+        return Err(As2Error::DecryptionFailed("content-encryption key has the wrong length".into()));
+    }
+    match &envelope.authentication {
+        Some((aad, tag)) => {
+            if envelope.iv.is_empty() || tag.len() < 12 || tag.len() > GCM_TAG_LENGTH {
+                return Err(As2Error::DecryptionFailed("bad GCM nonce or tag length".into()));
+            }
+            openssl::symm::decrypt_aead(cipher, key, Some(&envelope.iv), aad, &envelope.encrypted_content, tag)
+                .map_err(|_| As2Error::DecryptionFailed("GCM authentication failed".into()))
+        }
+        None => {
+            if Some(envelope.iv.len()) != cipher.iv_len() {
+                return Err(As2Error::DecryptionFailed("IV has the wrong length".into()));
+            }
+            openssl::symm::decrypt(cipher, key, Some(&envelope.iv), &envelope.encrypted_content)
+                .map_err(|_| As2Error::DecryptionFailed("content does not decrypt (bad key or padding)".into()))
+        }
+    }
+}
+
+/// Encrypts `content` for `recipient`; returns the DER ContentInfo (EnvelopedData for
+/// CBC ciphers, AuthEnvelopedData for GCM).
+pub fn encrypt(content: &[u8], recipient: &X509, cipher: ContentCipher, key_transport: KeyTransport) -> Result<Vec<u8>> {
+    let openssl_cipher = cipher.openssl();
+    let mut key = vec![0u8; openssl_cipher.key_len()];
+    openssl::rand::rand_bytes(&mut key)?;
+    if cipher == ContentCipher::TripleDesCbc {
+        set_odd_parity(&mut key);
+    }
+    let public_key = recipient.public_key()?;
+    let recipient_info = der::sequence(&[
+        &der::small_integer(0),
+        &super::issuer_and_serial(recipient)?,
+        &key_encryption_algorithm(key_transport),
+        &der::octet_string(&encrypt_key(&public_key, key_transport, &key)?),
+    ]);
+    let recipients = der::set_of(&[&recipient_info]);
+    if cipher.is_authenticated() {
+        let mut nonce = [0u8; GCM_NONCE_LENGTH];
+        openssl::rand::rand_bytes(&mut nonce)?;
+        let mut tag = [0u8; GCM_TAG_LENGTH];
+        let encrypted = openssl::symm::encrypt_aead(openssl_cipher, &key, Some(&nonce), &[], content, &mut tag)?;
+        let parameters = der::sequence(&[&der::octet_string(&nonce), &der::small_integer(GCM_TAG_LENGTH as u64)]);
+        let auth_enveloped = der::sequence(&[
+            &der::small_integer(0),
+            &recipients,
+            &encrypted_content_info(cipher, &parameters, &encrypted),
+            &der::octet_string(&tag),
+        ]);
+        return Ok(super::content_info(oid::AUTH_ENVELOPED_DATA, &auth_enveloped));
+    }
+    let mut iv = vec![0u8; openssl_cipher.iv_len().unwrap_or(16)];
+    openssl::rand::rand_bytes(&mut iv)?;
+    let encrypted = openssl::symm::encrypt(openssl_cipher, &key, Some(&iv), content)?;
+    let enveloped = der::sequence(&[
+        &der::small_integer(0),
+        &recipients,
+        &encrypted_content_info(cipher, &der::octet_string(&iv), &encrypted),
+    ]);
+    Ok(super::content_info(oid::ENVELOPED_DATA, &enveloped))
+}
+
+fn encrypted_content_info(cipher: ContentCipher, parameters: &[u8], encrypted: &[u8]) -> Vec<u8> {
+    der::sequence(&[
+        &der::oid(oid::DATA),
+        &der::algorithm(cipher_oid(cipher), Some(parameters)),
+        &der::encode(0x80, encrypted),
+    ])
+}
+
+fn key_encryption_algorithm(transport: KeyTransport) -> Vec<u8> {
+    match transport {
+        KeyTransport::RsaPkcs1v15 => der::algorithm(oid::RSA_ENCRYPTION, Some(&der::null())),
+        KeyTransport::RsaOaep(digest) => {
+            der::algorithm(oid::RSAES_OAEP, Some(&super::write_rsa_parameters(digest, &[])))
+        }
+    }
+}
+
+fn encrypt_key<K: HasPublic>(public_key: &PKeyRef<K>, transport: KeyTransport, key: &[u8]) -> Result<Vec<u8>> {
+    let mut encrypter = Encrypter::new(public_key)?;
+    configure_padding(transport, |padding, digest| {
+        encrypter.set_rsa_padding(padding)?;
+        if let Some(digest) = digest {
+            encrypter.set_rsa_oaep_md(digest.message_digest())?;
+            encrypter.set_rsa_mgf1_md(digest.message_digest())?;
+        }
+        Ok(())
+    })?;
+    let mut out = vec![0u8; encrypter.encrypt_len(key)?];
+    let written = encrypter.encrypt(key, &mut out)?;
+    out.truncate(written);
+    Ok(out)
+}
+
+/// DES keys carry odd parity in the low bit of each byte; some Java stacks check it.
+fn set_odd_parity(key: &mut [u8]) {
+    for byte in key {
+        let high_bits_ones = (*byte & 0xfe).count_ones();
+        *byte = (*byte & 0xfe) | u8::from(high_bits_ones % 2 == 0);
+    }
+}

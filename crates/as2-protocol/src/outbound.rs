@@ -1,0 +1,218 @@
+//! Building outbound AS2 messages: compress, sign, compress, encrypt (RFC 4130, RFC 5402).
+
+use openssl::x509::X509;
+
+use crate::cms::{self, ContentCipher, Identity, KeyTransport, SignatureScheme};
+use crate::error::{As2Error, Result};
+use crate::headers::{As2Id, As2Version, DispositionNotificationOptions, EdiintFeatures, MessageId, MicAlgorithm, ReceiptDeliveryOption};
+use crate::mdn;
+use crate::mic::{self, ReceivedContentMic};
+use crate::mime;
+
+/// Where to compress relative to signing (RFC 5402).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionOrder {
+    /// Compress the payload, then sign the compressed entity.
+    BeforeSigning,
+    /// Sign the payload, then compress the signed message.
+    AfterSigning,
+}
+
+/// How to sign.
+#[derive(Clone, Copy, Debug)]
+pub struct Signing<'a> {
+    /// Our key and certificate.
+    pub identity: &'a Identity,
+    /// The digest (also the `micalg` parameter).
+    pub digest: MicAlgorithm,
+    /// PKCS #1 v1.5 or PSS.
+    pub scheme: SignatureScheme,
+}
+
+/// How to encrypt.
+#[derive(Clone, Copy, Debug)]
+pub struct Encryption<'a> {
+    /// The partner's encryption certificate.
+    pub recipient: &'a X509,
+    /// The content cipher (GCM ciphers produce AuthEnvelopedData).
+    pub cipher: ContentCipher,
+    /// The key transport.
+    pub key_transport: KeyTransport,
+}
+
+/// The MDN we ask the partner for.
+#[derive(Clone, Debug)]
+pub struct MdnRequest {
+    /// Disposition-Notification-To (any non-empty value; an address or URL by convention).
+    pub disposition_notification_to: String,
+    /// MIC/signing algorithms for a signed receipt, in order of preference; empty for
+    /// an unsigned receipt.
+    pub signed_receipt_algorithms: Vec<MicAlgorithm>,
+    /// Where to deliver an asynchronous MDN; `None` for a synchronous one.
+    pub receipt_delivery_option: Option<ReceiptDeliveryOption>,
+}
+
+/// A document to send and how to protect it.
+#[derive(Clone, Debug)]
+pub struct OutboundMessage<'a> {
+    /// Our AS2 id.
+    pub as2_from: &'a As2Id,
+    /// The partner's AS2 id.
+    pub as2_to: &'a As2Id,
+    /// The message's id.
+    pub message_id: &'a MessageId,
+    /// Subject header, if any.
+    pub subject: Option<&'a str>,
+    /// The business document.
+    pub payload: &'a [u8],
+    /// Its Content-Type (for instance `application/edi-x12`).
+    pub content_type: &'a str,
+    /// Its filename, written to Content-Disposition.
+    pub filename: Option<&'a str>,
+    /// Sign, when set.
+    pub signing: Option<Signing<'a>>,
+    /// Encrypt, when set.
+    pub encryption: Option<Encryption<'a>>,
+    /// Compress, when set.
+    pub compression: Option<CompressionOrder>,
+    /// Ask for an MDN, when set.
+    pub mdn: Option<MdnRequest>,
+}
+
+/// A message ready to POST: HTTP headers, body and the MIC the MDN should return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltMessage {
+    /// HTTP headers (AS2 headers and the body's Content-Type).
+    pub headers: Vec<(String, String)>,
+    /// The HTTP body.
+    pub body: Vec<u8>,
+    /// The MIC the partner's MDN must carry.
+    pub expected_mic: ReceivedContentMic,
+}
+
+impl BuiltMessage {
+    /// The value of the named header (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One MIME entity under construction: its header fields and body.
+struct Layer {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Layer {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        for (name, value) in &self.headers {
+            mime::push_header(&mut out, name, value);
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn smime(smime_type: &str, filename: &str, der: Vec<u8>) -> Self {
+        Self {
+            headers: vec![
+                ("Content-Type".to_owned(), format!("application/pkcs7-mime; smime-type={smime_type}; name={filename}")),
+                ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
+                ("Content-Disposition".to_owned(), format!("attachment; filename=\"{filename}\"")),
+            ],
+            body: der,
+        }
+    }
+}
+
+/// Builds an AS2 message. The MIC follows the same rules as the receiving side
+/// ([`crate::mic`]), with the first requested receipt algorithm, else the signing digest,
+/// else SHA-1.
+pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
+    if message.content_type.trim().is_empty() || message.content_type.contains(['\r', '\n']) {
+        return Err(As2Error::InvalidArgument("content type must be one non-empty line".into()));
+    }
+    let mut layer = payload_layer(message)?;
+    let payload_entity = layer.to_bytes();
+    let compress_first = match (message.compression, message.signing) {
+        (Some(CompressionOrder::BeforeSigning), _) | (Some(CompressionOrder::AfterSigning), None) => true,
+        _ => false,
+    };
+    if compress_first {
+        layer = Layer::smime("compressed-data", "smime.p7z", cms::compress(&payload_entity)?);
+    }
+    let mut signed_entity = None;
+    if let Some(signing) = message.signing {
+        let entity = layer.to_bytes();
+        let (content_type, body) = mdn::sign_entity(&entity, signing.identity, signing.digest, signing.scheme)?;
+        layer = Layer { headers: vec![("Content-Type".to_owned(), content_type)], body };
+        signed_entity = Some(entity);
+        if message.compression == Some(CompressionOrder::AfterSigning) {
+            layer = Layer::smime("compressed-data", "smime.p7z", cms::compress(&layer.to_bytes())?);
+        }
+    }
+    let mut encrypted = false;
+    if let Some(encryption) = message.encryption {
+        let der = cms::encrypt(&layer.to_bytes(), encryption.recipient, encryption.cipher, encryption.key_transport)?;
+        let smime_type = if encryption.cipher.is_authenticated() { "authEnveloped-data" } else { "enveloped-data" };
+        layer = Layer::smime(smime_type, "smime.p7m", der);
+        encrypted = true;
+    }
+    let requested = message.mdn.as_ref().and_then(receipt_options);
+    let algorithm = mic::choose_mic_algorithm(requested.as_ref(), message.signing.map(|s| s.digest), true)?;
+    let mic_content: &[u8] = match (&signed_entity, message.compression.is_some() || encrypted) {
+        (Some(signed), _) => signed,
+        (None, true) => &payload_entity,
+        (None, false) => message.payload,
+    };
+    let expected_mic = ReceivedContentMic::compute(algorithm, mic_content)?;
+    let headers = http_headers(message, requested.as_ref(), layer.headers);
+    Ok(BuiltMessage { headers, body: layer.body, expected_mic })
+}
+
+fn payload_layer(message: &OutboundMessage<'_>) -> Result<Layer> {
+    let mut headers = vec![
+        ("Content-Type".to_owned(), message.content_type.trim().to_owned()),
+        ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
+    ];
+    if let Some(filename) = message.filename {
+        if filename.contains(['\r', '\n']) {
+            return Err(As2Error::InvalidArgument("filename must be one line".into()));
+        }
+        headers.push(("Content-Disposition".to_owned(), format!("attachment; filename={}", crate::headers::quote(filename))));
+    }
+    Ok(Layer { headers, body: message.payload.to_vec() })
+}
+
+fn receipt_options(request: &MdnRequest) -> Option<DispositionNotificationOptions> {
+    if request.signed_receipt_algorithms.is_empty() {
+        return None;
+    }
+    Some(DispositionNotificationOptions::signed_receipt(&request.signed_receipt_algorithms))
+}
+
+fn http_headers(message: &OutboundMessage<'_>, requested: Option<&DispositionNotificationOptions>, body_headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("AS2-Version".to_owned(), As2Version::CURRENT.to_string()),
+        ("EDIINT-Features".to_owned(), EdiintFeatures::supported().to_string()),
+        ("AS2-From".to_owned(), message.as2_from.to_header_value()),
+        ("AS2-To".to_owned(), message.as2_to.to_header_value()),
+        ("Message-ID".to_owned(), message.message_id.with_brackets()),
+        ("MIME-Version".to_owned(), "1.0".to_owned()),
+    ];
+    if let Some(subject) = message.subject {
+        headers.push(("Subject".to_owned(), subject.replace(['\r', '\n'], " ")));
+    }
+    if let Some(request) = &message.mdn {
+        headers.push(("Disposition-Notification-To".to_owned(), request.disposition_notification_to.replace(['\r', '\n'], " ")));
+        if let Some(options) = requested {
+            headers.push(("Disposition-Notification-Options".to_owned(), options.to_string()));
+        }
+        if let Some(option) = &request.receipt_delivery_option {
+            headers.push(("Receipt-Delivery-Option".to_owned(), option.url().to_owned()));
+        }
+    }
+    headers.extend(body_headers);
+    headers
+}
