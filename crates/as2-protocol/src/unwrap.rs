@@ -279,7 +279,7 @@ impl Walk<'_> {
             identity_index: decrypted.identity_index,
         });
         let content = decrypted.content;
-        let inner = Entity::parse(&content, &self.context.limits.mime)?;
+        let inner = parse_inner(&content, &self.context.limits.mime)?;
         let payload = self.entity(&inner)?;
         self.mic_content.decrypted = Some(content);
         Ok(payload)
@@ -295,7 +295,7 @@ impl Walk<'_> {
         };
         self.facts.compression = Some(placement);
         let content = cms::decompress(der, self.context.limits.max_decompressed_size)?;
-        let inner = Entity::parse(&content, &self.context.limits.mime)?;
+        let inner = parse_inner(&content, &self.context.limits.mime)?;
         let payload = self.entity(&inner)?;
         self.mic_content.decompressed = Some(content);
         Ok(payload)
@@ -326,7 +326,7 @@ impl Walk<'_> {
             form: SignedContentForm::Exact,
         };
         self.record_signature(facts, content.clone())?;
-        let inner = Entity::parse(&content, &self.context.limits.mime)?;
+        let inner = parse_inner(&content, &self.context.limits.mime)?;
         self.entity(&inner)
     }
 
@@ -335,11 +335,22 @@ impl Walk<'_> {
             return Err(As2Error::UnsupportedFormat("signed more than once".into()));
         }
         let verified = verify_multipart_signed(entity, &self.context.verify_options(), &self.context.limits.mime)?;
-        let inner = Entity::parse(&verified.signed_bytes, &self.context.limits.mime)?;
+        let inner = parse_inner(&verified.signed_bytes, &self.context.limits.mime)?;
         let signed_bytes = verified.signed_bytes.clone();
         self.record_signature(verified.facts, signed_bytes)?;
         self.entity(&inner)
     }
+}
+
+/// Parses content found inside a CMS layer. It should be a MIME entity; content without
+/// a Content-Type header (some products encrypt the bare document) is taken whole as
+/// the body, so that no document line is mistaken for a header field.
+fn parse_inner<'a>(content: &'a [u8], limits: &MimeLimits) -> Result<Entity<'a>> {
+    let entity = Entity::parse(content, limits)?;
+    if entity.header("Content-Type").is_some() {
+        return Ok(entity);
+    }
+    Ok(Entity::from_parts(Vec::new(), content))
 }
 
 fn smime_kind(smime_type: Option<&str>, der: &[u8]) -> Result<SmimeKind> {
