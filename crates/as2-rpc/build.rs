@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
 
-    let protos: Vec<PathBuf> = PROTO_FILES.iter().map(|file| proto_root.join(file)).collect();
+    let protos: Vec<PathBuf> = PROTO_FILES
+        .iter()
+        .map(|file| proto_root.join(file))
+        .collect();
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

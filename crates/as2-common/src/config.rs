@@ -15,7 +15,11 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Clone, Debug)]
 pub struct GrpcServerConfig {
     /// Address the gRPC server listens on.
-    #[arg(long = "grpc-listen", env = "AS2_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long = "grpc-listen",
+        env = "AS2_GRPC_LISTEN",
+        default_value = "0.0.0.0:50051"
+    )]
     pub grpc_listen: SocketAddr,
 }
 
@@ -24,7 +28,11 @@ pub struct GrpcServerConfig {
 #[derive(Args, Clone, Debug)]
 pub struct AdminServerConfig {
     /// Address the admin HTTP server listens on.
-    #[arg(long = "http-listen", env = "AS2_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long = "http-listen",
+        env = "AS2_HTTP_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub http_listen: SocketAddr,
 }
 
@@ -32,12 +40,20 @@ pub struct AdminServerConfig {
 #[derive(Args, Clone, Debug)]
 pub struct RedisConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0` or `rediss://host:6380/`.
-    #[arg(long = "redis-url", env = "AS2_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(
+        long = "redis-url",
+        env = "AS2_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
     pub redis_url: String,
 
     /// Prefix of every Redis key and channel the gateway uses, so several
     /// gateways (or test runs) can share one Redis.
-    #[arg(long = "redis-key-prefix", env = "AS2_REDIS_KEY_PREFIX", default_value = "as2")]
+    #[arg(
+        long = "redis-key-prefix",
+        env = "AS2_REDIS_KEY_PREFIX",
+        default_value = "as2"
+    )]
     pub redis_key_prefix: String,
 
     /// Timeout in milliseconds for establishing a Redis connection.
@@ -122,12 +138,20 @@ impl Default for TelemetryConfig {
 pub struct ShutdownConfig {
     /// Seconds to keep serving after reporting not-ready, so load balancers
     /// stop sending new requests before the listeners close.
-    #[arg(long = "shutdown-delay-secs", env = "AS2_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    #[arg(
+        long = "shutdown-delay-secs",
+        env = "AS2_SHUTDOWN_DELAY_SECS",
+        default_value_t = 0
+    )]
     pub shutdown_delay_secs: u64,
 
     /// Seconds that in-flight requests get to finish once the listeners close;
     /// what is still running after that is cut off.
-    #[arg(long = "shutdown-grace-secs", env = "AS2_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "AS2_SHUTDOWN_GRACE_SECS",
+        default_value_t = 20
+    )]
     pub shutdown_grace_secs: u64,
 }
 

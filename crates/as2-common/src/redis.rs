@@ -116,9 +116,14 @@ mod tests {
     #[tokio::test]
     async fn connects_to_a_real_redis() {
         let server = as2_testkit::RedisServer::start();
-        let redis = connect(&RedisConfig::new(server.url(), "test")).await.unwrap();
+        let redis = connect(&RedisConfig::new(server.url(), "test"))
+            .await
+            .unwrap();
         let mut connection = redis.connection.clone();
-        let pong: String = redis::cmd("PING").query_async(&mut connection).await.unwrap();
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
         assert_eq!(pong, "PONG");
     }
 

@@ -100,9 +100,9 @@ pub fn init_telemetry(
         }
         _ => None,
     };
-    let otel_layer = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name))
-    });
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
 
     let (text_layer, json_layer) = match config.log_format {
         LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),

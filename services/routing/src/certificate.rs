@@ -56,15 +56,14 @@ pub fn inspect_certificate(
         count => return Err(CertificateError::SeveralCertificates(count)),
     };
 
-    let unparsable = |error: openssl::error::ErrorStack| {
-        CertificateError::Unparsable(first_reason(&error))
-    };
+    let unparsable =
+        |error: openssl::error::ErrorStack| CertificateError::Unparsable(first_reason(&error));
     let not_before = unix_seconds(certificate.not_before()).map_err(unparsable)?;
     let not_after = unix_seconds(certificate.not_after()).map_err(unparsable)?;
     let subject = distinguished_name(certificate.subject_name());
-    let now_seconds = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX));
+    let now_seconds = now.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+    });
     if not_after < now_seconds {
         return Err(CertificateError::Expired {
             not_after: rfc3339(not_after),
@@ -72,7 +71,9 @@ pub fn inspect_certificate(
         });
     }
 
-    let fingerprint = certificate.digest(MessageDigest::sha256()).map_err(unparsable)?;
+    let fingerprint = certificate
+        .digest(MessageDigest::sha256())
+        .map_err(unparsable)?;
     let serial_number = certificate
         .serial_number()
         .to_bn()
@@ -101,10 +102,12 @@ pub fn inspect_certificate(
 /// Lowercase hex without separators.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
 }
 
 /// Formats unix seconds as RFC 3339 (UTC), or the raw number when out of range.
@@ -168,7 +171,10 @@ mod tests {
         let pem = certificate_pem(&TestCertificate::expired("old partner"));
         let error = inspect_certificate(&pem, SystemTime::now()).unwrap_err();
         assert!(matches!(error, CertificateError::Expired { .. }), "{error}");
-        assert!(error.to_string().starts_with("certificate expired at "), "{error}");
+        assert!(
+            error.to_string().starts_with("certificate expired at "),
+            "{error}"
+        );
     }
 
     #[test]
@@ -181,7 +187,10 @@ mod tests {
     #[test]
     fn refuses_garbage_several_certificates_and_keys() {
         let now = SystemTime::now();
-        assert_eq!(inspect_certificate("hello", now), Err(CertificateError::NotPem));
+        assert_eq!(
+            inspect_certificate("hello", now),
+            Err(CertificateError::NotPem)
+        );
         let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             inspect_certificate(broken, now),
@@ -193,7 +202,8 @@ mod tests {
             inspect_certificate(&two, now),
             Err(CertificateError::SeveralCertificates(2))
         );
-        let with_key = format!("{one}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        let with_key =
+            format!("{one}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
         assert_eq!(
             inspect_certificate(&with_key, now),
             Err(CertificateError::ContainsPrivateKey)

@@ -55,7 +55,11 @@ impl RoutingMetrics {
             event_subscription_up: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_routing");
-        registry.register("requests", "finished grpc requests", metrics.requests.clone());
+        registry.register(
+            "requests",
+            "finished grpc requests",
+            metrics.requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "grpc request durations",

@@ -138,7 +138,9 @@ impl RoutingServer {
                 match tokio::time::timeout(config.shutdown.grace_period(), &mut grpc_task).await {
                     Ok(finished) => flatten(finished),
                     Err(_elapsed) => {
-                        tracing::warn!("in-flight requests outlived the grace period, cutting them off");
+                        tracing::warn!(
+                            "in-flight requests outlived the grace period, cutting them off"
+                        );
                         grpc_task.abort();
                         Ok(())
                     }
@@ -172,6 +174,9 @@ fn flatten(
 ///
 /// This is what the `as2-routing` binary does after telemetry is set up, and
 /// how tests and a single-process gateway start the service.
-pub async fn run(config: RoutingConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    config: RoutingConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     RoutingServer::bind(config).await?.serve(shutdown).await
 }

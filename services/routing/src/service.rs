@@ -139,7 +139,9 @@ impl RoutingApi {
         let now = SystemTime::now();
         let replacement = request.partnership.unwrap_or_default();
         if replacement.id.is_empty() {
-            return Err(FieldError::new("partnership.id", "required to update a partnership").into());
+            return Err(
+                FieldError::new("partnership.id", "required to update a partnership").into(),
+            );
         }
         let replacement = prepare_partnership(replacement, now)?;
         let updated = self
@@ -156,12 +158,18 @@ impl RoutingApi {
 
     async fn delete(&self, request: DeletePartnershipRequest) -> Result<Partnership, RoutingError> {
         check_id_field(&request.id)?;
-        let deleted = self.store.delete(&request.id, request.expected_revision).await?;
+        let deleted = self
+            .store
+            .delete(&request.id, request.expected_revision)
+            .await?;
         tracing::info!(partnership = %deleted.id, "partnership deleted");
         Ok(deleted)
     }
 
-    async fn list(&self, request: ListPartnershipsRequest) -> Result<ListPartnershipsResponse, RoutingError> {
+    async fn list(
+        &self,
+        request: ListPartnershipsRequest,
+    ) -> Result<ListPartnershipsResponse, RoutingError> {
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size => size.min(MAX_PAGE_SIZE),
@@ -220,11 +228,12 @@ impl RoutingService for RoutingApi {
         request: Request<CreatePartnershipRequest>,
     ) -> Result<Response<CreatePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result = self.create(request.into_inner()).await.map(|partnership| {
-            CreatePartnershipResponse {
-                partnership: Some(partnership),
-            }
-        });
+        let result =
+            self.create(request.into_inner())
+                .await
+                .map(|partnership| CreatePartnershipResponse {
+                    partnership: Some(partnership),
+                });
         self.finish("CreatePartnership", started, result)
     }
 
@@ -233,11 +242,12 @@ impl RoutingService for RoutingApi {
         request: Request<UpdatePartnershipRequest>,
     ) -> Result<Response<UpdatePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result = self.update(request.into_inner()).await.map(|partnership| {
-            UpdatePartnershipResponse {
-                partnership: Some(partnership),
-            }
-        });
+        let result =
+            self.update(request.into_inner())
+                .await
+                .map(|partnership| UpdatePartnershipResponse {
+                    partnership: Some(partnership),
+                });
         self.finish("UpdatePartnership", started, result)
     }
 
@@ -246,11 +256,12 @@ impl RoutingService for RoutingApi {
         request: Request<DeletePartnershipRequest>,
     ) -> Result<Response<DeletePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result = self.delete(request.into_inner()).await.map(|partnership| {
-            DeletePartnershipResponse {
-                partnership: Some(partnership),
-            }
-        });
+        let result =
+            self.delete(request.into_inner())
+                .await
+                .map(|partnership| DeletePartnershipResponse {
+                    partnership: Some(partnership),
+                });
         self.finish("DeletePartnership", started, result)
     }
 

@@ -52,9 +52,7 @@ pub enum StoreError {
         id: String,
     },
     /// Another partnership has this pair.
-    #[error(
-        "partnership {existing_id:?} already has AS2-From {as2_from:?} and AS2-To {as2_to:?}"
-    )]
+    #[error("partnership {existing_id:?} already has AS2-From {as2_from:?} and AS2-To {as2_to:?}")]
     PairTaken {
         /// The AS2-From asked for.
         as2_from: String,
@@ -326,7 +324,11 @@ impl PartnershipStore {
 
     /// Deletes a partnership and returns it as it was. With
     /// `expected_revision` 0 whatever revision is stored is deleted.
-    pub async fn delete(&self, id: &str, expected_revision: u64) -> Result<Partnership, StoreError> {
+    pub async fn delete(
+        &self,
+        id: &str,
+        expected_revision: u64,
+    ) -> Result<Partnership, StoreError> {
         for _ in 0..UNCONDITIONAL_WRITE_ATTEMPTS {
             let current = self.get(id).await?;
             if expected_revision != 0 && expected_revision != current.revision {
@@ -403,7 +405,11 @@ impl PartnershipStore {
 
     /// Up to `limit` partnerships with ids after `after` (from the start when
     /// `None`), ordered by id.
-    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<PartnershipPage, StoreError> {
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PartnershipPage, StoreError> {
         let min = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let mut connection = self.connection.clone();
         let mut ids: Vec<String> = redis::cmd("ZRANGEBYLEX")

@@ -92,10 +92,9 @@ pub fn check_kafka_topic(value: &str) -> Result<(), String> {
             value.len()
         ));
     }
-    if let Some(character) = value
-        .chars()
-        .find(|character| !(character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-')))
-    {
+    if let Some(character) = value.chars().find(|character| {
+        !(character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-'))
+    }) {
         return Err(format!(
             "Kafka topic may only contain ASCII letters, digits, '.', '_' and '-'; found {character:?}"
         ));
@@ -106,9 +105,12 @@ pub fn check_kafka_topic(value: &str) -> Result<(), String> {
 /// Checks a partnership id: 1 to 64 characters of `[a-z0-9._-]`, starting with
 /// a letter or digit.
 pub fn check_partnership_id(value: &str) -> Result<(), String> {
-    check_identifier(value, MAX_PARTNERSHIP_ID_LEN, "partnership id", |character| {
-        character.is_ascii_lowercase() || character.is_ascii_digit()
-    })
+    check_identifier(
+        value,
+        MAX_PARTNERSHIP_ID_LEN,
+        "partnership id",
+        |character| character.is_ascii_lowercase() || character.is_ascii_digit(),
+    )
 }
 
 /// Checks a key id: 1 to 128 characters of `[A-Za-z0-9._-]`, starting with a
@@ -130,7 +132,10 @@ fn check_identifier(
         return Err(format!("{what} must not be empty"));
     };
     if value.len() > max_len {
-        return Err(format!("{what} must be at most {max_len} characters, found {}", value.len()));
+        return Err(format!(
+            "{what} must be at most {max_len} characters, found {}",
+            value.len()
+        ));
     }
     if !is_alphanumeric(first) {
         return Err(format!("{what} must start with a letter or digit"));
@@ -139,7 +144,9 @@ fn check_identifier(
         .chars()
         .find(|&character| !(is_alphanumeric(character) || matches!(character, '.' | '_' | '-')))
     {
-        return Err(format!("{what} contains {character:?}, which is not allowed"));
+        return Err(format!(
+            "{what} contains {character:?}, which is not allowed"
+        ));
     }
     Ok(())
 }
@@ -180,7 +187,10 @@ pub fn prepare_partnership(
         ));
     }
     if partnership.display_name.chars().any(char::is_control) {
-        return Err(FieldError::new("display_name", "must not contain control characters"));
+        return Err(FieldError::new(
+            "display_name",
+            "must not contain control characters",
+        ));
     }
     check_as2_id(&partnership.as2_from).map_err(|reason| FieldError::new("as2_from", reason))?;
     check_as2_id(&partnership.as2_to).map_err(|reason| FieldError::new("as2_to", reason))?;
@@ -219,7 +229,10 @@ fn prepare_certificates(partnership: &mut Partnership, now: SystemTime) -> Resul
         if !fingerprints.insert(described.sha256_fingerprint.clone()) {
             return Err(FieldError::new(
                 &field,
-                format!("duplicate certificate (sha-256 {})", described.sha256_fingerprint),
+                format!(
+                    "duplicate certificate (sha-256 {})",
+                    described.sha256_fingerprint
+                ),
             ));
         }
         described.usage = usage as i32;
@@ -231,13 +244,19 @@ fn prepare_certificates(partnership: &mut Partnership, now: SystemTime) -> Resul
 fn check_algorithms(partnership: &Partnership) -> Result<(), FieldError> {
     let policy = partnership.security_policy.clone().unwrap_or_default();
     let md5_refused = |field: &str| {
-        FieldError::new(field, "MD5 is only allowed when security_policy.allow_md5 is set")
+        FieldError::new(
+            field,
+            "MD5 is only allowed when security_policy.allow_md5 is set",
+        )
     };
     for (index, &digest) in policy.allowed_signing_digests.iter().enumerate() {
         let field = format!("security_policy.allowed_signing_digests[{index}]");
         match SigningDigest::try_from(digest) {
             Ok(SigningDigest::Unspecified) | Err(_) => {
-                return Err(FieldError::new(field, format!("unknown signing digest {digest}")));
+                return Err(FieldError::new(
+                    field,
+                    format!("unknown signing digest {digest}"),
+                ));
             }
             Ok(SigningDigest::Md5) if !policy.allow_md5 => return Err(md5_refused(&field)),
             Ok(_) => {}
@@ -255,14 +274,19 @@ fn check_algorithms(partnership: &Partnership) -> Result<(), FieldError> {
         }
     }
 
-    let mdn = partnership.mdn_preferences.clone().unwrap_or_default();
+    let mdn = partnership.mdn_preferences.unwrap_or_default();
     let outbound = partnership.outbound.clone().unwrap_or_default();
     for (field, digest) in [
         ("mdn_preferences.default_micalg", mdn.default_micalg),
         ("outbound.signing_digest", outbound.signing_digest),
     ] {
         match SigningDigest::try_from(digest) {
-            Err(_) => return Err(FieldError::new(field, format!("unknown signing digest {digest}"))),
+            Err(_) => {
+                return Err(FieldError::new(
+                    field,
+                    format!("unknown signing digest {digest}"),
+                ));
+            }
             Ok(SigningDigest::Md5) if !policy.allow_md5 => return Err(md5_refused(field)),
             Ok(_) => {}
         }
@@ -294,7 +318,10 @@ fn check_outbound(partnership: &Partnership) -> Result<(), FieldError> {
             .map_err(|reason| FieldError::new("outbound.signing_key_id", reason))?;
     }
     let mdn_mode = MdnMode::try_from(outbound.mdn_mode).map_err(|_| {
-        FieldError::new("outbound.mdn_mode", format!("unknown MDN mode {}", outbound.mdn_mode))
+        FieldError::new(
+            "outbound.mdn_mode",
+            format!("unknown MDN mode {}", outbound.mdn_mode),
+        )
     })?;
     if !outbound.async_mdn_url.is_empty() {
         check_http_url(&outbound.async_mdn_url)
@@ -324,7 +351,10 @@ fn check_outbound(partnership: &Partnership) -> Result<(), FieldError> {
         ));
     }
     if outbound.subject.chars().any(char::is_control) {
-        return Err(FieldError::new("outbound.subject", "must not contain control characters"));
+        return Err(FieldError::new(
+            "outbound.subject",
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -347,7 +377,10 @@ fn check_certificate_coverage(partnership: &Partnership) -> Result<(), FieldErro
             "needs a partner certificate usable for signing to verify against",
         ));
     }
-    let encrypt_outbound = partnership.outbound.as_ref().is_some_and(|outbound| outbound.encrypt);
+    let encrypt_outbound = partnership
+        .outbound
+        .as_ref()
+        .is_some_and(|outbound| outbound.encrypt);
     if encrypt_outbound && !serves(CertificateUsage::Encryption) {
         return Err(FieldError::new(
             "outbound.encrypt",
@@ -384,7 +417,11 @@ mod tests {
         assert!(check_as2_id(&"x".repeat(128)).is_ok());
         assert!(check_as2_id("").is_err());
         assert!(check_as2_id(&"x".repeat(129)).is_err());
-        assert!(check_as2_id("tab\there").unwrap_err().contains("position 3"));
+        assert!(
+            check_as2_id("tab\there")
+                .unwrap_err()
+                .contains("position 3")
+        );
         assert!(check_as2_id("caf\u{e9}").is_err());
         assert!(check_as2_id("del\u{7f}").is_err());
     }
@@ -443,7 +480,10 @@ mod tests {
             mdn_signing_key_id: "../key".to_owned(),
             ..minimal()
         };
-        assert_eq!(field_of(prepare_partnership(bad_key, now)), "mdn_signing_key_id");
+        assert_eq!(
+            field_of(prepare_partnership(bad_key, now)),
+            "mdn_signing_key_id"
+        );
     }
 
     #[test]
@@ -462,7 +502,10 @@ mod tests {
             ..minimal()
         };
         let prepared = prepare_partnership(with_certificates(&[&valid]), now).unwrap();
-        assert_eq!(prepared.partner_certificates[0].subject, "CN=partner, O=Test Partner");
+        assert_eq!(
+            prepared.partner_certificates[0].subject,
+            "CN=partner, O=Test Partner"
+        );
 
         let error = prepare_partnership(with_certificates(&[&valid, &expired]), now).unwrap_err();
         assert_eq!(error.field, "partner_certificates[1]");
@@ -514,7 +557,10 @@ mod tests {
             ..OutboundSettings::default()
         };
         assert_eq!(
-            field_of(prepare_partnership(with_outbound(encrypt_without_certificate), now)),
+            field_of(prepare_partnership(
+                with_outbound(encrypt_without_certificate),
+                now
+            )),
             "outbound.encrypt"
         );
         let unknown_enum = OutboundSettings {

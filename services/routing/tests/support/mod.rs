@@ -1,0 +1,149 @@
+//! Starting routing replicas against a real Redis for the integration tests.
+
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use as2_routing::{RoutingConfig, RoutingServer};
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{
+    CreatePartnershipRequest, PartnerCertificate, Partnership, PartnershipEvent,
+    PartnershipEventKind,
+};
+use as2_rpc::tonic::transport::Channel;
+use as2_rpc::tonic::{Code, Status, Streaming};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One routing service replica running in this process.
+pub struct Replica {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Starts a replica on ephemeral ports using `redis_url` and `prefix`.
+    pub async fn start(redis_url: &str, prefix: &str) -> Self {
+        let server = RoutingServer::bind(RoutingConfig::local(redis_url, prefix))
+            .await
+            .expect("routing service binds");
+        let grpc_addr = server.grpc_addr().unwrap();
+        let admin_addr = server.admin_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        Self {
+            grpc_addr,
+            admin_addr,
+            stop,
+            task,
+        }
+    }
+
+    /// A gRPC client of this replica.
+    pub async fn client(&self) -> RoutingServiceClient<Channel> {
+        RoutingServiceClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("client connects")
+    }
+
+    /// Triggers shutdown without waiting for it.
+    pub fn request_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stops the replica and waits until it has stopped.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("routing service stops within 15 s")
+            .expect("routing task does not panic")
+            .expect("routing service stops cleanly");
+    }
+}
+
+/// A partnership with only the required fields.
+pub fn partnership(as2_from: &str, as2_to: &str, topic: &str) -> Partnership {
+    Partnership {
+        as2_from: as2_from.to_owned(),
+        as2_to: as2_to.to_owned(),
+        kafka_topic: topic.to_owned(),
+        ..Partnership::default()
+    }
+}
+
+/// A certificate entry for `pem`.
+pub fn certificate(pem: String) -> PartnerCertificate {
+    PartnerCertificate {
+        pem,
+        ..PartnerCertificate::default()
+    }
+}
+
+/// Creates `partnership` and returns what the service stored.
+pub async fn create(
+    client: &mut RoutingServiceClient<Channel>,
+    partnership: Partnership,
+) -> Result<Partnership, Status> {
+    let response = client
+        .create_partnership(CreatePartnershipRequest {
+            partnership: Some(partnership),
+        })
+        .await?;
+    Ok(response
+        .into_inner()
+        .partnership
+        .expect("response has the partnership"))
+}
+
+/// Asserts that `result` failed with `code` and a message containing `needle`.
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert!(
+        status.message().contains(needle),
+        "message {:?} does not contain {needle:?}",
+        status.message()
+    );
+}
+
+/// Opens a watch stream and waits for its first RESET event, after which
+/// every change is delivered.
+pub async fn watch(client: &mut RoutingServiceClient<Channel>) -> Streaming<PartnershipEvent> {
+    let mut stream = client
+        .watch_partnerships(as2_rpc::routing::v1::WatchPartnershipsRequest {})
+        .await
+        .expect("watch starts")
+        .into_inner();
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.kind(), PartnershipEventKind::Reset);
+    stream
+}
+
+/// The next event, failing the test after 10 s.
+pub async fn next_event(stream: &mut Streaming<PartnershipEvent>) -> PartnershipEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream has not ended")
+}
+
+/// GET `path` on the admin server; returns status and body.
+pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
