@@ -1,0 +1,3 @@
+//! The `as2-edge` binary.
+
+fn main() {}

@@ -1,0 +1,162 @@
+//! Partnership lookup with a local cache.
+//!
+//! Every inbound message needs its partnership, so the edge keeps the partnerships it has
+//! resolved in memory. A cached entry is dropped when the routing service's watch stream
+//! reports a change to it (every entry on a `RESET` event, or when the stream breaks),
+//! and after a short TTL in any case, as a backstop should an event be lost.
+//!
+//! A lookup that races with an invalidation does not put stale data back into the
+//! cache: every invalidation bumps a generation counter, and a lookup only stores its
+//! answer when the generation is the one it started with.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{
+    Partnership, PartnershipEventKind, ResolvePartnershipRequest, WatchPartnershipsRequest,
+};
+use as2_rpc::tonic::transport::{Channel, Endpoint};
+use as2_rpc::tonic::{Code, Status};
+use tokio_util::sync::CancellationToken;
+
+/// The pair an inbound message is routed by: (AS2-From, AS2-To).
+type Pair = (String, String);
+
+struct CachedRoute {
+    partnership: Arc<Partnership>,
+    fetched_at: Instant,
+}
+
+/// Why a partnership could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The routing service is unreachable or failed; the message should be retried.
+    #[error("routing service unavailable: {0}")]
+    Unavailable(#[source] Box<Status>),
+}
+
+/// Resolves (AS2-From, AS2-To) pairs to partnerships through the routing service.
+pub struct RouteCache {
+    client: RoutingServiceClient<Channel>,
+    entries: RwLock<HashMap<Pair, CachedRoute>>,
+    generation: AtomicU64,
+    ttl: Duration,
+}
+
+impl RouteCache {
+    /// A cache in front of the routing service at `routing_url` (connected lazily).
+    pub fn new(routing_url: &str, ttl: Duration) -> Result<Arc<Self>, as2_rpc::tonic::transport::Error> {
+        let channel = Endpoint::from_shared(routing_url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Arc::new(Self {
+            client: RoutingServiceClient::new(channel),
+            entries: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            ttl,
+        }))
+    }
+
+    /// The partnership for `(as2_from, as2_to)`, or `None` when there is none.
+    pub async fn resolve(&self, as2_from: &str, as2_to: &str) -> Result<Option<Arc<Partnership>>, RouteError> {
+        let pair = (as2_from.to_owned(), as2_to.to_owned());
+        if let Some(partnership) = self.cached(&pair) {
+            return Ok(Some(partnership));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let request = ResolvePartnershipRequest { as2_from: pair.0.clone(), as2_to: pair.1.clone() };
+        let response = self.client.clone().resolve_partnership(request).await;
+        let partnership = match response {
+            Ok(response) => response.into_inner().partnership.map(Arc::new),
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => return Err(RouteError::Unavailable(Box::new(status))),
+        };
+        if let Some(partnership) = &partnership {
+            self.store(pair, partnership.clone(), generation);
+        }
+        Ok(partnership)
+    }
+
+    fn cached(&self, pair: &Pair) -> Option<Arc<Partnership>> {
+        let entries = self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let route = entries.get(pair)?;
+        (route.fetched_at.elapsed() < self.ttl).then(|| route.partnership.clone())
+    }
+
+    fn store(&self, pair: Pair, partnership: Arc<Partnership>, generation: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.generation.load(Ordering::SeqCst) == generation {
+            entries.insert(pair, CachedRoute { partnership, fetched_at: Instant::now() });
+        }
+    }
+
+    /// Drops every cached partnership.
+    pub fn clear(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        entries.clear();
+    }
+
+    fn forget(&self, id: &str, pairs: &[Pair]) {
+        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for pair in pairs {
+            entries.remove(pair);
+        }
+        entries.retain(|_, route| route.partnership.id != id);
+    }
+
+    /// Number of cached partnerships (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Follows the routing service's change stream until `shutdown` is cancelled,
+    /// reconnecting with a growing delay when the stream breaks. While no stream is
+    /// established the cache is kept empty, so lookups go to the routing service.
+    pub async fn follow_changes(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut retry_delay = Duration::from_millis(100);
+        loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = self.watch_once(&mut retry_delay) => outcome,
+            };
+            self.clear();
+            if let Err(status) = outcome {
+                tracing::warn!(code = ?status.code(), message = status.message(), "partnership watch stream broke");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(retry_delay) => {}
+            }
+            retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn watch_once(&self, retry_delay: &mut Duration) -> Result<(), Status> {
+        let mut stream = self.client.clone().watch_partnerships(WatchPartnershipsRequest {}).await?.into_inner();
+        while let Some(event) = stream.message().await? {
+            *retry_delay = Duration::from_millis(100);
+            match event.kind() {
+                PartnershipEventKind::Reset | PartnershipEventKind::Unspecified => self.clear(),
+                PartnershipEventKind::Upserted | PartnershipEventKind::Deleted => {
+                    let mut pairs = vec![(event.as2_from.clone(), event.as2_to.clone())];
+                    if !event.previous_as2_from.is_empty() || !event.previous_as2_to.is_empty() {
+                        pairs.push((event.previous_as2_from.clone(), event.previous_as2_to.clone()));
+                    }
+                    self.forget(&event.id, &pairs);
+                }
+            }
+        }
+        Ok(())
+    }
+}
