@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn rejects_truncation_and_deep_nesting() {
         assert!(parse_single(&[0x30, 0x05, 0x04]).is_err());
-        let mut nested = vec![0x30u8, 0x80].repeat(200);
+        let mut nested = [0x30u8, 0x80].repeat(200);
         nested.extend(vec![0u8; 400]);
         assert!(parse_single(&nested).is_err());
     }

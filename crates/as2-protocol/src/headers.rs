@@ -466,13 +466,14 @@ impl DispositionNotificationOptions {
     /// holds nothing we support, or [`As2Error::UnsupportedFormat`] when a signed receipt
     /// is required with a protocol other than pkcs7-signature (RFC 4130 7.5.3).
     pub fn choose_mic_algorithm(&self, allow_md5: bool) -> Result<Option<MicAlgorithm>> {
-        if let Some(protocol) = &self.signed_receipt_protocol {
-            if protocol.importance == Importance::Required && !self.wants_signed_receipt() {
-                return Err(As2Error::UnsupportedFormat(format!(
-                    "signed receipt protocol {:?}",
-                    protocol.values
-                )));
-            }
+        if let Some(protocol) = &self.signed_receipt_protocol
+            && protocol.importance == Importance::Required
+            && !self.wants_signed_receipt()
+        {
+            return Err(As2Error::UnsupportedFormat(format!(
+                "signed receipt protocol {:?}",
+                protocol.values
+            )));
         }
         let Some(micalg) = &self.signed_receipt_micalg else {
             return Ok(None);

@@ -135,10 +135,10 @@ pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
     }
     let mut layer = payload_layer(message)?;
     let payload_entity = layer.to_bytes();
-    let compress_first = match (message.compression, message.signing) {
-        (Some(CompressionOrder::BeforeSigning), _) | (Some(CompressionOrder::AfterSigning), None) => true,
-        _ => false,
-    };
+    let compress_first = matches!(
+        (message.compression, message.signing),
+        (Some(CompressionOrder::BeforeSigning), _) | (Some(CompressionOrder::AfterSigning), None)
+    );
     if compress_first {
         layer = Layer::smime("compressed-data", "smime.p7z", cms::compress(&payload_entity)?);
     }

@@ -2,6 +2,8 @@
 //! line. Messages it makes unwrap with the right MIC, and what we make it verifies and
 //! decrypts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use std::path::{Path, PathBuf};

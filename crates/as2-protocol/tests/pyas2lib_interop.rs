@@ -4,6 +4,8 @@
 //! the repository's test command creates that virtualenv. Missing Python is a failure,
 //! never a skip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use std::io::Write;

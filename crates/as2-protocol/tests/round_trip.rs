@@ -1,6 +1,8 @@
 //! Every combination the crate builds unwraps to the same payload and MIC; failures map
 //! to the right AS2 dispositions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 mod common;
 
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};

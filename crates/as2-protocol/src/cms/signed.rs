@@ -164,11 +164,11 @@ fn verify_signer(signer: &SignerInfo<'_>, candidates: &[&[u8]], options: &Verify
         let Some(certificate) = options.certificates.get(index) else {
             continue;
         };
-        if options.check_validity {
-            if let Err(error) = super::check_validity(certificate) {
-                last_error = error;
-                continue;
-            }
+        if options.check_validity
+            && let Err(error) = super::check_validity(certificate)
+        {
+            last_error = error;
+            continue;
         }
         let public_key = certificate.public_key()?;
         let verified = |data: &[u8]| verify_with_key(&public_key, scheme, digest, signer, data);
