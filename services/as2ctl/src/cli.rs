@@ -1,0 +1,417 @@
+//! Command-line syntax of as2ctl.
+
+use std::path::PathBuf;
+
+use as2_rpc::routing::v1::{Compression, EncryptionCipher, MdnMode, SigningDigest};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Operate the AS2 gateway: manage partnerships and their certificates.
+#[derive(Parser, Debug)]
+#[command(name = "as2ctl", version)]
+pub struct Cli {
+    /// URL of the routing service's gRPC endpoint.
+    #[arg(
+        long,
+        env = "AS2_ROUTING_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub routing_url: String,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Seconds to wait for the routing service to answer.
+    #[arg(
+        long,
+        env = "AS2_CTL_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub timeout_secs: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage partnerships.
+    #[command(subcommand)]
+    Partnership(PartnershipCommand),
+}
+
+/// `as2ctl partnership ...`
+#[derive(Subcommand, Debug)]
+pub enum PartnershipCommand {
+    /// Create a partnership.
+    Add(AddArgs),
+    /// Change a partnership; only the options given change.
+    Update(UpdateArgs),
+    /// Delete a partnership.
+    Remove(RemoveArgs),
+    /// List all partnerships.
+    List,
+    /// Show one partnership, by id or by its AS2-From / AS2-To pair.
+    Show(ShowArgs),
+}
+
+/// `partnership add`
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Partnership id (lowercase letters, digits, '.', '_', '-'); generated
+    /// when left out.
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// The partner's AS2 ID (the AS2-From of messages it sends us).
+    #[arg(long)]
+    pub from: String,
+
+    /// Our AS2 ID (the AS2-To of messages the partner sends us).
+    #[arg(long)]
+    pub to: String,
+
+    /// Kafka topic that the partner's documents are published to.
+    #[arg(long)]
+    pub topic: String,
+
+    /// A file with the partner's certificate(s), PEM or DER; repeat for
+    /// several (e.g. during a rotation).
+    #[arg(long = "partner-cert", value_name = "FILE")]
+    pub partner_certificates: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// `partnership update`
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The partnership to change.
+    pub id: String,
+
+    /// New AS2-From (partner's AS2 ID).
+    #[arg(long)]
+    pub from: Option<String>,
+
+    /// New AS2-To (our AS2 ID).
+    #[arg(long)]
+    pub to: Option<String>,
+
+    /// New Kafka topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+
+    /// Replace all partner certificates with the ones in these files (PEM or
+    /// DER); repeatable.
+    #[arg(
+        long = "partner-cert",
+        value_name = "FILE",
+        conflicts_with = "remove_partner_certificates"
+    )]
+    pub partner_certificates: Vec<PathBuf>,
+
+    /// Add the certificate(s) in this file (PEM or DER); repeatable.
+    #[arg(long = "add-partner-cert", value_name = "FILE")]
+    pub add_partner_certificates: Vec<PathBuf>,
+
+    /// Remove the certificate with this SHA-256 fingerprint (as `show`
+    /// prints it, colons optional); repeatable.
+    #[arg(long = "remove-partner-cert", value_name = "SHA256")]
+    pub remove_partner_certificates: Vec<String>,
+
+    /// Only update if the partnership is still at this revision.
+    #[arg(long)]
+    pub expected_revision: Option<u64>,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// `partnership remove`
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    /// The partnership to delete.
+    pub id: String,
+
+    /// Only delete if the partnership is still at this revision.
+    #[arg(long)]
+    pub expected_revision: Option<u64>,
+}
+
+/// `partnership show`
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "from"])))]
+pub struct ShowArgs {
+    /// The partnership's id.
+    pub id: Option<String>,
+
+    /// Find the partnership by AS2-From instead (needs --to).
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+
+    /// AS2-To to go with --from.
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+}
+
+/// Settings shared by `add` and `update`. Boolean options take an optional
+/// value: `--require-signature` means true, `--require-signature=false` turns
+/// it off.
+#[derive(Args, Debug, Default)]
+pub struct SettingsArgs {
+    /// Human-readable label.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Id of our key that decrypts the partner's messages.
+    #[arg(long, value_name = "KEY_ID")]
+    pub decryption_key_id: Option<String>,
+
+    /// Id of our key that signs MDNs for this partner.
+    #[arg(long, value_name = "KEY_ID")]
+    pub mdn_signing_key_id: Option<String>,
+
+    /// Refuse unsigned messages.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_signature: Option<bool>,
+
+    /// Refuse unencrypted messages.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_encryption: Option<bool>,
+
+    /// Digests accepted in signatures (comma-separated); empty list: all
+    /// supported.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "DIGESTS")]
+    pub signing_digests: Option<Vec<DigestArg>>,
+
+    /// Ciphers accepted for encryption (comma-separated); empty list: all
+    /// supported.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "CIPHERS")]
+    pub encryption_ciphers: Option<Vec<CipherArg>>,
+
+    /// Accept MD5 (insecure; legacy partners only).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_md5: Option<bool>,
+
+    /// Sign MDNs when the partner asks for a signed receipt.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub signed_mdn: Option<bool>,
+
+    /// MIC algorithm when none of the partner's preferences fits.
+    #[arg(long, value_name = "DIGEST")]
+    pub default_micalg: Option<DigestArg>,
+
+    /// Interop: accept signatures from certificates outside their validity
+    /// period.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub skip_certificate_validity_check: Option<bool>,
+
+    /// Interop: retry a failed signature check with LF converted to CRLF.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub retry_signature_with_crlf: Option<bool>,
+
+    /// Interop: MIC of unsigned messages covers the MIME headers too.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub unsigned_mic_includes_headers: Option<bool>,
+
+    /// Interop: accept AS2 IDs with spaces that are not quoted.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub accept_unquoted_as2_ids: Option<bool>,
+
+    /// Outbound: the partner's AS2 URL (empty string: no outbound).
+    #[arg(long, value_name = "URL")]
+    pub outbound_url: Option<String>,
+
+    /// Outbound: sign messages.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub outbound_sign: Option<bool>,
+
+    /// Outbound: signature digest.
+    #[arg(long, value_name = "DIGEST")]
+    pub outbound_signing_digest: Option<DigestArg>,
+
+    /// Outbound: id of our signing key (default: the MDN signing key).
+    #[arg(long, value_name = "KEY_ID")]
+    pub outbound_signing_key_id: Option<String>,
+
+    /// Outbound: encrypt messages.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub outbound_encrypt: Option<bool>,
+
+    /// Outbound: encryption cipher.
+    #[arg(long, value_name = "CIPHER")]
+    pub outbound_cipher: Option<CipherArg>,
+
+    /// Outbound: compression.
+    #[arg(long, value_name = "MODE")]
+    pub outbound_compression: Option<CompressionArg>,
+
+    /// Outbound: how the partner returns MDNs.
+    #[arg(long, value_name = "MODE")]
+    pub outbound_mdn: Option<MdnModeArg>,
+
+    /// Outbound: ask for signed MDNs.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub outbound_signed_mdn: Option<bool>,
+
+    /// Outbound: our URL for asynchronous MDNs.
+    #[arg(long, value_name = "URL")]
+    pub async_mdn_url: Option<String>,
+
+    /// Outbound: timeout of one send attempt in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub outbound_timeout_secs: Option<u32>,
+
+    /// Outbound: retries of a failed send.
+    #[arg(long, value_name = "COUNT")]
+    pub outbound_max_retries: Option<u32>,
+
+    /// Outbound: Subject header.
+    #[arg(long, value_name = "TEXT")]
+    pub outbound_subject: Option<String>,
+}
+
+/// A signing digest on the command line and in JSON output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DigestArg {
+    /// MD5 (needs --allow-md5).
+    Md5,
+    /// SHA-1.
+    Sha1,
+    /// SHA-224.
+    Sha224,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl From<DigestArg> for SigningDigest {
+    fn from(digest: DigestArg) -> Self {
+        match digest {
+            DigestArg::Md5 => Self::Md5,
+            DigestArg::Sha1 => Self::Sha1,
+            DigestArg::Sha224 => Self::Sha224,
+            DigestArg::Sha256 => Self::Sha256,
+            DigestArg::Sha384 => Self::Sha384,
+            DigestArg::Sha512 => Self::Sha512,
+        }
+    }
+}
+
+/// An encryption cipher on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CipherArg {
+    /// Triple DES (CBC).
+    #[value(name = "3des")]
+    DesEde3Cbc,
+    /// AES-128-CBC.
+    Aes128Cbc,
+    /// AES-192-CBC.
+    Aes192Cbc,
+    /// AES-256-CBC.
+    Aes256Cbc,
+    /// AES-128-GCM.
+    Aes128Gcm,
+    /// AES-256-GCM.
+    Aes256Gcm,
+}
+
+impl From<CipherArg> for EncryptionCipher {
+    fn from(cipher: CipherArg) -> Self {
+        match cipher {
+            CipherArg::DesEde3Cbc => Self::DesEde3Cbc,
+            CipherArg::Aes128Cbc => Self::Aes128Cbc,
+            CipherArg::Aes192Cbc => Self::Aes192Cbc,
+            CipherArg::Aes256Cbc => Self::Aes256Cbc,
+            CipherArg::Aes128Gcm => Self::Aes128Gcm,
+            CipherArg::Aes256Gcm => Self::Aes256Gcm,
+        }
+    }
+}
+
+/// Outbound compression on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// No compression.
+    None,
+    /// Compress, then sign.
+    BeforeSigning,
+    /// Sign, then compress.
+    AfterSigning,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(compression: CompressionArg) -> Self {
+        match compression {
+            CompressionArg::None => Self::Unspecified,
+            CompressionArg::BeforeSigning => Self::BeforeSigning,
+            CompressionArg::AfterSigning => Self::AfterSigning,
+        }
+    }
+}
+
+/// Outbound MDN mode on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MdnModeArg {
+    /// No MDN requested.
+    None,
+    /// MDN in the HTTP response.
+    Sync,
+    /// MDN sent later to --async-mdn-url.
+    Async,
+}
+
+impl From<MdnModeArg> for MdnMode {
+    fn from(mode: MdnModeArg) -> Self {
+        match mode {
+            MdnModeArg::None => Self::Unspecified,
+            MdnModeArg::Sync => Self::Sync,
+            MdnModeArg::Async => Self::Async,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn booleans_take_an_optional_value() {
+        let cli = Cli::try_parse_from([
+            "as2ctl",
+            "partnership",
+            "update",
+            "p1",
+            "--require-signature",
+            "--allow-md5=false",
+            "--signing-digests",
+            "sha256,sha512",
+        ])
+        .unwrap();
+        let Command::Partnership(PartnershipCommand::Update(update)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(update.settings.require_signature, Some(true));
+        assert_eq!(update.settings.allow_md5, Some(false));
+        assert_eq!(
+            update.settings.signing_digests,
+            Some(vec![DigestArg::Sha256, DigestArg::Sha512])
+        );
+        assert_eq!(update.settings.require_encryption, None);
+    }
+}

@@ -1,0 +1,509 @@
+//! Carrying out as2ctl's commands against the routing service.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{
+    CreatePartnershipRequest, DeletePartnershipRequest, EncryptionCipher, GetPartnershipRequest,
+    InteropSwitches, ListPartnershipsRequest, MdnPreferences, OutboundSettings, PartnerCertificate,
+    Partnership, ResolvePartnershipRequest, SecurityPolicy, SigningDigest,
+    UpdatePartnershipRequest,
+};
+use as2_rpc::tonic::transport::{Channel, Endpoint};
+use as2_rpc::tonic::{Code, Status};
+
+use crate::certificates::{
+    CertificateFileError, LoadedCertificate, load_certificates, normalize_fingerprint,
+};
+use crate::cli::{
+    AddArgs, Cli, Command, PartnershipCommand, RemoveArgs, SettingsArgs, ShowArgs, UpdateArgs,
+};
+use crate::output::{PartnershipView, render_detail, render_table};
+
+/// How long connecting to the routing service may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page size used by `list`.
+const LIST_PAGE_SIZE: u32 = 500;
+
+/// Why a command failed. The message is what the operator sees.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The routing URL is malformed.
+    #[error("invalid routing url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The routing service cannot be reached.
+    #[error("cannot reach the routing service at {url}: {reason}")]
+    Unreachable {
+        /// The URL given.
+        url: String,
+        /// The transport's explanation.
+        reason: String,
+    },
+    /// The routing service refused or failed the request.
+    #[error("{0}")]
+    Refused(String),
+    /// A certificate file is unusable.
+    #[error(transparent)]
+    CertificateFile(#[from] CertificateFileError),
+    /// The options make no sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// JSON output failed.
+    #[error("cannot write json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Runs the command and returns what to print on standard output.
+pub async fn execute(cli: Cli) -> Result<String, CtlError> {
+    let mut client = connect(&cli.routing_url, Duration::from_secs(cli.timeout_secs)).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Partnership(command) => match command {
+            PartnershipCommand::Add(args) => add(&mut client, args, json).await,
+            PartnershipCommand::Update(args) => update(&mut client, args, json).await,
+            PartnershipCommand::Remove(args) => remove(&mut client, args, json).await,
+            PartnershipCommand::List => list(&mut client, json).await,
+            PartnershipCommand::Show(args) => show(&mut client, args, json).await,
+        },
+    }
+}
+
+async fn connect(url: &str, timeout: Duration) -> Result<RoutingServiceClient<Channel>, CtlError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| CtlError::InvalidUrl {
+            url: url.to_owned(),
+            reason: error_chain(&error),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| CtlError::Unreachable {
+            url: url.to_owned(),
+            reason: error_chain(&error),
+        })?;
+    Ok(RoutingServiceClient::new(channel))
+}
+
+/// An error with its sources, "outer: inner: innermost".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Turns a refusal into words; a complaint about `partner_certificates[N]`
+/// also names the file that certificate came from.
+fn refused(status: &Status, certificate_origins: &[String]) -> CtlError {
+    let mut message = status.message().to_owned();
+    if let Some(rest) = message.strip_prefix("partner_certificates[")
+        && let Some((index, _)) = rest.split_once(']')
+        && let Ok(index) = index.parse::<usize>()
+        && let Some(origin) = certificate_origins.get(index)
+    {
+        message = format!("{message} (certificate from {origin})");
+    }
+    let text = match status.code() {
+        Code::InvalidArgument => format!("invalid partnership: {message}"),
+        Code::NotFound => format!("not found: {message}"),
+        Code::AlreadyExists => format!("already exists: {message}"),
+        Code::Aborted => format!("conflict: {message}; show it again and retry"),
+        Code::Unavailable => format!("routing service unavailable: {message}"),
+        Code::DeadlineExceeded => format!("routing service did not answer in time: {message}"),
+        code => format!("routing service error ({code:?}): {message}"),
+    };
+    CtlError::Refused(text)
+}
+
+fn present_one(
+    partnership: &Partnership,
+    json: bool,
+    headline: Option<String>,
+) -> Result<String, CtlError> {
+    let view = PartnershipView::from(partnership);
+    if json {
+        return Ok(serde_json::to_string_pretty(&view)? + "\n");
+    }
+    let detail = render_detail(&view);
+    Ok(match headline {
+        Some(headline) => format!("{headline}\n{detail}"),
+        None => detail,
+    })
+}
+
+fn load_all(paths: &[PathBuf]) -> Result<Vec<LoadedCertificate>, CtlError> {
+    let mut loaded = Vec::new();
+    for path in paths {
+        loaded.extend(load_certificates(path)?);
+    }
+    Ok(loaded)
+}
+
+fn into_entries(loaded: Vec<LoadedCertificate>) -> (Vec<PartnerCertificate>, Vec<String>) {
+    loaded
+        .into_iter()
+        .map(|certificate| {
+            (
+                PartnerCertificate {
+                    pem: certificate.pem,
+                    ..PartnerCertificate::default()
+                },
+                certificate.origin,
+            )
+        })
+        .unzip()
+}
+
+async fn add(
+    client: &mut RoutingServiceClient<Channel>,
+    args: AddArgs,
+    json: bool,
+) -> Result<String, CtlError> {
+    let (certificates, origins) = into_entries(load_all(&args.partner_certificates)?);
+    let mut partnership = Partnership {
+        id: args.id.unwrap_or_default(),
+        as2_from: args.from,
+        as2_to: args.to,
+        kafka_topic: args.topic,
+        partner_certificates: certificates,
+        ..Partnership::default()
+    };
+    apply_settings(&mut partnership, &args.settings);
+    let created = client
+        .create_partnership(CreatePartnershipRequest {
+            partnership: Some(partnership),
+        })
+        .await
+        .map_err(|status| refused(&status, &origins))?
+        .into_inner()
+        .partnership
+        .unwrap_or_default();
+    present_one(
+        &created,
+        json,
+        Some(format!("created partnership {}", created.id)),
+    )
+}
+
+async fn update(
+    client: &mut RoutingServiceClient<Channel>,
+    args: UpdateArgs,
+    json: bool,
+) -> Result<String, CtlError> {
+    let mut partnership = get(client, &args.id).await?;
+    if let Some(expected) = args.expected_revision
+        && expected != partnership.revision
+    {
+        return Err(CtlError::Refused(format!(
+            "conflict: partnership {:?} is at revision {}, not the expected {expected}",
+            partnership.id, partnership.revision
+        )));
+    }
+    let mut changed = apply_settings(&mut partnership, &args.settings);
+    for (value, target) in [
+        (args.from, &mut partnership.as2_from),
+        (args.to, &mut partnership.as2_to),
+        (args.topic, &mut partnership.kafka_topic),
+    ] {
+        if let Some(value) = value {
+            *target = value;
+            changed = true;
+        }
+    }
+
+    // Certificates already stored keep their place; new files follow.
+    let mut origins: Vec<String> = partnership
+        .partner_certificates
+        .iter()
+        .map(|certificate| format!("the stored certificate {}", certificate.sha256_fingerprint))
+        .collect();
+    if !args.partner_certificates.is_empty() {
+        let (certificates, new_origins) = into_entries(load_all(&args.partner_certificates)?);
+        partnership.partner_certificates = certificates;
+        origins = new_origins;
+        changed = true;
+    }
+    for fingerprint in &args.remove_partner_certificates {
+        let wanted = normalize_fingerprint(fingerprint);
+        let position = partnership
+            .partner_certificates
+            .iter()
+            .position(|certificate| certificate.sha256_fingerprint == wanted)
+            .ok_or_else(|| {
+                CtlError::Usage(format!(
+                    "partnership {:?} has no partner certificate with sha-256 fingerprint {wanted}",
+                    partnership.id
+                ))
+            })?;
+        partnership.partner_certificates.remove(position);
+        origins.remove(position);
+        changed = true;
+    }
+    if !args.add_partner_certificates.is_empty() {
+        let (certificates, new_origins) = into_entries(load_all(&args.add_partner_certificates)?);
+        partnership.partner_certificates.extend(certificates);
+        origins.extend(new_origins);
+        changed = true;
+    }
+    if !changed {
+        return Err(CtlError::Usage(
+            "nothing to change: give at least one option (see as2ctl partnership update --help)"
+                .to_owned(),
+        ));
+    }
+
+    let expected_revision = partnership.revision;
+    let updated = client
+        .update_partnership(UpdatePartnershipRequest {
+            partnership: Some(partnership),
+            expected_revision,
+        })
+        .await
+        .map_err(|status| refused(&status, &origins))?
+        .into_inner()
+        .partnership
+        .unwrap_or_default();
+    present_one(
+        &updated,
+        json,
+        Some(format!(
+            "updated partnership {} (revision {})",
+            updated.id, updated.revision
+        )),
+    )
+}
+
+async fn remove(
+    client: &mut RoutingServiceClient<Channel>,
+    args: RemoveArgs,
+    json: bool,
+) -> Result<String, CtlError> {
+    let removed = client
+        .delete_partnership(DeletePartnershipRequest {
+            id: args.id,
+            expected_revision: args.expected_revision.unwrap_or(0),
+        })
+        .await
+        .map_err(|status| refused(&status, &[]))?
+        .into_inner()
+        .partnership
+        .unwrap_or_default();
+    if json {
+        return Ok(serde_json::to_string_pretty(&PartnershipView::from(&removed))? + "\n");
+    }
+    Ok(format!(
+        "removed partnership {} ({} -> {}, revision {})\n",
+        removed.id, removed.as2_from, removed.as2_to, removed.revision
+    ))
+}
+
+async fn list(client: &mut RoutingServiceClient<Channel>, json: bool) -> Result<String, CtlError> {
+    let mut partnerships = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_partnerships(ListPartnershipsRequest {
+                page_size: LIST_PAGE_SIZE,
+                page_token,
+            })
+            .await
+            .map_err(|status| refused(&status, &[]))?
+            .into_inner();
+        partnerships.extend(page.partnerships);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let views: Vec<PartnershipView> = partnerships.iter().map(PartnershipView::from).collect();
+    if json {
+        return Ok(serde_json::to_string_pretty(&views)? + "\n");
+    }
+    Ok(render_table(&views))
+}
+
+async fn show(
+    client: &mut RoutingServiceClient<Channel>,
+    args: ShowArgs,
+    json: bool,
+) -> Result<String, CtlError> {
+    let partnership = match (args.id, args.from, args.to) {
+        (Some(id), None, None) => get(client, &id).await?,
+        (None, Some(as2_from), Some(as2_to)) => client
+            .resolve_partnership(ResolvePartnershipRequest { as2_from, as2_to })
+            .await
+            .map_err(|status| refused(&status, &[]))?
+            .into_inner()
+            .partnership
+            .unwrap_or_default(),
+        _ => {
+            return Err(CtlError::Usage(
+                "give either a partnership id or --from and --to".to_owned(),
+            ));
+        }
+    };
+    present_one(&partnership, json, None)
+}
+
+async fn get(
+    client: &mut RoutingServiceClient<Channel>,
+    id: &str,
+) -> Result<Partnership, CtlError> {
+    Ok(client
+        .get_partnership(GetPartnershipRequest { id: id.to_owned() })
+        .await
+        .map_err(|status| refused(&status, &[]))?
+        .into_inner()
+        .partnership
+        .unwrap_or_default())
+}
+
+/// Copies the options that were given into `partnership`; returns whether
+/// any was.
+fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> bool {
+    let mut changed = false;
+    let mut set = |target: &mut String, value: &Option<String>| {
+        if let Some(value) = value {
+            target.clone_from(value);
+            changed = true;
+        }
+    };
+    set(&mut partnership.display_name, &settings.name);
+    set(
+        &mut partnership.decryption_key_id,
+        &settings.decryption_key_id,
+    );
+    set(
+        &mut partnership.mdn_signing_key_id,
+        &settings.mdn_signing_key_id,
+    );
+
+    let outbound = partnership
+        .outbound
+        .get_or_insert_with(OutboundSettings::default);
+    set(&mut outbound.url, &settings.outbound_url);
+    set(
+        &mut outbound.signing_key_id,
+        &settings.outbound_signing_key_id,
+    );
+    set(&mut outbound.async_mdn_url, &settings.async_mdn_url);
+    set(&mut outbound.subject, &settings.outbound_subject);
+
+    let mut flag = |target: &mut bool, value: Option<bool>| {
+        if let Some(value) = value {
+            *target = value;
+            changed = true;
+        }
+    };
+    flag(&mut outbound.sign, settings.outbound_sign);
+    flag(&mut outbound.encrypt, settings.outbound_encrypt);
+    flag(
+        &mut outbound.request_signed_mdn,
+        settings.outbound_signed_mdn,
+    );
+    let policy = partnership
+        .security_policy
+        .get_or_insert_with(SecurityPolicy::default);
+    flag(&mut policy.require_signature, settings.require_signature);
+    flag(&mut policy.require_encryption, settings.require_encryption);
+    flag(&mut policy.allow_md5, settings.allow_md5);
+    let mdn = partnership
+        .mdn_preferences
+        .get_or_insert_with(MdnPreferences::default);
+    flag(&mut mdn.offer_signed_mdn, settings.signed_mdn);
+    let interop = partnership
+        .interop
+        .get_or_insert_with(InteropSwitches::default);
+    flag(
+        &mut interop.skip_certificate_validity_check,
+        settings.skip_certificate_validity_check,
+    );
+    flag(
+        &mut interop.retry_signature_with_crlf_normalization,
+        settings.retry_signature_with_crlf,
+    );
+    flag(
+        &mut interop.unsigned_mic_includes_headers,
+        settings.unsigned_mic_includes_headers,
+    );
+    flag(
+        &mut interop.accept_unquoted_as2_ids,
+        settings.accept_unquoted_as2_ids,
+    );
+
+    let mut number = |target: &mut i32, value: Option<i32>| {
+        if let Some(value) = value {
+            *target = value;
+            changed = true;
+        }
+    };
+    number(
+        &mut mdn.default_micalg,
+        settings
+            .default_micalg
+            .map(|digest| SigningDigest::from(digest) as i32),
+    );
+    number(
+        &mut outbound.signing_digest,
+        settings
+            .outbound_signing_digest
+            .map(|digest| SigningDigest::from(digest) as i32),
+    );
+    number(
+        &mut outbound.encryption_cipher,
+        settings
+            .outbound_cipher
+            .map(|cipher| EncryptionCipher::from(cipher) as i32),
+    );
+    number(
+        &mut outbound.compression,
+        settings
+            .outbound_compression
+            .map(|compression| as2_rpc::routing::v1::Compression::from(compression) as i32),
+    );
+    number(
+        &mut outbound.mdn_mode,
+        settings
+            .outbound_mdn
+            .map(|mode| as2_rpc::routing::v1::MdnMode::from(mode) as i32),
+    );
+
+    if let Some(digests) = &settings.signing_digests {
+        policy.allowed_signing_digests = digests
+            .iter()
+            .map(|&digest| SigningDigest::from(digest) as i32)
+            .collect();
+        changed = true;
+    }
+    if let Some(ciphers) = &settings.encryption_ciphers {
+        policy.allowed_encryption_ciphers = ciphers
+            .iter()
+            .map(|&cipher| EncryptionCipher::from(cipher) as i32)
+            .collect();
+        changed = true;
+    }
+    if let Some(seconds) = settings.outbound_timeout_secs {
+        outbound.timeout_seconds = seconds;
+        changed = true;
+    }
+    if let Some(retries) = settings.outbound_max_retries {
+        outbound.max_retries = retries;
+        changed = true;
+    }
+    changed
+}
