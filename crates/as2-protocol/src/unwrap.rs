@@ -392,13 +392,21 @@ pub(crate) fn verify_multipart_signed(entity: &Entity<'_>, options: &VerifyOptio
         })
         .ok_or_else(|| As2Error::UnsupportedFormat("multipart/signed without a PKCS #7 signature part".into()))?;
     let signature = signature_part.decoded_body()?;
-    let candidates = signed_content_candidates(signed);
-    let candidate_refs: Vec<&[u8]> = candidates.iter().map(|(_, bytes)| bytes.as_slice()).collect();
-    let (verified, index) = cms::verify_detached(&signature, &candidate_refs, options)?;
-    let (form, signed_bytes) = candidates
-        .into_iter()
-        .nth(index)
-        .ok_or_else(|| As2Error::AuthenticationFailed("no signed content".into()))?;
+    let (form, signed_bytes, verified) = match cms::verify_detached(&signature, &[signed.raw()], options) {
+        Ok((verified, _)) => (SignedContentForm::Exact, signed.raw().to_vec(), verified),
+        // Only when the exact bytes do not match the signed digest are other forms tried.
+        Err(As2Error::IntegrityCheckFailed(_)) => {
+            let candidates = canonical_candidates(signed);
+            let candidate_refs: Vec<&[u8]> = candidates.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+            let (verified, index) = cms::verify_detached(&signature, &candidate_refs, options)?;
+            let (form, bytes) = candidates
+                .into_iter()
+                .nth(index)
+                .ok_or_else(|| As2Error::AuthenticationFailed("no signed content".into()))?;
+            (form, bytes, verified)
+        }
+        Err(error) => return Err(error),
+    };
     let facts = SignatureFacts {
         digest: verified.digest,
         scheme: verified.scheme,
@@ -409,17 +417,18 @@ pub(crate) fn verify_multipart_signed(entity: &Entity<'_>, options: &VerifyOptio
     Ok(VerifiedMultipart { facts, signed_bytes })
 }
 
-fn signed_content_candidates(signed: &Entity<'_>) -> Vec<(SignedContentForm, Vec<u8>)> {
+/// CRLF-canonical forms of the signed entity that differ from the received bytes.
+fn canonical_candidates(signed: &Entity<'_>) -> Vec<(SignedContentForm, Vec<u8>)> {
     let raw = signed.raw();
     let header_length = raw.len().saturating_sub(signed.body().len());
     let (header_block, body) = raw.split_at(header_length.min(raw.len()));
-    let mut candidates = vec![(SignedContentForm::Exact, raw.to_vec())];
+    let mut candidates = Vec::new();
     let crlf_headers = [mime::to_crlf(header_block).as_ref(), body].concat();
     if crlf_headers != raw {
         candidates.push((SignedContentForm::CrlfHeaders, crlf_headers));
     }
     let crlf_everywhere = mime::to_crlf(raw);
-    if candidates.iter().all(|(_, c)| c.as_slice() != crlf_everywhere.as_ref()) {
+    if crlf_everywhere.as_ref() != raw && candidates.iter().all(|(_, c)| c.as_slice() != crlf_everywhere.as_ref()) {
         candidates.push((SignedContentForm::CrlfEverywhere, crlf_everywhere.into_owned()));
     }
     candidates

@@ -1,0 +1,68 @@
+//! The unwrap pipeline with real keys: the first byte picks a Content-Type, the rest is
+//! the body. Seeds should include valid messages so the fuzzer reaches the CMS layers.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use as2_protocol::cms::Identity;
+use as2_protocol::headers::As2RequestHeaders;
+use as2_protocol::mdn::{self, MdnVerification};
+use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
+use libfuzzer_sys::fuzz_target;
+use openssl::asn1::Asn1Time;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::{X509, X509NameBuilder};
+
+const CONTENT_TYPES: [&str; 8] = [
+    "application/pkcs7-mime; smime-type=enveloped-data",
+    "application/pkcs7-mime; smime-type=authEnveloped-data",
+    "application/pkcs7-mime; smime-type=compressed-data",
+    "application/pkcs7-mime; smime-type=signed-data",
+    "application/pkcs7-mime",
+    "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=b",
+    "application/edi-x12",
+    "multipart/report; report-type=disposition-notification; boundary=b",
+];
+
+fn identity() -> &'static Identity {
+    static IDENTITY: OnceLock<Identity> = OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let mut name = X509NameBuilder::new().expect("name");
+        name.append_entry_by_text("CN", "fuzz").expect("cn");
+        let name = name.build();
+        let mut builder = X509::builder().expect("builder");
+        builder.set_subject_name(&name).expect("subject");
+        builder.set_issuer_name(&name).expect("issuer");
+        builder.set_pubkey(&key).expect("pubkey");
+        builder.set_not_before(&Asn1Time::days_from_now(0).expect("time")).expect("not before");
+        builder.set_not_after(&Asn1Time::days_from_now(30).expect("time")).expect("not after");
+        builder.sign(&key, MessageDigest::sha256()).expect("sign");
+        Identity { key, certificate: builder.build() }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((selector, body)) = data.split_first() else {
+        return;
+    };
+    let content_type = CONTENT_TYPES[usize::from(*selector) % CONTENT_TYPES.len()];
+    let identity = identity();
+    let headers = As2RequestHeaders::parse([
+        ("AS2-From", "fuzzer"),
+        ("AS2-To", "gateway"),
+        ("Message-ID", "<fuzz@example>"),
+        ("Content-Type", content_type),
+        ("Disposition-Notification-Options", "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-256"),
+    ])
+    .expect("static headers");
+    let identities = std::slice::from_ref(identity);
+    let certificates = std::slice::from_ref(&identity.certificate);
+    let mut context = UnwrapContext::new(identities, certificates);
+    context.limits.max_decompressed_size = 1 << 20;
+    let _ = unwrap_message(&headers, body, &context);
+    let verification = MdnVerification { partner_certificates: certificates, allow_md5: false, check_certificate_validity: false, require_signature: false };
+    let _ = mdn::parse_mdn(content_type, body, &verification);
+});
