@@ -39,7 +39,7 @@ pub struct AdminServerConfig {
 /// How a service reaches Redis.
 #[derive(Args, Clone, Debug)]
 pub struct RedisConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0` or `rediss://host:6380/`.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0` (`redis://user:password@host/` with ACLs).
     #[arg(
         long = "redis-url",
         env = "AS2_REDIS_URL",

@@ -263,7 +263,11 @@ pub fn render_detail(view: &PartnershipView) -> String {
         "signed mdn offered:",
         yes_no(view.mdn_preferences.offer_signed_mdn),
     );
-    line("default micalg:", view.mdn_preferences.default_micalg);
+    let default_micalg = match view.mdn_preferences.default_micalg {
+        "default" => "sha256 (default)",
+        name => name,
+    };
+    line("default micalg:", default_micalg);
     let interop = &view.interop;
     line(
         "skip certificate validity check:",

@@ -740,3 +740,57 @@ async fn health_readiness_metrics_and_shutdown() {
         .expect("the watch stream ends on shutdown");
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
+
+#[tokio::test]
+async fn shutdown_reports_not_ready_before_it_stops_serving() {
+    let redis = RedisServer::start();
+    let mut config = as2_routing::RoutingConfig::local(redis.url(), "drain");
+    config.shutdown.shutdown_delay_secs = 2;
+    let replica = Replica::start_with(config).await;
+    let mut client = replica.client().await;
+    let channel =
+        as2_rpc::tonic::transport::Endpoint::from_shared(format!("http://{}", replica.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    assert_eq!(http_get(replica.admin_addr, "/readyz").await.0, 200);
+
+    replica.request_stop();
+    let mut not_ready = false;
+    for _ in 0..50 {
+        if http_get(replica.admin_addr, "/readyz").await.0 == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        not_ready,
+        "/readyz still reports ready after the stop request"
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    // Still serving during the delay, so requests routed before the load
+    // balancer noticed do not fail.
+    create(&mut client, partnership("late", "us", "topic"))
+        .await
+        .unwrap();
+    assert_eq!(http_get(replica.admin_addr, "/healthz").await.0, 200);
+
+    let (grpc_addr, admin_addr) = (replica.grpc_addr, replica.admin_addr);
+    replica.stop().await;
+    assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
+    assert!(tokio::net::TcpStream::connect(admin_addr).await.is_err());
+}

@@ -27,19 +27,37 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica on ephemeral ports using `redis_url` and `prefix`.
     pub async fn start(redis_url: &str, prefix: &str) -> Self {
-        let server = RoutingServer::bind(RoutingConfig::local(redis_url, prefix))
+        Self::start_with(RoutingConfig::local(redis_url, prefix)).await
+    }
+
+    /// Starts a replica with `config`.
+    pub async fn start_with(config: RoutingConfig) -> Self {
+        let server = RoutingServer::bind(config)
             .await
             .expect("routing service binds");
         let grpc_addr = server.grpc_addr().unwrap();
         let admin_addr = server.admin_addr().unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
-        Self {
+        let replica = Self {
             grpc_addr,
             admin_addr,
             stop,
             task,
+        };
+        replica.wait_until_ready().await;
+        replica
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_until_ready(&self) {
+        for _ in 0..500 {
+            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        panic!("routing service not ready within 10 s");
     }
 
     /// A gRPC client of this replica.
