@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use as2_routing::testing::{TestCertificate, certificate_der, certificate_pem};
 use as2_rpc::routing::v1::{
-    DeletePartnershipRequest, GetPartnershipRequest, ListPartnershipsRequest, MdnMode,
-    OutboundSettings, PartnershipEventKind, ResolvePartnershipRequest, SecurityPolicy,
-    SigningDigest, UpdatePartnershipRequest,
+    ListPartnershipsRequest, MdnMode, OutboundSettings, PartnershipEventKind, SecurityPolicy,
+    SigningDigest,
 };
 use as2_rpc::tonic::Code;
 use as2_testkit::RedisServer;
 use support::{
-    Replica, assert_status, certificate, create, http_get, next_event, partnership, watch,
+    Replica, assert_status, certificate, create, delete, get, http_get, list_page, next_event,
+    partnership, resolve, update, watch,
 };
 
 #[tokio::test]
@@ -44,72 +44,28 @@ async fn partnership_crud_round_trip() {
     assert_eq!(stored_certificate.subject, "CN=acme as2, O=Test Partner");
     assert!(stored_certificate.not_before.is_some() && stored_certificate.not_after.is_some());
 
-    let fetched = client
-        .get_partnership(GetPartnershipRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
-        .unwrap();
+    let fetched = get(&mut client, &created.id).await.unwrap();
     assert_eq!(fetched, created);
 
     let mut changed = fetched.clone();
     changed.kafka_topic = "edi.inbound.acme.v2".to_owned();
-    let updated = client
-        .update_partnership(UpdatePartnershipRequest {
-            partnership: Some(changed.clone()),
-            expected_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
-        .unwrap();
+    let updated = update(&mut client, changed.clone(), 1).await.unwrap();
     assert_eq!(updated.revision, 2);
     assert_eq!(updated.kafka_topic, "edi.inbound.acme.v2");
     assert_eq!(updated.created_at, created.created_at);
 
-    let stale = client
-        .update_partnership(UpdatePartnershipRequest {
-            partnership: Some(changed),
-            expected_revision: 1,
-        })
-        .await;
+    let stale = update(&mut client, changed, 1).await;
     assert_status(stale, Code::Aborted, "at revision 2, not the expected 1");
 
-    let listed = client
-        .list_partnerships(ListPartnershipsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_page(&mut client).await;
     assert_eq!(listed.partnerships, vec![updated.clone()]);
     assert!(listed.next_page_token.is_empty());
 
-    let deleted = client
-        .delete_partnership(DeletePartnershipRequest {
-            id: created.id.clone(),
-            expected_revision: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
-        .unwrap();
+    let deleted = delete(&mut client, &created.id, 2).await.unwrap();
     assert_eq!(deleted, updated);
-    let gone = client
-        .get_partnership(GetPartnershipRequest {
-            id: created.id.clone(),
-        })
-        .await;
+    let gone = get(&mut client, &created.id).await;
     assert_status(gone, Code::NotFound, &created.id);
-    let gone = client
-        .delete_partnership(DeletePartnershipRequest {
-            id: created.id.clone(),
-            expected_revision: 0,
-        })
-        .await;
+    let gone = delete(&mut client, &created.id, 0).await;
     assert_status(gone, Code::NotFound, "not found");
 
     // The pair is free again once deleted.
@@ -138,57 +94,31 @@ async fn resolve_by_exact_pair() {
     .await
     .unwrap();
 
-    let resolve = |as2_from: &str, as2_to: &str| ResolvePartnershipRequest {
-        as2_from: as2_from.to_owned(),
-        as2_to: as2_to.to_owned(),
-    };
-    let found = client
-        .resolve_partnership(resolve("Partner With Spaces", "us"))
+    let found = resolve(&mut client, "Partner With Spaces", "us")
         .await
-        .unwrap()
-        .into_inner()
-        .partnership
         .unwrap();
     assert_eq!(found.id, "spaces");
     assert_eq!(found.kafka_topic, "topic-a");
 
-    let other_case = client
-        .resolve_partnership(resolve("Partner With Spaces", "US"))
+    let other_case = resolve(&mut client, "Partner With Spaces", "US")
         .await
-        .unwrap()
-        .into_inner()
-        .partnership
         .unwrap();
     assert_eq!(other_case.kafka_topic, "topic-b");
 
-    let missing = client
-        .resolve_partnership(resolve("partner with spaces", "us"))
-        .await;
+    let missing = resolve(&mut client, "partner with spaces", "us").await;
     assert_status(missing, Code::NotFound, "no partnership for AS2-From");
 
     // Moving the pair on update moves the index.
     let mut moved = found;
     moved.as2_to = "us-new".to_owned();
-    client
-        .update_partnership(UpdatePartnershipRequest {
-            partnership: Some(moved),
-            expected_revision: 0,
-        })
-        .await
-        .unwrap();
+    update(&mut client, moved, 0).await.unwrap();
     assert_status(
-        client
-            .resolve_partnership(resolve("Partner With Spaces", "us"))
-            .await,
+        resolve(&mut client, "Partner With Spaces", "us").await,
         Code::NotFound,
         "no partnership",
     );
-    let found = client
-        .resolve_partnership(resolve("Partner With Spaces", "us-new"))
+    let found = resolve(&mut client, "Partner With Spaces", "us-new")
         .await
-        .unwrap()
-        .into_inner()
-        .partnership
         .unwrap();
     assert_eq!(found.id, "spaces");
     replica.stop().await;
@@ -323,11 +253,7 @@ async fn validation_errors_name_the_field() {
     );
 
     // Nothing invalid was stored.
-    let listed = client
-        .list_partnerships(ListPartnershipsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_page(&mut client).await;
     assert_eq!(listed.partnerships.len(), 1);
     replica.stop().await;
 }
@@ -345,22 +271,9 @@ async fn updates_refuse_a_pair_that_is_taken() {
         .unwrap();
     let mut clash = second.clone();
     clash.as2_from = "a".to_owned();
-    let result = client
-        .update_partnership(UpdatePartnershipRequest {
-            partnership: Some(clash),
-            expected_revision: 0,
-        })
-        .await;
+    let result = update(&mut client, clash, 0).await;
     assert_status(result, Code::AlreadyExists, "already has AS2-From \"a\"");
-    let unchanged = client
-        .get_partnership(GetPartnershipRequest {
-            id: second.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
-        .unwrap();
+    let unchanged = get(&mut client, &second.id.clone()).await.unwrap();
     assert_eq!(unchanged, second);
     replica.stop().await;
 }
@@ -437,26 +350,14 @@ async fn watch_events_reach_a_second_client() {
 
     let mut moved = created.clone();
     moved.as2_from = "partner renamed".to_owned();
-    writer
-        .update_partnership(UpdatePartnershipRequest {
-            partnership: Some(moved),
-            expected_revision: 1,
-        })
-        .await
-        .unwrap();
+    update(&mut writer, moved, 1).await.unwrap();
     let event = next_event(&mut events).await;
     assert_eq!(event.kind(), PartnershipEventKind::Upserted);
     assert_eq!(event.revision, 2);
     assert_eq!(event.as2_from, "partner renamed");
     assert_eq!(event.previous_as2_from, "partner");
 
-    writer
-        .delete_partnership(DeletePartnershipRequest {
-            id: created.id.clone(),
-            expected_revision: 0,
-        })
-        .await
-        .unwrap();
+    delete(&mut writer, &created.id, 0).await.unwrap();
     let event = next_event(&mut events).await;
     assert_eq!(event.kind(), PartnershipEventKind::Deleted);
     assert_eq!(
@@ -493,46 +394,23 @@ async fn two_replicas_share_data_and_events() {
     assert_eq!(event.kind(), PartnershipEventKind::Upserted);
     assert_eq!(event.id, created.id);
 
-    let via_b = client_b
-        .resolve_partnership(ResolvePartnershipRequest {
-            as2_from: "partner".to_owned(),
-            as2_to: "us".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
-        .unwrap();
+    let via_b = resolve(&mut client_b, "partner", "us").await.unwrap();
     assert_eq!(via_b, created);
 
-    client_b
-        .delete_partnership(DeletePartnershipRequest {
-            id: created.id.clone(),
-            expected_revision: 1,
-        })
-        .await
-        .unwrap();
+    delete(&mut client_b, &created.id, 1).await.unwrap();
     assert_eq!(
         next_event(&mut events_b).await.kind(),
         PartnershipEventKind::Deleted
     );
     assert_status(
-        client_a
-            .get_partnership(GetPartnershipRequest { id: created.id })
-            .await,
+        get(&mut client_a, &created.id).await,
         Code::NotFound,
         "not found",
     );
 
     // Another key prefix on the same Redis is another registry.
     let other = Replica::start(&redis.url(), "other-gateway").await;
-    let listed = other
-        .client()
-        .await
-        .list_partnerships(ListPartnershipsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_page(&mut other.client().await).await;
     assert!(listed.partnerships.is_empty());
 
     other.stop().await;
@@ -553,16 +431,8 @@ async fn data_survives_a_routing_restart() {
     replica.stop().await;
 
     let restarted = Replica::start(&redis.url(), "restart").await;
-    let fetched = restarted
-        .client()
+    let fetched = get(&mut restarted.client().await, &created.id)
         .await
-        .get_partnership(GetPartnershipRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partnership
         .unwrap();
     assert_eq!(fetched, created);
     restarted.stop().await;
@@ -592,12 +462,7 @@ async fn concurrent_creation_of_one_pair_succeeds_once() {
     }
     assert_eq!((successes, already_exists), (1, 23));
 
-    let listed = clients[0]
-        .clone()
-        .list_partnerships(ListPartnershipsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_page(&mut clients[0].clone()).await;
     assert_eq!(listed.partnerships.len(), 1);
     replica_a.stop().await;
     replica_b.stop().await;
@@ -617,14 +482,7 @@ async fn concurrent_updates_with_revisions_lose_no_write() {
         let mut client = client.clone();
         let mut change = created.clone();
         change.display_name = format!("writer {writer}");
-        tokio::spawn(async move {
-            client
-                .update_partnership(UpdatePartnershipRequest {
-                    partnership: Some(change),
-                    expected_revision: 1,
-                })
-                .await
-        })
+        tokio::spawn(async move { update(&mut client, change, 1).await })
     });
     let mut codes = Vec::new();
     for writer in writers.collect::<Vec<_>>() {
@@ -789,8 +647,11 @@ async fn shutdown_reports_not_ready_before_it_stops_serving() {
         .unwrap();
     assert_eq!(http_get(replica.admin_addr, "/healthz").await.0, 200);
 
-    let (grpc_addr, admin_addr) = (replica.grpc_addr, replica.admin_addr);
     replica.stop().await;
-    assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
-    assert!(tokio::net::TcpStream::connect(admin_addr).await.is_err());
+    // The listener is closed: a request on the old channel fails.
+    assert!(
+        create(&mut client, partnership("too late", "us", "topic"))
+            .await
+            .is_err()
+    );
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
-    CreatePartnershipRequest, PartnerCertificate, Partnership, PartnershipEvent,
-    PartnershipEventKind,
+    CreatePartnershipRequest, DeletePartnershipRequest, GetPartnershipRequest,
+    ListPartnershipsRequest, ListPartnershipsResponse, PartnerCertificate, Partnership,
+    PartnershipEvent, PartnershipEventKind, ResolvePartnershipRequest, UpdatePartnershipRequest,
 };
 use as2_rpc::tonic::transport::Channel;
 use as2_rpc::tonic::{Code, Status, Streaming};
@@ -115,6 +116,78 @@ pub async fn create(
         .into_inner()
         .partnership
         .expect("response has the partnership"))
+}
+
+/// The partnership with `id`.
+pub async fn get(
+    client: &mut RoutingServiceClient<Channel>,
+    id: &str,
+) -> Result<Partnership, Status> {
+    let request = GetPartnershipRequest { id: id.to_owned() };
+    let response = client.get_partnership(request).await?;
+    Ok(response
+        .into_inner()
+        .partnership
+        .expect("response has the partnership"))
+}
+
+/// Replaces partnership `partnership.id`, expecting `expected_revision`.
+pub async fn update(
+    client: &mut RoutingServiceClient<Channel>,
+    partnership: Partnership,
+    expected_revision: u64,
+) -> Result<Partnership, Status> {
+    let request = UpdatePartnershipRequest {
+        partnership: Some(partnership),
+        expected_revision,
+    };
+    let response = client.update_partnership(request).await?;
+    Ok(response
+        .into_inner()
+        .partnership
+        .expect("response has the partnership"))
+}
+
+/// Deletes partnership `id`, expecting `expected_revision`.
+pub async fn delete(
+    client: &mut RoutingServiceClient<Channel>,
+    id: &str,
+    expected_revision: u64,
+) -> Result<Partnership, Status> {
+    let request = DeletePartnershipRequest {
+        id: id.to_owned(),
+        expected_revision,
+    };
+    let response = client.delete_partnership(request).await?;
+    Ok(response
+        .into_inner()
+        .partnership
+        .expect("response has the partnership"))
+}
+
+/// The partnership for the pair.
+pub async fn resolve(
+    client: &mut RoutingServiceClient<Channel>,
+    as2_from: &str,
+    as2_to: &str,
+) -> Result<Partnership, Status> {
+    let request = ResolvePartnershipRequest {
+        as2_from: as2_from.to_owned(),
+        as2_to: as2_to.to_owned(),
+    };
+    let response = client.resolve_partnership(request).await?;
+    Ok(response
+        .into_inner()
+        .partnership
+        .expect("response has the partnership"))
+}
+
+/// The first page of the listing (default page size).
+pub async fn list_page(client: &mut RoutingServiceClient<Channel>) -> ListPartnershipsResponse {
+    let response = client
+        .list_partnerships(ListPartnershipsRequest::default())
+        .await;
+    response.expect("listing works").into_inner()
 }
 
 /// Asserts that `result` failed with `code` and a message containing `needle`.
