@@ -520,6 +520,19 @@ impl fmt::Display for DispositionNotificationOptions {
     }
 }
 
+/// The headers every AS2 message and MDN starts with: AS2-Version, EDIINT-Features,
+/// AS2-From, AS2-To, Message-ID and MIME-Version.
+pub(crate) fn as2_identity_headers(from: &As2Id, to: &As2Id, message_id: &MessageId) -> Vec<(String, String)> {
+    vec![
+        ("AS2-Version".to_owned(), As2Version::CURRENT.to_string()),
+        ("EDIINT-Features".to_owned(), EdiintFeatures::supported().to_string()),
+        ("AS2-From".to_owned(), from.to_header_value()),
+        ("AS2-To".to_owned(), to.to_header_value()),
+        ("Message-ID".to_owned(), message_id.with_brackets()),
+        ("MIME-Version".to_owned(), "1.0".to_owned()),
+    ]
+}
+
 /// The AS2 request headers the edge service needs, parsed from an HTTP header list.
 #[derive(Clone, Debug)]
 pub struct As2RequestHeaders {

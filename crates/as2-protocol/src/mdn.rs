@@ -7,7 +7,7 @@ use openssl::x509::X509;
 
 use crate::cms::{self, Identity, SignOptions, SignatureScheme, VerifyOptions};
 use crate::error::{As2Error, Result};
-use crate::headers::{As2Id, As2RequestHeaders, As2Version, DispositionNotificationOptions, EdiintFeatures, MessageId, MicAlgorithm};
+use crate::headers::{As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm};
 use crate::mic::ReceivedContentMic;
 use crate::mime::{self, Entity, MimeLimits};
 use crate::unwrap::{self, SignatureFacts, UnwrappedMessage};
@@ -314,14 +314,7 @@ pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
     report_body.extend_from_slice(b"\r\n");
     push_delimiter(&mut report_body, &report_boundary, true);
 
-    let mut headers = vec![
-        ("AS2-Version".to_owned(), As2Version::CURRENT.to_string()),
-        ("EDIINT-Features".to_owned(), EdiintFeatures::supported().to_string()),
-        ("AS2-From".to_owned(), mdn.as2_from.to_header_value()),
-        ("AS2-To".to_owned(), mdn.as2_to.to_header_value()),
-        ("Message-ID".to_owned(), mdn.message_id.with_brackets()),
-        ("MIME-Version".to_owned(), "1.0".to_owned()),
-    ];
+    let mut headers = crate::headers::as2_identity_headers(mdn.as2_from, mdn.as2_to, mdn.message_id);
     let Some((identity, digest)) = mdn.signing else {
         headers.push(("Content-Type".to_owned(), report_type));
         return Ok(BuiltMdn { headers, body: report_body });

@@ -4,7 +4,7 @@ use openssl::x509::X509;
 
 use crate::cms::{self, ContentCipher, Identity, KeyTransport, SignatureScheme};
 use crate::error::{As2Error, Result};
-use crate::headers::{As2Id, As2Version, DispositionNotificationOptions, EdiintFeatures, MessageId, MicAlgorithm, ReceiptDeliveryOption};
+use crate::headers::{As2Id, DispositionNotificationOptions, MessageId, MicAlgorithm, ReceiptDeliveryOption};
 use crate::mdn;
 use crate::mic::{self, ReceivedContentMic};
 use crate::mime;
@@ -193,14 +193,7 @@ fn receipt_options(request: &MdnRequest) -> Option<DispositionNotificationOption
 }
 
 fn http_headers(message: &OutboundMessage<'_>, requested: Option<&DispositionNotificationOptions>, body_headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("AS2-Version".to_owned(), As2Version::CURRENT.to_string()),
-        ("EDIINT-Features".to_owned(), EdiintFeatures::supported().to_string()),
-        ("AS2-From".to_owned(), message.as2_from.to_header_value()),
-        ("AS2-To".to_owned(), message.as2_to.to_header_value()),
-        ("Message-ID".to_owned(), message.message_id.with_brackets()),
-        ("MIME-Version".to_owned(), "1.0".to_owned()),
-    ];
+    let mut headers = crate::headers::as2_identity_headers(message.as2_from, message.as2_to, message.message_id);
     if let Some(subject) = message.subject {
         headers.push(("Subject".to_owned(), subject.replace(['\r', '\n'], " ")));
     }

@@ -35,6 +35,14 @@ impl Workspace {
         workspace
     }
 
+    /// A workspace whose `entity.txt` holds [`payload_entity`]; returns the entity too.
+    fn with_entity() -> (Self, Vec<u8>) {
+        let workspace = Self::new();
+        let entity = payload_entity();
+        workspace.write("entity.txt", &entity);
+        (workspace, entity)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -114,9 +122,7 @@ const CIPHERS: [(&str, ContentCipher); 7] = [
 
 #[test]
 fn openssl_signed_messages_unwrap_with_the_right_mic() {
-    let workspace = Workspace::new();
-    let entity = payload_entity();
-    workspace.write("entity.txt", &entity);
+    let (workspace, entity) = Workspace::with_entity();
     for (name, digest) in DIGESTS {
         for pss in [false, true] {
             let mut args = vec!["cms", "-sign", "-binary", "-in", "entity.txt", "-signer", "sender.pem", "-inkey", "sender.key", "-md", name, "-out", "signed.eml"];
@@ -150,9 +156,7 @@ fn openssl_signed_messages_unwrap_with_the_right_mic() {
 
 #[test]
 fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
-    let workspace = Workspace::new();
-    let entity = payload_entity();
-    workspace.write("entity.txt", &entity);
+    let (workspace, entity) = Workspace::with_entity();
     for (flag, cipher) in CIPHERS {
         for oaep in [false, true] {
             for stream in [false, true] {
@@ -181,9 +185,7 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
 
 #[test]
 fn openssl_signed_then_encrypted_messages_unwrap() {
-    let workspace = Workspace::new();
-    let entity = payload_entity();
-    workspace.write("entity.txt", &entity);
+    let (workspace, entity) = Workspace::with_entity();
     workspace.openssl(&["cms", "-sign", "-binary", "-in", "entity.txt", "-signer", "sender.pem", "-inkey", "sender.key", "-md", "sha384", "-keyopt", "rsa_padding_mode:pss", "-out", "signed.eml"]);
     workspace.openssl(&["cms", "-encrypt", "-binary", "-in", "signed.eml", "-aes-256-gcm", "-recip", "receiver.pem", "-keyopt", "rsa_padding_mode:oaep", "-outform", "DER", "-out", "encrypted.der"]);
     let body = workspace.read("encrypted.der");

@@ -70,23 +70,22 @@ impl Parties {
 
     /// Keys for a request in which pyas2lib is the sender and we receive.
     fn pyas2lib_sends(&self) -> Value {
-        json!({
-            "sender_id": THEIR_ID,
-            "sender_key_pem": common::key_pem(&self.theirs),
-            "sender_cert_pem": common::cert_pem(&self.theirs),
-            "receiver_id": OUR_ID,
-            "receiver_cert_pem": common::cert_pem(&self.ours),
-        })
+        self.pyas2lib_as("sender", "receiver")
     }
 
     /// Keys for a request in which we send and pyas2lib receives.
     fn pyas2lib_receives(&self) -> Value {
+        self.pyas2lib_as("receiver", "sender")
+    }
+
+    /// pyas2lib plays `role` with its key; we play `other_role`, known by our certificate.
+    fn pyas2lib_as(&self, role: &str, other_role: &str) -> Value {
         json!({
-            "receiver_id": THEIR_ID,
-            "receiver_key_pem": common::key_pem(&self.theirs),
-            "receiver_cert_pem": common::cert_pem(&self.theirs),
-            "sender_id": OUR_ID,
-            "sender_cert_pem": common::cert_pem(&self.ours),
+            format!("{role}_id"): THEIR_ID,
+            format!("{role}_key_pem"): common::key_pem(&self.theirs),
+            format!("{role}_cert_pem"): common::cert_pem(&self.theirs),
+            format!("{other_role}_id"): OUR_ID,
+            format!("{other_role}_cert_pem"): common::cert_pem(&self.ours),
         })
     }
 }

@@ -8,11 +8,25 @@ use openssl::x509::X509;
 use super::{ContentCipher, Identity, KeyTransport, oid};
 use crate::der::{self, Element};
 use crate::error::{As2Error, Result};
-use crate::headers::MicAlgorithm;
 
 /// GCM authentication tag length we write (and the longest we accept).
 const GCM_TAG_LENGTH: usize = 16;
 const GCM_NONCE_LENGTH: usize = 12;
+
+/// Sets the RSA padding of an OpenSSL `Encrypter` or `Decrypter` (same methods, no
+/// shared trait) for a key transport.
+macro_rules! set_key_transport_padding {
+    ($context:expr, $transport:expr) => {
+        match $transport {
+            KeyTransport::RsaPkcs1v15 => $context.set_rsa_padding(Padding::PKCS1)?,
+            KeyTransport::RsaOaep(digest) => {
+                $context.set_rsa_padding(Padding::PKCS1_OAEP)?;
+                $context.set_rsa_oaep_md(digest.message_digest())?;
+                $context.set_rsa_mgf1_md(digest.message_digest())?;
+            }
+        }
+    };
+}
 
 /// A decrypted message and how it was protected.
 #[derive(Clone, Debug)]
@@ -68,11 +82,16 @@ pub fn decrypt(data: &[u8], identities: &[Identity]) -> Result<Decrypted> {
     Err(last_error)
 }
 
-/// Recipients naming `certificate` first, then the others.
+/// Most recipients not naming our certificate that are tried with our key (a partner
+/// may address an old certificate of the same key); bounds the RSA work hostile input
+/// can cause.
+const MAX_UNNAMED_ATTEMPTS: usize = 4;
+
+/// Recipients naming `certificate` first, then a few of the others.
 fn ordered_recipients<'e, 'a>(recipients: &'e [RecipientInfo<'a>], certificate: &X509) -> Vec<&'e RecipientInfo<'a>> {
     let (mut named, others): (Vec<_>, Vec<_>) =
         recipients.iter().partition(|r| super::identifies(&r.identifier, certificate));
-    named.extend(others);
+    named.extend(others.into_iter().take(MAX_UNNAMED_ATTEMPTS));
     named
 }
 
@@ -204,14 +223,7 @@ fn cipher_oid(cipher: ContentCipher) -> &'static [u8] {
 fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -> Result<Vec<u8>> {
     let failed = |_| As2Error::DecryptionFailed("the content-encryption key does not decrypt with our key".into());
     let mut decrypter = Decrypter::new(key).map_err(failed)?;
-    configure_padding(recipient.key_transport, |padding, digest| {
-        decrypter.set_rsa_padding(padding)?;
-        if let Some(digest) = digest {
-            decrypter.set_rsa_oaep_md(digest.message_digest())?;
-            decrypter.set_rsa_mgf1_md(digest.message_digest())?;
-        }
-        Ok(())
-    })?;
+    set_key_transport_padding!(decrypter, recipient.key_transport);
     let length = decrypter.decrypt_len(&recipient.encrypted_key).map_err(failed)?;
     let mut plain = vec![0u8; length];
     let written = decrypter.decrypt(&recipient.encrypted_key, &mut plain).map_err(failed)?;
@@ -219,16 +231,6 @@ fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -
     Ok(plain)
 }
 
-fn configure_padding(
-    transport: KeyTransport,
-    mut apply: impl FnMut(Padding, Option<MicAlgorithm>) -> std::result::Result<(), openssl::error::ErrorStack>,
-) -> Result<()> {
-    match transport {
-        KeyTransport::RsaPkcs1v15 => apply(Padding::PKCS1, None)?,
-        KeyTransport::RsaOaep(digest) => apply(Padding::PKCS1_OAEP, Some(digest))?,
-    }
-    Ok(())
-}
 
 fn decrypt_content(envelope: &Envelope<'_>, key: &[u8]) -> Result<Vec<u8>> {
     let cipher = envelope.cipher.openssl();
@@ -314,14 +316,7 @@ fn key_encryption_algorithm(transport: KeyTransport) -> Vec<u8> {
 
 fn encrypt_key<K: HasPublic>(public_key: &PKeyRef<K>, transport: KeyTransport, key: &[u8]) -> Result<Vec<u8>> {
     let mut encrypter = Encrypter::new(public_key)?;
-    configure_padding(transport, |padding, digest| {
-        encrypter.set_rsa_padding(padding)?;
-        if let Some(digest) = digest {
-            encrypter.set_rsa_oaep_md(digest.message_digest())?;
-            encrypter.set_rsa_mgf1_md(digest.message_digest())?;
-        }
-        Ok(())
-    })?;
+    set_key_transport_padding!(encrypter, transport);
     let mut out = vec![0u8; encrypter.encrypt_len(key)?];
     let written = encrypter.encrypt(key, &mut out)?;
     out.truncate(written);
