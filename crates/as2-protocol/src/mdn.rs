@@ -287,6 +287,10 @@ impl BuiltMdn {
 /// The digest to sign a receipt with: `None` when no signed receipt was asked for,
 /// otherwise the first requested algorithm we support (SHA-256 when the list names
 /// nothing we support and is optional).
+///
+/// Fails like [`DispositionNotificationOptions::choose_mic_algorithm`] when a `required`
+/// option cannot be honoured; the answer to such a request is an unsigned
+/// `failed/Failure` MDN.
 pub fn receipt_signing_algorithm(options: Option<&DispositionNotificationOptions>, allow_md5: bool) -> Result<Option<MicAlgorithm>> {
     let Some(options) = options.filter(|o| o.wants_signed_receipt()) else {
         return Ok(None);

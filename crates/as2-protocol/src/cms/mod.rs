@@ -1,6 +1,6 @@
 //! CMS (RFC 5652) as AS2 uses it, built on OpenSSL primitives.
 //!
-//! The ASN.1 is read and written here (with [`crate::der`]) so that every detail AS2
+//! The ASN.1 is read and written here (with a small DER module) so that every detail AS2
 //! needs is under our control: verification over the exact received bytes, several
 //! candidate partner certificates, switchable validity checks, RSA-PSS signing, RSA-OAEP
 //! key transport, AES-GCM AuthEnvelopedData (RFC 5083/5084), and CompressedData (RFC 3274)
