@@ -425,7 +425,9 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
     let mdn = partnership
         .mdn_preferences
         .get_or_insert_with(MdnPreferences::default);
-    flag(&mut mdn.offer_signed_mdn, settings.signed_mdn);
+    if let Some(offer) = settings.signed_mdn {
+        mdn.offer_signed_mdn = Some(offer);
+    }
     let interop = partnership
         .interop
         .get_or_insert_with(InteropSwitches::default);

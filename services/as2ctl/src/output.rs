@@ -119,7 +119,7 @@ impl From<&Partnership> for PartnershipView {
                 allow_md5: policy.allow_md5,
             },
             mdn_preferences: MdnPreferencesView {
-                offer_signed_mdn: mdn.offer_signed_mdn,
+                offer_signed_mdn: mdn.offer_signed_mdn.unwrap_or(true),
                 default_micalg: digest_name(mdn.default_micalg),
             },
             interop: InteropView {
@@ -426,7 +426,7 @@ mod tests {
     fn json_uses_option_names() {
         let partnership = Partnership {
             mdn_preferences: Some(as2_rpc::routing::v1::MdnPreferences {
-                offer_signed_mdn: true,
+                offer_signed_mdn: Some(true),
                 default_micalg: SigningDigest::Sha384 as i32,
             }),
             ..Partnership::default()

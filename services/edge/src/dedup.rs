@@ -67,6 +67,22 @@ pub struct StoredReceipt {
     /// Response body (the sync MDN, or empty for an async request).
     #[serde(with = "base64_bytes")]
     pub body: Vec<u8>,
+    /// An asynchronous MDN that could not be handed to the MDN service yet; a resend of
+    /// the message hands it over (and publishes nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_async_mdn: Option<PendingAsyncMdn>,
+}
+
+/// An asynchronous MDN waiting to be handed to the MDN service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAsyncMdn {
+    /// Where the partner wants it (Receipt-Delivery-Option).
+    pub url: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
 }
 
 /// The outcome of [`DedupStore::claim`].
@@ -187,11 +203,29 @@ impl DedupStore {
         claim: ClaimToken,
         receipt: &StoredReceipt,
     ) -> Result<(), DedupError> {
+        self.store_receipt(&claim.key, receipt).await
+    }
+
+    /// Replaces the receipt stored for a message that was published before.
+    pub async fn update_receipt(
+        &self,
+        message: &MessageKey<'_>,
+        receipt: &StoredReceipt,
+    ) -> Result<(), DedupError> {
+        self.store_receipt(&self.key(message), receipt).await
+    }
+
+    fn key(&self, message: &MessageKey<'_>) -> String {
+        self.namespace
+            .key(format_args!("dedup:{}", message.digest()))
+    }
+
+    async fn store_receipt(&self, key: &str, receipt: &StoredReceipt) -> Result<(), DedupError> {
         let encoded = serde_json::to_vec(receipt)?;
         let mut connection = self.connection.clone();
         let _: i64 = self
             .complete_script
-            .key(&claim.key)
+            .key(key)
             .arg(encoded)
             .arg(millis(self.done_ttl))
             .invoke_async(&mut connection)
@@ -300,6 +334,7 @@ mod tests {
             status: 200,
             headers: vec![("Content-Type".into(), "multipart/signed".into())],
             body: vec![0, 1, 2, 255],
+            pending_async_mdn: None,
         };
         let encoded = serde_json::to_vec(&receipt).unwrap();
         assert_eq!(

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use openssl::pkey::{PKey, Private};
+use as2_protocol::cms::Identity;
+use openssl::pkey::PKey;
 use openssl::x509::X509;
 
 /// One of our keys with its certificate.
@@ -21,10 +22,8 @@ use openssl::x509::X509;
 pub struct KeyPair {
     /// The key id (directory name).
     pub id: String,
-    /// The private key.
-    pub private_key: PKey<Private>,
-    /// Our certificate for the key.
-    pub certificate: X509,
+    /// The private key and our certificate for it.
+    pub identity: Identity,
     /// Intermediate certificates that follow ours in `tls.crt`.
     pub chain: Vec<X509>,
 }
@@ -34,7 +33,7 @@ impl std::fmt::Debug for KeyPair {
         formatter
             .debug_struct("KeyPair")
             .field("id", &self.id)
-            .field("subject", &self.certificate.subject_name())
+            .field("subject", &self.identity.certificate.subject_name())
             .finish_non_exhaustive()
     }
 }
@@ -74,12 +73,20 @@ pub struct KeyStore {
 impl KeyStore {
     /// A store reading keys from `directory`.
     pub fn new(directory: impl Into<PathBuf>) -> Self {
-        Self { directory: directory.into(), loaded: RwLock::new(HashMap::new()) }
+        Self {
+            directory: directory.into(),
+            loaded: RwLock::new(HashMap::new()),
+        }
     }
 
     /// The key with this id, loaded from disk on first use.
     pub fn get(&self, id: &str) -> Result<Arc<KeyPair>, KeyError> {
-        if let Some(key) = self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
+        if let Some(key) = self
+            .loaded
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+        {
             return Ok(key.clone());
         }
         let key = Arc::new(load_key_pair(&self.directory, id)?);
@@ -93,7 +100,9 @@ impl KeyStore {
 
 fn valid_key_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
         && id.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
 }
 
@@ -103,20 +112,40 @@ fn load_key_pair(directory: &Path, id: &str) -> Result<KeyPair, KeyError> {
     }
     let read = |name: &str| {
         let path = directory.join(id).join(name);
-        std::fs::read(&path).map_err(|source| KeyError::Read { id: id.to_owned(), path, source })
+        std::fs::read(&path).map_err(|source| KeyError::Read {
+            id: id.to_owned(),
+            path,
+            source,
+        })
     };
-    let invalid = |reason: String| KeyError::Invalid { id: id.to_owned(), reason };
+    let invalid = |reason: String| KeyError::Invalid {
+        id: id.to_owned(),
+        reason,
+    };
     let private_key = PKey::private_key_from_pem(&read("tls.key")?)
         .map_err(|error| invalid(format!("tls.key: {error}")))?;
     let mut certificates = X509::stack_from_pem(&read("tls.crt")?)
         .map_err(|error| invalid(format!("tls.crt: {error}")))?
         .into_iter();
-    let certificate = certificates.next().ok_or_else(|| invalid("tls.crt holds no certificate".into()))?;
-    let public_key = certificate.public_key().map_err(|error| invalid(format!("tls.crt: {error}")))?;
+    let certificate = certificates
+        .next()
+        .ok_or_else(|| invalid("tls.crt holds no certificate".into()))?;
+    let public_key = certificate
+        .public_key()
+        .map_err(|error| invalid(format!("tls.crt: {error}")))?;
     if !private_key.public_eq(&public_key) {
-        return Err(invalid("tls.key does not match the certificate in tls.crt".into()));
+        return Err(invalid(
+            "tls.key does not match the certificate in tls.crt".into(),
+        ));
     }
-    Ok(KeyPair { id: id.to_owned(), private_key, certificate, chain: certificates.collect() })
+    Ok(KeyPair {
+        id: id.to_owned(),
+        identity: Identity {
+            key: private_key,
+            certificate,
+        },
+        chain: certificates.collect(),
+    })
 }
 
 #[cfg(test)]

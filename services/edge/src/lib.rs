@@ -4,9 +4,23 @@
 //! service, unwraps the message (decrypt, decompress, verify), checks the partnership's
 //! policy, deduplicates on (AS2-From, AS2-To, Message-ID) in Redis, publishes the document
 //! to the partnership's Kafka topic and waits for the acknowledgement, and only then
-//! answers with an MDN.
+//! answers with an MDN. The order and the answers are documented in [`inbound`].
+//!
+//! Start it with [`run`], or [`EdgeServer::bind`] then [`EdgeServer::serve`] when the
+//! bound ports are needed.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod dedup;
+pub mod http;
+pub mod inbound;
 pub mod kafka;
+pub mod keys;
+pub mod metrics;
+pub mod record;
+pub mod routes;
+pub mod server;
+
+pub use config::EdgeConfig;
+pub use server::{EdgeServer, run};

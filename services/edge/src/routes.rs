@@ -16,18 +16,53 @@ use std::time::{Duration, Instant};
 
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
-    Partnership, PartnershipEventKind, ResolvePartnershipRequest, WatchPartnershipsRequest,
+    CertificateUsage, Partnership, PartnershipEventKind, ResolvePartnershipRequest,
+    WatchPartnershipsRequest,
 };
 use as2_rpc::tonic::transport::{Channel, Endpoint};
 use as2_rpc::tonic::{Code, Status};
+use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
 
 /// The pair an inbound message is routed by: (AS2-From, AS2-To).
 type Pair = (String, String);
 
 struct CachedRoute {
-    partnership: Arc<Partnership>,
+    route: Arc<Route>,
     fetched_at: Instant,
+}
+
+/// A partnership prepared for the inbound path: its certificates parsed once.
+#[derive(Debug)]
+pub struct Route {
+    /// The partnership as the routing service returned it.
+    pub partnership: Partnership,
+    /// The partner's certificates that verify its signatures.
+    pub signing_certificates: Vec<X509>,
+}
+
+impl Route {
+    /// Parses the partnership's certificates. The routing service validated them when
+    /// they were stored, so one that fails here is skipped with a warning rather than
+    /// failing every message of the partnership.
+    pub fn new(partnership: Partnership) -> Self {
+        let signing_certificates = partnership
+            .partner_certificates
+            .iter()
+            .filter(|certificate| certificate.usage() != CertificateUsage::Encryption)
+            .filter_map(|certificate| match X509::from_pem(certificate.pem.as_bytes()) {
+                Ok(parsed) => Some(parsed),
+                Err(error) => {
+                    tracing::warn!(partnership = %partnership.id, fingerprint = %certificate.sha256_fingerprint, %error, "skipping unparsable partner certificate");
+                    None
+                }
+            })
+            .collect();
+        Self {
+            partnership,
+            signing_certificates,
+        }
+    }
 }
 
 /// Why a partnership could not be looked up.
@@ -48,7 +83,10 @@ pub struct RouteCache {
 
 impl RouteCache {
     /// A cache in front of the routing service at `routing_url` (connected lazily).
-    pub fn new(routing_url: &str, ttl: Duration) -> Result<Arc<Self>, as2_rpc::tonic::transport::Error> {
+    pub fn new(
+        routing_url: &str,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, as2_rpc::tonic::transport::Error> {
         let channel = Endpoint::from_shared(routing_url.to_owned())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
@@ -62,57 +100,88 @@ impl RouteCache {
     }
 
     /// The partnership for `(as2_from, as2_to)`, or `None` when there is none.
-    pub async fn resolve(&self, as2_from: &str, as2_to: &str) -> Result<Option<Arc<Partnership>>, RouteError> {
+    pub async fn resolve(
+        &self,
+        as2_from: &str,
+        as2_to: &str,
+    ) -> Result<Option<Arc<Route>>, RouteError> {
         let pair = (as2_from.to_owned(), as2_to.to_owned());
-        if let Some(partnership) = self.cached(&pair) {
-            return Ok(Some(partnership));
+        if let Some(route) = self.cached(&pair) {
+            return Ok(Some(route));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let request = ResolvePartnershipRequest { as2_from: pair.0.clone(), as2_to: pair.1.clone() };
+        let request = ResolvePartnershipRequest {
+            as2_from: pair.0.clone(),
+            as2_to: pair.1.clone(),
+        };
         let response = self.client.clone().resolve_partnership(request).await;
-        let partnership = match response {
-            Ok(response) => response.into_inner().partnership.map(Arc::new),
+        let route = match response {
+            Ok(response) => response
+                .into_inner()
+                .partnership
+                .map(|partnership| Arc::new(Route::new(partnership))),
             Err(status) if status.code() == Code::NotFound => None,
             Err(status) => return Err(RouteError::Unavailable(Box::new(status))),
         };
-        if let Some(partnership) = &partnership {
-            self.store(pair, partnership.clone(), generation);
+        if let Some(route) = &route {
+            self.store(pair, route.clone(), generation);
         }
-        Ok(partnership)
+        Ok(route)
     }
 
-    fn cached(&self, pair: &Pair) -> Option<Arc<Partnership>> {
-        let entries = self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let route = entries.get(pair)?;
-        (route.fetched_at.elapsed() < self.ttl).then(|| route.partnership.clone())
+    fn cached(&self, pair: &Pair) -> Option<Arc<Route>> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cached = entries.get(pair)?;
+        (cached.fetched_at.elapsed() < self.ttl).then(|| cached.route.clone())
     }
 
-    fn store(&self, pair: Pair, partnership: Arc<Partnership>, generation: u64) {
-        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn store(&self, pair: Pair, route: Arc<Route>, generation: u64) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.generation.load(Ordering::SeqCst) == generation {
-            entries.insert(pair, CachedRoute { partnership, fetched_at: Instant::now() });
+            entries.insert(
+                pair,
+                CachedRoute {
+                    route,
+                    fetched_at: Instant::now(),
+                },
+            );
         }
     }
 
     /// Drops every cached partnership.
     pub fn clear(&self) {
-        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::SeqCst);
         entries.clear();
     }
 
     fn forget(&self, id: &str, pairs: &[Pair]) {
-        let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::SeqCst);
         for pair in pairs {
             entries.remove(pair);
         }
-        entries.retain(|_, route| route.partnership.id != id);
+        entries.retain(|_, cached| cached.route.partnership.id != id);
     }
 
     /// Number of cached partnerships (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Whether nothing is cached.
@@ -143,7 +212,12 @@ impl RouteCache {
     }
 
     async fn watch_once(&self, retry_delay: &mut Duration) -> Result<(), Status> {
-        let mut stream = self.client.clone().watch_partnerships(WatchPartnershipsRequest {}).await?.into_inner();
+        let mut stream = self
+            .client
+            .clone()
+            .watch_partnerships(WatchPartnershipsRequest {})
+            .await?
+            .into_inner();
         while let Some(event) = stream.message().await? {
             *retry_delay = Duration::from_millis(100);
             match event.kind() {
@@ -151,7 +225,10 @@ impl RouteCache {
                 PartnershipEventKind::Upserted | PartnershipEventKind::Deleted => {
                     let mut pairs = vec![(event.as2_from.clone(), event.as2_to.clone())];
                     if !event.previous_as2_from.is_empty() || !event.previous_as2_to.is_empty() {
-                        pairs.push((event.previous_as2_from.clone(), event.previous_as2_to.clone()));
+                        pairs.push((
+                            event.previous_as2_from.clone(),
+                            event.previous_as2_to.clone(),
+                        ));
                     }
                     self.forget(&event.id, &pairs);
                 }

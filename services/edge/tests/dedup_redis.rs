@@ -25,6 +25,7 @@ fn receipt() -> StoredReceipt {
             "multipart/report; report-type=disposition-notification".into(),
         )],
         body: b"the mdn".to_vec(),
+        pending_async_mdn: None,
     }
 }
 

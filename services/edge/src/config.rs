@@ -1,0 +1,227 @@
+//! The edge service's configuration: flags, each also an `AS2_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use as2_common::config::{AdminServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig};
+use clap::{Args, Parser};
+
+use crate::kafka::KafkaConfig;
+
+/// Everything the edge needs to run.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "as2-edge", version, about = "The AS2 gateway's inbound edge")]
+pub struct EdgeConfig {
+    /// Address the AS2 endpoint (HTTP/1.1 and h2c) listens on.
+    #[arg(
+        long = "as2-listen",
+        env = "AS2_EDGE_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub as2_listen: SocketAddr,
+
+    /// URL of the routing service's gRPC endpoint.
+    #[arg(
+        long = "routing-url",
+        env = "AS2_ROUTING_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub routing_url: String,
+
+    /// URL of the MDN service's gRPC endpoint, which delivers asynchronous MDNs. Without
+    /// it, messages that ask for an asynchronous MDN are answered 503 after nothing was
+    /// published, so the partner resends once it is configured.
+    #[arg(long = "mdn-url", env = "AS2_MDN_URL")]
+    pub mdn_url: Option<String>,
+
+    /// How inbound messages are read and answered.
+    #[command(flatten)]
+    pub inbound: InboundConfig,
+
+    /// Our keys.
+    #[command(flatten)]
+    pub keys: KeysConfig,
+
+    /// Admin HTTP server (health, metrics).
+    #[command(flatten)]
+    pub admin: AdminServerConfig,
+
+    /// Redis (dedup records).
+    #[command(flatten)]
+    pub redis: RedisConfig,
+
+    /// Kafka (documents).
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    /// Draining on SIGTERM.
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Limits, timeouts and retention of the inbound path.
+#[derive(Args, Clone, Debug)]
+pub struct InboundConfig {
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "AS2_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest document after decompression, in bytes (decompression bombs stop here).
+    #[arg(
+        long = "max-document-bytes",
+        env = "AS2_MAX_DOCUMENT_BYTES",
+        default_value_t = 15 * 1024 * 1024
+    )]
+    pub max_document_bytes: usize,
+
+    /// Seconds a client has to send the request headers.
+    #[arg(
+        long = "header-read-timeout-secs",
+        env = "AS2_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client has to send the whole request body.
+    #[arg(
+        long = "body-read-timeout-secs",
+        env = "AS2_BODY_READ_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub body_read_timeout_secs: u64,
+
+    /// Seconds a message stays claimed by the request processing it; a resend within
+    /// that time gets 503. Must exceed the longest processing time (publish timeout
+    /// included).
+    #[arg(
+        long = "dedup-in-flight-secs",
+        env = "AS2_DEDUP_IN_FLIGHT_SECS",
+        default_value_t = 120
+    )]
+    pub dedup_in_flight_secs: u64,
+
+    /// Seconds the answer to a processed message is kept, so a resend within that time
+    /// gets the same MDN and publishes nothing.
+    #[arg(long = "dedup-retention-secs", env = "AS2_DEDUP_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub dedup_retention_secs: u64,
+
+    /// Seconds a resolved partnership is cached when no change event drops it earlier.
+    #[arg(
+        long = "route-cache-ttl-secs",
+        env = "AS2_ROUTE_CACHE_TTL_SECS",
+        default_value_t = 60
+    )]
+    pub route_cache_ttl_secs: u64,
+
+    /// The Reporting-UA of our MDNs.
+    #[arg(
+        long = "reporting-ua",
+        env = "AS2_REPORTING_UA",
+        default_value = "as2-gateway edge"
+    )]
+    pub reporting_ua: String,
+
+    /// Domain part of the Message-IDs of our MDNs.
+    #[arg(
+        long = "message-id-domain",
+        env = "AS2_MESSAGE_ID_DOMAIN",
+        default_value = "as2-gateway.local"
+    )]
+    pub message_id_domain: String,
+
+    /// Seconds suggested to partners in Retry-After when we answer 503.
+    #[arg(
+        long = "retry-after-secs",
+        env = "AS2_RETRY_AFTER_SECS",
+        default_value_t = 60
+    )]
+    pub retry_after_secs: u64,
+}
+
+impl InboundConfig {
+    /// Defaults as the flags have them.
+    pub fn defaults() -> Self {
+        Self {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_document_bytes: 15 * 1024 * 1024,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 300,
+            dedup_in_flight_secs: 120,
+            dedup_retention_secs: 7 * 24 * 3600,
+            route_cache_ttl_secs: 60,
+            reporting_ua: "as2-gateway edge".to_owned(),
+            message_id_domain: "as2-gateway.local".to_owned(),
+            retry_after_secs: 60,
+        }
+    }
+
+    /// Header read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// Body read timeout.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
+    }
+}
+
+/// Where our private keys are.
+#[derive(Args, Clone, Debug)]
+pub struct KeysConfig {
+    /// Directory with one sub-directory per key id, each holding `tls.key` and `tls.crt`
+    /// (the layout of mounted `kubernetes.io/tls` Secrets).
+    #[arg(
+        long = "keys-dir",
+        env = "AS2_KEYS_DIR",
+        default_value = "/etc/as2/keys"
+    )]
+    pub keys_dir: PathBuf,
+
+    /// Key id that decrypts messages of partnerships that name none.
+    #[arg(
+        long = "default-decryption-key-id",
+        env = "AS2_DEFAULT_DECRYPTION_KEY_ID"
+    )]
+    pub default_decryption_key_id: Option<String>,
+
+    /// Key id that signs MDNs of partnerships that name none, and the error MDNs sent to
+    /// unknown partners.
+    #[arg(long = "default-signing-key-id", env = "AS2_DEFAULT_SIGNING_KEY_ID")]
+    pub default_signing_key_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_defaults_function_matches_the_flag_defaults() {
+        let parsed = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+        let defaults = InboundConfig::defaults();
+        assert_eq!(format!("{:?}", parsed.inbound), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn every_flag_has_an_as2_environment_variable() {
+        for argument in EdgeConfig::command().get_arguments() {
+            let id = argument.get_id().as_str();
+            if matches!(id, "help" | "version" | "otlp_endpoint") {
+                continue;
+            }
+            let env = argument
+                .get_env()
+                .unwrap_or_else(|| panic!("flag {id} has no environment variable"));
+            assert!(
+                env.to_string_lossy().starts_with("AS2_"),
+                "flag {id} uses {env:?}"
+            );
+        }
+    }
+}

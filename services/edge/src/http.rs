@@ -1,0 +1,183 @@
+//! The AS2 HTTP endpoint: HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on one port.
+//!
+//! Requests are read completely before processing, bounded in size (413 beyond the
+//! limit, decided from Content-Length before any body is read when it is declared) and
+//! in time (header and body read timeouts, 408 for a body that is too slow).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbound::{Answer, InboundProcessor, InboundRequest};
+
+/// Limits of the HTTP layer.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time to receive the request headers (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Time to receive the whole body.
+    pub body_read_timeout: Duration,
+}
+
+/// Serves AS2 requests on `listener` until `stop_accepting` is cancelled, then waits up
+/// to `grace_period` for open requests to finish.
+pub async fn serve_as2(
+    listener: TcpListener,
+    processor: Arc<InboundProcessor>,
+    limits: HttpLimits,
+    stop_accepting: CancellationToken,
+    grace_period: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop_accepting.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let processor = processor.clone();
+        let service = service_fn(move |request| {
+            let processor = processor.clone();
+            async move { Ok::<_, Infallible>(handle(request, &processor, limits).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "as2 connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace_period, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open as2 requests outlived the grace period");
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    processor: &InboundProcessor,
+    limits: HttpLimits,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        let mut response = to_response(Answer::text(405, "AS2 messages are sent with POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    if let Some(declared) = declared_length(&request) {
+        if declared > limits.max_body_bytes {
+            return to_response(too_large(limits.max_body_bytes));
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let collected = tokio::time::timeout(
+        limits.body_read_timeout,
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return to_response(too_large(limits.max_body_bytes));
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "reading the request body failed");
+            return to_response(Answer::text(
+                400,
+                format!("the request body could not be read: {error}"),
+            ));
+        }
+        Err(_elapsed) => {
+            return to_response(Answer::text(408, "the request body arrived too slowly"));
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    to_response(processor.process(InboundRequest { headers, body }).await)
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<usize> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn too_large(limit: usize) -> Answer {
+    Answer::text(
+        413,
+        format!("the message is larger than the limit of {limit} bytes"),
+    )
+}
+
+fn to_response(answer: Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(answer.body));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in answer.headers {
+        let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) else {
+            tracing::warn!(
+                header = name,
+                "dropping a response header that is not valid HTTP"
+            );
+            continue;
+        };
+        headers.append(name, value);
+    }
+    response
+}

@@ -1,0 +1,130 @@
+//! The Kafka record of a received document: its key and headers.
+//!
+//! This is a public contract (documented in `docs/kafka-records.md`): header names are
+//! lowercase, values are UTF-8 text, and fields are only ever added.
+
+use as2_protocol::headers::As2RequestHeaders;
+use as2_protocol::unwrap::{CompressionPlacement, UnwrappedMessage};
+
+use crate::routes::Route;
+
+/// Version of the record contract, carried in [`HEADER_RECORD_VERSION`].
+pub const RECORD_VERSION: &str = "1";
+
+/// Contract version.
+pub const HEADER_RECORD_VERSION: &str = "as2-record-version";
+/// Message-ID as the partner sent it (angle brackets included when it had them).
+pub const HEADER_MESSAGE_ID: &str = "as2-message-id";
+/// The partner's AS2 ID (unquoted).
+pub const HEADER_AS2_FROM: &str = "as2-from";
+/// Our AS2 ID (unquoted).
+pub const HEADER_AS2_TO: &str = "as2-to";
+/// The partnership id (also the record key).
+pub const HEADER_PARTNERSHIP_ID: &str = "as2-partnership-id";
+/// Content-Type of the document.
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// The filename from Content-Disposition, when the partner sent one.
+pub const HEADER_FILENAME: &str = "as2-filename";
+/// The Subject header, when the partner sent one.
+pub const HEADER_SUBJECT: &str = "as2-subject";
+/// Base64 MIC returned in the MDN.
+pub const HEADER_MIC: &str = "as2-mic";
+/// The MIC's algorithm (`sha-256`, ...).
+pub const HEADER_MIC_ALGORITHM: &str = "as2-mic-algorithm";
+/// `true` when the message was signed.
+pub const HEADER_SIGNED: &str = "as2-signed";
+/// Digest of the signature, when signed.
+pub const HEADER_SIGNATURE_DIGEST: &str = "as2-signature-digest";
+/// `true` when the message was encrypted.
+pub const HEADER_ENCRYPTED: &str = "as2-encrypted";
+/// Content cipher, when encrypted.
+pub const HEADER_ENCRYPTION_CIPHER: &str = "as2-encryption-cipher";
+/// Where compression was: `none`, `before-signing`, `after-signing`, or `no-signature`
+/// (compressed, not signed).
+pub const HEADER_COMPRESSION: &str = "as2-compression";
+/// When the edge received the message, RFC 3339 UTC.
+pub const HEADER_RECEIVED_AT: &str = "as2-received-at";
+/// W3C trace context of the message's trace, when tracing is on.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// The headers of a document record, in a fixed order.
+pub fn document_headers(
+    request: &As2RequestHeaders,
+    route: &Route,
+    message: &UnwrappedMessage,
+    received_at: &str,
+) -> Vec<(&'static str, String)> {
+    let facts = &message.facts;
+    let mut headers = vec![
+        (HEADER_RECORD_VERSION, RECORD_VERSION.to_owned()),
+        (HEADER_MESSAGE_ID, request.message_id.original().to_owned()),
+        (HEADER_AS2_FROM, request.as2_from.as_str().to_owned()),
+        (HEADER_AS2_TO, request.as2_to.as_str().to_owned()),
+        (HEADER_PARTNERSHIP_ID, route.partnership.id.clone()),
+        (HEADER_CONTENT_TYPE, message.payload.content_type.clone()),
+    ];
+    if let Some(filename) = &message.payload.filename {
+        headers.push((HEADER_FILENAME, filename.clone()));
+    }
+    if let Some(subject) = &request.subject {
+        headers.push((HEADER_SUBJECT, subject.clone()));
+    }
+    headers.push((HEADER_MIC, message.mic.digest_base64()));
+    headers.push((
+        HEADER_MIC_ALGORITHM,
+        message.mic.algorithm.as_str().to_owned(),
+    ));
+    headers.push((HEADER_SIGNED, facts.signature.is_some().to_string()));
+    if let Some(signature) = &facts.signature {
+        headers.push((
+            HEADER_SIGNATURE_DIGEST,
+            signature.digest.as_str().to_owned(),
+        ));
+    }
+    headers.push((HEADER_ENCRYPTED, facts.encryption.is_some().to_string()));
+    if let Some(encryption) = &facts.encryption {
+        headers.push((
+            HEADER_ENCRYPTION_CIPHER,
+            encryption.cipher.as_str().to_owned(),
+        ));
+    }
+    let compression = match facts.compression {
+        None => "none",
+        Some(CompressionPlacement::BeforeSigning) => "before-signing",
+        Some(CompressionPlacement::AfterSigning) => "after-signing",
+        Some(CompressionPlacement::Unsigned) => "no-signature",
+    };
+    headers.push((HEADER_COMPRESSION, compression.to_owned()));
+    headers.push((HEADER_RECEIVED_AT, received_at.to_owned()));
+    if let Some(traceparent) = current_traceparent() {
+        headers.push((HEADER_TRACEPARENT, traceparent));
+    }
+    headers
+}
+
+/// Now, RFC 3339 in UTC with millisecond precision.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&format)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+/// The W3C `traceparent` of the current span, when it belongs to a sampled trace.
+fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
+}

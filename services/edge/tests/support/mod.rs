@@ -1,0 +1,443 @@
+//! A whole inbound stack for end-to-end tests: real Redis, a real Kafka-protocol broker,
+//! the routing service and the edge (both started through their library entry points),
+//! our key on disk, and a partnership for a pyas2lib partner.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use as2_edge::{EdgeConfig, EdgeServer};
+use as2_routing::{RoutingConfig, RoutingServer};
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{
+    CreatePartnershipRequest, InteropSwitches, MdnPreferences, PartnerCertificate, Partnership,
+    SecurityPolicy,
+};
+use as2_rpc::tonic::transport::Channel;
+use bytes::Bytes;
+use clap::Parser as _;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::{X509, X509Name};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use tokio_util::sync::CancellationToken;
+
+/// Our AS2 id in the tests.
+pub const GATEWAY_ID: &str = "as2-gateway";
+/// The pyas2lib partner's AS2 id.
+pub const PARTNER_ID: &str = "pyas2lib partner";
+/// Our key id.
+pub const GATEWAY_KEY_ID: &str = "gateway-key";
+
+/// A private key and its self-signed certificate, PEM encoded.
+#[derive(Clone)]
+pub struct KeyMaterial {
+    pub key_pem: String,
+    pub cert_pem: String,
+}
+
+impl KeyMaterial {
+    pub fn generate(common_name: &str) -> Self {
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = X509Name::builder().unwrap();
+        name.append_entry_by_text("CN", common_name).unwrap();
+        let name = name.build();
+        let mut builder = X509::builder().unwrap();
+        builder.set_version(2).unwrap();
+        let serial = BigNum::from_u32(rand_u32())
+            .unwrap()
+            .to_asn1_integer()
+            .unwrap();
+        builder.set_serial_number(&serial).unwrap();
+        builder.set_subject_name(&name).unwrap();
+        builder.set_issuer_name(&name).unwrap();
+        builder.set_pubkey(&key).unwrap();
+        builder
+            .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        builder
+            .set_not_after(&Asn1Time::days_from_now(365).unwrap())
+            .unwrap();
+        builder.sign(&key, MessageDigest::sha256()).unwrap();
+        let cert = builder.build();
+        Self {
+            key_pem: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+            cert_pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
+        }
+    }
+
+    pub fn write_key_dir(&self, keys_dir: &Path, key_id: &str) {
+        let directory = keys_dir.join(key_id);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("tls.key"), &self.key_pem).unwrap();
+        std::fs::write(directory.join("tls.crt"), &self.cert_pem).unwrap();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut bytes = [0_u8; 4];
+    openssl::rand::rand_bytes(&mut bytes).unwrap();
+    u32::from_le_bytes(bytes) >> 1
+}
+
+/// A running routing service.
+pub struct RunningRouting {
+    pub url: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRouting {
+    pub async fn start(redis_url: &str, prefix: &str) -> Self {
+        let server = RoutingServer::bind(RoutingConfig::local(redis_url, prefix))
+            .await
+            .unwrap();
+        let url = format!("http://{}", server.grpc_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        Self { url, stop, task }
+    }
+
+    pub async fn client(&self) -> RoutingServiceClient<Channel> {
+        RoutingServiceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A running edge.
+pub struct RunningEdge {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningEdge {
+    pub async fn start(config: EdgeConfig) -> Self {
+        let server = EdgeServer::bind(config).await.unwrap();
+        let addr = server.as2_addr().unwrap();
+        let admin_addr = server.admin_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        Self {
+            addr,
+            admin_addr,
+            stop,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/as2", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The edge configuration for tests: ephemeral ports, the given dependencies.
+pub fn edge_config(
+    redis_url: &str,
+    prefix: &str,
+    bootstrap: &str,
+    routing_url: &str,
+    keys_dir: &Path,
+) -> EdgeConfig {
+    let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+    config.as2_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.redis = as2_common::config::RedisConfig::new(redis_url, prefix);
+    config.kafka = as2_edge::kafka::KafkaConfig::new(bootstrap);
+    config.kafka.kafka_publish_timeout_ms = 5_000;
+    config.routing_url = routing_url.to_owned();
+    config.keys.keys_dir = keys_dir.to_path_buf();
+    config.keys.default_signing_key_id = Some(GATEWAY_KEY_ID.to_owned());
+    config.shutdown.shutdown_grace_secs = 2;
+    config.inbound.max_body_bytes = 4 * 1024 * 1024;
+    config
+}
+
+/// Everything one end-to-end test needs.
+pub struct Stack {
+    pub redis: as2_testkit::RedisServer,
+    pub broker: as2_testkit::KafkaBroker,
+    pub routing: RunningRouting,
+    pub edge: RunningEdge,
+    pub keys_dir: tempfile::TempDir,
+    pub gateway: KeyMaterial,
+    pub partner: KeyMaterial,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        let redis = as2_testkit::RedisServer::start();
+        let broker = as2_testkit::KafkaBroker::start();
+        let routing = RunningRouting::start(&redis.url(), "e2e").await;
+        let keys_dir = tempfile::tempdir().unwrap();
+        let gateway = KeyMaterial::generate("as2 gateway test");
+        gateway.write_key_dir(keys_dir.path(), GATEWAY_KEY_ID);
+        let partner = KeyMaterial::generate("pyas2lib partner test");
+        let edge = RunningEdge::start(edge_config(
+            &redis.url(),
+            "e2e",
+            &broker.bootstrap_servers(),
+            &routing.url,
+            keys_dir.path(),
+        ))
+        .await;
+        Self {
+            redis,
+            broker,
+            routing,
+            edge,
+            keys_dir,
+            gateway,
+            partner,
+        }
+    }
+
+    /// A partnership for the pyas2lib partner with the standard settings.
+    pub fn partnership(&self, as2_from: &str, topic: &str) -> Partnership {
+        Partnership {
+            as2_from: as2_from.to_owned(),
+            as2_to: GATEWAY_ID.to_owned(),
+            kafka_topic: topic.to_owned(),
+            partner_certificates: vec![PartnerCertificate {
+                pem: self.partner.cert_pem.clone(),
+                ..Default::default()
+            }],
+            decryption_key_id: GATEWAY_KEY_ID.to_owned(),
+            mdn_signing_key_id: GATEWAY_KEY_ID.to_owned(),
+            security_policy: Some(SecurityPolicy::default()),
+            mdn_preferences: Some(MdnPreferences::default()),
+            interop: Some(InteropSwitches::default()),
+            ..Default::default()
+        }
+    }
+
+    pub async fn create_partnership(&self, partnership: Partnership) -> Partnership {
+        self.routing
+            .client()
+            .await
+            .create_partnership(CreatePartnershipRequest {
+                partnership: Some(partnership),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .partnership
+            .unwrap()
+    }
+
+    /// Request fields for pyas2lib_sender.py: the partner sends to us.
+    pub fn pyas2lib_request(&self, as2_from: &str) -> serde_json::Value {
+        serde_json::json!({
+            "sender_id": as2_from,
+            "sender_key_pem": self.partner.key_pem,
+            "sender_cert_pem": self.partner.cert_pem,
+            "receiver_id": GATEWAY_ID,
+            "receiver_cert_pem": self.gateway.cert_pem,
+        })
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// POSTs `body` with `headers` to `url`.
+pub async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> HttpResponse {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Runs `tests/interop/<script> <command>` with `input` as JSON on stdin.
+pub fn python(script: &str, command: &str, input: &serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new(as2_testkit::python())
+        .arg(as2_testkit::interop_dir().join(script))
+        .arg(command)
+        .current_dir(as2_testkit::interop_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let input = serde_json::to_vec(input).unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let mut stdin = stdin;
+        stdin.write_all(&input).unwrap();
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{script} {command} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Headers and body of a message pyas2lib built.
+pub fn message_parts(built: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
+    use base64::Engine as _;
+    let headers = built["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(built["body_b64"].as_str().unwrap())
+        .unwrap();
+    (headers, body)
+}
+
+/// One consumed record.
+#[derive(Debug)]
+pub struct ConsumedRecord {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl ConsumedRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `count` records from `topic`, then waits `quiet` for any extra record (which
+/// is returned too, so callers can assert exact counts).
+pub async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    quiet: Duration,
+) -> Vec<ConsumedRecord> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-{}", rand_u32()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let wait = if records.len() >= count {
+            quiet
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(message)) => records.push(ConsumedRecord {
+                key: message.key().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                (
+                                    header.key.to_owned(),
+                                    String::from_utf8_lossy(header.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+            }),
+            Ok(Err(error)) => panic!("consuming {topic} failed: {error}"),
+            Err(_elapsed) => break,
+        }
+    }
+    consumer.unsubscribe();
+    assert!(
+        records.len() >= count,
+        "expected {count} records in {topic}, got {}",
+        records.len()
+    );
+    records
+}
