@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -91,6 +91,11 @@ pub async fn serve_as2(
     }
 }
 
+/// How much of an oversize body is read and discarded so that the client, still
+/// sending, sees the 413 rather than a reset connection. Beyond it the answer is sent
+/// at once and the connection closed.
+const OVERSIZE_DRAIN_LIMIT: usize = 32 * 1024 * 1024;
+
 async fn handle(
     request: Request<Incoming>,
     processor: &InboundProcessor,
@@ -103,23 +108,27 @@ async fn handle(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    if let Some(declared) = declared_length(&request) {
-        if declared > limits.max_body_bytes {
-            return to_response(too_large(limits.max_body_bytes));
-        }
-    }
+    let declared = declared_length(&request);
     let (parts, body) = request.into_parts();
+    if let Some(declared) = declared.filter(|&declared| declared > limits.max_body_bytes) {
+        if declared <= OVERSIZE_DRAIN_LIMIT {
+            drain(body, limits.body_read_timeout).await;
+        }
+        return to_response(too_large(limits.max_body_bytes));
+    }
+    let mut body = body;
     let collected = tokio::time::timeout(
         limits.body_read_timeout,
-        Limited::new(body, limits.max_body_bytes).collect(),
+        collect(&mut body, limits.max_body_bytes),
     )
     .await;
     let body = match collected {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
+            drain(body, limits.body_read_timeout).await;
             return to_response(too_large(limits.max_body_bytes));
         }
-        Ok(Err(error)) => {
+        Ok(Err(BodyError::Read(error))) => {
             tracing::debug!(%error, "reading the request body failed");
             return to_response(Answer::text(
                 400,
@@ -141,6 +150,42 @@ async fn handle(
         })
         .collect();
     to_response(processor.process(InboundRequest { headers, body }).await)
+}
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads the whole body into one buffer, failing once it grows beyond `limit` bytes.
+async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        if buffer.len() + data.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads and discards what remains of a body, up to [`OVERSIZE_DRAIN_LIMIT`] bytes.
+async fn drain(mut body: Incoming, timeout: Duration) {
+    let discard = async {
+        let mut discarded = 0_usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                discarded += data.len();
+                if discarded > OVERSIZE_DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, discard).await;
 }
 
 fn declared_length(request: &Request<Incoming>) -> Option<usize> {
