@@ -211,18 +211,6 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub skip_certificate_validity_check: Option<bool>,
 
-    /// Interop: retry a failed signature check with LF converted to CRLF.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub retry_signature_with_crlf: Option<bool>,
-
-    /// Interop: MIC of unsigned messages covers the MIME headers too.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub unsigned_mic_includes_headers: Option<bool>,
-
-    /// Interop: accept AS2 IDs with spaces that are not quoted.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub accept_unquoted_as2_ids: Option<bool>,
-
     /// Outbound: the partner's AS2 URL (empty string: no outbound).
     #[arg(long, value_name = "URL")]
     pub outbound_url: Option<String>,

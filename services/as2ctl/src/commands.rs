@@ -435,18 +435,6 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         &mut interop.skip_certificate_validity_check,
         settings.skip_certificate_validity_check,
     );
-    flag(
-        &mut interop.retry_signature_with_crlf_normalization,
-        settings.retry_signature_with_crlf,
-    );
-    flag(
-        &mut interop.unsigned_mic_includes_headers,
-        settings.unsigned_mic_includes_headers,
-    );
-    flag(
-        &mut interop.accept_unquoted_as2_ids,
-        settings.accept_unquoted_as2_ids,
-    );
 
     let mut number = |target: &mut i32, value: Option<i32>| {
         if let Some(value) = value {

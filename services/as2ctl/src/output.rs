@@ -61,9 +61,6 @@ struct MdnPreferencesView {
 #[derive(Debug, Serialize)]
 struct InteropView {
     skip_certificate_validity_check: bool,
-    retry_signature_with_crlf_normalization: bool,
-    unsigned_mic_includes_headers: bool,
-    accept_unquoted_as2_ids: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,10 +121,6 @@ impl From<&Partnership> for PartnershipView {
             },
             interop: InteropView {
                 skip_certificate_validity_check: interop.skip_certificate_validity_check,
-                retry_signature_with_crlf_normalization: interop
-                    .retry_signature_with_crlf_normalization,
-                unsigned_mic_includes_headers: interop.unsigned_mic_includes_headers,
-                accept_unquoted_as2_ids: interop.accept_unquoted_as2_ids,
             },
             outbound: OutboundView {
                 url: outbound.url,
@@ -272,18 +265,6 @@ pub fn render_detail(view: &PartnershipView) -> String {
     line(
         "skip certificate validity check:",
         yes_no(interop.skip_certificate_validity_check),
-    );
-    line(
-        "retry signature with crlf:",
-        yes_no(interop.retry_signature_with_crlf_normalization),
-    );
-    line(
-        "unsigned mic includes headers:",
-        yes_no(interop.unsigned_mic_includes_headers),
-    );
-    line(
-        "accept unquoted as2 ids:",
-        yes_no(interop.accept_unquoted_as2_ids),
     );
     let outbound = &view.outbound;
     if outbound.url.is_empty() {
