@@ -32,8 +32,7 @@ pub const TANSU_ENV: &str = "AS2_TEST_TANSU";
 pub const REDIS_SERVER_ENV: &str = "AS2_TEST_REDIS_SERVER";
 
 /// The message every "missing dependency" panic ends with.
-const HOW_TO_INSTALL: &str =
-    "run the README's test command (tests/run), which installs and configures every test dependency";
+const HOW_TO_INSTALL: &str = "run the README's test command (tests/run), which installs and configures every test dependency";
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 ///
@@ -42,7 +41,10 @@ const HOW_TO_INSTALL: &str =
 /// chosen one is taken.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    listener.local_addr().expect("local address of a bound listener").port()
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
 }
 
 /// The root of the cargo workspace (the directory holding the top-level `Cargo.toml`).
@@ -65,7 +67,11 @@ pub fn workspace_root() -> PathBuf {
 pub fn python() -> PathBuf {
     if let Some(path) = std::env::var_os(PYTHON_ENV) {
         let path = PathBuf::from(path);
-        assert!(path.exists(), "{PYTHON_ENV}={} does not exist; {HOW_TO_INSTALL}", path.display());
+        assert!(
+            path.exists(),
+            "{PYTHON_ENV}={} does not exist; {HOW_TO_INSTALL}",
+            path.display()
+        );
         return path;
     }
     let venv_python = workspace_root().join(".venv-test/bin/python");
@@ -92,7 +98,11 @@ pub fn interop_dir() -> PathBuf {
 pub fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os(TANSU_ENV) {
         let path = PathBuf::from(path);
-        assert!(path.exists(), "{TANSU_ENV}={} does not exist; {HOW_TO_INSTALL}", path.display());
+        assert!(
+            path.exists(),
+            "{TANSU_ENV}={} does not exist; {HOW_TO_INSTALL}",
+            path.display()
+        );
         return path;
     }
     let lib = workspace_root().join(".venv-test/lib");
@@ -103,7 +113,10 @@ pub fn tansu_binary() -> PathBuf {
             .find(|candidate| candidate.exists())
     });
     found.unwrap_or_else(|| {
-        panic!("no Tansu broker found ({TANSU_ENV} unset, none under {}); {HOW_TO_INSTALL}", lib.display())
+        panic!(
+            "no Tansu broker found ({TANSU_ENV} unset, none under {}); {HOW_TO_INSTALL}",
+            lib.display()
+        )
     })
 }
 

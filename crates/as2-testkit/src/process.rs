@@ -27,7 +27,11 @@ impl OwnedProcess {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()?;
-        Ok(Self { name, child: Some(child), log })
+        Ok(Self {
+            name,
+            child: Some(child),
+            log,
+        })
     }
 
     fn has_exited(&mut self) -> bool {
@@ -51,8 +55,15 @@ impl OwnedProcess {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(2000);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-        format!("{} log ({}):\n{}", self.name, self.log.display(), &text[start..])
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        format!(
+            "{} log ({}):\n{}",
+            self.name,
+            self.log.display(),
+            &text[start..]
+        )
     }
 }
 
@@ -66,7 +77,11 @@ impl Drop for OwnedProcess {
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Starts `make_command(port)` on fresh ports until one comes up and answers `ready`.
@@ -107,7 +122,9 @@ fn start_on_port(
     }
     let log = process.log_tail();
     process.kill();
-    Err(format!("{name} not ready on port {port} within {STARTUP_TIMEOUT:?}\n{log}"))
+    Err(format!(
+        "{name} not ready on port {port} within {STARTUP_TIMEOUT:?}\n{log}"
+    ))
 }
 
 /// A `redis-server` on a free loopback port with persistence off.

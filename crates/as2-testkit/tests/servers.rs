@@ -21,7 +21,10 @@ fn redis_starts_stores_and_restarts_empty() {
     assert_eq!(redis_command(redis.port(), b"GET k\r\n"), "$-1\r\n");
     let port = redis.port();
     drop(redis);
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "redis still listening after drop");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "redis still listening after drop"
+    );
 }
 
 #[test]
@@ -30,7 +33,10 @@ fn kafka_broker_accepts_connections_and_stops() {
     let port = broker.port();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
     broker.stop();
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "broker still listening after stop");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "broker still listening after stop"
+    );
     broker.restart();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
 }

@@ -65,20 +65,36 @@ async fn main() -> anyhow::Result<()> {
                     .collect()
             })
             .unwrap_or_default();
-        let message_id = headers.get("as2-message-id").map_or("unknown", String::as_str);
+        let message_id = headers
+            .get("as2-message-id")
+            .map_or("unknown", String::as_str);
         let name: String = message_id
             .trim_matches(['<', '>'])
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        std::fs::write(options.out.join(&name), message.payload().unwrap_or_default())?;
-        std::fs::write(options.out.join(format!("{name}.json")), serde_json::to_vec_pretty(&headers)?)?;
+        std::fs::write(
+            options.out.join(&name),
+            message.payload().unwrap_or_default(),
+        )?;
+        std::fs::write(
+            options.out.join(format!("{name}.json")),
+            serde_json::to_vec_pretty(&headers)?,
+        )?;
         eprintln!(
             "{} from {:?}: {} bytes ({})",
             message_id,
             headers.get("as2-from").map_or("?", String::as_str),
             message.payload_len(),
-            headers.get("as2-filename").map_or("no filename", String::as_str),
+            headers
+                .get("as2-filename")
+                .map_or("no filename", String::as_str),
         );
         consumer.commit_message(&message, CommitMode::Sync)?;
         written += 1;
