@@ -128,7 +128,8 @@ impl MessageId {
             header: "Message-ID",
             reason: reason.to_owned(),
         };
-        if original.is_empty() || original == "<>" {
+        let inner = original.strip_prefix('<').unwrap_or(original);
+        if inner.strip_suffix('>').unwrap_or(inner).is_empty() {
             return Err(invalid("empty message id"));
         }
         if original.len() > MAX_MESSAGE_ID_LEN {
@@ -657,6 +658,10 @@ mod tests {
         assert_eq!(with, without);
         assert_eq!(without.with_brackets(), "<abc@host>");
         assert!(MessageId::parse("<>").is_err());
+        // Found by the headers fuzzer: "<" was accepted but its bracketed form was not.
+        for degenerate in ["<", ">", " < "] {
+            assert!(MessageId::parse(degenerate).is_err(), "{degenerate:?}");
+        }
         let generated = MessageId::generate("example.org").unwrap();
         assert!(generated.original().ends_with("@example.org>"));
     }
