@@ -1,0 +1,291 @@
+//! The MDN service's configuration: flags, each also an `AS2_*` environment variable.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use as2_common::config::{
+    AdminServerConfig, GrpcServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
+};
+use clap::{Args, Parser};
+
+/// Everything the MDN service needs to run.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "as2-mdn",
+    version,
+    about = "The AS2 gateway's asynchronous MDN delivery service"
+)]
+pub struct MdnConfig {
+    /// gRPC listener (MdnDeliveryService and health).
+    #[command(flatten)]
+    pub grpc: GrpcServerConfig,
+    /// Admin HTTP listener (/healthz, /readyz, /metrics).
+    #[command(flatten)]
+    pub admin: AdminServerConfig,
+    /// Redis (jobs, schedule, status).
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// How deliveries are made and retried.
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+    /// Where status events go.
+    #[command(flatten)]
+    pub tracking: TrackingConfig,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    /// Draining on SIGTERM.
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+}
+
+impl MdnConfig {
+    /// A configuration for tests and embedding: listeners on ephemeral loopback ports,
+    /// the given Redis and key prefix, no tracking topic, a short grace period.
+    pub fn local(redis_url: impl Into<String>, redis_key_prefix: impl Into<String>) -> Self {
+        let ephemeral = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self {
+            grpc: GrpcServerConfig {
+                grpc_listen: ephemeral,
+            },
+            admin: AdminServerConfig {
+                http_listen: ephemeral,
+            },
+            redis: RedisConfig::new(redis_url, redis_key_prefix),
+            delivery: DeliveryConfig::defaults(),
+            tracking: TrackingConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            shutdown: ShutdownConfig {
+                shutdown_delay_secs: 0,
+                shutdown_grace_secs: 5,
+            },
+        }
+    }
+}
+
+/// Workers, timeouts and the retry policy.
+#[derive(Args, Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Deliveries this replica attempts at the same time. 0: this replica serves the
+    /// gRPC API only and delivers nothing.
+    #[arg(long = "mdn-workers", env = "AS2_MDN_WORKERS", default_value_t = 32)]
+    pub workers: usize,
+
+    /// Attempts per MDN (the first one included) before the delivery is recorded as
+    /// failed.
+    #[arg(
+        long = "mdn-max-attempts",
+        env = "AS2_MDN_MAX_ATTEMPTS",
+        default_value_t = 10
+    )]
+    pub max_attempts: u32,
+
+    /// Seconds after the enqueue when no further attempt is started; the delivery is
+    /// then recorded as failed.
+    #[arg(long = "mdn-max-age-secs", env = "AS2_MDN_MAX_AGE_SECS", default_value_t = 24 * 3600)]
+    pub max_age_secs: u64,
+
+    /// Delay before the second attempt, in milliseconds; each further delay doubles,
+    /// with random jitter of up to half the delay.
+    #[arg(
+        long = "mdn-initial-backoff-ms",
+        env = "AS2_MDN_INITIAL_BACKOFF_MS",
+        default_value_t = 30_000
+    )]
+    pub initial_backoff_ms: u64,
+
+    /// Longest delay between two attempts, in milliseconds.
+    #[arg(
+        long = "mdn-max-backoff-ms",
+        env = "AS2_MDN_MAX_BACKOFF_MS",
+        default_value_t = 3_600_000
+    )]
+    pub max_backoff_ms: u64,
+
+    /// Milliseconds one attempt (connect, send, response) may take.
+    #[arg(
+        long = "mdn-attempt-timeout-ms",
+        env = "AS2_MDN_ATTEMPT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub attempt_timeout_ms: u64,
+
+    /// Milliseconds a job may stay unacknowledged by the replica that took it before
+    /// another replica takes it over (the replica is presumed dead). Must exceed the
+    /// attempt timeout.
+    #[arg(
+        long = "mdn-reclaim-idle-ms",
+        env = "AS2_MDN_RECLAIM_IDLE_MS",
+        default_value_t = 90_000
+    )]
+    pub reclaim_idle_ms: u64,
+
+    /// Milliseconds between two looks for due retries and abandoned jobs.
+    #[arg(
+        long = "mdn-poll-interval-ms",
+        env = "AS2_MDN_POLL_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    pub poll_interval_ms: u64,
+
+    /// Seconds a delivery's record (status, and the MDN until it is sent) is kept.
+    #[arg(long = "mdn-status-ttl-secs", env = "AS2_MDN_STATUS_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub status_ttl_secs: u64,
+
+    /// Name of this replica in the Redis consumer group; default: the host name plus
+    /// a random suffix, so a restarted pod never mistakes old jobs for its own.
+    #[arg(long = "mdn-consumer-name", env = "AS2_MDN_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// A PEM file of extra CA certificates trusted for https deliveries, next to the
+    /// system's.
+    #[arg(long = "mdn-tls-ca-file", env = "AS2_MDN_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl DeliveryConfig {
+    /// Defaults as the flags have them.
+    pub fn defaults() -> Self {
+        Self {
+            workers: 32,
+            max_attempts: 10,
+            max_age_secs: 24 * 3600,
+            initial_backoff_ms: 30_000,
+            max_backoff_ms: 3_600_000,
+            attempt_timeout_ms: 30_000,
+            reclaim_idle_ms: 90_000,
+            poll_interval_ms: 500,
+            status_ttl_secs: 7 * 24 * 3600,
+            consumer_name: None,
+            tls_ca_file: None,
+        }
+    }
+
+    /// Timeout of one attempt.
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+
+    /// Idle time after which a job is taken over.
+    pub fn reclaim_idle(&self) -> Duration {
+        Duration::from_millis(self.reclaim_idle_ms)
+    }
+
+    /// Interval of the scheduler and the reclaimer.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    /// Checks the values that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("mdn-max-attempts must be at least 1".to_owned());
+        }
+        if self.reclaim_idle_ms <= self.attempt_timeout_ms {
+            return Err(format!(
+                "mdn-reclaim-idle-ms ({}) must exceed mdn-attempt-timeout-ms ({}), or live replicas lose their jobs to others",
+                self.reclaim_idle_ms, self.attempt_timeout_ms
+            ));
+        }
+        if self.status_ttl_secs < self.max_age_secs {
+            return Err(format!(
+                "mdn-status-ttl-secs ({}) must be at least mdn-max-age-secs ({})",
+                self.status_ttl_secs, self.max_age_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The Kafka topic that delivery status events are published to.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TrackingConfig {
+    /// Comma-separated bootstrap brokers, `host:port`. Without it no status events are
+    /// published (the status in Redis is kept either way).
+    #[arg(long = "kafka-bootstrap-servers", env = "AS2_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
+
+    /// Topic of the status events (queued, delivered, retry-scheduled, failed).
+    #[arg(
+        long = "mdn-tracking-topic",
+        env = "AS2_MDN_TRACKING_TOPIC",
+        default_value = "as2.mdn.tracking"
+    )]
+    pub tracking_topic: String,
+
+    /// Extra librdkafka properties, `key=value`, repeatable (or comma-separated in the
+    /// environment variable): TLS and SASL settings such as `security.protocol=SASL_SSL`.
+    #[arg(
+        long = "kafka-option",
+        env = "AS2_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        value_parser = parse_key_value
+    )]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty key in {text:?}"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_defaults_function_matches_the_flag_defaults() {
+        let parsed = MdnConfig::try_parse_from(["as2-mdn"]).unwrap();
+        assert_eq!(
+            format!("{:?}", parsed.delivery),
+            format!("{:?}", DeliveryConfig::defaults())
+        );
+        assert!(parsed.delivery.validate().is_ok());
+    }
+
+    #[test]
+    fn every_flag_has_an_as2_environment_variable() {
+        for argument in MdnConfig::command().get_arguments() {
+            let id = argument.get_id().as_str();
+            if matches!(id, "help" | "version" | "otlp_endpoint") {
+                continue;
+            }
+            let env = argument
+                .get_env()
+                .unwrap_or_else(|| panic!("flag {id} has no environment variable"));
+            assert!(
+                env.to_string_lossy().starts_with("AS2_"),
+                "flag {id} uses {env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reclaiming_faster_than_an_attempt_is_refused() {
+        let mut config = DeliveryConfig::defaults();
+        config.reclaim_idle_ms = config.attempt_timeout_ms;
+        assert!(config.validate().is_err());
+        config.reclaim_idle_ms += 1;
+        assert!(config.validate().is_ok());
+        config.max_attempts = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn kafka_options_parse_as_key_value_pairs() {
+        assert_eq!(
+            parse_key_value("a = b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_key_value("novalue").is_err());
+    }
+}
