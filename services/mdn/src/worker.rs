@@ -1,9 +1,9 @@
 //! The delivery workers of one replica.
 //!
-//! Three loops share a semaphore of `workers` permits, so a replica never holds more
-//! jobs than it attempts at once:
+//! Two loops share a semaphore of `workers` permits and take only as many jobs as
+//! permits are free, so a replica holds few more jobs than it attempts at once:
 //!
-//! - the reader takes new jobs from the stream (`XREADGROUP ... >`) as permits free up;
+//! - the reader takes new jobs from the stream (`XREADGROUP ... >`) as workers free up;
 //! - the maintenance loop moves due retries from the retry set to the stream, takes
 //!   over jobs that another replica read but has not finished within the reclaim
 //!   timeout (`XAUTOCLAIM`), samples the queue depth, and forgets long-gone consumers;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use as2_rpc::mdn::v1::DeliveryState;
 use redis::aio::ConnectionManager;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -125,24 +125,24 @@ async fn read_loop(
     stop: CancellationToken,
 ) {
     loop {
-        let first = tokio::select! {
+        // Wait for a free worker without holding it during the blocking read, so the
+        // maintenance loop can still take jobs over meanwhile.
+        let free = tokio::select! {
             () = stop.cancelled() => return,
-            permit = semaphore.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => return,
-            },
+            permit = semaphore.acquire() => permit.is_ok(),
         };
-        let mut permits = vec![first];
-        permits.extend(free_permits(&semaphore, READ_BATCH - 1));
+        if !free {
+            return;
+        }
+        let count = semaphore.available_permits().clamp(1, READ_BATCH);
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            read = deliverer.store.read_new(&mut connection, &settings.consumer, permits.len(), READ_BLOCK_MS) => read,
+            read = deliverer.store.read_new(&mut connection, &settings.consumer, count, READ_BLOCK_MS) => read,
         };
         match read {
-            Ok(entries) => dispatch(&deliverer, &tracker, entries, permits),
+            Ok(entries) => dispatch(&deliverer, &semaphore, &tracker, entries, &stop).await,
             Err(error) => {
                 tracing::warn!(%error, "cannot read mdn jobs");
-                drop(permits);
                 pause(&stop).await;
             }
         }
@@ -168,11 +168,11 @@ async fn maintenance_loop(
             {
                 tracing::warn!(%error, "cannot move due mdn retries");
             }
-            let permits = free_permits(semaphore, READ_BATCH);
-            if !permits.is_empty() {
+            let free = semaphore.available_permits().min(READ_BATCH);
+            if free > 0 {
                 match deliverer
                     .store
-                    .reclaim(&settings.consumer, reclaim_idle_ms, permits.len())
+                    .reclaim(&settings.consumer, reclaim_idle_ms, free)
                     .await
                 {
                     Ok(entries) => {
@@ -180,7 +180,7 @@ async fn maintenance_loop(
                             tracing::info!(count = entries.len(), "took over unfinished mdn jobs");
                             deliverer.metrics.reclaimed.inc_by(entries.len() as u64);
                         }
-                        dispatch(deliverer, tracker, entries, permits);
+                        dispatch(deliverer, semaphore, tracker, entries, stop).await;
                     }
                     Err(error) => tracing::warn!(%error, "cannot reclaim mdn jobs"),
                 }
@@ -226,21 +226,24 @@ async fn sample_queue_depth(deliverer: &Deliverer) {
     }
 }
 
-/// Up to `most` permits that are free right now.
-fn free_permits(semaphore: &Arc<Semaphore>, most: usize) -> Vec<OwnedSemaphorePermit> {
-    std::iter::from_fn(|| semaphore.clone().try_acquire_owned().ok())
-        .take(most)
-        .collect()
-}
-
-/// Starts one task per entry, each holding one permit; unused permits are released.
-fn dispatch(
+/// Starts one task per entry, each holding a worker permit. Entries that wait for a
+/// permit are already this replica's; should it stop first, they stay pending and are
+/// taken over by another replica.
+async fn dispatch(
     deliverer: &Arc<Deliverer>,
+    semaphore: &Arc<Semaphore>,
     tracker: &TaskTracker,
     entries: Vec<JobEntry>,
-    permits: Vec<OwnedSemaphorePermit>,
+    stop: &CancellationToken,
 ) {
-    for (entry, permit) in entries.into_iter().zip(permits) {
+    for entry in entries {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = semaphore.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => return,
+            },
+        };
         let deliverer = deliverer.clone();
         tracker.spawn(async move {
             deliverer.handle(entry).await;

@@ -1,0 +1,291 @@
+//! The MDN service against real Redis (and a real Kafka-protocol broker for the status
+//! events): delivery, idempotent enqueue, retries until the receiver is up, recorded
+//! failures, unsupported URLs, status queries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use as2_rpc::mdn::v1::{DeliveryState, GetDeliveryStatusRequest, ListDeliveriesRequest};
+use as2_rpc::tonic::Code;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Message as _;
+use support::{Receiver, RunningMdn, enqueue_request, fast_config, status, wait_for_state};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mdn_is_delivered_once_and_its_events_are_published() {
+    let redis = as2_testkit::RedisServer::start();
+    let broker = as2_testkit::KafkaBroker::start();
+    let receiver = Receiver::start().await;
+    let mut config = fast_config(&redis.url(), "deliver");
+    config.tracking.kafka_bootstrap_servers = Some(broker.bootstrap_servers());
+    config.tracking.tracking_topic = "mdn-events".to_owned();
+    let mdn = RunningMdn::start(config).await;
+    let mut client = mdn.client().await;
+
+    let request = enqueue_request("first", &receiver.url());
+    let first = client
+        .enqueue_mdn_delivery(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.already_enqueued);
+    let delivered = wait_for_state(
+        &mut client,
+        &first.delivery_id,
+        DeliveryState::Delivered,
+        WAIT,
+    )
+    .await;
+    assert_eq!(delivered.attempts, 1);
+    assert_eq!(delivered.last_http_status, 200);
+    assert!(delivered.delivered_at.is_some());
+    assert_eq!(delivered.original_message_id, "<first@partner.example>");
+
+    // Enqueued again (the edge retrying its hand-over): same id, nothing sent twice.
+    let again = client
+        .enqueue_mdn_delivery(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.already_enqueued);
+    assert_eq!(again.delivery_id, first.delivery_id);
+
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "one delivery only");
+    let Some(as2_rpc::mdn::v1::enqueue_mdn_delivery_request::Mdn::Prepared(prepared)) =
+        &request.mdn
+    else {
+        unreachable!()
+    };
+    assert_eq!(accepted[0].body, prepared.body, "the body is sent as is");
+    for field in &prepared.headers {
+        assert_eq!(
+            accepted[0].header(&field.name),
+            Some(field.value.as_str()),
+            "{}",
+            field.name
+        );
+    }
+
+    // queued and delivered, as JSON keyed by the partnership.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "mdn-events-test")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["mdn-events"]).unwrap();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("status events arrive")
+            .unwrap();
+        assert_eq!(message.key(), Some(&b"partner-a"[..]));
+        let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(event["delivery_id"], first.delivery_id.as_str());
+        events.push(event["event"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(events, ["queued", "delivered"]);
+    mdn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up() {
+    let redis = as2_testkit::RedisServer::start();
+    let mut config = fast_config(&redis.url(), "down");
+    config.delivery.max_attempts = 50;
+    let mdn = RunningMdn::start(config).await;
+    let mut client = mdn.client().await;
+
+    let port = as2_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}/mdn");
+    let id = client
+        .enqueue_mdn_delivery(enqueue_request("later", &url))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery_id;
+    // Let a few attempts fail against the closed port.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let current = status(&mut client, &id).await;
+        if current.attempts >= 3 {
+            assert_eq!(current.last_http_status, 0);
+            assert!(!current.last_error.is_empty());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{current:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let receiver = Receiver::start_on_port(port).await;
+    let delivered = wait_for_state(&mut client, &id, DeliveryState::Delivered, WAIT).await;
+    assert!(delivered.attempts >= 4, "{delivered:?}");
+    assert!(delivered.last_error.is_empty());
+    assert_eq!(receiver.accepted().len(), 1);
+    mdn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_always_fails_ends_in_a_recorded_failure() {
+    let redis = as2_testkit::RedisServer::start();
+    let receiver = Receiver::start().await;
+    receiver.answer_with(500);
+    let config = fast_config(&redis.url(), "failing");
+    let max_attempts = config.delivery.max_attempts;
+    let mdn = RunningMdn::start(config).await;
+    let mut client = mdn.client().await;
+
+    let id = client
+        .enqueue_mdn_delivery(enqueue_request("doomed", &receiver.url()))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery_id;
+    let failed = wait_for_state(&mut client, &id, DeliveryState::Failed, WAIT).await;
+    assert_eq!(failed.attempts, max_attempts);
+    assert_eq!(failed.last_http_status, 500);
+    assert!(failed.last_error.contains("500"), "{failed:?}");
+    assert!(failed.next_attempt_at.is_none());
+    // No attempt after the failure was recorded.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.requests_seen(), max_attempts as usize);
+    assert!(receiver.accepted().is_empty());
+    mdn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused() {
+    let redis = as2_testkit::RedisServer::start();
+    let mdn = RunningMdn::start(fast_config(&redis.url(), "refuse")).await;
+    let mut client = mdn.client().await;
+
+    let mailto = client
+        .enqueue_mdn_delivery(enqueue_request("mail", "mailto:as2@partner.example"))
+        .await
+        .unwrap()
+        .into_inner();
+    let recorded = status(&mut client, &mailto.delivery_id).await;
+    assert_eq!(recorded.state, DeliveryState::Failed as i32);
+    assert_eq!(recorded.attempts, 0);
+    assert!(recorded.last_error.contains("mailto"), "{recorded:?}");
+
+    let mut ftp = enqueue_request("ftp", "ftp://partner.example/mdn");
+    let refused = client.enqueue_mdn_delivery(ftp.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("delivery_url"), "{refused:?}");
+    ftp.delivery_url = "http://partner.example/mdn".to_owned();
+    ftp.mdn = None;
+    let refused = client.enqueue_mdn_delivery(ftp).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let unknown = client
+        .get_delivery_status(GetDeliveryStatusRequest {
+            delivery_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    mdn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_listed_newest_first_with_filters_and_pages() {
+    let redis = as2_testkit::RedisServer::start();
+    let receiver = Receiver::start().await;
+    let mdn = RunningMdn::start(fast_config(&redis.url(), "list")).await;
+    let mut client = mdn.client().await;
+
+    let mut ids = Vec::new();
+    for index in 0..5 {
+        let mut request = enqueue_request(&format!("listed-{index}"), &receiver.url());
+        if index % 2 == 1 {
+            request.partnership_id = "partner-b".to_owned();
+        }
+        ids.push(
+            client
+                .enqueue_mdn_delivery(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .delivery_id,
+        );
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let failed = client
+        .enqueue_mdn_delivery(enqueue_request("listed-mail", "mailto:x@y"))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery_id;
+    for id in &ids {
+        wait_for_state(&mut client, id, DeliveryState::Delivered, WAIT).await;
+    }
+
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_deliveries(ListDeliveriesRequest {
+                page_size: 2,
+                page_token,
+                ..ListDeliveriesRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.deliveries.len() <= 2);
+        listed.extend(page.deliveries.into_iter().map(|d| d.delivery_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let mut newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    newest_first.insert(0, failed.clone());
+    assert_eq!(listed, newest_first);
+
+    let partner_b = client
+        .list_deliveries(ListDeliveriesRequest {
+            partnership_id: "partner-b".to_owned(),
+            ..ListDeliveriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        partner_b
+            .deliveries
+            .iter()
+            .map(|d| d.delivery_id.clone())
+            .collect::<Vec<_>>(),
+        vec![ids[3].clone(), ids[1].clone()]
+    );
+    let only_failed = client
+        .list_deliveries(ListDeliveriesRequest {
+            state: DeliveryState::Failed as i32,
+            ..ListDeliveriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_failed.deliveries.len(), 1);
+    assert_eq!(only_failed.deliveries[0].delivery_id, failed);
+
+    let bad_token = client
+        .list_deliveries(ListDeliveriesRequest {
+            page_token: "nonsense".to_owned(),
+            ..ListDeliveriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_token.code(), Code::InvalidArgument);
+    mdn.stop().await;
+}

@@ -1,0 +1,312 @@
+//! Test support: an in-process MDN service, a partner's MDN receiver whose answers the
+//! test controls, and request helpers.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use as2_mdn::{MdnConfig, MdnServer};
+use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
+use as2_rpc::mdn::v1::{
+    DeliveryState, DeliveryStatus, EnqueueMdnDeliveryRequest, GetDeliveryStatusRequest,
+    HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
+};
+use as2_rpc::tonic::transport::Channel;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// An MDN service started through its library entry point.
+pub struct RunningMdn {
+    pub url: String,
+    pub admin_addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningMdn {
+    pub async fn start(config: MdnConfig) -> Self {
+        let server = MdnServer::bind(config).await.unwrap();
+        let url = format!("http://{}", server.grpc_addr().unwrap());
+        let admin_addr = server.admin_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        Self {
+            url,
+            admin_addr,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> MdnDeliveryServiceClient<Channel> {
+        MdnDeliveryServiceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A configuration with short backoffs for tests.
+pub fn fast_config(redis_url: &str, prefix: &str) -> MdnConfig {
+    let mut config = MdnConfig::local(redis_url, prefix);
+    config.delivery.initial_backoff_ms = 100;
+    config.delivery.max_backoff_ms = 400;
+    config.delivery.max_attempts = 4;
+    config.delivery.attempt_timeout_ms = 2_000;
+    config.delivery.reclaim_idle_ms = 3_000;
+    config.delivery.poll_interval_ms = 50;
+    config.delivery.workers = 8;
+    config.shutdown.shutdown_grace_secs = 2;
+    config
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct ReceivedMdn {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ReceivedMdn {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A partner's MDN endpoint: answers every POST with the status the test sets, or
+/// holds requests unanswered while `hold` is on. Records every request it read.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hold: watch::Sender<bool>,
+    received: Arc<Mutex<Vec<ReceivedMdn>>>,
+    requests_seen: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// Starts on an ephemeral port.
+    pub async fn start() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Starts on `port` (for a receiver that was "down" until now).
+    pub async fn start_on_port(port: u16) -> Self {
+        Self::start_on(TcpListener::bind(("127.0.0.1", port)).await.unwrap())
+    }
+
+    fn start_on(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let (hold, hold_watch) = watch::channel(false);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let requests_seen = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let state = (
+            status.clone(),
+            hold_watch,
+            received.clone(),
+            requests_seen.clone(),
+            arrived.clone(),
+        );
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                };
+                let (status, hold, received, seen, arrived) = state.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let (status, mut hold, received, seen, arrived) = (
+                        status.clone(),
+                        hold.clone(),
+                        received.clone(),
+                        seen.clone(),
+                        arrived.clone(),
+                    );
+                    async move {
+                        let headers = request
+                            .headers()
+                            .iter()
+                            .map(|(n, v)| {
+                                (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                            })
+                            .collect();
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        arrived.notify_waiters();
+                        let _ = hold.wait_for(|held| !*held).await;
+                        let code = status.load(Ordering::SeqCst);
+                        if code < 300 {
+                            received.lock().unwrap().push(ReceivedMdn {
+                                headers,
+                                body: body.to_vec(),
+                            });
+                            arrived.notify_waiters();
+                        }
+                        let mut response = http::Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let connection =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        () = stopped.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            status,
+            hold,
+            received,
+            requests_seen,
+            arrived,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mdn", self.addr)
+    }
+
+    /// The status every following request gets.
+    pub fn answer_with(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Holds requests unanswered (`true`) or releases them.
+    pub fn hold(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+
+    /// MDNs accepted (answered 2xx) so far.
+    pub fn accepted(&self) -> Vec<ReceivedMdn> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Requests read so far, whatever the answer.
+    pub fn requests_seen(&self) -> usize {
+        self.requests_seen.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `condition` holds for this receiver, up to `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, condition: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !condition(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "receiver condition not met within {timeout:?} ({} accepted, {} seen)",
+                self.accepted().len(),
+                self.requests_seen()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.arrived.notified()).await;
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An enqueue request for a small unsigned MDN to `url`.
+pub fn enqueue_request(message_id: &str, url: &str) -> EnqueueMdnDeliveryRequest {
+    EnqueueMdnDeliveryRequest {
+        original_message_id: format!("<{message_id}@partner.example>"),
+        partnership_id: "partner-a".to_owned(),
+        as2_from: "gateway".to_owned(),
+        as2_to: "partner".to_owned(),
+        delivery_url: url.to_owned(),
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
+            headers: vec![
+                header("AS2-From", "gateway"),
+                header("AS2-To", "partner"),
+                header("AS2-Version", "1.2"),
+                header("Message-ID", &format!("<mdn-{message_id}@gateway>")),
+                header(
+                    "Content-Type",
+                    "multipart/report; report-type=disposition-notification; boundary=\"b\"",
+                ),
+            ],
+            body: format!("--b\r\n\r\nMDN for {message_id}\r\n--b--\r\n").into_bytes(),
+        })),
+    }
+}
+
+fn header(name: &str, value: &str) -> HeaderField {
+    HeaderField {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+pub async fn status(
+    client: &mut MdnDeliveryServiceClient<Channel>,
+    delivery_id: &str,
+) -> DeliveryStatus {
+    client
+        .get_delivery_status(GetDeliveryStatusRequest {
+            delivery_id: delivery_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// Polls the delivery's status until it is in `state`, up to `timeout`.
+pub async fn wait_for_state(
+    client: &mut MdnDeliveryServiceClient<Channel>,
+    delivery_id: &str,
+    state: DeliveryState,
+    timeout: Duration,
+) -> DeliveryStatus {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let current = status(client, delivery_id).await;
+        if current.state == state as i32 {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery {delivery_id} not {state:?} within {timeout:?}: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
