@@ -1,0 +1,234 @@
+//! pyas2lib as the sending partner asks for asynchronous receipts: the real edge (with
+//! routing, Redis and a Kafka-protocol broker) publishes each document, hands the MDN
+//! it built and signed to this MDN service, and the MDN arrives at the partner's
+//! receiver, where pyas2lib verifies it with the MIC it computed when sending.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../edge/tests/support/mod.rs"]
+mod edge_stack;
+mod support;
+
+use std::time::Duration;
+
+use as2_protocol::mdn::{MdnVerification, parse_mdn};
+use as2_rpc::mdn::v1::{DeliveryState, ListDeliveriesRequest};
+use base64::Engine as _;
+use edge_stack::{
+    GATEWAY_KEY_ID, KeyMaterial, PARTNER_ID, RunningEdge, RunningRouting, Stack, edge_config,
+    message_parts, post, python,
+};
+use openssl::x509::X509;
+use serde_json::json;
+use support::{Receiver, RunningMdn, fast_config};
+
+struct Case {
+    name: &'static str,
+    digest: Option<&'static str>,
+    cipher: Option<&'static str>,
+    mdn_digest: Option<&'static str>,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "signed sha256, aes-256, signed mdn sha256",
+        digest: Some("sha256"),
+        cipher: Some("aes_256_cbc"),
+        mdn_digest: Some("sha256"),
+    },
+    Case {
+        name: "signed sha512, 3des, signed mdn sha512",
+        digest: Some("sha512"),
+        cipher: Some("tripledes_192_cbc"),
+        mdn_digest: Some("sha512"),
+    },
+    Case {
+        name: "signed sha1, unencrypted, unsigned mdn",
+        digest: Some("sha1"),
+        cipher: None,
+        mdn_digest: None,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let redis = as2_testkit::RedisServer::start();
+    let broker = as2_testkit::KafkaBroker::start();
+    let routing = RunningRouting::start(&redis.url(), "e2e").await;
+    let mdn_service = RunningMdn::start(fast_config(&redis.url(), "e2e")).await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    let gateway = KeyMaterial::generate("as2 gateway test");
+    gateway.write_key_dir(keys_dir.path(), GATEWAY_KEY_ID);
+    let partner = KeyMaterial::generate("pyas2lib partner test");
+    let mut config = edge_config(
+        &redis.url(),
+        "e2e",
+        &broker.bootstrap_servers(),
+        &routing.url,
+        keys_dir.path(),
+    );
+    config.mdn_url = Some(mdn_service.url.clone());
+    let edge = RunningEdge::start(config).await;
+    let stack = Stack {
+        redis,
+        broker,
+        routing,
+        edge,
+        keys_dir,
+        gateway,
+        partner,
+    };
+    let partnership = stack
+        .create_partnership(stack.partnership(PARTNER_ID, "inbound-async"))
+        .await;
+    let receiver = Receiver::start().await;
+
+    let requests: Vec<serde_json::Value> = CASES
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            let mut request = stack.pyas2lib_request(PARTNER_ID);
+            let fields = request.as_object_mut().unwrap();
+            let payload = format!(
+                "UNB+UNOA:2+PARTNER:ZZ+GATEWAY:ZZ+{index}'\r\nFTX+{}'\r\n",
+                case.name
+            );
+            fields.insert("payload_b64".into(), json!(b64.encode(payload)));
+            fields.insert("filename".into(), json!(format!("async-{index}.edi")));
+            fields.insert("sign".into(), json!(case.digest.is_some()));
+            fields.insert("digest_alg".into(), json!(case.digest.unwrap_or("sha256")));
+            fields.insert("encrypt".into(), json!(case.cipher.is_some()));
+            fields.insert(
+                "enc_alg".into(),
+                json!(case.cipher.unwrap_or("aes_256_cbc")),
+            );
+            fields.insert("mdn_mode".into(), json!("ASYNC"));
+            fields.insert("mdn_url".into(), json!(receiver.url()));
+            fields.insert("mdn_digest_alg".into(), json!(case.mdn_digest));
+            request
+        })
+        .collect();
+    let built = python("pyas2lib_sender.py", "build", &json!(requests));
+    let built = built.as_array().unwrap().clone();
+
+    for (case, message) in CASES.iter().zip(&built) {
+        let (headers, body) = message_parts(message);
+        assert!(
+            headers.iter().any(|(name, value)| name
+                .eq_ignore_ascii_case("receipt-delivery-option")
+                && *value == receiver.url()),
+            "{}: pyas2lib asks for an async MDN",
+            case.name
+        );
+        let response = post(&stack.edge.url(), &headers, body).await;
+        assert_eq!(response.status, 200, "{}: {}", case.name, response.text());
+    }
+
+    receiver
+        .wait_until(Duration::from_secs(30), |receiver| {
+            receiver.accepted().len() >= CASES.len()
+        })
+        .await;
+    let received = receiver.accepted();
+    assert_eq!(received.len(), CASES.len(), "one MDN per message");
+
+    let gateway_cert = X509::from_pem(stack.gateway.cert_pem.as_bytes()).unwrap();
+    let mut verify_requests = Vec::new();
+    for (case, message) in CASES.iter().zip(&built) {
+        let message_id = message["message_id"]
+            .as_str()
+            .unwrap()
+            .trim_matches(['<', '>']);
+        let (mdn, parsed) = received
+            .iter()
+            .find_map(|mdn| {
+                let parsed = parse_mdn(
+                    mdn.header("content-type").unwrap_or_default(),
+                    &mdn.body,
+                    &MdnVerification {
+                        partner_certificates: std::slice::from_ref(&gateway_cert),
+                        allow_md5: false,
+                        check_certificate_validity: true,
+                        require_signature: case.mdn_digest.is_some(),
+                    },
+                )
+                .ok()?;
+                (parsed.report.original_message_id.trim_matches(['<', '>']) == message_id)
+                    .then_some((mdn, parsed))
+            })
+            .unwrap_or_else(|| panic!("{}: no MDN for {message_id}", case.name));
+        assert!(
+            parsed.report.disposition.status.is_processed(),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            parsed.signature.is_some(),
+            case.mdn_digest.is_some(),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            mdn.header("as2-to").map(|id| id.trim_matches('"')),
+            Some(PARTNER_ID),
+            "{}",
+            case.name
+        );
+        let mic = parsed.report.received_content_mic.as_ref().unwrap();
+        assert_eq!(
+            mic.digest_base64(),
+            message["mic"].as_str().unwrap(),
+            "{}: the MIC pyas2lib computed",
+            case.name
+        );
+
+        let mut verify = stack.pyas2lib_request(PARTNER_ID);
+        let fields = verify.as_object_mut().unwrap();
+        fields.insert("original_message_id".into(), message["message_id"].clone());
+        fields.insert("original_mic".into(), message["mic"].clone());
+        fields.insert("mdn_digest_alg".into(), json!(case.mdn_digest));
+        fields.insert(
+            "headers".into(),
+            json!(mdn.headers.iter().map(|(n, v)| [n, v]).collect::<Vec<_>>()),
+        );
+        fields.insert("body_b64".into(), json!(b64.encode(&mdn.body)));
+        verify_requests.push(verify);
+    }
+    let verdicts = python("pyas2lib_sender.py", "verify", &json!(verify_requests));
+    for (case, verdict) in CASES.iter().zip(verdicts.as_array().unwrap()) {
+        assert_eq!(
+            verdict["status"], "processed",
+            "{}: pyas2lib says {verdict}",
+            case.name
+        );
+        assert!(
+            verdict["detailed_status"].is_null(),
+            "{}: pyas2lib says {verdict}",
+            case.name
+        );
+    }
+
+    // The deliveries are on record as delivered, under the partnership.
+    let mut client = mdn_service.client().await;
+    let listed = client
+        .list_deliveries(ListDeliveriesRequest {
+            partnership_id: partnership.id.clone(),
+            ..ListDeliveriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(listed.len(), CASES.len());
+    assert!(
+        listed
+            .iter()
+            .all(|delivery| delivery.state == DeliveryState::Delivered as i32
+                && delivery.delivery_url == receiver.url())
+    );
+
+    stack.edge.stop().await;
+    stack.routing.stop().await;
+    mdn_service.stop().await;
+}
