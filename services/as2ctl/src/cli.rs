@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
+use as2_rpc::mdn::v1::DeliveryState;
 use as2_rpc::routing::v1::{Compression, EncryptionCipher, MdnMode, SigningDigest};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Operate the AS2 gateway: manage partnerships and their certificates.
+/// Operate the AS2 gateway: manage partnerships and their certificates, follow
+/// asynchronous MDN deliveries.
 #[derive(Parser, Debug)]
 #[command(name = "as2ctl", version)]
 pub struct Cli {
@@ -17,6 +19,15 @@ pub struct Cli {
         global = true
     )]
     pub routing_url: String,
+
+    /// URL of the MDN service's gRPC endpoint (for `mdn` commands).
+    #[arg(
+        long,
+        env = "AS2_MDN_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub mdn_url: String,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -38,10 +49,76 @@ pub struct Cli {
 
 /// Top-level commands.
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only complicate matching"
+)]
 pub enum Command {
     /// Manage partnerships.
     #[command(subcommand)]
     Partnership(PartnershipCommand),
+    /// Follow asynchronous MDN deliveries.
+    #[command(subcommand)]
+    Mdn(MdnCommand),
+}
+
+/// `as2ctl mdn ...`
+#[derive(Subcommand, Debug)]
+pub enum MdnCommand {
+    /// Show one delivery.
+    Status(MdnStatusArgs),
+    /// List recent deliveries, newest first.
+    List(MdnListArgs),
+}
+
+/// `mdn status`
+#[derive(Args, Debug)]
+pub struct MdnStatusArgs {
+    /// The delivery id (as EnqueueMdnDelivery returned it, or as `mdn list` shows it).
+    pub delivery_id: String,
+}
+
+/// `mdn list`
+#[derive(Args, Debug)]
+pub struct MdnListArgs {
+    /// Only deliveries of this partnership.
+    #[arg(long, value_name = "ID")]
+    pub partnership: Option<String>,
+
+    /// Only deliveries in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<DeliveryStateArg>,
+
+    /// Show at most this many deliveries.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// A delivery state on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryStateArg {
+    /// Stored, not attempted yet.
+    Queued,
+    /// Being attempted.
+    InFlight,
+    /// Waiting for the next attempt.
+    RetryScheduled,
+    /// Accepted by the partner.
+    Delivered,
+    /// Every attempt failed (or the URL is not supported).
+    Failed,
+}
+
+impl From<DeliveryStateArg> for DeliveryState {
+    fn from(state: DeliveryStateArg) -> Self {
+        match state {
+            DeliveryStateArg::Queued => Self::Queued,
+            DeliveryStateArg::InFlight => Self::InFlight,
+            DeliveryStateArg::RetryScheduled => Self::RetryScheduled,
+            DeliveryStateArg::Delivered => Self::Delivered,
+            DeliveryStateArg::Failed => Self::Failed,
+        }
+    }
 }
 
 /// `as2ctl partnership ...`

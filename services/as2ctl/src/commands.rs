@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
     CreatePartnershipRequest, DeletePartnershipRequest, EncryptionCipher, GetPartnershipRequest,
@@ -29,17 +30,21 @@ const LIST_PAGE_SIZE: u32 = 500;
 /// Why a command failed. The message is what the operator sees.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    /// The routing URL is malformed.
-    #[error("invalid routing url {url:?}: {reason}")]
+    /// A service URL is malformed.
+    #[error("invalid {service} url {url:?}: {reason}")]
     InvalidUrl {
+        /// Which service: `routing` or `mdn`.
+        service: &'static str,
         /// The URL given.
         url: String,
         /// What is wrong.
         reason: String,
     },
-    /// The routing service cannot be reached.
-    #[error("cannot reach the routing service at {url}: {reason}")]
+    /// A service cannot be reached.
+    #[error("cannot reach the {service} service at {url}: {reason}")]
     Unreachable {
+        /// Which service: `routing` or `mdn`.
+        service: &'static str,
         /// The URL given.
         url: String,
         /// The transport's explanation.
@@ -61,22 +66,36 @@ pub enum CtlError {
 
 /// Runs the command and returns what to print on standard output.
 pub async fn execute(cli: Cli) -> Result<String, CtlError> {
-    let mut client = connect(&cli.routing_url, Duration::from_secs(cli.timeout_secs)).await?;
+    let timeout = Duration::from_secs(cli.timeout_secs);
     let json = cli.json;
-    match cli.command {
-        Command::Partnership(command) => match command {
-            PartnershipCommand::Add(args) => add(&mut client, args, json).await,
-            PartnershipCommand::Update(args) => update(&mut client, args, json).await,
-            PartnershipCommand::Remove(args) => remove(&mut client, args, json).await,
-            PartnershipCommand::List => list(&mut client, json).await,
-            PartnershipCommand::Show(args) => show(&mut client, args, json).await,
-        },
+    let command = match cli.command {
+        Command::Mdn(command) => {
+            let channel = connect("mdn", &cli.mdn_url, timeout).await?;
+            return crate::deliveries::execute(
+                MdnDeliveryServiceClient::new(channel),
+                command,
+                json,
+            )
+            .await;
+        }
+        Command::Partnership(command) => command,
+    };
+    let mut client =
+        RoutingServiceClient::new(connect("routing", &cli.routing_url, timeout).await?);
+    match command {
+        PartnershipCommand::Add(args) => add(&mut client, args, json).await,
+        PartnershipCommand::Update(args) => update(&mut client, args, json).await,
+        PartnershipCommand::Remove(args) => remove(&mut client, args, json).await,
+        PartnershipCommand::List => list(&mut client, json).await,
+        PartnershipCommand::Show(args) => show(&mut client, args, json).await,
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<RoutingServiceClient<Channel>, CtlError> {
+/// Connects to the gRPC endpoint of `service` at `url`.
+async fn connect(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, CtlError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|error| CtlError::InvalidUrl {
+            service,
             url: url.to_owned(),
             reason: error_chain(&error),
         })?
@@ -86,10 +105,11 @@ async fn connect(url: &str, timeout: Duration) -> Result<RoutingServiceClient<Ch
         .connect()
         .await
         .map_err(|error| CtlError::Unreachable {
+            service,
             url: url.to_owned(),
             reason: error_chain(&error),
         })?;
-    Ok(RoutingServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// An error with its sources, "outer: inner: innermost".

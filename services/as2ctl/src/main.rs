@@ -8,6 +8,7 @@
 mod certificates;
 mod cli;
 mod commands;
+mod deliveries;
 mod output;
 
 use std::io::Write as _;

@@ -201,7 +201,7 @@ fn cipher_name(cipher: i32) -> &'static str {
     }
 }
 
-fn rfc3339(timestamp: &Timestamp) -> String {
+pub(crate) fn rfc3339(timestamp: &Timestamp) -> String {
     time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
         .ok()
         .and_then(|moment| {
