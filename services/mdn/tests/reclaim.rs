@@ -64,6 +64,26 @@ impl Drop for MdnProcess {
     }
 }
 
+/// `XPENDING` summary: pending entries in total and per consumer.
+type PendingReply = (
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, String)>>,
+);
+
+async fn pending_summary(
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> (u64, Vec<(String, String)>) {
+    let reply: PendingReply = redis::cmd("XPENDING")
+        .arg("reclaim:mdn:jobs")
+        .arg("mdn-delivery")
+        .query_async(connection)
+        .await
+        .unwrap();
+    (reply.0, reply.3.unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_of_a_killed_replica_are_delivered_by_another() {
     let redis = as2_testkit::RedisServer::start();
@@ -97,23 +117,13 @@ async fn jobs_of_a_killed_replica_are_delivered_by_another() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let pending: (
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<(String, String)>>,
-    ) = redis::cmd("XPENDING")
-        .arg("reclaim:mdn:jobs")
-        .arg("mdn-delivery")
-        .query_async(&mut redis_connection)
-        .await
-        .unwrap();
+    let pending = pending_summary(&mut redis_connection).await;
     assert_eq!(
         pending.0, KILLED_REPLICA_WORKERS as u64,
         "jobs held by the replica"
     );
     assert_eq!(
-        pending.3.unwrap(),
+        pending.1,
         vec![(
             "doomed-replica".to_owned(),
             KILLED_REPLICA_WORKERS.to_string()
@@ -155,17 +165,7 @@ async fn jobs_of_a_killed_replica_are_delivered_by_another() {
         .map(|index| format!("<mdn-held-{index}@gateway>"))
         .collect();
     assert_eq!(delivered_ids, expected, "every MDN arrived");
-    let still_pending: (
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<(String, String)>>,
-    ) = redis::cmd("XPENDING")
-        .arg("reclaim:mdn:jobs")
-        .arg("mdn-delivery")
-        .query_async(&mut redis_connection)
-        .await
-        .unwrap();
+    let still_pending = pending_summary(&mut redis_connection).await;
     assert_eq!(still_pending.0, 0);
     assert_eq!(
         status(&mut client, &ids[0]).await.state,
