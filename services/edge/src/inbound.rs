@@ -33,6 +33,7 @@ use as2_rpc::mdn::v1::{
 use as2_rpc::routing::v1::{EncryptionCipher, SigningDigest};
 use as2_rpc::tonic::transport::Channel;
 use bytes::Bytes;
+use tracing::Instrument as _;
 
 use crate::config::InboundConfig;
 use crate::dedup::{Claim, DedupStore, MessageKey, PendingAsyncMdn, StoredReceipt};
@@ -164,17 +165,22 @@ impl InboundProcessor {
             partnership = tracing::field::Empty,
             disposition = tracing::field::Empty,
         );
-        let _entered = span.enter();
-        let handled = match self.handle_message(&headers, request.body).await {
-            Ok(handled) => handled,
-            Err(Unavailable(reason)) => {
-                tracing::warn!(reason, "answering 503");
-                Handled::new(
-                    Answer::unavailable(reason, self.settings.retry_after_secs),
-                    Outcome::Unavailable,
-                )
+        // The span is attached to the future, not entered: a guard held across `.await`
+        // leaks into other requests on the same worker thread and corrupts the span stack.
+        let handled = async {
+            match self.handle_message(&headers, request.body).await {
+                Ok(handled) => handled,
+                Err(Unavailable(reason)) => {
+                    tracing::warn!(reason, "answering 503");
+                    Handled::new(
+                        Answer::unavailable(reason, self.settings.retry_after_secs),
+                        Outcome::Unavailable,
+                    )
+                }
             }
-        };
+        }
+        .instrument(span.clone())
+        .await;
         span.record("disposition", handled.outcome.label());
         handled
     }
