@@ -132,7 +132,8 @@ impl MessageId {
         if inner.strip_suffix('>').unwrap_or(inner).is_empty() {
             return Err(invalid("empty message id"));
         }
-        if original.len() > MAX_MESSAGE_ID_LEN {
+        // Limit the bracketed form, which is what this crate writes back.
+        if inner.strip_suffix('>').unwrap_or(inner).len() + 2 > MAX_MESSAGE_ID_LEN {
             return Err(invalid("message id longer than 998 characters"));
         }
         if !original.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
@@ -662,6 +663,11 @@ mod tests {
         for degenerate in ["<", ">", " < "] {
             assert!(MessageId::parse(degenerate).is_err(), "{degenerate:?}");
         }
+        // Also found by the fuzzer: a 997-character bare id grew past the limit once
+        // bracketed. Whatever parses must parse again in its bracketed form.
+        assert!(MessageId::parse(&"a".repeat(997)).is_err());
+        let longest = MessageId::parse(&"a".repeat(996)).unwrap();
+        assert!(MessageId::parse(&longest.with_brackets()).is_ok());
         let generated = MessageId::generate("example.org").unwrap();
         assert!(generated.original().ends_with("@example.org>"));
     }
