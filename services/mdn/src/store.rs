@@ -86,6 +86,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the job stream or its consumer group is missing (Redis lost its data).
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.code() == Some("NOGROUP"))
+    }
+
     /// Whether the failure is Redis being unreachable (rather than a bug).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Redis(error)

@@ -141,6 +141,14 @@ async fn read_loop(
         };
         match read {
             Ok(entries) => dispatch(&deliverer, &semaphore, &tracker, entries, &stop).await,
+            Err(error) if error.is_missing_group() => {
+                // Redis lost the stream (a restart without persistence): start over.
+                tracing::warn!("the mdn job stream is gone, creating it again");
+                if let Err(error) = deliverer.store.ensure_consumer_group().await {
+                    tracing::warn!(%error, "cannot create the mdn job stream");
+                }
+                pause(&stop).await;
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot read mdn jobs");
                 pause(&stop).await;

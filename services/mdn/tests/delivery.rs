@@ -107,12 +107,7 @@ async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up() {
 
     let port = as2_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}/mdn");
-    let id = client
-        .enqueue_mdn_delivery(enqueue_request("later", &url))
-        .await
-        .unwrap()
-        .into_inner()
-        .delivery_id;
+    let id = support::enqueue(&mut client, enqueue_request("later", &url)).await;
     // Let a few attempts fail against the closed port.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -143,12 +138,7 @@ async fn a_receiver_that_always_fails_ends_in_a_recorded_failure() {
     let mdn = RunningMdn::start(config).await;
     let mut client = mdn.client().await;
 
-    let id = client
-        .enqueue_mdn_delivery(enqueue_request("doomed", &receiver.url()))
-        .await
-        .unwrap()
-        .into_inner()
-        .delivery_id;
+    let id = support::enqueue(&mut client, enqueue_request("doomed", &receiver.url())).await;
     let failed = wait_for_state(&mut client, &id, DeliveryState::Failed, WAIT).await;
     assert_eq!(failed.attempts, max_attempts);
     assert_eq!(failed.last_http_status, 500);
@@ -209,22 +199,10 @@ async fn deliveries_are_listed_newest_first_with_filters_and_pages() {
         if index % 2 == 1 {
             request.partnership_id = "partner-b".to_owned();
         }
-        ids.push(
-            client
-                .enqueue_mdn_delivery(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .delivery_id,
-        );
+        ids.push(support::enqueue(&mut client, request).await);
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    let failed = client
-        .enqueue_mdn_delivery(enqueue_request("listed-mail", "mailto:x@y"))
-        .await
-        .unwrap()
-        .into_inner()
-        .delivery_id;
+    let failed = support::enqueue(&mut client, enqueue_request("listed-mail", "mailto:x@y")).await;
     for id in &ids {
         wait_for_state(&mut client, id, DeliveryState::Delivered, WAIT).await;
     }
@@ -287,5 +265,33 @@ async fn deliveries_are_listed_newest_first_with_filters_and_pages() {
         .await
         .unwrap_err();
     assert_eq!(bad_token.code(), Code::InvalidArgument);
+    mdn.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_resume_after_redis_restarts_empty() {
+    let mut redis = as2_testkit::RedisServer::start();
+    let receiver = Receiver::start().await;
+    let mdn = RunningMdn::start(fast_config(&redis.url(), "restart")).await;
+    let mut client = mdn.client().await;
+
+    // Redis comes back without the stream and its consumer group.
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let id = loop {
+        match client
+            .enqueue_mdn_delivery(enqueue_request("after-restart", &receiver.url()))
+            .await
+        {
+            Ok(response) => break response.into_inner().delivery_id,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for_state(&mut client, &id, DeliveryState::Delivered, WAIT).await;
+    assert_eq!(receiver.accepted().len(), 1);
     mdn.stop().await;
 }

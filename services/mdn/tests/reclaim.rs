@@ -97,14 +97,7 @@ async fn jobs_of_a_killed_replica_are_delivered_by_another() {
     let mut ids = Vec::new();
     for index in 0..JOBS {
         let request = enqueue_request(&format!("held-{index}"), &receiver.url());
-        ids.push(
-            client
-                .enqueue_mdn_delivery(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .delivery_id,
-        );
+        ids.push(support::enqueue(&mut client, request).await);
     }
     // The doomed replica has POSTed as many MDNs as it has workers and waits for answers.
     receiver

@@ -310,3 +310,16 @@ pub async fn wait_for_state(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Enqueues `request` and returns its delivery id.
+pub async fn enqueue(
+    client: &mut MdnDeliveryServiceClient<Channel>,
+    request: EnqueueMdnDeliveryRequest,
+) -> String {
+    client
+        .enqueue_mdn_delivery(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery_id
+}
