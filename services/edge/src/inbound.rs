@@ -581,8 +581,10 @@ impl InboundProcessor {
         let request = EnqueueMdnDeliveryRequest {
             original_message_id: headers.message_id.original().to_owned(),
             partnership_id: route.partnership.id.clone(),
-            as2_from: headers.as2_to.as_str().to_owned(),
-            as2_to: headers.as2_from.as_str().to_owned(),
+            // The original message's pair, as the contract asks (the MDN itself
+            // carries the reverse pair in its prepared headers).
+            as2_from: headers.as2_from.as_str().to_owned(),
+            as2_to: headers.as2_to.as_str().to_owned(),
             delivery_url: url.to_owned(),
             traceparent: String::new(),
             mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
