@@ -176,6 +176,48 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Parses one `key=value` pass-through property (librdkafka options and the like):
+/// the key is trimmed and must not be empty, the value is trimmed and may contain `=`.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty key in {text:?}"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+/// The flags of `command` that cannot also be set through an `AS2_*` environment
+/// variable (`help`, `version` and the standard OpenTelemetry endpoint excepted), as
+/// "flag (variable)" descriptions; every service's configuration test asserts that there
+/// are none.
+pub fn flags_without_as2_environment_variable(command: &clap::Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|argument| {
+            !matches!(
+                argument.get_id().as_str(),
+                "help" | "version" | "otlp_endpoint"
+            )
+        })
+        .filter_map(|argument| {
+            let env = argument
+                .get_env()
+                .map(|env| env.to_string_lossy().into_owned());
+            match env {
+                Some(env) if env.starts_with("AS2_") => None,
+                other => Some(format!(
+                    "{} ({})",
+                    argument.get_id(),
+                    other.unwrap_or_else(|| "no variable".to_owned())
+                )),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -231,19 +273,23 @@ mod tests {
     #[test]
     fn every_flag_has_an_as2_environment_variable() {
         use clap::CommandFactory;
-        let command = Sample::command();
-        for argument in command.get_arguments() {
-            let id = argument.get_id().as_str();
-            if matches!(id, "help" | "version" | "otlp_endpoint") {
-                continue;
-            }
-            let env = argument
-                .get_env()
-                .unwrap_or_else(|| panic!("flag {id} has no environment variable"));
-            assert!(
-                env.to_string_lossy().starts_with("AS2_"),
-                "flag {id} uses {env:?}"
-            );
-        }
+        assert_eq!(
+            flags_without_as2_environment_variable(&Sample::command()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn key_value_properties_parse() {
+        assert_eq!(
+            parse_key_value("security.protocol = SASL_SSL").unwrap(),
+            ("security.protocol".to_owned(), "SASL_SSL".to_owned())
+        );
+        assert_eq!(
+            parse_key_value("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
     }
 }

@@ -22,3 +22,19 @@ pub mod telemetry;
 
 pub use prometheus_client;
 pub use tokio_util::sync::CancellationToken;
+
+/// An error with its sources, "outer: inner: innermost" (a source whose text the outer
+/// message already contains is left out).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -54,7 +54,7 @@ pub struct KafkaConfig {
         long = "kafka-option",
         env = "AS2_KAFKA_OPTIONS",
         value_delimiter = ',',
-        value_parser = parse_key_value
+        value_parser = as2_common::config::parse_key_value
     )]
     pub kafka_options: Vec<(String, String)>,
 }
@@ -94,17 +94,6 @@ impl KafkaConfig {
         }
         config
     }
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(format!("empty key in {text:?}"));
-    }
-    Ok((key.to_owned(), value.trim().to_owned()))
 }
 
 /// One Kafka record: the document and its headers.
@@ -287,20 +276,6 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_parse_as_key_value_pairs() {
-        assert_eq!(
-            parse_key_value("security.protocol = SASL_SSL").unwrap(),
-            ("security.protocol".to_owned(), "SASL_SSL".to_owned())
-        );
-        assert_eq!(
-            parse_key_value("a=b=c").unwrap(),
-            ("a".to_owned(), "b=c".to_owned())
-        );
-        assert!(parse_key_value("novalue").is_err());
-        assert!(parse_key_value("=x").is_err());
-    }
 
     #[test]
     fn oversize_and_authorisation_errors_are_permanent() {

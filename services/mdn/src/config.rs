@@ -220,20 +220,9 @@ pub struct TrackingConfig {
         long = "kafka-option",
         env = "AS2_KAFKA_OPTIONS",
         value_delimiter = ',',
-        value_parser = parse_key_value
+        value_parser = as2_common::config::parse_key_value
     )]
     pub kafka_options: Vec<(String, String)>,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(format!("empty key in {text:?}"));
-    }
-    Ok((key.to_owned(), value.trim().to_owned()))
 }
 
 #[cfg(test)]
@@ -254,19 +243,9 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_as2_environment_variable() {
-        for argument in MdnConfig::command().get_arguments() {
-            let id = argument.get_id().as_str();
-            if matches!(id, "help" | "version" | "otlp_endpoint") {
-                continue;
-            }
-            let env = argument
-                .get_env()
-                .unwrap_or_else(|| panic!("flag {id} has no environment variable"));
-            assert!(
-                env.to_string_lossy().starts_with("AS2_"),
-                "flag {id} uses {env:?}"
-            );
-        }
+        let missing =
+            as2_common::config::flags_without_as2_environment_variable(&MdnConfig::command());
+        assert_eq!(missing, Vec::<String>::new());
     }
 
     #[test]
@@ -278,14 +257,5 @@ mod tests {
         assert!(config.validate().is_ok());
         config.max_attempts = 0;
         assert!(config.validate().is_err());
-    }
-
-    #[test]
-    fn kafka_options_parse_as_key_value_pairs() {
-        assert_eq!(
-            parse_key_value("a = b=c").unwrap(),
-            ("a".to_owned(), "b=c".to_owned())
-        );
-        assert!(parse_key_value("novalue").is_err());
     }
 }

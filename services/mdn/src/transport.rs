@@ -140,7 +140,7 @@ impl MdnTransport {
             async {
                 let response = self.client.request(request).await.map_err(|error| {
                     AttemptOutcome::NoResponse {
-                        error: bounded(error_chain(&error)),
+                        error: bounded(as2_common::error_chain(&error)),
                     }
                 })?;
                 let status = response.status();
@@ -161,21 +161,6 @@ impl MdnTransport {
             },
         }
     }
-}
-
-/// An error with its sources, "outer: inner: innermost".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn bounded(text: String) -> String {
