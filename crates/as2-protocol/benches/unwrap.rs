@@ -31,28 +31,39 @@ fn identity(name: &str) -> Identity {
     builder.set_subject_name(&subject).unwrap();
     builder.set_issuer_name(&subject).unwrap();
     builder.set_pubkey(&key).unwrap();
-    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    builder.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
     builder.sign(&key, MessageDigest::sha256()).unwrap();
-    Identity { key, certificate: builder.build() }
+    Identity {
+        key,
+        certificate: builder.build(),
+    }
 }
 
 fn bench_unwrap(c: &mut Criterion) {
     let sender = identity("sender");
     let receiver = identity("receiver");
-    let (from, to) = (As2Id::new("sender").unwrap(), As2Id::new("receiver").unwrap());
+    let (from, to) = (
+        As2Id::new("sender").unwrap(),
+        As2Id::new("receiver").unwrap(),
+    );
     let message_id = MessageId::generate("bench").unwrap();
     let identities = [receiver.clone()];
     let certificates = [sender.certificate.clone()];
     let context = UnwrapContext::new(&identities, &certificates);
     let mut group = c.benchmark_group("unwrap_signed_sha256_aes256cbc");
     for size in [1024usize, 1024 * 1024] {
-        let payload: Vec<u8> = b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       ~\r\n"
-            .iter()
-            .copied()
-            .cycle()
-            .take(size)
-            .collect();
+        let payload: Vec<u8> =
+            b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       ~\r\n"
+                .iter()
+                .copied()
+                .cycle()
+                .take(size)
+                .collect();
         let built = outbound::build_message(&OutboundMessage {
             as2_from: &from,
             as2_to: &to,
@@ -61,13 +72,23 @@ fn bench_unwrap(c: &mut Criterion) {
             payload: &payload,
             content_type: "application/edi-x12",
             filename: None,
-            signing: Some(Signing { identity: &sender, digest: MicAlgorithm::Sha256, scheme: SignatureScheme::RsaPkcs1v15 }),
-            encryption: Some(Encryption { recipient: &receiver.certificate, cipher: ContentCipher::Aes256Cbc, key_transport: KeyTransport::RsaPkcs1v15 }),
+            signing: Some(Signing {
+                identity: &sender,
+                digest: MicAlgorithm::Sha256,
+                scheme: SignatureScheme::RsaPkcs1v15,
+            }),
+            encryption: Some(Encryption {
+                recipient: &receiver.certificate,
+                cipher: ContentCipher::Aes256Cbc,
+                key_transport: KeyTransport::RsaPkcs1v15,
+            }),
             compression: None,
             mdn: None,
         })
         .unwrap();
-        let headers = As2RequestHeaders::parse(built.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap();
+        let headers =
+            As2RequestHeaders::parse(built.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                .unwrap();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &built.body, |b, body| {
             b.iter(|| unwrap_message(black_box(&headers), black_box(body), &context).unwrap());
@@ -78,7 +99,12 @@ fn bench_unwrap(c: &mut Criterion) {
 
 fn bench_mdn(c: &mut Criterion) {
     let receiver = identity("receiver");
-    let headers = As2RequestHeaders::parse([("AS2-From", "sender"), ("AS2-To", "receiver"), ("Message-ID", "<1@bench>")]).unwrap();
+    let headers = As2RequestHeaders::parse([
+        ("AS2-From", "sender"),
+        ("AS2-To", "receiver"),
+        ("Message-ID", "<1@bench>"),
+    ])
+    .unwrap();
     let mdn_id = MessageId::generate("bench").unwrap();
     let error = as2_protocol::As2Error::DecryptionFailed("bench".into());
     let report = MdnReport::for_outcome("bench", &headers, Err(&error));
@@ -107,7 +133,10 @@ fn bench_rsa_baseline(c: &mut Criterion) {
     let length = encrypter.encrypt(&cek, &mut wrapped).unwrap();
     wrapped.truncate(length);
     let data = [1u8; 200];
-    let signature = Signer::new(MessageDigest::sha256(), &key).unwrap().sign_oneshot_to_vec(&data).unwrap();
+    let signature = Signer::new(MessageDigest::sha256(), &key)
+        .unwrap()
+        .sign_oneshot_to_vec(&data)
+        .unwrap();
     c.bench_function("rsa2048_private_decrypt", |b| {
         b.iter(|| {
             let mut decrypter = Decrypter::new(&key).unwrap();
@@ -117,10 +146,20 @@ fn bench_rsa_baseline(c: &mut Criterion) {
         });
     });
     c.bench_function("rsa2048_private_sign_sha256", |b| {
-        b.iter(|| Signer::new(MessageDigest::sha256(), &key).unwrap().sign_oneshot_to_vec(black_box(&data)).unwrap());
+        b.iter(|| {
+            Signer::new(MessageDigest::sha256(), &key)
+                .unwrap()
+                .sign_oneshot_to_vec(black_box(&data))
+                .unwrap()
+        });
     });
     c.bench_function("rsa2048_public_verify_sha256", |b| {
-        b.iter(|| Verifier::new(MessageDigest::sha256(), &key).unwrap().verify_oneshot(black_box(&signature), &data).unwrap());
+        b.iter(|| {
+            Verifier::new(MessageDigest::sha256(), &key)
+                .unwrap()
+                .verify_oneshot(black_box(&signature), &data)
+                .unwrap()
+        });
     });
 }
 

@@ -41,7 +41,10 @@ fn identity(name: &str) -> Result<Identity, Box<dyn Error>> {
     builder.set_not_before(&not_before)?;
     builder.set_not_after(&not_after)?;
     builder.sign(&key, MessageDigest::sha256())?;
-    Ok(Identity { key, certificate: builder.build() })
+    Ok(Identity {
+        key,
+        certificate: builder.build(),
+    })
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> Result<(), Box<dyn Error>> {
@@ -54,11 +57,28 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out = std::env::args().nth(1).ok_or("usage: fuzz_seeds DIR")?;
     let out = Path::new(&out);
     let ours = identity("seed")?;
-    let (from, to, id) = (As2Id::new("seed sender")?, As2Id::new("gateway")?, MessageId::generate("seed")?);
-    let payload = b"ISA*00*          *00*          *ZZ*SENDER*ZZ*RECEIVER~\r\nGS*PO*S*R~\nST*850*0001~\r\n";
-    let signings = [None, Some(SignatureScheme::RsaPkcs1v15), Some(SignatureScheme::RsaPss)];
-    let ciphers = [None, Some(ContentCipher::TripleDesCbc), Some(ContentCipher::Aes256Gcm)];
-    let compressions = [None, Some(CompressionOrder::BeforeSigning), Some(CompressionOrder::AfterSigning)];
+    let (from, to, id) = (
+        As2Id::new("seed sender")?,
+        As2Id::new("gateway")?,
+        MessageId::generate("seed")?,
+    );
+    let payload =
+        b"ISA*00*          *00*          *ZZ*SENDER*ZZ*RECEIVER~\r\nGS*PO*S*R~\nST*850*0001~\r\n";
+    let signings = [
+        None,
+        Some(SignatureScheme::RsaPkcs1v15),
+        Some(SignatureScheme::RsaPss),
+    ];
+    let ciphers = [
+        None,
+        Some(ContentCipher::TripleDesCbc),
+        Some(ContentCipher::Aes256Gcm),
+    ];
+    let compressions = [
+        None,
+        Some(CompressionOrder::BeforeSigning),
+        Some(CompressionOrder::AfterSigning),
+    ];
     let mut count = 0;
     for signing in signings {
         for cipher in ciphers {
@@ -71,8 +91,16 @@ fn main() -> Result<(), Box<dyn Error>> {
                     payload,
                     content_type: "application/edi-x12",
                     filename: Some("seed.edi"),
-                    signing: signing.map(|scheme| Signing { identity: &ours, digest: MicAlgorithm::Sha256, scheme }),
-                    encryption: cipher.map(|cipher| Encryption { recipient: &ours.certificate, cipher, key_transport: KeyTransport::RsaOaep(MicAlgorithm::Sha256) }),
+                    signing: signing.map(|scheme| Signing {
+                        identity: &ours,
+                        digest: MicAlgorithm::Sha256,
+                        scheme,
+                    }),
+                    encryption: cipher.map(|cipher| Encryption {
+                        recipient: &ours.certificate,
+                        cipher,
+                        key_transport: KeyTransport::RsaOaep(MicAlgorithm::Sha256),
+                    }),
                     compression,
                     mdn: None,
                 })?;
@@ -86,24 +114,66 @@ fn main() -> Result<(), Box<dyn Error>> {
                 };
                 let body = if selector == SIGNED {
                     // The target's multipart/signed Content-Type uses boundary "b".
-                    let boundary = content_type.rsplit("boundary=\"").next().unwrap_or_default().trim_end_matches('"');
-                    String::from_utf8_lossy(&built.body).replace(boundary, "b").into_bytes()
+                    let boundary = content_type
+                        .rsplit("boundary=\"")
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches('"');
+                    String::from_utf8_lossy(&built.body)
+                        .replace(boundary, "b")
+                        .into_bytes()
                 } else {
                     built.body.clone()
                 };
-                write(&out.join("unwrap"), &format!("message-{count}"), &[&[selector], body.as_slice()].concat())?;
-                let entity = [format!("Content-Type: {content_type}\r\n\r\n").as_bytes(), &built.body].concat();
+                write(
+                    &out.join("unwrap"),
+                    &format!("message-{count}"),
+                    &[&[selector], body.as_slice()].concat(),
+                )?;
+                let entity = [
+                    format!("Content-Type: {content_type}\r\n\r\n").as_bytes(),
+                    &built.body,
+                ]
+                .concat();
                 write(&out.join("mime"), &format!("message-{count}"), &entity)?;
                 count += 1;
             }
         }
     }
-    let headers = As2RequestHeaders::parse([("AS2-From", "\"seed sender\""), ("AS2-To", "gateway"), ("Message-ID", "<1@seed>")])?;
-    let report = MdnReport::for_outcome("seed", &headers, Err(&as2_protocol::As2Error::DecryptionFailed("seed".into())));
-    let mdn = mdn::build_mdn(&MdnToSend { as2_from: &to, as2_to: &from, message_id: &id, text: "seed", report: &report, signing: None })?;
-    let boundary = mdn.header("Content-Type").unwrap_or_default().rsplit("boundary=\"").next().unwrap_or_default().trim_end_matches('"').to_owned();
-    let body = String::from_utf8_lossy(&mdn.body).replace(&boundary, "b").into_bytes();
-    write(&out.join("unwrap"), "mdn", &[&[REPORT], body.as_slice()].concat())?;
+    let headers = As2RequestHeaders::parse([
+        ("AS2-From", "\"seed sender\""),
+        ("AS2-To", "gateway"),
+        ("Message-ID", "<1@seed>"),
+    ])?;
+    let report = MdnReport::for_outcome(
+        "seed",
+        &headers,
+        Err(&as2_protocol::As2Error::DecryptionFailed("seed".into())),
+    );
+    let mdn = mdn::build_mdn(&MdnToSend {
+        as2_from: &to,
+        as2_to: &from,
+        message_id: &id,
+        text: "seed",
+        report: &report,
+        signing: None,
+    })?;
+    let boundary = mdn
+        .header("Content-Type")
+        .unwrap_or_default()
+        .rsplit("boundary=\"")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('"')
+        .to_owned();
+    let body = String::from_utf8_lossy(&mdn.body)
+        .replace(&boundary, "b")
+        .into_bytes();
+    write(
+        &out.join("unwrap"),
+        "mdn",
+        &[&[REPORT], body.as_slice()].concat(),
+    )?;
     let header_seeds = [
         "\"seed \\\"sender\\\"\"",
         "<1641304626700-55@mecas2>",
@@ -117,8 +187,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         "https://partner.example/as2/mdn",
     ];
     for (index, seed) in header_seeds.iter().enumerate() {
-        write(&out.join("headers"), &format!("seed-{index}"), seed.as_bytes())?;
+        write(
+            &out.join("headers"),
+            &format!("seed-{index}"),
+            seed.as_bytes(),
+        )?;
     }
-    println!("wrote {count} messages, 1 MDN and {} header values under {}", header_seeds.len(), out.display());
+    println!(
+        "wrote {count} messages, 1 MDN and {} header values under {}",
+        header_seeds.len(),
+        out.display()
+    );
     Ok(())
 }

@@ -31,7 +31,10 @@ struct Arguments {
 }
 
 fn parse_arguments() -> Result<Arguments, Box<dyn Error>> {
-    let mut arguments = Arguments { check_validity: true, ..Arguments::default() };
+    let mut arguments = Arguments {
+        check_validity: true,
+        ..Arguments::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -69,12 +72,18 @@ fn print_mdn(arguments: &Arguments, capture: &Entity<'_>) -> Result<(), Box<dyn 
         check_certificate_validity: arguments.check_validity,
         require_signature: false,
     };
-    let content_type = capture.header("Content-Type").ok_or("the capture has no Content-Type")?;
+    let content_type = capture
+        .header("Content-Type")
+        .ok_or("the capture has no Content-Type")?;
     match parse_mdn(content_type, capture.body(), &verification) {
         Ok(mdn) => {
             println!("original-message-id: {}", mdn.report.original_message_id);
             println!("disposition:         {}", mdn.report.disposition);
-            let mic = mdn.report.received_content_mic.as_ref().map(ToString::to_string);
+            let mic = mdn
+                .report
+                .received_content_mic
+                .as_ref()
+                .map(ToString::to_string);
             println!("received-mic:        {}", mic.as_deref().unwrap_or("-"));
             println!("signature:           {:?}", mdn.signature);
         }
@@ -90,12 +99,21 @@ fn main() -> Result<(), Box<dyn Error>> {
     if arguments.mdn {
         return print_mdn(&arguments, &request);
     }
-    let headers = As2RequestHeaders::parse(request.headers().iter().map(|h| (h.name.as_str(), h.value.as_str())))?;
+    let headers = As2RequestHeaders::parse(
+        request
+            .headers()
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str())),
+    )?;
 
     let mut identities = Vec::new();
     if let (Some(key), Some(cert)) = (&arguments.key, &arguments.cert) {
         let passphrase = arguments.pass.as_deref().map(str::as_bytes);
-        identities.push(Identity::from_pem(&std::fs::read(key)?, &std::fs::read(cert)?, passphrase)?);
+        identities.push(Identity::from_pem(
+            &std::fs::read(key)?,
+            &std::fs::read(cert)?,
+            passphrase,
+        )?);
     }
     let certificates = load_certificates(&arguments)?;
     let mut context = UnwrapContext::new(&identities, &certificates);
@@ -108,7 +126,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     match unwrap_message(&headers, request.body(), &context) {
         Ok(message) => {
             println!("content-type: {}", message.payload.content_type);
-            println!("filename:     {}", message.payload.filename.as_deref().unwrap_or("-"));
+            println!(
+                "filename:     {}",
+                message.payload.filename.as_deref().unwrap_or("-")
+            );
             println!("payload size: {}", message.payload.data.len());
             println!("signature:    {:?}", message.facts.signature);
             println!("encryption:   {:?}", message.facts.encryption);

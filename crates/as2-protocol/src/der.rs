@@ -57,7 +57,10 @@ impl<'a> Element<'a> {
         if self.content.first().is_some_and(|first| first & 0x80 != 0) {
             return Err(As2Error::cms("negative INTEGER"));
         }
-        Ok(self.content.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        Ok(self
+            .content
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 }
 
@@ -72,7 +75,9 @@ fn collect_octets(element: &Element<'_>, out: &mut Vec<u8>, depth: usize) -> Res
     let mut children = element.children();
     while let Some(child) = children.next()? {
         if child.tag & !CONSTRUCTED != TAG_OCTET_STRING {
-            return Err(As2Error::cms("constructed OCTET STRING holds a non-OCTET STRING"));
+            return Err(As2Error::cms(
+                "constructed OCTET STRING holds a non-OCTET STRING",
+            ));
         }
         collect_octets(&child, out, depth + 1)?;
     }
@@ -109,7 +114,9 @@ impl<'a> Reader<'a> {
     pub fn expect(&mut self, tag: u8, what: &str) -> Result<Element<'a>> {
         match self.next()? {
             Some(element) if element.tag == tag => Ok(element),
-            Some(_) => Err(As2Error::cms(format!("unexpected element where {what} belongs"))),
+            Some(_) => Err(As2Error::cms(format!(
+                "unexpected element where {what} belongs"
+            ))),
             None => Err(As2Error::cms(format!("missing {what}"))),
         }
     }
@@ -137,12 +144,15 @@ fn read_element(data: &[u8], depth: usize) -> Result<(Element<'_>, &[u8])> {
     if depth > MAX_NESTING {
         return Err(As2Error::cms("elements nested too deeply"));
     }
-    let (&tag, after_tag) = data.split_first().ok_or_else(|| As2Error::cms("truncated element"))?;
+    let (&tag, after_tag) = data
+        .split_first()
+        .ok_or_else(|| As2Error::cms("truncated element"))?;
     if tag & 0x1f == 0x1f {
         return Err(As2Error::cms("high tag numbers are not supported"));
     }
-    let (&first_len, after_len_byte) =
-        after_tag.split_first().ok_or_else(|| As2Error::cms("truncated length"))?;
+    let (&first_len, after_len_byte) = after_tag
+        .split_first()
+        .ok_or_else(|| As2Error::cms("truncated length"))?;
     if first_len == 0x80 {
         return read_indefinite(data, tag, after_len_byte, depth);
     }
@@ -154,12 +164,16 @@ fn read_element(data: &[u8], depth: usize) -> Result<(Element<'_>, &[u8])> {
             return Err(As2Error::cms("length too large"));
         }
         let (len_bytes, body) = split(after_len_byte, count)?;
-        let length = len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let length = len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (length, body)
     };
     let (content, rest) = split(body, length)?;
     let header_len = data.len() - body.len();
-    let raw = data.get(..header_len + length).ok_or_else(|| As2Error::cms("truncated element"))?;
+    let raw = data
+        .get(..header_len + length)
+        .ok_or_else(|| As2Error::cms("truncated element"))?;
     Ok((Element { tag, content, raw }, rest))
 }
 
@@ -176,10 +190,14 @@ fn read_indefinite<'a>(
     loop {
         if cursor.starts_with(&[0, 0]) {
             let content_len = body.len() - cursor.len();
-            let content = body.get(..content_len).ok_or_else(|| As2Error::cms("truncated"))?;
+            let content = body
+                .get(..content_len)
+                .ok_or_else(|| As2Error::cms("truncated"))?;
             let rest = cursor.get(2..).ok_or_else(|| As2Error::cms("truncated"))?;
             let raw_len = data.len() - rest.len();
-            let raw = data.get(..raw_len).ok_or_else(|| As2Error::cms("truncated"))?;
+            let raw = data
+                .get(..raw_len)
+                .ok_or_else(|| As2Error::cms("truncated"))?;
             return Ok((Element { tag, content, raw }, rest));
         }
         if cursor.is_empty() {
@@ -285,10 +303,15 @@ mod tests {
         let definite = sequence(&[&octet_string(b"abc"), &small_integer(5)]);
         let element = parse_single(&definite).unwrap();
         let mut children = element.children();
-        assert_eq!(&*children.next().unwrap().unwrap().octets().unwrap(), b"abc");
+        assert_eq!(
+            &*children.next().unwrap().unwrap().octets().unwrap(),
+            b"abc"
+        );
         assert_eq!(children.next().unwrap().unwrap().small_uint().unwrap(), 5);
 
-        let indefinite = [0x30, 0x80, 0x24, 0x80, 0x04, 0x01, b'a', 0x04, 0x01, b'b', 0, 0, 0, 0];
+        let indefinite = [
+            0x30, 0x80, 0x24, 0x80, 0x04, 0x01, b'a', 0x04, 0x01, b'b', 0, 0, 0, 0,
+        ];
         let element = parse_single(&indefinite).unwrap();
         let inner = element.children().next().unwrap().unwrap();
         assert_eq!(&*inner.octets().unwrap(), b"ab");

@@ -64,7 +64,9 @@ impl As2Error {
     /// The disposition an MDN answering a message that failed with this error carries.
     pub fn disposition_status(&self) -> DispositionStatus {
         match self {
-            Self::DecryptionFailed(_) => DispositionStatus::Error(ProcessingError::DecryptionFailed),
+            Self::DecryptionFailed(_) => {
+                DispositionStatus::Error(ProcessingError::DecryptionFailed)
+            }
             Self::AuthenticationFailed(_) => {
                 DispositionStatus::Error(ProcessingError::AuthenticationFailed)
             }
@@ -80,7 +82,9 @@ impl As2Error {
             Self::UnsupportedMicAlgorithms(_) => {
                 DispositionStatus::Failed("unsupported MIC-algorithms".to_owned())
             }
-            Self::UnsupportedFormat(_) => DispositionStatus::Failed("unsupported format".to_owned()),
+            Self::UnsupportedFormat(_) => {
+                DispositionStatus::Failed("unsupported format".to_owned())
+            }
             Self::MalformedHeader { .. }
             | Self::MissingHeader(_)
             | Self::MalformedMime(_)

@@ -74,7 +74,9 @@ fn validate_as2_id(id: &str) -> Result<()> {
         return Err(invalid("identifier longer than 128 characters"));
     }
     if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        return Err(invalid("identifier holds non-printable or non-ASCII characters"));
+        return Err(invalid(
+            "identifier holds non-printable or non-ASCII characters",
+        ));
     }
     Ok(())
 }
@@ -137,9 +139,13 @@ impl MessageId {
             return Err(invalid("message id longer than 998 characters"));
         }
         if !original.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-            return Err(invalid("message id holds non-printable or non-ASCII characters"));
+            return Err(invalid(
+                "message id holds non-printable or non-ASCII characters",
+            ));
         }
-        Ok(Self { original: original.to_owned() })
+        Ok(Self {
+            original: original.to_owned(),
+        })
     }
 
     /// Makes a new unique id `<time.random@domain>` for an outbound message or MDN.
@@ -211,7 +217,10 @@ impl As2Version {
             reason: format!("not a version: {value:?}"),
         };
         let mut parts = value.trim().splitn(2, '.');
-        let major = parts.next().and_then(|p| p.trim().parse().ok()).ok_or_else(invalid)?;
+        let major = parts
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(invalid)?;
         let minor = match parts.next() {
             Some(p) => p.trim().parse().map_err(|_| invalid())?,
             None => 0,
@@ -279,9 +288,10 @@ impl ReceiptDeliveryOption {
     pub fn parse(value: &str) -> Result<Self> {
         let url = value.trim();
         let lower = url.to_ascii_lowercase();
-        let known = ["http://", "https://", "mailto:"].iter().any(|p| lower.starts_with(p));
-        if !known || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        let known = ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|p| lower.starts_with(p));
+        if !known || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(As2Error::MalformedHeader {
                 header: "Receipt-Delivery-Option",
                 reason: format!("not an http(s) or mailto URL: {url:?}"),
@@ -320,8 +330,14 @@ pub enum MicAlgorithm {
 
 impl MicAlgorithm {
     /// Every algorithm, strongest first.
-    pub const ALL: [Self; 6] =
-        [Self::Sha512, Self::Sha384, Self::Sha256, Self::Sha224, Self::Sha1, Self::Md5];
+    pub const ALL: [Self; 6] = [
+        Self::Sha512,
+        Self::Sha384,
+        Self::Sha256,
+        Self::Sha224,
+        Self::Sha1,
+        Self::Md5,
+    ];
 
     /// Lenient parse of the many spellings partners use: `sha-256`, `sha256`, `SHA256`,
     /// `sha_256`, `rsa-sha256`, `sha2-256`, `sha1`, `rsa-sha1`, `md5`, ...
@@ -422,7 +438,9 @@ impl DispositionNotificationOptions {
                 continue;
             };
             let name = name.trim().to_ascii_lowercase();
-            let mut items = rest.split(',').map(|item| item.trim().trim_matches('"').trim());
+            let mut items = rest
+                .split(',')
+                .map(|item| item.trim().trim_matches('"').trim());
             let importance = match items.next().map(str::to_ascii_lowercase).as_deref() {
                 Some("required") => Importance::Required,
                 Some("optional") => Importance::Optional,
@@ -457,7 +475,9 @@ impl DispositionNotificationOptions {
     /// Whether the requester asks for a signed receipt (pkcs7-signature protocol).
     pub fn wants_signed_receipt(&self) -> bool {
         self.signed_receipt_protocol.as_ref().is_some_and(|p| {
-            p.values.iter().any(|v| v.eq_ignore_ascii_case("pkcs7-signature"))
+            p.values
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case("pkcs7-signature"))
         })
     }
 
@@ -502,7 +522,9 @@ impl fmt::Display for DispositionNotificationOptions {
             ("signed-receipt-micalg", &self.signed_receipt_micalg),
         ];
         let mut first = true;
-        let known = named.iter().filter_map(|(n, p)| p.as_ref().map(|p| (*n, p)));
+        let known = named
+            .iter()
+            .filter_map(|(n, p)| p.as_ref().map(|p| (*n, p)));
         let others = self.other.iter().map(|(n, p)| (n.as_str(), p));
         for (name, parameter) in known.chain(others) {
             if !first {
@@ -524,10 +546,17 @@ impl fmt::Display for DispositionNotificationOptions {
 
 /// The headers every AS2 message and MDN starts with: AS2-Version, EDIINT-Features,
 /// AS2-From, AS2-To, Message-ID and MIME-Version.
-pub(crate) fn as2_identity_headers(from: &As2Id, to: &As2Id, message_id: &MessageId) -> Vec<(String, String)> {
+pub(crate) fn as2_identity_headers(
+    from: &As2Id,
+    to: &As2Id,
+    message_id: &MessageId,
+) -> Vec<(String, String)> {
     vec![
         ("AS2-Version".to_owned(), As2Version::CURRENT.to_string()),
-        ("EDIINT-Features".to_owned(), EdiintFeatures::supported().to_string()),
+        (
+            "EDIINT-Features".to_owned(),
+            EdiintFeatures::supported().to_string(),
+        ),
         ("AS2-From".to_owned(), from.to_header_value()),
         ("AS2-To".to_owned(), to.to_header_value()),
         ("Message-ID".to_owned(), message_id.with_brackets()),
@@ -613,7 +642,9 @@ impl As2RequestHeaders {
         Self {
             as2_from: As2Id(String::new()),
             as2_to: As2Id(String::new()),
-            message_id: MessageId { original: String::new() },
+            message_id: MessageId {
+                original: String::new(),
+            },
             as2_version: None,
             content_type: None,
             content_transfer_encoding: None,
@@ -674,11 +705,27 @@ mod tests {
 
     #[test]
     fn mic_algorithm_spellings() {
-        for spelling in ["sha-256", "sha256", "SHA256", "sha_256", "rsa-sha256", "SHA-256 "] {
-            assert_eq!(MicAlgorithm::parse_lenient(spelling), Some(MicAlgorithm::Sha256));
+        for spelling in [
+            "sha-256",
+            "sha256",
+            "SHA256",
+            "sha_256",
+            "rsa-sha256",
+            "SHA-256 ",
+        ] {
+            assert_eq!(
+                MicAlgorithm::parse_lenient(spelling),
+                Some(MicAlgorithm::Sha256)
+            );
         }
-        assert_eq!(MicAlgorithm::parse_lenient("rsa-sha1"), Some(MicAlgorithm::Sha1));
-        assert_eq!(MicAlgorithm::parse_lenient("SHA1"), Some(MicAlgorithm::Sha1));
+        assert_eq!(
+            MicAlgorithm::parse_lenient("rsa-sha1"),
+            Some(MicAlgorithm::Sha1)
+        );
+        assert_eq!(
+            MicAlgorithm::parse_lenient("SHA1"),
+            Some(MicAlgorithm::Sha1)
+        );
         assert_eq!(MicAlgorithm::parse_lenient("md5"), Some(MicAlgorithm::Md5));
         assert_eq!(MicAlgorithm::parse_lenient("sha3-256"), None);
         assert_eq!(MicAlgorithm::Sha384.as_str(), "sha-384");
@@ -691,25 +738,37 @@ mod tests {
              signed-receipt-micalg=optional, sha3-512, SHA256, sha1",
         );
         assert!(options.wants_signed_receipt());
-        assert_eq!(options.choose_mic_algorithm(false).unwrap(), Some(MicAlgorithm::Sha256));
+        assert_eq!(
+            options.choose_mic_algorithm(false).unwrap(),
+            Some(MicAlgorithm::Sha256)
+        );
 
         let required = DispositionNotificationOptions::parse(
             "signed-receipt-protocol=required,pkcs7-signature;signed-receipt-micalg=required,md5",
         );
-        assert_eq!(required.choose_mic_algorithm(true).unwrap(), Some(MicAlgorithm::Md5));
+        assert_eq!(
+            required.choose_mic_algorithm(true).unwrap(),
+            Some(MicAlgorithm::Md5)
+        );
         assert!(matches!(
             required.choose_mic_algorithm(false),
             Err(As2Error::UnsupportedMicAlgorithms(_))
         ));
         let pgp = DispositionNotificationOptions::parse("signed-receipt-protocol=required, pgp");
-        assert!(matches!(pgp.choose_mic_algorithm(false), Err(As2Error::UnsupportedFormat(_))));
+        assert!(matches!(
+            pgp.choose_mic_algorithm(false),
+            Err(As2Error::UnsupportedFormat(_))
+        ));
 
         let written = DispositionNotificationOptions::signed_receipt(&[MicAlgorithm::Sha256]);
         assert_eq!(
             written.to_string(),
             "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-256"
         );
-        assert_eq!(DispositionNotificationOptions::parse(&written.to_string()), written);
+        assert_eq!(
+            DispositionNotificationOptions::parse(&written.to_string()),
+            written
+        );
     }
 
     #[test]

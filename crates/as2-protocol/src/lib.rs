@@ -23,7 +23,9 @@ pub mod outbound;
 pub mod unwrap;
 
 pub use error::{As2Error, Result};
-pub use headers::{As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm};
+pub use headers::{
+    As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
+};
 pub use mdn::{Disposition, DispositionStatus, ProcessingError};
 pub use mic::ReceivedContentMic;
 pub use unwrap::{UnwrapContext, UnwrappedMessage, unwrap_message};

@@ -7,7 +7,9 @@ use openssl::x509::X509;
 
 use crate::cms::{self, Identity, SignOptions, SignatureScheme, VerifyOptions};
 use crate::error::{As2Error, Result};
-use crate::headers::{As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm};
+use crate::headers::{
+    As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
+};
 use crate::mic::ReceivedContentMic;
 use crate::mime::{self, Entity, MimeLimits};
 use crate::unwrap::{self, SignatureFacts, UnwrappedMessage};
@@ -55,7 +57,10 @@ impl ProcessingError {
             Self::UnexpectedProcessingError,
         ];
         let value = value.trim();
-        known.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(value)).unwrap_or_else(|| Self::Other(value.to_owned()))
+        known
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(value))
+            .unwrap_or_else(|| Self::Other(value.to_owned()))
     }
 }
 
@@ -135,13 +140,21 @@ impl Disposition {
                 });
             }
         };
-        Ok(Self { action_mode: action_mode.trim().to_owned(), sending_mode: sending_mode.trim().to_owned(), status })
+        Ok(Self {
+            action_mode: action_mode.trim().to_owned(),
+            sending_mode: sending_mode.trim().to_owned(),
+            status,
+        })
     }
 }
 
 impl fmt::Display for Disposition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}; {}", self.action_mode, self.sending_mode, self.status)
+        write!(
+            f,
+            "{}/{}; {}",
+            self.action_mode, self.sending_mode, self.status
+        )
     }
 }
 
@@ -164,7 +177,11 @@ pub struct MdnReport {
 
 impl MdnReport {
     /// The report for a message unwrapped (or failed) by [`unwrap::unwrap_message`].
-    pub fn for_outcome(reporting_ua: &str, request: &As2RequestHeaders, outcome: std::result::Result<&UnwrappedMessage, &As2Error>) -> Self {
+    pub fn for_outcome(
+        reporting_ua: &str,
+        request: &As2RequestHeaders,
+        outcome: std::result::Result<&UnwrappedMessage, &As2Error>,
+    ) -> Self {
         let (status, mic) = match outcome {
             Ok(message) => (DispositionStatus::Processed, Some(message.mic.clone())),
             Err(error) => (error.disposition_status(), None),
@@ -183,9 +200,17 @@ impl MdnReport {
         let mut out = Vec::with_capacity(512);
         mime::push_header(&mut out, "Reporting-UA", &self.reporting_ua);
         if let Some(recipient) = &self.original_recipient {
-            mime::push_header(&mut out, "Original-Recipient", &format!("rfc822; {recipient}"));
+            mime::push_header(
+                &mut out,
+                "Original-Recipient",
+                &format!("rfc822; {recipient}"),
+            );
         }
-        mime::push_header(&mut out, "Final-Recipient", &format!("rfc822; {}", self.final_recipient));
+        mime::push_header(
+            &mut out,
+            "Final-Recipient",
+            &format!("rfc822; {}", self.final_recipient),
+        );
         mime::push_header(&mut out, "Original-Message-ID", &self.original_message_id);
         mime::push_header(&mut out, "Disposition", &self.disposition.to_string());
         if let Some(mic) = &self.received_content_mic {
@@ -202,22 +227,36 @@ impl MdnReport {
         let mut rest = fields;
         for _ in 0..8 {
             let entity = Entity::parse(rest, limits)?;
-            lookup.fields.extend(entity.headers().iter().map(|h| (h.name.clone(), h.value.clone())));
+            lookup.fields.extend(
+                entity
+                    .headers()
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone())),
+            );
             rest = skip_blank_lines(entity.body());
             if rest.is_empty() {
                 break;
             }
         }
-        let disposition = lookup.get("Disposition").ok_or(As2Error::MissingHeader("Disposition"))?;
-        let original_message_id =
-            lookup.get("Original-Message-ID").ok_or(As2Error::MissingHeader("Original-Message-ID"))?;
+        let disposition = lookup
+            .get("Disposition")
+            .ok_or(As2Error::MissingHeader("Disposition"))?;
+        let original_message_id = lookup
+            .get("Original-Message-ID")
+            .ok_or(As2Error::MissingHeader("Original-Message-ID"))?;
         Ok(Self {
             reporting_ua: lookup.get("Reporting-UA").unwrap_or_default().to_owned(),
             original_recipient: lookup.get("Original-Recipient").map(strip_address_type),
-            final_recipient: lookup.get("Final-Recipient").map(strip_address_type).unwrap_or_default(),
+            final_recipient: lookup
+                .get("Final-Recipient")
+                .map(strip_address_type)
+                .unwrap_or_default(),
             original_message_id: original_message_id.to_owned(),
             disposition: Disposition::parse(disposition)?,
-            received_content_mic: lookup.get("Received-Content-MIC").map(ReceivedContentMic::parse).transpose()?,
+            received_content_mic: lookup
+                .get("Received-Content-MIC")
+                .map(ReceivedContentMic::parse)
+                .transpose()?,
         })
     }
 }
@@ -229,7 +268,10 @@ struct FieldLookup {
 
 impl FieldLookup {
     fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -247,8 +289,13 @@ fn skip_blank_lines(mut data: &[u8]) -> &[u8] {
 
 /// `rfc822; name` -> `name` (AS2 ids may be quoted).
 fn strip_address_type(value: &str) -> String {
-    let address = value.split_once(';').map_or(value, |(_, address)| address).trim();
-    As2Id::parse_header(address).map(|id| id.as_str().to_owned()).unwrap_or_else(|_| address.to_owned())
+    let address = value
+        .split_once(';')
+        .map_or(value, |(_, address)| address)
+        .trim();
+    As2Id::parse_header(address)
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_else(|_| address.to_owned())
 }
 
 /// Everything needed to build an MDN.
@@ -280,7 +327,10 @@ pub struct BuiltMdn {
 impl BuiltMdn {
     /// The value of the named header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -291,43 +341,68 @@ impl BuiltMdn {
 /// Fails like [`DispositionNotificationOptions::choose_mic_algorithm`] when a `required`
 /// option cannot be honoured; the answer to such a request is an unsigned
 /// `failed/Failure` MDN.
-pub fn receipt_signing_algorithm(options: Option<&DispositionNotificationOptions>, allow_md5: bool) -> Result<Option<MicAlgorithm>> {
+pub fn receipt_signing_algorithm(
+    options: Option<&DispositionNotificationOptions>,
+    allow_md5: bool,
+) -> Result<Option<MicAlgorithm>> {
     let Some(options) = options.filter(|o| o.wants_signed_receipt()) else {
         return Ok(None);
     };
-    Ok(Some(options.choose_mic_algorithm(allow_md5)?.unwrap_or(MicAlgorithm::Sha256)))
+    Ok(Some(
+        options
+            .choose_mic_algorithm(allow_md5)?
+            .unwrap_or(MicAlgorithm::Sha256),
+    ))
 }
 
 /// Builds a multipart/report MDN, signed (multipart/signed) when `signing` is set.
 pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
     let report_boundary = mime::make_boundary()?;
-    let report_type =
-        format!("multipart/report; report-type=disposition-notification; boundary=\"{report_boundary}\"");
+    let report_type = format!(
+        "multipart/report; report-type=disposition-notification; boundary=\"{report_boundary}\""
+    );
     let mut report_body = Vec::with_capacity(1024);
     push_delimiter(&mut report_body, &report_boundary, false);
-    mime::push_header(&mut report_body, "Content-Type", "text/plain; charset=us-ascii");
+    mime::push_header(
+        &mut report_body,
+        "Content-Type",
+        "text/plain; charset=us-ascii",
+    );
     mime::push_header(&mut report_body, "Content-Transfer-Encoding", "7bit");
     report_body.extend_from_slice(b"\r\n");
     report_body.extend_from_slice(mdn.text.as_bytes());
     report_body.extend_from_slice(b"\r\n\r\n");
     push_delimiter(&mut report_body, &report_boundary, false);
-    mime::push_header(&mut report_body, "Content-Type", "message/disposition-notification");
+    mime::push_header(
+        &mut report_body,
+        "Content-Type",
+        "message/disposition-notification",
+    );
     mime::push_header(&mut report_body, "Content-Transfer-Encoding", "7bit");
     report_body.extend_from_slice(b"\r\n");
     report_body.extend_from_slice(&mdn.report.to_fields());
     report_body.extend_from_slice(b"\r\n");
     push_delimiter(&mut report_body, &report_boundary, true);
 
-    let mut headers = crate::headers::as2_identity_headers(mdn.as2_from, mdn.as2_to, mdn.message_id);
+    let mut headers =
+        crate::headers::as2_identity_headers(mdn.as2_from, mdn.as2_to, mdn.message_id);
     let Some((identity, digest)) = mdn.signing else {
         headers.push(("Content-Type".to_owned(), report_type));
-        return Ok(BuiltMdn { headers, body: report_body });
+        return Ok(BuiltMdn {
+            headers,
+            body: report_body,
+        });
     };
     let mut signed_entity = Vec::with_capacity(report_body.len() + 128);
     mime::push_header(&mut signed_entity, "Content-Type", &report_type);
     signed_entity.extend_from_slice(b"\r\n");
     signed_entity.extend_from_slice(&report_body);
-    let (content_type, body) = sign_entity(&signed_entity, identity, digest, SignatureScheme::RsaPkcs1v15)?;
+    let (content_type, body) = sign_entity(
+        &signed_entity,
+        identity,
+        digest,
+        SignatureScheme::RsaPkcs1v15,
+    )?;
     headers.push(("Content-Type".to_owned(), content_type));
     Ok(BuiltMdn { headers, body })
 }
@@ -343,17 +418,38 @@ fn push_delimiter(out: &mut Vec<u8>, boundary: &str, closing: bool) {
 
 /// Wraps `entity` in multipart/signed with a detached signature; returns the
 /// Content-Type header value and the body.
-pub(crate) fn sign_entity(entity: &[u8], identity: &Identity, digest: MicAlgorithm, scheme: SignatureScheme) -> Result<(String, Vec<u8>)> {
-    let signature = cms::sign(entity, &SignOptions { signer: identity, digest, scheme, detached: true })?;
+pub(crate) fn sign_entity(
+    entity: &[u8],
+    identity: &Identity,
+    digest: MicAlgorithm,
+    scheme: SignatureScheme,
+) -> Result<(String, Vec<u8>)> {
+    let signature = cms::sign(
+        entity,
+        &SignOptions {
+            signer: identity,
+            digest,
+            scheme,
+            detached: true,
+        },
+    )?;
     let boundary = mime::make_boundary()?;
     let mut body = Vec::with_capacity(entity.len() + signature.len() * 2 + 512);
     push_delimiter(&mut body, &boundary, false);
     body.extend_from_slice(entity);
     body.extend_from_slice(b"\r\n");
     push_delimiter(&mut body, &boundary, false);
-    mime::push_header(&mut body, "Content-Type", "application/pkcs7-signature; name=smime.p7s; smime-type=signed-data");
+    mime::push_header(
+        &mut body,
+        "Content-Type",
+        "application/pkcs7-signature; name=smime.p7s; smime-type=signed-data",
+    );
     mime::push_header(&mut body, "Content-Transfer-Encoding", "base64");
-    mime::push_header(&mut body, "Content-Disposition", "attachment; filename=\"smime.p7s\"");
+    mime::push_header(
+        &mut body,
+        "Content-Disposition",
+        "attachment; filename=\"smime.p7s\"",
+    );
     body.extend_from_slice(b"\r\n");
     body.extend_from_slice(&mime::encode_base64_lines(&signature));
     push_delimiter(&mut body, &boundary, true);
@@ -391,24 +487,40 @@ impl ParsedMdn {
     /// Whether the MIC the partner returned matches `expected` (the MIC computed when
     /// the message was sent); `false` when the MDN carries no MIC.
     pub fn mic_matches(&self, expected: &ReceivedContentMic) -> bool {
-        self.report.received_content_mic.as_ref().is_some_and(|mic| mic.digest == expected.digest)
+        self.report
+            .received_content_mic
+            .as_ref()
+            .is_some_and(|mic| mic.digest == expected.digest)
     }
 }
 
 /// Parses a partner's MDN from its Content-Type header value and body, verifying the
 /// signature over the exact received bytes of the signed report. Lenient about vendor
 /// differences: spacing, folding, unsigned MDNs, base64 report parts.
-pub fn parse_mdn(content_type: &str, body: &[u8], verification: &MdnVerification<'_>) -> Result<ParsedMdn> {
+pub fn parse_mdn(
+    content_type: &str,
+    body: &[u8],
+    verification: &MdnVerification<'_>,
+) -> Result<ParsedMdn> {
     let limits = MimeLimits::default();
-    let fields = vec![mime::HeaderField { name: "Content-Type".to_owned(), value: content_type.to_owned() }];
+    let fields = vec![mime::HeaderField {
+        name: "Content-Type".to_owned(),
+        value: content_type.to_owned(),
+    }];
     let outer = Entity::from_parts(fields, body);
     let outer_type = outer.content_type();
     if !outer_type.is("multipart/signed") {
         if verification.require_signature {
-            return Err(As2Error::InsufficientMessageSecurity("the MDN is not signed".into()));
+            return Err(As2Error::InsufficientMessageSecurity(
+                "the MDN is not signed".into(),
+            ));
         }
         let (report, text) = read_report(&outer, &limits)?;
-        return Ok(ParsedMdn { report, text, signature: None });
+        return Ok(ParsedMdn {
+            report,
+            text,
+            signature: None,
+        });
     }
     let options = VerifyOptions {
         certificates: verification.partner_certificates,
@@ -417,26 +529,45 @@ pub fn parse_mdn(content_type: &str, body: &[u8], verification: &MdnVerification
     };
     if verification.partner_certificates.is_empty() {
         if verification.require_signature {
-            return Err(As2Error::AuthenticationFailed("no partner certificate to verify the MDN".into()));
+            return Err(As2Error::AuthenticationFailed(
+                "no partner certificate to verify the MDN".into(),
+            ));
         }
         let multipart = outer.multipart(&limits)?;
-        let report_entity = multipart.parts.first().ok_or_else(|| As2Error::mime("empty multipart/signed"))?;
+        let report_entity = multipart
+            .parts
+            .first()
+            .ok_or_else(|| As2Error::mime("empty multipart/signed"))?;
         let (report, text) = read_report(report_entity, &limits)?;
-        return Ok(ParsedMdn { report, text, signature: None });
+        return Ok(ParsedMdn {
+            report,
+            text,
+            signature: None,
+        });
     }
     let verified = unwrap::verify_multipart_signed(&outer, &options, &limits)?;
     let report_entity = Entity::parse(&verified.signed_bytes, &limits)?;
     let (report, text) = read_report(&report_entity, &limits)?;
-    Ok(ParsedMdn { report, text, signature: Some(verified.facts) })
+    Ok(ParsedMdn {
+        report,
+        text,
+        signature: Some(verified.facts),
+    })
 }
 
 fn read_report(entity: &Entity<'_>, limits: &MimeLimits) -> Result<(MdnReport, Option<String>)> {
     let content_type = entity.content_type();
     if content_type.is("message/disposition-notification") {
-        return Ok((MdnReport::parse_fields(&entity.decoded_body()?, limits)?, None));
+        return Ok((
+            MdnReport::parse_fields(&entity.decoded_body()?, limits)?,
+            None,
+        ));
     }
     if !content_type.is("multipart/report") {
-        return Err(As2Error::UnsupportedFormat(format!("MDN of type {}", content_type.mime_type)));
+        return Err(As2Error::UnsupportedFormat(format!(
+            "MDN of type {}",
+            content_type.mime_type
+        )));
     }
     let multipart = entity.multipart(limits)?;
     let mut text = None;
@@ -446,9 +577,15 @@ fn read_report(entity: &Entity<'_>, limits: &MimeLimits) -> Result<(MdnReport, O
         if part_type.is("message/disposition-notification") {
             report = Some(MdnReport::parse_fields(&part.decoded_body()?, limits)?);
         } else if part_type.mime_type.starts_with("text/") && text.is_none() {
-            text = Some(String::from_utf8_lossy(&part.decoded_body()?).trim().to_owned());
+            text = Some(
+                String::from_utf8_lossy(&part.decoded_body()?)
+                    .trim()
+                    .to_owned(),
+            );
         }
     }
-    let report = report.ok_or_else(|| As2Error::UnsupportedFormat("multipart/report without a disposition notification".into()))?;
+    let report = report.ok_or_else(|| {
+        As2Error::UnsupportedFormat("multipart/report without a disposition notification".into())
+    })?;
     Ok((report, text))
 }

@@ -27,7 +27,10 @@ pub struct ReceivedContentMic {
 impl ReceivedContentMic {
     /// Computes the MIC of `content` with `algorithm`.
     pub fn compute(algorithm: MicAlgorithm, content: &[u8]) -> Result<Self> {
-        Ok(Self { digest: algorithm.digest(content)?, algorithm })
+        Ok(Self {
+            digest: algorithm.digest(content)?,
+            algorithm,
+        })
     }
 
     /// The digest in base64.
@@ -41,7 +44,9 @@ impl ReceivedContentMic {
             header: "Received-Content-MIC",
             reason: reason.to_owned(),
         };
-        let (digest, algorithm) = value.split_once(',').ok_or_else(|| invalid("missing algorithm"))?;
+        let (digest, algorithm) = value
+            .split_once(',')
+            .ok_or_else(|| invalid("missing algorithm"))?;
         let algorithm =
             MicAlgorithm::parse_lenient(algorithm).ok_or_else(|| invalid("unknown algorithm"))?;
         let digest = crate::mime::decode_base64(digest.trim().as_bytes())
@@ -79,10 +84,14 @@ mod tests {
     fn formats_and_parses() {
         let mic = ReceivedContentMic::compute(MicAlgorithm::Sha256, b"abc").unwrap();
         let text = mic.to_string();
-        assert_eq!(text, "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=, sha-256");
+        assert_eq!(
+            text,
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=, sha-256"
+        );
         assert_eq!(ReceivedContentMic::parse(&text).unwrap(), mic);
         assert_eq!(
-            ReceivedContentMic::parse(" ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0= ,SHA256").unwrap(),
+            ReceivedContentMic::parse(" ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0= ,SHA256")
+                .unwrap(),
             mic
         );
         assert!(ReceivedContentMic::parse("abc").is_err());
@@ -97,7 +106,13 @@ mod tests {
             choose_mic_algorithm(Some(&options), Some(MicAlgorithm::Sha1), false).unwrap(),
             MicAlgorithm::Sha512
         );
-        assert_eq!(choose_mic_algorithm(None, Some(MicAlgorithm::Sha384), false).unwrap(), MicAlgorithm::Sha384);
-        assert_eq!(choose_mic_algorithm(None, None, false).unwrap(), MicAlgorithm::Sha1);
+        assert_eq!(
+            choose_mic_algorithm(None, Some(MicAlgorithm::Sha384), false).unwrap(),
+            MicAlgorithm::Sha384
+        );
+        assert_eq!(
+            choose_mic_algorithm(None, None, false).unwrap(),
+            MicAlgorithm::Sha1
+        );
     }
 }

@@ -26,7 +26,11 @@ pub struct MimeLimits {
 
 impl Default for MimeLimits {
     fn default() -> Self {
-        Self { max_header_bytes: 64 * 1024, max_header_count: 256, max_parts: 64 }
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_header_count: 256,
+            max_parts: 64,
+        }
     }
 }
 
@@ -61,7 +65,11 @@ impl<'a> Entity<'a> {
     /// An entity whose headers arrived separately (for instance as HTTP headers) and
     /// whose raw bytes are therefore just the body.
     pub fn from_parts(headers: Vec<HeaderField>, body: &'a [u8]) -> Self {
-        Self { headers, raw: body, body }
+        Self {
+            headers,
+            raw: body,
+            body,
+        }
     }
 
     /// The entity exactly as received: header block, blank line and body.
@@ -81,12 +89,17 @@ impl<'a> Entity<'a> {
 
     /// The first value of the named header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
     }
 
     /// The Content-Type, defaulting to `text/plain` as RFC 2045 says.
     pub fn content_type(&self) -> ContentType {
-        self.header("Content-Type").map(ContentType::parse).unwrap_or_else(ContentType::default_text)
+        self.header("Content-Type")
+            .map(ContentType::parse)
+            .unwrap_or_else(ContentType::default_text)
     }
 
     /// The filename from Content-Disposition, if any.
@@ -173,8 +186,15 @@ impl<'a> Multipart<'a> {
         if parts.len() >= limits.max_parts {
             return Err(As2Error::LimitExceeded("too many multipart parts".into()));
         }
-        parts.push(Entity::parse(body.get(start..).unwrap_or_default(), limits)?);
-        Ok(Self { parts, preamble: preamble.unwrap_or_default(), epilogue: &[] })
+        parts.push(Entity::parse(
+            body.get(start..).unwrap_or_default(),
+            limits,
+        )?);
+        Ok(Self {
+            parts,
+            preamble: preamble.unwrap_or_default(),
+            epilogue: &[],
+        })
     }
 }
 
@@ -194,16 +214,27 @@ fn delimiter_kind(rest: &[u8]) -> Option<DelimiterKind> {
         index += 1;
     }
     match rest.get(index) {
-        None => Some(DelimiterKind { closing, line_length: index }),
-        Some(b'\n') => Some(DelimiterKind { closing, line_length: index + 1 }),
-        Some(b'\r') if rest.get(index + 1) == Some(&b'\n') => {
-            Some(DelimiterKind { closing, line_length: index + 2 })
-        }
-        Some(b'\r') if rest.get(index + 1).is_none() => {
-            Some(DelimiterKind { closing, line_length: index + 1 })
-        }
+        None => Some(DelimiterKind {
+            closing,
+            line_length: index,
+        }),
+        Some(b'\n') => Some(DelimiterKind {
+            closing,
+            line_length: index + 1,
+        }),
+        Some(b'\r') if rest.get(index + 1) == Some(&b'\n') => Some(DelimiterKind {
+            closing,
+            line_length: index + 2,
+        }),
+        Some(b'\r') if rest.get(index + 1).is_none() => Some(DelimiterKind {
+            closing,
+            line_length: index + 1,
+        }),
         // Some writers put text after the closing delimiter on the same line.
-        Some(_) if closing => Some(DelimiterKind { closing, line_length: index }),
+        Some(_) if closing => Some(DelimiterKind {
+            closing,
+            line_length: index,
+        }),
         Some(_) => None,
     }
 }
@@ -272,11 +303,15 @@ fn next_line(data: &[u8]) -> (&[u8], usize) {
 fn parse_field(line: &[u8]) -> Option<HeaderField> {
     let colon = memchr::memchr(b':', line)?;
     let name = line.get(..colon)?;
-    let name_is_valid =
-        !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic() && *b != b':');
+    let name_is_valid = !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic() && *b != b':');
     let name = std::str::from_utf8(name).ok().filter(|_| name_is_valid)?;
-    let value = String::from_utf8_lossy(line.get(colon + 1..)?).trim().to_owned();
-    Some(HeaderField { name: name.to_owned(), value })
+    let value = String::from_utf8_lossy(line.get(colon + 1..)?)
+        .trim()
+        .to_owned();
+    Some(HeaderField {
+        name: name.to_owned(),
+        value,
+    })
 }
 
 /// A parsed Content-Type (or Content-Disposition) value: the lowercased type and its
@@ -291,13 +326,20 @@ pub struct ContentType {
 
 impl ContentType {
     fn default_text() -> Self {
-        Self { mime_type: "text/plain".to_owned(), params: Vec::new() }
+        Self {
+            mime_type: "text/plain".to_owned(),
+            params: Vec::new(),
+        }
     }
 
     /// Lenient parse: malformed parameters are skipped.
     pub fn parse(value: &str) -> Self {
         let mut pieces = split_parameters(value).into_iter();
-        let mime_type = pieces.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let mime_type = pieces
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         let params = pieces
             .filter_map(|piece| {
                 let (name, value) = piece.split_once('=')?;
@@ -313,7 +355,10 @@ impl ContentType {
 
     /// The named parameter's value (name case-insensitive).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether the type is `mime_type` (case-insensitive).
@@ -355,7 +400,10 @@ fn decode_extended_parameter((name, value): (String, String)) -> (String, String
         return (name, value);
     };
     let encoded = value.splitn(3, '\'').nth(2).unwrap_or(&value);
-    (base.to_owned(), String::from_utf8_lossy(&percent_decode(encoded)).into_owned())
+    (
+        base.to_owned(),
+        String::from_utf8_lossy(&percent_decode(encoded)).into_owned(),
+    )
 }
 
 fn percent_decode(value: &str) -> Vec<u8> {
@@ -384,15 +432,18 @@ fn hex_pair(pair: &[u8]) -> Option<u8> {
 }
 
 /// Removes a Content-Transfer-Encoding; `None` (missing) reads as binary.
-pub fn decode_transfer_encoding<'b>(encoding: Option<&str>, body: &'b [u8]) -> Result<Cow<'b, [u8]>> {
+pub fn decode_transfer_encoding<'b>(
+    encoding: Option<&str>,
+    body: &'b [u8],
+) -> Result<Cow<'b, [u8]>> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("" | "binary" | "7bit" | "8bit") => Ok(Cow::Borrowed(body)),
         Some("base64") => decode_base64(body).map(Cow::Owned),
         Some("quoted-printable") => Ok(Cow::Owned(decode_quoted_printable(body))),
-        Some(other) => {
-            Err(As2Error::UnsupportedFormat(format!("Content-Transfer-Encoding {other}")))
-        }
+        Some(other) => Err(As2Error::UnsupportedFormat(format!(
+            "Content-Transfer-Encoding {other}"
+        ))),
     }
 }
 
@@ -405,8 +456,14 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// Decodes base64, ignoring line breaks and other whitespace.
 pub fn decode_base64(encoded: &[u8]) -> Result<Vec<u8>> {
-    let compact: Vec<u8> = encoded.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-    LENIENT_BASE64.decode(compact).map_err(|e| As2Error::mime(format!("invalid base64: {e}")))
+    let compact: Vec<u8> = encoded
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    LENIENT_BASE64
+        .decode(compact)
+        .map_err(|e| As2Error::mime(format!("invalid base64: {e}")))
 }
 
 /// Encodes base64 in lines of 76 characters with CRLF, as MIME bodies carry it.
@@ -446,7 +503,10 @@ pub fn decode_quoted_printable(encoded: &[u8]) -> Vec<u8> {
 
 /// Length of a soft line break after `=` (trailing whitespace, then CRLF or LF).
 fn soft_line_break_length(rest: &[u8]) -> Option<usize> {
-    let spaces = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    let spaces = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
     let after = rest.get(spaces..).unwrap_or_default();
     if after.starts_with(b"\r\n") {
         Some(spaces + 2)
@@ -459,8 +519,8 @@ fn soft_line_break_length(rest: &[u8]) -> Option<usize> {
 
 /// Converts bare LF line breaks to CRLF (the canonical form of text MIME content).
 pub fn to_crlf(data: &[u8]) -> Cow<'_, [u8]> {
-    let bare_lf = memchr::memchr_iter(b'\n', data)
-        .any(|i| i == 0 || data.get(i - 1) != Some(&b'\r'));
+    let bare_lf =
+        memchr::memchr_iter(b'\n', data).any(|i| i == 0 || data.get(i - 1) != Some(&b'\r'));
     if !bare_lf {
         return Cow::Borrowed(data);
     }
@@ -496,8 +556,11 @@ pub(crate) fn make_boundary() -> Result<String> {
 mod tests {
     use super::*;
 
-    const LIMITS: MimeLimits =
-        MimeLimits { max_header_bytes: 64 * 1024, max_header_count: 256, max_parts: 64 };
+    const LIMITS: MimeLimits = MimeLimits {
+        max_header_bytes: 64 * 1024,
+        max_header_count: 256,
+        max_parts: 64,
+    };
 
     #[test]
     fn parses_folded_headers_and_keeps_raw_bytes() {
@@ -532,11 +595,20 @@ mod tests {
 
     #[test]
     fn transfer_encodings() {
-        assert_eq!(&*decode_transfer_encoding(Some("BASE64"), b"aGVs\r\nbG8=").unwrap(), b"hello");
-        assert_eq!(&*decode_transfer_encoding(None, b"raw\n").unwrap(), b"raw\n");
+        assert_eq!(
+            &*decode_transfer_encoding(Some("BASE64"), b"aGVs\r\nbG8=").unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            &*decode_transfer_encoding(None, b"raw\n").unwrap(),
+            b"raw\n"
+        );
         assert_eq!(decode_quoted_printable(b"a=3Db=\r\nc=ZZ"), b"a=bc=ZZ");
         assert!(decode_transfer_encoding(Some("x-uuencode"), b"").is_err());
-        assert_eq!(decode_base64(&encode_base64_lines(&[1u8; 100])).unwrap(), vec![1u8; 100]);
+        assert_eq!(
+            decode_base64(&encode_base64_lines(&[1u8; 100])).unwrap(),
+            vec![1u8; 100]
+        );
     }
 
     #[test]
@@ -547,9 +619,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(entity.filename().as_deref(), Some("a b.edi"));
-        let plain =
-            Entity::parse(b"Content-Disposition: attachment; filename=\"x;y.txt\"\n\n", &LIMITS)
-                .unwrap();
+        let plain = Entity::parse(
+            b"Content-Disposition: attachment; filename=\"x;y.txt\"\n\n",
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!(plain.filename().as_deref(), Some("x;y.txt"));
     }
 

@@ -4,7 +4,9 @@ use openssl::x509::X509;
 
 use crate::cms::{self, ContentCipher, Identity, KeyTransport, SignatureScheme};
 use crate::error::{As2Error, Result};
-use crate::headers::{As2Id, DispositionNotificationOptions, MessageId, MicAlgorithm, ReceiptDeliveryOption};
+use crate::headers::{
+    As2Id, DispositionNotificationOptions, MessageId, MicAlgorithm, ReceiptDeliveryOption,
+};
 use crate::mdn;
 use crate::mic::{self, ReceivedContentMic};
 use crate::mime;
@@ -93,7 +95,10 @@ pub struct BuiltMessage {
 impl BuiltMessage {
     /// The value of the named header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -117,9 +122,15 @@ impl Layer {
     fn smime(smime_type: &str, filename: &str, der: Vec<u8>) -> Self {
         Self {
             headers: vec![
-                ("Content-Type".to_owned(), format!("application/pkcs7-mime; smime-type={smime_type}; name={filename}")),
+                (
+                    "Content-Type".to_owned(),
+                    format!("application/pkcs7-mime; smime-type={smime_type}; name={filename}"),
+                ),
                 ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
-                ("Content-Disposition".to_owned(), format!("attachment; filename=\"{filename}\"")),
+                (
+                    "Content-Disposition".to_owned(),
+                    format!("attachment; filename=\"{filename}\""),
+                ),
             ],
             body: der,
         }
@@ -131,7 +142,9 @@ impl Layer {
 /// else SHA-1.
 pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
     if message.content_type.trim().is_empty() || message.content_type.contains(['\r', '\n']) {
-        return Err(As2Error::InvalidArgument("content type must be one non-empty line".into()));
+        return Err(As2Error::InvalidArgument(
+            "content type must be one non-empty line".into(),
+        ));
     }
     let mut layer = payload_layer(message)?;
     let payload_entity = layer.to_bytes();
@@ -140,27 +153,49 @@ pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
         (Some(CompressionOrder::BeforeSigning), _) | (Some(CompressionOrder::AfterSigning), None)
     );
     if compress_first {
-        layer = Layer::smime("compressed-data", "smime.p7z", cms::compress(&payload_entity)?);
+        layer = Layer::smime(
+            "compressed-data",
+            "smime.p7z",
+            cms::compress(&payload_entity)?,
+        );
     }
     let mut signed_entity = None;
     if let Some(signing) = message.signing {
         let entity = layer.to_bytes();
-        let (content_type, body) = mdn::sign_entity(&entity, signing.identity, signing.digest, signing.scheme)?;
-        layer = Layer { headers: vec![("Content-Type".to_owned(), content_type)], body };
+        let (content_type, body) =
+            mdn::sign_entity(&entity, signing.identity, signing.digest, signing.scheme)?;
+        layer = Layer {
+            headers: vec![("Content-Type".to_owned(), content_type)],
+            body,
+        };
         signed_entity = Some(entity);
         if message.compression == Some(CompressionOrder::AfterSigning) {
-            layer = Layer::smime("compressed-data", "smime.p7z", cms::compress(&layer.to_bytes())?);
+            layer = Layer::smime(
+                "compressed-data",
+                "smime.p7z",
+                cms::compress(&layer.to_bytes())?,
+            );
         }
     }
     let mut encrypted = false;
     if let Some(encryption) = message.encryption {
-        let der = cms::encrypt(&layer.to_bytes(), encryption.recipient, encryption.cipher, encryption.key_transport)?;
-        let smime_type = if encryption.cipher.is_authenticated() { "authEnveloped-data" } else { "enveloped-data" };
+        let der = cms::encrypt(
+            &layer.to_bytes(),
+            encryption.recipient,
+            encryption.cipher,
+            encryption.key_transport,
+        )?;
+        let smime_type = if encryption.cipher.is_authenticated() {
+            "authEnveloped-data"
+        } else {
+            "enveloped-data"
+        };
         layer = Layer::smime(smime_type, "smime.p7m", der);
         encrypted = true;
     }
     let requested = message.mdn.as_ref().and_then(receipt_options);
-    let algorithm = mic::choose_mic_algorithm(requested.as_ref(), message.signing.map(|s| s.digest), true)?;
+    let algorithm =
+        mic::choose_mic_algorithm(requested.as_ref(), message.signing.map(|s| s.digest), true)?;
     let mic_content: &[u8] = match (&signed_entity, message.compression.is_some() || encrypted) {
         (Some(signed), _) => signed,
         (None, true) => &payload_entity,
@@ -168,42 +203,75 @@ pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
     };
     let expected_mic = ReceivedContentMic::compute(algorithm, mic_content)?;
     let headers = http_headers(message, requested.as_ref(), layer.headers);
-    Ok(BuiltMessage { headers, body: layer.body, expected_mic })
+    Ok(BuiltMessage {
+        headers,
+        body: layer.body,
+        expected_mic,
+    })
 }
 
 fn payload_layer(message: &OutboundMessage<'_>) -> Result<Layer> {
     let mut headers = vec![
-        ("Content-Type".to_owned(), message.content_type.trim().to_owned()),
+        (
+            "Content-Type".to_owned(),
+            message.content_type.trim().to_owned(),
+        ),
         ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
     ];
     if let Some(filename) = message.filename {
         if filename.contains(['\r', '\n']) {
-            return Err(As2Error::InvalidArgument("filename must be one line".into()));
+            return Err(As2Error::InvalidArgument(
+                "filename must be one line".into(),
+            ));
         }
-        headers.push(("Content-Disposition".to_owned(), format!("attachment; filename={}", crate::headers::quote(filename))));
+        headers.push((
+            "Content-Disposition".to_owned(),
+            format!("attachment; filename={}", crate::headers::quote(filename)),
+        ));
     }
-    Ok(Layer { headers, body: message.payload.to_vec() })
+    Ok(Layer {
+        headers,
+        body: message.payload.to_vec(),
+    })
 }
 
 fn receipt_options(request: &MdnRequest) -> Option<DispositionNotificationOptions> {
     if request.signed_receipt_algorithms.is_empty() {
         return None;
     }
-    Some(DispositionNotificationOptions::signed_receipt(&request.signed_receipt_algorithms))
+    Some(DispositionNotificationOptions::signed_receipt(
+        &request.signed_receipt_algorithms,
+    ))
 }
 
-fn http_headers(message: &OutboundMessage<'_>, requested: Option<&DispositionNotificationOptions>, body_headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    let mut headers = crate::headers::as2_identity_headers(message.as2_from, message.as2_to, message.message_id);
+fn http_headers(
+    message: &OutboundMessage<'_>,
+    requested: Option<&DispositionNotificationOptions>,
+    body_headers: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut headers =
+        crate::headers::as2_identity_headers(message.as2_from, message.as2_to, message.message_id);
     if let Some(subject) = message.subject {
         headers.push(("Subject".to_owned(), subject.replace(['\r', '\n'], " ")));
     }
     if let Some(request) = &message.mdn {
-        headers.push(("Disposition-Notification-To".to_owned(), request.disposition_notification_to.replace(['\r', '\n'], " ")));
+        headers.push((
+            "Disposition-Notification-To".to_owned(),
+            request
+                .disposition_notification_to
+                .replace(['\r', '\n'], " "),
+        ));
         if let Some(options) = requested {
-            headers.push(("Disposition-Notification-Options".to_owned(), options.to_string()));
+            headers.push((
+                "Disposition-Notification-Options".to_owned(),
+                options.to_string(),
+            ));
         }
         if let Some(option) = &request.receipt_delivery_option {
-            headers.push(("Receipt-Delivery-Option".to_owned(), option.url().to_owned()));
+            headers.push((
+                "Receipt-Delivery-Option".to_owned(),
+                option.url().to_owned(),
+            ));
         }
     }
     headers.extend(body_headers);

@@ -22,7 +22,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_decompressed_size: 256 * 1024 * 1024, max_layers: 8, mime: MimeLimits::default() }
+        Self {
+            max_decompressed_size: 256 * 1024 * 1024,
+            max_layers: 8,
+            mime: MimeLimits::default(),
+        }
     }
 }
 
@@ -157,50 +161,91 @@ pub struct UnwrappedMessage {
 /// The MIC uses the first MIC algorithm the partner requested that we support, else the
 /// signature's digest, else SHA-1; a `required` request we cannot honour fails with
 /// [`As2Error::UnsupportedMicAlgorithms`] before any cryptography is done.
-pub fn unwrap_message(headers: &As2RequestHeaders, body: &[u8], context: &UnwrapContext<'_>) -> Result<UnwrappedMessage> {
-    let content_type = headers.content_type.as_deref().ok_or(As2Error::MissingHeader("Content-Type"))?;
-    let mut fields = vec![HeaderField { name: "Content-Type".into(), value: content_type.to_owned() }];
+pub fn unwrap_message(
+    headers: &As2RequestHeaders,
+    body: &[u8],
+    context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage> {
+    let content_type = headers
+        .content_type
+        .as_deref()
+        .ok_or(As2Error::MissingHeader("Content-Type"))?;
+    let mut fields = vec![HeaderField {
+        name: "Content-Type".into(),
+        value: content_type.to_owned(),
+    }];
     let optional = [
-        ("Content-Transfer-Encoding", &headers.content_transfer_encoding),
+        (
+            "Content-Transfer-Encoding",
+            &headers.content_transfer_encoding,
+        ),
         ("Content-Disposition", &headers.content_disposition),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            fields.push(HeaderField { name: name.to_owned(), value: value.clone() });
+            fields.push(HeaderField {
+                name: name.to_owned(),
+                value: value.clone(),
+            });
         }
     }
     let entity = Entity::from_parts(fields, body);
-    unwrap_entity(&entity, headers.disposition_notification_options.as_ref(), context)
+    unwrap_entity(
+        &entity,
+        headers.disposition_notification_options.as_ref(),
+        context,
+    )
 }
 
 /// Unwraps a message given as a MIME entity (for callers that already hold one).
-pub fn unwrap_entity(entity: &Entity<'_>, requested: Option<&DispositionNotificationOptions>, context: &UnwrapContext<'_>) -> Result<UnwrappedMessage> {
+pub fn unwrap_entity(
+    entity: &Entity<'_>,
+    requested: Option<&DispositionNotificationOptions>,
+    context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage> {
     let requested_algorithm = match requested {
         Some(options) => options.choose_mic_algorithm(context.allow_md5)?,
         None => None,
     };
-    let mut walk = Walk { context, facts: SecurityFacts::default(), mic_content: MicContent::default(), layers: 0 };
+    let mut walk = Walk {
+        context,
+        facts: SecurityFacts::default(),
+        mic_content: MicContent::default(),
+        layers: 0,
+    };
     let mut payload = walk.entity(entity)?;
     if payload.filename.is_none() {
         payload.filename = entity.filename().filter(|name| !is_smime_filename(name));
     }
     if context.require_encryption && walk.facts.encryption.is_none() {
-        return Err(As2Error::InsufficientMessageSecurity("the partnership requires encryption".into()));
+        return Err(As2Error::InsufficientMessageSecurity(
+            "the partnership requires encryption".into(),
+        ));
     }
     if context.require_signature && walk.facts.signature.is_none() {
-        return Err(As2Error::InsufficientMessageSecurity("the partnership requires a signature".into()));
+        return Err(As2Error::InsufficientMessageSecurity(
+            "the partnership requires a signature".into(),
+        ));
     }
     let signature_digest = walk.facts.signature.as_ref().map(|s| s.digest);
-    let algorithm = requested_algorithm
-        .map_or_else(|| mic::choose_mic_algorithm(None, signature_digest, context.allow_md5), Ok)?;
+    let algorithm = requested_algorithm.map_or_else(
+        || mic::choose_mic_algorithm(None, signature_digest, context.allow_md5),
+        Ok,
+    )?;
     let mic_bytes = walk.mic_content.select(entity.body());
     let mic = ReceivedContentMic::compute(algorithm, mic_bytes)?;
-    Ok(UnwrappedMessage { payload, facts: walk.facts, mic })
+    Ok(UnwrappedMessage {
+        payload,
+        facts: walk.facts,
+        mic,
+    })
 }
 
 fn is_smime_filename(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [".p7m", ".p7s", ".p7z", ".p7c"].iter().any(|suffix| lower.ends_with(suffix))
+    [".p7m", ".p7s", ".p7z", ".p7c"]
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
 }
 
 /// The candidate contents for the MIC, kept as the walk passes each layer.
@@ -243,7 +288,8 @@ impl Walk<'_> {
             return Err(As2Error::LimitExceeded("too many nested layers".into()));
         }
         let content_type = entity.content_type();
-        if content_type.is("application/pkcs7-mime") || content_type.is("application/x-pkcs7-mime") {
+        if content_type.is("application/pkcs7-mime") || content_type.is("application/x-pkcs7-mime")
+        {
             let der = entity.decoded_body()?;
             return match smime_kind(content_type.param("smime-type"), &der)? {
                 SmimeKind::Enveloped => self.decrypt(&der),
@@ -254,11 +300,18 @@ impl Walk<'_> {
         if content_type.is("multipart/signed") {
             return self.verify_multipart(entity);
         }
-        if content_type.is("application/pkcs7-signature") || content_type.is("application/x-pkcs7-signature") {
-            return Err(As2Error::UnsupportedFormat("a detached signature without its content".into()));
+        if content_type.is("application/pkcs7-signature")
+            || content_type.is("application/x-pkcs7-signature")
+        {
+            return Err(As2Error::UnsupportedFormat(
+                "a detached signature without its content".into(),
+            ));
         }
         Ok(Payload {
-            content_type: entity.header("Content-Type").unwrap_or("text/plain").to_owned(),
+            content_type: entity
+                .header("Content-Type")
+                .unwrap_or("text/plain")
+                .to_owned(),
             filename: entity.filename(),
             data: entity.decoded_body()?.into_owned(),
         })
@@ -266,11 +319,15 @@ impl Walk<'_> {
 
     fn decrypt(&mut self, der: &[u8]) -> Result<Payload> {
         if self.facts.encryption.is_some() {
-            return Err(As2Error::UnsupportedFormat("encrypted more than once".into()));
+            return Err(As2Error::UnsupportedFormat(
+                "encrypted more than once".into(),
+            ));
         }
         if self.facts.signature.is_some() {
             // Encryption inside a signature is legal S/MIME but not an AS2 layering.
-            return Err(As2Error::UnsupportedFormat("encryption inside the signature".into()));
+            return Err(As2Error::UnsupportedFormat(
+                "encryption inside the signature".into(),
+            ));
         }
         let decrypted = cms::decrypt(der, self.context.decryption_identities)?;
         self.facts.encryption = Some(EncryptionFacts {
@@ -287,7 +344,9 @@ impl Walk<'_> {
 
     fn decompress(&mut self, der: &[u8]) -> Result<Payload> {
         if self.facts.compression.is_some() {
-            return Err(As2Error::UnsupportedFormat("compressed more than once".into()));
+            return Err(As2Error::UnsupportedFormat(
+                "compressed more than once".into(),
+            ));
         }
         let placement = match self.facts.signature {
             Some(_) => CompressionPlacement::BeforeSigning,
@@ -334,7 +393,11 @@ impl Walk<'_> {
         if self.facts.signature.is_some() {
             return Err(As2Error::UnsupportedFormat("signed more than once".into()));
         }
-        let verified = verify_multipart_signed(entity, &self.context.verify_options(), &self.context.limits.mime)?;
+        let verified = verify_multipart_signed(
+            entity,
+            &self.context.verify_options(),
+            &self.context.limits.mime,
+        )?;
         let inner = parse_inner(&verified.signed_bytes, &self.context.limits.mime)?;
         let signed_bytes = verified.signed_bytes.clone();
         self.record_signature(verified.facts, signed_bytes)?;
@@ -364,10 +427,14 @@ fn smime_kind(smime_type: Option<&str>, der: &[u8]) -> Result<SmimeKind> {
     // No (or an unknown) smime-type: look at the CMS content type itself.
     let info = cms::parse_content_info(der)?;
     match info.content_type {
-        t if t == cms::oid::ENVELOPED_DATA || t == cms::oid::AUTH_ENVELOPED_DATA => Ok(SmimeKind::Enveloped),
+        t if t == cms::oid::ENVELOPED_DATA || t == cms::oid::AUTH_ENVELOPED_DATA => {
+            Ok(SmimeKind::Enveloped)
+        }
         t if t == cms::oid::COMPRESSED_DATA => Ok(SmimeKind::Compressed),
         t if t == cms::oid::SIGNED_DATA => Ok(SmimeKind::Signed),
-        _ => Err(As2Error::UnsupportedFormat("unknown application/pkcs7-mime content".into())),
+        _ => Err(As2Error::UnsupportedFormat(
+            "unknown application/pkcs7-mime content".into(),
+        )),
     }
 }
 
@@ -381,32 +448,45 @@ pub(crate) struct VerifiedMultipart {
 /// Verifies a multipart/signed entity over the exact received bytes of its first part,
 /// falling back to CRLF-canonical forms only when the exact bytes do not match the
 /// signed digest (a capture or proxy rewrote line ends).
-pub(crate) fn verify_multipart_signed(entity: &Entity<'_>, options: &VerifyOptions<'_>, limits: &MimeLimits) -> Result<VerifiedMultipart> {
+pub(crate) fn verify_multipart_signed(
+    entity: &Entity<'_>,
+    options: &VerifyOptions<'_>,
+    limits: &MimeLimits,
+) -> Result<VerifiedMultipart> {
     let multipart = entity.multipart(limits)?;
     let mut parts = multipart.parts.iter();
-    let signed = parts.next().ok_or_else(|| As2Error::mime("multipart/signed without parts"))?;
+    let signed = parts
+        .next()
+        .ok_or_else(|| As2Error::mime("multipart/signed without parts"))?;
     let signature_part = parts
         .find(|part| {
             let content_type = part.content_type();
-            content_type.is("application/pkcs7-signature") || content_type.is("application/x-pkcs7-signature")
+            content_type.is("application/pkcs7-signature")
+                || content_type.is("application/x-pkcs7-signature")
         })
-        .ok_or_else(|| As2Error::UnsupportedFormat("multipart/signed without a PKCS #7 signature part".into()))?;
+        .ok_or_else(|| {
+            As2Error::UnsupportedFormat("multipart/signed without a PKCS #7 signature part".into())
+        })?;
     let signature = signature_part.decoded_body()?;
-    let (form, signed_bytes, verified) = match cms::verify_detached(&signature, &[signed.raw()], options) {
-        Ok((verified, _)) => (SignedContentForm::Exact, signed.raw().to_vec(), verified),
-        // Only when the exact bytes do not match the signed digest are other forms tried.
-        Err(As2Error::IntegrityCheckFailed(_)) => {
-            let candidates = canonical_candidates(signed);
-            let candidate_refs: Vec<&[u8]> = candidates.iter().map(|(_, bytes)| bytes.as_slice()).collect();
-            let (verified, index) = cms::verify_detached(&signature, &candidate_refs, options)?;
-            let (form, bytes) = candidates
-                .into_iter()
-                .nth(index)
-                .ok_or_else(|| As2Error::AuthenticationFailed("no signed content".into()))?;
-            (form, bytes, verified)
-        }
-        Err(error) => return Err(error),
-    };
+    let (form, signed_bytes, verified) =
+        match cms::verify_detached(&signature, &[signed.raw()], options) {
+            Ok((verified, _)) => (SignedContentForm::Exact, signed.raw().to_vec(), verified),
+            // Only when the exact bytes do not match the signed digest are other forms tried.
+            Err(As2Error::IntegrityCheckFailed(_)) => {
+                let candidates = canonical_candidates(signed);
+                let candidate_refs: Vec<&[u8]> = candidates
+                    .iter()
+                    .map(|(_, bytes)| bytes.as_slice())
+                    .collect();
+                let (verified, index) = cms::verify_detached(&signature, &candidate_refs, options)?;
+                let (form, bytes) = candidates
+                    .into_iter()
+                    .nth(index)
+                    .ok_or_else(|| As2Error::AuthenticationFailed("no signed content".into()))?;
+                (form, bytes, verified)
+            }
+            Err(error) => return Err(error),
+        };
     let facts = SignatureFacts {
         digest: verified.digest,
         scheme: verified.scheme,
@@ -414,7 +494,10 @@ pub(crate) fn verify_multipart_signed(entity: &Entity<'_>, options: &VerifyOptio
         opaque: false,
         form,
     };
-    Ok(VerifiedMultipart { facts, signed_bytes })
+    Ok(VerifiedMultipart {
+        facts,
+        signed_bytes,
+    })
 }
 
 /// CRLF-canonical forms of the signed entity that differ from the received bytes.
@@ -428,8 +511,15 @@ fn canonical_candidates(signed: &Entity<'_>) -> Vec<(SignedContentForm, Vec<u8>)
         candidates.push((SignedContentForm::CrlfHeaders, crlf_headers));
     }
     let crlf_everywhere = mime::to_crlf(raw);
-    if crlf_everywhere.as_ref() != raw && candidates.iter().all(|(_, c)| c.as_slice() != crlf_everywhere.as_ref()) {
-        candidates.push((SignedContentForm::CrlfEverywhere, crlf_everywhere.into_owned()));
+    if crlf_everywhere.as_ref() != raw
+        && candidates
+            .iter()
+            .all(|(_, c)| c.as_slice() != crlf_everywhere.as_ref())
+    {
+        candidates.push((
+            SignedContentForm::CrlfEverywhere,
+            crlf_everywhere.into_owned(),
+        ));
     }
     candidates
 }

@@ -9,12 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use as2_protocol::ReceivedContentMic;
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mime::{Entity, MimeLimits};
 use as2_protocol::outbound::{self, Encryption, OutboundMessage, Signing};
 use as2_protocol::unwrap::{UnwrapContext, UnwrappedMessage, unwrap_message};
-use as2_protocol::ReceivedContentMic;
 
 const OPENSSL: &str = "/usr/bin/openssl";
 
@@ -26,12 +26,25 @@ struct Workspace {
 
 impl Workspace {
     fn new() -> Self {
-        assert!(Path::new(OPENSSL).exists(), "{OPENSSL} is required (install the openssl package)");
-        let workspace = Self { dir: tempfile::tempdir().unwrap(), sender: common::identity("sender"), receiver: common::identity("receiver") };
+        assert!(
+            Path::new(OPENSSL).exists(),
+            "{OPENSSL} is required (install the openssl package)"
+        );
+        let workspace = Self {
+            dir: tempfile::tempdir().unwrap(),
+            sender: common::identity("sender"),
+            receiver: common::identity("receiver"),
+        };
         workspace.write("sender.key", common::key_pem(&workspace.sender).as_bytes());
         workspace.write("sender.pem", common::cert_pem(&workspace.sender).as_bytes());
-        workspace.write("receiver.key", common::key_pem(&workspace.receiver).as_bytes());
-        workspace.write("receiver.pem", common::cert_pem(&workspace.receiver).as_bytes());
+        workspace.write(
+            "receiver.key",
+            common::key_pem(&workspace.receiver).as_bytes(),
+        );
+        workspace.write(
+            "receiver.pem",
+            common::cert_pem(&workspace.receiver).as_bytes(),
+        );
         workspace
     }
 
@@ -58,16 +71,35 @@ impl Workspace {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let output = Command::new(OPENSSL).current_dir(self.dir.path()).args(args).output().unwrap();
-        assert!(output.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = Command::new(OPENSSL)
+            .current_dir(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     fn unwrap(&self, content_type: &str, body: &[u8], requested: Option<&str>) -> UnwrappedMessage {
         self.unwrap_encoded(content_type, None, body, requested)
     }
 
-    fn unwrap_encoded(&self, content_type: &str, transfer_encoding: Option<&str>, body: &[u8], requested: Option<&str>) -> UnwrappedMessage {
-        let mut headers = vec![("AS2-From", "sender"), ("AS2-To", "receiver"), ("Message-ID", "<1@cli>"), ("Content-Type", content_type)];
+    fn unwrap_encoded(
+        &self,
+        content_type: &str,
+        transfer_encoding: Option<&str>,
+        body: &[u8],
+        requested: Option<&str>,
+    ) -> UnwrappedMessage {
+        let mut headers = vec![
+            ("AS2-From", "sender"),
+            ("AS2-To", "receiver"),
+            ("Message-ID", "<1@cli>"),
+            ("Content-Type", content_type),
+        ];
         if let Some(encoding) = transfer_encoding {
             headers.push(("Content-Transfer-Encoding", encoding));
         }
@@ -77,7 +109,12 @@ impl Workspace {
         let headers = As2RequestHeaders::parse(headers).unwrap();
         let identities = [self.receiver.clone()];
         let certificates = [self.sender.certificate.clone()];
-        unwrap_message(&headers, body, &UnwrapContext::new(&identities, &certificates)).unwrap()
+        unwrap_message(
+            &headers,
+            body,
+            &UnwrapContext::new(&identities, &certificates),
+        )
+        .unwrap()
     }
 
     /// Reads an S/MIME file written by openssl: its Content-Type and body.
@@ -90,8 +127,14 @@ impl Workspace {
     fn smime_file_encoded(&self, name: &str) -> (String, Option<String>, Vec<u8>) {
         let data = self.read(name);
         let entity = Entity::parse(&data, &MimeLimits::default()).unwrap();
-        let encoding = entity.header("Content-Transfer-Encoding").map(str::to_owned);
-        (entity.header("Content-Type").unwrap().to_owned(), encoding, entity.body().to_vec())
+        let encoding = entity
+            .header("Content-Transfer-Encoding")
+            .map(str::to_owned);
+        (
+            entity.header("Content-Type").unwrap().to_owned(),
+            encoding,
+            entity.body().to_vec(),
+        )
     }
 }
 
@@ -125,7 +168,21 @@ fn openssl_signed_messages_unwrap_with_the_right_mic() {
     let (workspace, entity) = Workspace::with_entity();
     for (name, digest) in DIGESTS {
         for pss in [false, true] {
-            let mut args = vec!["cms", "-sign", "-binary", "-in", "entity.txt", "-signer", "sender.pem", "-inkey", "sender.key", "-md", name, "-out", "signed.eml"];
+            let mut args = vec![
+                "cms",
+                "-sign",
+                "-binary",
+                "-in",
+                "entity.txt",
+                "-signer",
+                "sender.pem",
+                "-inkey",
+                "sender.key",
+                "-md",
+                name,
+                "-out",
+                "signed.eml",
+            ];
             if pss {
                 args.extend(["-keyopt", "rsa_padding_mode:pss"]);
             }
@@ -134,24 +191,53 @@ fn openssl_signed_messages_unwrap_with_the_right_mic() {
             let unwrapped = workspace.unwrap(&content_type, &body, None);
             let signature = unwrapped.facts.signature.clone().unwrap();
             assert_eq!(signature.digest, digest, "{name} pss={pss}");
-            let scheme = if pss { SignatureScheme::RsaPss } else { SignatureScheme::RsaPkcs1v15 };
+            let scheme = if pss {
+                SignatureScheme::RsaPss
+            } else {
+                SignatureScheme::RsaPkcs1v15
+            };
             assert_eq!(signature.scheme, scheme);
-            assert_eq!(unwrapped.mic, ReceivedContentMic::compute(digest, &entity).unwrap(), "{name} pss={pss}");
+            assert_eq!(
+                unwrapped.mic,
+                ReceivedContentMic::compute(digest, &entity).unwrap(),
+                "{name} pss={pss}"
+            );
             assert_eq!(unwrapped.payload.data, common::payload(2500));
             assert_eq!(unwrapped.payload.filename.as_deref(), Some("cli.edi"));
 
             let requested = "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-512";
             let unwrapped = workspace.unwrap(&content_type, &body, Some(requested));
-            assert_eq!(unwrapped.mic, ReceivedContentMic::compute(MicAlgorithm::Sha512, &entity).unwrap());
+            assert_eq!(
+                unwrapped.mic,
+                ReceivedContentMic::compute(MicAlgorithm::Sha512, &entity).unwrap()
+            );
         }
     }
     // Opaque (enveloping) signed-data, base64 in S/MIME.
-    workspace.openssl(&["cms", "-sign", "-nodetach", "-binary", "-in", "entity.txt", "-signer", "sender.pem", "-inkey", "sender.key", "-md", "sha256", "-out", "opaque.eml"]);
+    workspace.openssl(&[
+        "cms",
+        "-sign",
+        "-nodetach",
+        "-binary",
+        "-in",
+        "entity.txt",
+        "-signer",
+        "sender.pem",
+        "-inkey",
+        "sender.key",
+        "-md",
+        "sha256",
+        "-out",
+        "opaque.eml",
+    ]);
     let (content_type, encoding, body) = workspace.smime_file_encoded("opaque.eml");
     assert!(content_type.contains("signed-data"), "{content_type}");
     let unwrapped = workspace.unwrap_encoded(&content_type, encoding.as_deref(), &body, None);
     assert!(unwrapped.facts.signature.unwrap().opaque);
-    assert_eq!(unwrapped.mic, ReceivedContentMic::compute(MicAlgorithm::Sha256, &entity).unwrap());
+    assert_eq!(
+        unwrapped.mic,
+        ReceivedContentMic::compute(MicAlgorithm::Sha256, &entity).unwrap()
+    );
 }
 
 #[test]
@@ -160,7 +246,20 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
     for (flag, cipher) in CIPHERS {
         for oaep in [false, true] {
             for stream in [false, true] {
-                let mut args = vec!["cms", "-encrypt", "-binary", "-in", "entity.txt", flag, "-recip", "receiver.pem", "-outform", "DER", "-out", "encrypted.der"];
+                let mut args = vec![
+                    "cms",
+                    "-encrypt",
+                    "-binary",
+                    "-in",
+                    "entity.txt",
+                    flag,
+                    "-recip",
+                    "receiver.pem",
+                    "-outform",
+                    "DER",
+                    "-out",
+                    "encrypted.der",
+                ];
                 if oaep {
                     args.extend(["-keyopt", "rsa_padding_mode:oaep"]);
                 }
@@ -169,15 +268,30 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
                 }
                 workspace.openssl(&args);
                 let body = workspace.read("encrypted.der");
-                let smime_type = if cipher.is_authenticated() { "authEnveloped-data" } else { "enveloped-data" };
-                let content_type = format!("application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m");
+                let smime_type = if cipher.is_authenticated() {
+                    "authEnveloped-data"
+                } else {
+                    "enveloped-data"
+                };
+                let content_type =
+                    format!("application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m");
                 let unwrapped = workspace.unwrap(&content_type, &body, None);
                 let encryption = unwrapped.facts.encryption.unwrap();
-                assert_eq!(encryption.cipher, cipher, "{flag} oaep={oaep} stream={stream}");
-                let transport = if oaep { KeyTransport::RsaOaep(MicAlgorithm::Sha1) } else { KeyTransport::RsaPkcs1v15 };
+                assert_eq!(
+                    encryption.cipher, cipher,
+                    "{flag} oaep={oaep} stream={stream}"
+                );
+                let transport = if oaep {
+                    KeyTransport::RsaOaep(MicAlgorithm::Sha1)
+                } else {
+                    KeyTransport::RsaPkcs1v15
+                };
                 assert_eq!(encryption.key_transport, transport);
                 assert_eq!(unwrapped.payload.data, common::payload(2500));
-                assert_eq!(unwrapped.mic, ReceivedContentMic::compute(MicAlgorithm::Sha1, &entity).unwrap());
+                assert_eq!(
+                    unwrapped.mic,
+                    ReceivedContentMic::compute(MicAlgorithm::Sha1, &entity).unwrap()
+                );
             }
         }
     }
@@ -186,19 +300,67 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
 #[test]
 fn openssl_signed_then_encrypted_messages_unwrap() {
     let (workspace, entity) = Workspace::with_entity();
-    workspace.openssl(&["cms", "-sign", "-binary", "-in", "entity.txt", "-signer", "sender.pem", "-inkey", "sender.key", "-md", "sha384", "-keyopt", "rsa_padding_mode:pss", "-out", "signed.eml"]);
-    workspace.openssl(&["cms", "-encrypt", "-binary", "-in", "signed.eml", "-aes-256-gcm", "-recip", "receiver.pem", "-keyopt", "rsa_padding_mode:oaep", "-outform", "DER", "-out", "encrypted.der"]);
+    workspace.openssl(&[
+        "cms",
+        "-sign",
+        "-binary",
+        "-in",
+        "entity.txt",
+        "-signer",
+        "sender.pem",
+        "-inkey",
+        "sender.key",
+        "-md",
+        "sha384",
+        "-keyopt",
+        "rsa_padding_mode:pss",
+        "-out",
+        "signed.eml",
+    ]);
+    workspace.openssl(&[
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-in",
+        "signed.eml",
+        "-aes-256-gcm",
+        "-recip",
+        "receiver.pem",
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-outform",
+        "DER",
+        "-out",
+        "encrypted.der",
+    ]);
     let body = workspace.read("encrypted.der");
-    let unwrapped = workspace.unwrap("application/pkcs7-mime; smime-type=authEnveloped-data", &body, None);
-    assert_eq!(unwrapped.mic, ReceivedContentMic::compute(MicAlgorithm::Sha384, &entity).unwrap());
-    assert_eq!(unwrapped.facts.encryption.unwrap().cipher, ContentCipher::Aes256Gcm);
-    assert_eq!(unwrapped.facts.signature.unwrap().scheme, SignatureScheme::RsaPss);
+    let unwrapped = workspace.unwrap(
+        "application/pkcs7-mime; smime-type=authEnveloped-data",
+        &body,
+        None,
+    );
+    assert_eq!(
+        unwrapped.mic,
+        ReceivedContentMic::compute(MicAlgorithm::Sha384, &entity).unwrap()
+    );
+    assert_eq!(
+        unwrapped.facts.encryption.unwrap().cipher,
+        ContentCipher::Aes256Gcm
+    );
+    assert_eq!(
+        unwrapped.facts.signature.unwrap().scheme,
+        SignatureScheme::RsaPss
+    );
 }
 
 #[test]
 fn openssl_verifies_and_decrypts_what_we_build() {
     let workspace = Workspace::new();
-    let (from, to, id) = (As2Id::new("sender").unwrap(), As2Id::new("receiver").unwrap(), MessageId::generate("x").unwrap());
+    let (from, to, id) = (
+        As2Id::new("sender").unwrap(),
+        As2Id::new("receiver").unwrap(),
+        MessageId::generate("x").unwrap(),
+    );
     // OpenSSL's S/MIME reader rewrites line ends, so this payload is CRLF-only.
     let payload: Vec<u8> = b"UNB+UNOA:2+SENDER+RECEIVER+260101:1200+1'\r\n".repeat(40);
     let base = OutboundMessage {
@@ -216,24 +378,81 @@ fn openssl_verifies_and_decrypts_what_we_build() {
     };
     for (_, digest) in DIGESTS {
         for scheme in [SignatureScheme::RsaPkcs1v15, SignatureScheme::RsaPss] {
-            let message = OutboundMessage { signing: Some(Signing { identity: &workspace.sender, digest, scheme }), ..base.clone() };
+            let message = OutboundMessage {
+                signing: Some(Signing {
+                    identity: &workspace.sender,
+                    digest,
+                    scheme,
+                }),
+                ..base.clone()
+            };
             let built = outbound::build_message(&message).unwrap();
-            let smime = [format!("Content-Type: {}\r\n\r\n", built.header("Content-Type").unwrap()).as_bytes(), &built.body].concat();
+            let smime = [
+                format!(
+                    "Content-Type: {}\r\n\r\n",
+                    built.header("Content-Type").unwrap()
+                )
+                .as_bytes(),
+                &built.body,
+            ]
+            .concat();
             workspace.write("ours.eml", &smime);
             // Without -binary: OpenSSL's binary-mode S/MIME reader alters line ends; our
             // payload is CRLF-only, so its canonical form is the exact bytes we signed.
-            workspace.openssl(&["cms", "-verify", "-in", "ours.eml", "-certfile", "sender.pem", "-CAfile", "sender.pem", "-out", "verified.txt"]);
-            assert!(workspace.read("verified.txt").ends_with(&payload), "{digest} {scheme}");
+            workspace.openssl(&[
+                "cms",
+                "-verify",
+                "-in",
+                "ours.eml",
+                "-certfile",
+                "sender.pem",
+                "-CAfile",
+                "sender.pem",
+                "-out",
+                "verified.txt",
+            ]);
+            assert!(
+                workspace.read("verified.txt").ends_with(&payload),
+                "{digest} {scheme}"
+            );
         }
     }
-    let transports = [KeyTransport::RsaPkcs1v15, KeyTransport::RsaOaep(MicAlgorithm::Sha1), KeyTransport::RsaOaep(MicAlgorithm::Sha256)];
+    let transports = [
+        KeyTransport::RsaPkcs1v15,
+        KeyTransport::RsaOaep(MicAlgorithm::Sha1),
+        KeyTransport::RsaOaep(MicAlgorithm::Sha256),
+    ];
     for (_, cipher) in CIPHERS {
         for key_transport in transports {
-            let message = OutboundMessage { encryption: Some(Encryption { recipient: &workspace.receiver.certificate, cipher, key_transport }), ..base.clone() };
+            let message = OutboundMessage {
+                encryption: Some(Encryption {
+                    recipient: &workspace.receiver.certificate,
+                    cipher,
+                    key_transport,
+                }),
+                ..base.clone()
+            };
             let built = outbound::build_message(&message).unwrap();
             workspace.write("ours.der", &built.body);
-            workspace.openssl(&["cms", "-decrypt", "-binary", "-inform", "DER", "-in", "ours.der", "-recip", "receiver.pem", "-inkey", "receiver.key", "-out", "decrypted.txt"]);
-            assert!(workspace.read("decrypted.txt").ends_with(&payload), "{cipher} {key_transport}");
+            workspace.openssl(&[
+                "cms",
+                "-decrypt",
+                "-binary",
+                "-inform",
+                "DER",
+                "-in",
+                "ours.der",
+                "-recip",
+                "receiver.pem",
+                "-inkey",
+                "receiver.key",
+                "-out",
+                "decrypted.txt",
+            ]);
+            assert!(
+                workspace.read("decrypted.txt").ends_with(&payload),
+                "{cipher} {key_transport}"
+            );
         }
     }
 }

@@ -6,13 +6,16 @@ mod common;
 
 use std::sync::OnceLock;
 
+use as2_protocol::ReceivedContentMic;
 use as2_protocol::cms::{self, ContentCipher, Identity, KeyTransport, SignatureScheme};
-use as2_protocol::headers::{As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm, ReceiptDeliveryOption};
+use as2_protocol::headers::{
+    As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
+    ReceiptDeliveryOption,
+};
 use as2_protocol::mdn::{self, Disposition, MdnVerification};
 use as2_protocol::mime::{self, ContentType, Entity, MimeLimits, Multipart};
 use as2_protocol::outbound::{self, CompressionOrder, Encryption, OutboundMessage, Signing};
 use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
-use as2_protocol::ReceivedContentMic;
 use proptest::prelude::*;
 
 struct Keys {
@@ -27,7 +30,11 @@ fn keys() -> &'static Keys {
     KEYS.get_or_init(|| {
         let sender = common::identity("sender");
         let receiver = common::identity("receiver");
-        let (from, to, id) = (As2Id::new("a").unwrap(), As2Id::new("b").unwrap(), MessageId::parse("<p@x>").unwrap());
+        let (from, to, id) = (
+            As2Id::new("a").unwrap(),
+            As2Id::new("b").unwrap(),
+            MessageId::parse("<p@x>").unwrap(),
+        );
         let payload = common::payload(400);
         let built = outbound::build_message(&OutboundMessage {
             as2_from: &from,
@@ -37,23 +44,47 @@ fn keys() -> &'static Keys {
             payload: &payload,
             content_type: "application/edi-x12",
             filename: Some("x.edi"),
-            signing: Some(Signing { identity: &sender, digest: MicAlgorithm::Sha256, scheme: SignatureScheme::RsaPkcs1v15 }),
-            encryption: Some(Encryption { recipient: &receiver.certificate, cipher: ContentCipher::Aes128Cbc, key_transport: KeyTransport::RsaPkcs1v15 }),
+            signing: Some(Signing {
+                identity: &sender,
+                digest: MicAlgorithm::Sha256,
+                scheme: SignatureScheme::RsaPkcs1v15,
+            }),
+            encryption: Some(Encryption {
+                recipient: &receiver.certificate,
+                cipher: ContentCipher::Aes128Cbc,
+                key_transport: KeyTransport::RsaPkcs1v15,
+            }),
             compression: Some(CompressionOrder::AfterSigning),
             mdn: None,
         })
         .unwrap();
-        let headers = As2RequestHeaders::parse(built.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap();
-        Keys { sender, receiver, message: (headers, built.body) }
+        let headers =
+            As2RequestHeaders::parse(built.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                .unwrap();
+        Keys {
+            sender,
+            receiver,
+            message: (headers, built.body),
+        }
     })
 }
 
 fn unwrap_any(content_type: &str, body: &[u8]) {
     let keys = keys();
-    let headers = As2RequestHeaders::parse([("AS2-From", "a"), ("AS2-To", "b"), ("Message-ID", "<1@x>"), ("Content-Type", content_type)]).unwrap();
+    let headers = As2RequestHeaders::parse([
+        ("AS2-From", "a"),
+        ("AS2-To", "b"),
+        ("Message-ID", "<1@x>"),
+        ("Content-Type", content_type),
+    ])
+    .unwrap();
     let identities = [keys.receiver.clone()];
     let certificates = [keys.sender.certificate.clone()];
-    let _ = unwrap_message(&headers, body, &UnwrapContext::new(&identities, &certificates));
+    let _ = unwrap_message(
+        &headers,
+        body,
+        &UnwrapContext::new(&identities, &certificates),
+    );
 }
 
 const CONTENT_TYPES: [&str; 7] = [

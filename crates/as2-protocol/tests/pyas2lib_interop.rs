@@ -15,7 +15,9 @@ use std::process::{Command, Stdio};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mdn::{self, MdnReport, MdnToSend, MdnVerification};
-use as2_protocol::outbound::{self, CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing};
+use as2_protocol::outbound::{
+    self, CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing,
+};
 use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
 use as2_protocol::{As2Error, DispositionStatus};
 use base64::Engine as _;
@@ -49,9 +51,18 @@ fn peer(command: &str, request: &Value) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the pyas2lib peer");
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "pyas2lib peer {command} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "pyas2lib peer {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -65,7 +76,10 @@ const THEIR_ID: &str = "pyas2lib";
 
 impl Parties {
     fn new() -> Self {
-        Self { ours: common::identity("gateway"), theirs: common::identity("pyas2lib") }
+        Self {
+            ours: common::identity("gateway"),
+            theirs: common::identity("pyas2lib"),
+        }
     }
 
     /// Keys for a request in which pyas2lib is the sender and we receive.
@@ -102,7 +116,12 @@ fn headers_of(value: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|pair| (pair[0].as_str().unwrap().to_owned(), pair[1].as_str().unwrap().to_owned()))
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -111,7 +130,11 @@ fn headers_json(headers: &[(String, String)]) -> Value {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap()
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .unwrap()
 }
 
 fn decode(value: &Value) -> Vec<u8> {
@@ -126,8 +149,21 @@ fn payload() -> Vec<u8> {
 #[test]
 fn pyas2lib_messages_unwrap_with_the_mic_pyas2lib_computes() {
     let parties = Parties::new();
-    let digests: [Option<&str>; 6] = [None, Some("sha1"), Some("sha224"), Some("sha256"), Some("sha384"), Some("sha512")];
-    let ciphers = [None, Some("tripledes_192_cbc"), Some("aes_128_cbc"), Some("aes_192_cbc"), Some("aes_256_cbc")];
+    let digests: [Option<&str>; 6] = [
+        None,
+        Some("sha1"),
+        Some("sha224"),
+        Some("sha256"),
+        Some("sha384"),
+        Some("sha512"),
+    ];
+    let ciphers = [
+        None,
+        Some("tripledes_192_cbc"),
+        Some("aes_128_cbc"),
+        Some("aes_192_cbc"),
+        Some("aes_256_cbc"),
+    ];
     let mut requests = Vec::new();
     for digest in digests {
         for cipher in ciphers {
@@ -155,24 +191,42 @@ fn pyas2lib_messages_unwrap_with_the_mic_pyas2lib_computes() {
     let context = UnwrapContext::new(&identities, &certificates);
     for (request, message) in requests.iter().zip(built.as_array().unwrap()) {
         let headers = headers_of(&message["headers"]);
-        let parsed = As2RequestHeaders::parse(headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap();
+        let parsed =
+            As2RequestHeaders::parse(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                .unwrap();
         assert_eq!(parsed.as2_to.as_str(), OUR_ID);
         let unwrapped = unwrap_message(&parsed, &decode(&message["body_b64"]), &context)
             .unwrap_or_else(|e| panic!("{request}: {e}"));
         assert_eq!(unwrapped.payload.data, payload(), "{request}");
         assert_eq!(unwrapped.payload.filename.as_deref(), Some("orders.edi"));
-        assert_eq!(unwrapped.facts.signature.is_some(), request["sign"].as_bool().unwrap());
-        assert_eq!(unwrapped.facts.encryption.is_some(), request["encrypt"].as_bool().unwrap());
-        assert_eq!(unwrapped.facts.compression.is_some(), request["compress"].as_bool().unwrap());
+        assert_eq!(
+            unwrapped.facts.signature.is_some(),
+            request["sign"].as_bool().unwrap()
+        );
+        assert_eq!(
+            unwrapped.facts.encryption.is_some(),
+            request["encrypt"].as_bool().unwrap()
+        );
+        assert_eq!(
+            unwrapped.facts.compression.is_some(),
+            request["compress"].as_bool().unwrap()
+        );
         if let Some(mic) = message["mic"].as_str() {
             assert_eq!(unwrapped.mic.digest_base64(), mic, "{request}");
-            let digest = MicAlgorithm::parse_lenient(message["digest_alg"].as_str().unwrap()).unwrap();
+            let digest =
+                MicAlgorithm::parse_lenient(message["digest_alg"].as_str().unwrap()).unwrap();
             assert_eq!(unwrapped.mic.algorithm, digest);
         }
     }
 }
 
-fn our_message(parties: &Parties, signing: Option<MicAlgorithm>, cipher: Option<ContentCipher>, compression: Option<CompressionOrder>, mdn_algorithms: Vec<MicAlgorithm>) -> outbound::BuiltMessage {
+fn our_message(
+    parties: &Parties,
+    signing: Option<MicAlgorithm>,
+    cipher: Option<ContentCipher>,
+    compression: Option<CompressionOrder>,
+    mdn_algorithms: Vec<MicAlgorithm>,
+) -> outbound::BuiltMessage {
     let (from, to) = (As2Id::new(OUR_ID).unwrap(), As2Id::new(THEIR_ID).unwrap());
     let message_id = MessageId::generate("gateway.test").unwrap();
     let payload = payload();
@@ -184,10 +238,22 @@ fn our_message(parties: &Parties, signing: Option<MicAlgorithm>, cipher: Option<
         payload: &payload,
         content_type: "application/EDIFACT",
         filename: Some("orders.edi"),
-        signing: signing.map(|digest| Signing { identity: &parties.ours, digest, scheme: SignatureScheme::RsaPkcs1v15 }),
-        encryption: cipher.map(|cipher| Encryption { recipient: &parties.theirs.certificate, cipher, key_transport: KeyTransport::RsaPkcs1v15 }),
+        signing: signing.map(|digest| Signing {
+            identity: &parties.ours,
+            digest,
+            scheme: SignatureScheme::RsaPkcs1v15,
+        }),
+        encryption: cipher.map(|cipher| Encryption {
+            recipient: &parties.theirs.certificate,
+            cipher,
+            key_transport: KeyTransport::RsaPkcs1v15,
+        }),
         compression,
-        mdn: Some(MdnRequest { disposition_notification_to: "mdn@gateway.test".into(), signed_receipt_algorithms: mdn_algorithms, receipt_delivery_option: None }),
+        mdn: Some(MdnRequest {
+            disposition_notification_to: "mdn@gateway.test".into(),
+            signed_receipt_algorithms: mdn_algorithms,
+            receipt_delivery_option: None,
+        }),
     })
     .unwrap()
 }
@@ -195,8 +261,20 @@ fn our_message(parties: &Parties, signing: Option<MicAlgorithm>, cipher: Option<
 #[test]
 fn our_messages_unwrap_in_pyas2lib_and_its_mdns_verify_here() {
     let parties = Parties::new();
-    let digests = [MicAlgorithm::Sha1, MicAlgorithm::Sha224, MicAlgorithm::Sha256, MicAlgorithm::Sha384, MicAlgorithm::Sha512];
-    let ciphers = [None, Some(ContentCipher::TripleDesCbc), Some(ContentCipher::Aes128Cbc), Some(ContentCipher::Aes192Cbc), Some(ContentCipher::Aes256Cbc)];
+    let digests = [
+        MicAlgorithm::Sha1,
+        MicAlgorithm::Sha224,
+        MicAlgorithm::Sha256,
+        MicAlgorithm::Sha384,
+        MicAlgorithm::Sha512,
+    ];
+    let ciphers = [
+        None,
+        Some(ContentCipher::TripleDesCbc),
+        Some(ContentCipher::Aes128Cbc),
+        Some(ContentCipher::Aes192Cbc),
+        Some(ContentCipher::Aes256Cbc),
+    ];
     let mut cases = Vec::new();
     for (index, digest) in digests.into_iter().enumerate() {
         for cipher in ciphers {
@@ -205,7 +283,13 @@ fn our_messages_unwrap_in_pyas2lib_and_its_mdns_verify_here() {
                 1 => Some(CompressionOrder::BeforeSigning),
                 _ => Some(CompressionOrder::AfterSigning),
             };
-            cases.push(our_message(&parties, Some(digest), cipher, compression, vec![digest]));
+            cases.push(our_message(
+                &parties,
+                Some(digest),
+                cipher,
+                compression,
+                vec![digest],
+            ));
         }
     }
     let requests: Vec<Value> = cases
@@ -214,18 +298,41 @@ fn our_messages_unwrap_in_pyas2lib_and_its_mdns_verify_here() {
         .collect();
     let responses = peer("parse", &Value::Array(requests));
     let certificates = [parties.theirs.certificate.clone()];
-    let verification = MdnVerification { partner_certificates: &certificates, allow_md5: false, check_certificate_validity: true, require_signature: true };
+    let verification = MdnVerification {
+        partner_certificates: &certificates,
+        allow_md5: false,
+        check_certificate_validity: true,
+        require_signature: true,
+    };
     for (built, response) in cases.iter().zip(responses.as_array().unwrap()) {
         assert_eq!(response["status"], "processed", "{response}");
         assert_eq!(decode(&response["payload_b64"]), payload());
-        assert_eq!(response["mic"].as_str().unwrap(), built.expected_mic.digest_base64());
+        assert_eq!(
+            response["mic"].as_str().unwrap(),
+            built.expected_mic.digest_base64()
+        );
 
         let mdn_headers = headers_of(&response["mdn"]["headers"]);
         let mdn_body = decode(&response["mdn"]["body_b64"]);
-        let parsed = mdn::parse_mdn(header(&mdn_headers, "Content-Type"), &mdn_body, &verification).unwrap();
-        assert_eq!(parsed.report.disposition.status, DispositionStatus::Processed);
-        assert!(parsed.mic_matches(&built.expected_mic), "{:?}", parsed.report);
-        assert_eq!(parsed.report.original_message_id.trim_matches(['<', '>']), header(&built.headers, "Message-ID").trim_matches(['<', '>']));
+        let parsed = mdn::parse_mdn(
+            header(&mdn_headers, "Content-Type"),
+            &mdn_body,
+            &verification,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.report.disposition.status,
+            DispositionStatus::Processed
+        );
+        assert!(
+            parsed.mic_matches(&built.expected_mic),
+            "{:?}",
+            parsed.report
+        );
+        assert_eq!(
+            parsed.report.original_message_id.trim_matches(['<', '>']),
+            header(&built.headers, "Message-ID").trim_matches(['<', '>'])
+        );
         assert!(parsed.signature.is_some());
     }
 }
@@ -235,7 +342,12 @@ fn our_mdns_parse_and_verify_in_pyas2lib() {
     let parties = Parties::new();
     let mut requests = Vec::new();
     let mut expectations = Vec::new();
-    for (digest, signed_mdn) in [("sha256", true), ("sha1", true), ("sha512", true), ("sha384", false)] {
+    for (digest, signed_mdn) in [
+        ("sha256", true),
+        ("sha1", true),
+        ("sha512", true),
+        ("sha384", false),
+    ] {
         let build_request = merge(
             parties.pyas2lib_sends(),
             json!({
@@ -246,13 +358,24 @@ fn our_mdns_parse_and_verify_in_pyas2lib() {
         );
         let message = peer("build", &build_request);
         let headers = headers_of(&message["headers"]);
-        let parsed = As2RequestHeaders::parse(headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap();
+        let parsed =
+            As2RequestHeaders::parse(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                .unwrap();
         let identities = [parties.ours.clone()];
         let certificates = [parties.theirs.certificate.clone()];
-        let outcome = unwrap_message(&parsed, &decode(&message["body_b64"]), &UnwrapContext::new(&identities, &certificates));
+        let outcome = unwrap_message(
+            &parsed,
+            &decode(&message["body_b64"]),
+            &UnwrapContext::new(&identities, &certificates),
+        );
         let unwrapped = outcome.as_ref().unwrap();
-        assert_eq!(unwrapped.mic.digest_base64(), message["mic"].as_str().unwrap());
-        let signing = mdn::receipt_signing_algorithm(parsed.disposition_notification_options.as_ref(), false).unwrap();
+        assert_eq!(
+            unwrapped.mic.digest_base64(),
+            message["mic"].as_str().unwrap()
+        );
+        let signing =
+            mdn::receipt_signing_algorithm(parsed.disposition_notification_options.as_ref(), false)
+                .unwrap();
         assert_eq!(signing.is_some(), signed_mdn);
         // Both outcomes: the processed MDN and an error MDN for the same message.
         let error = As2Error::DecryptionFailed("test".into());
@@ -278,12 +401,20 @@ fn our_mdns_parse_and_verify_in_pyas2lib() {
                     "mdn_digest_alg": if signed_mdn { Some(digest) } else { None },
                 }),
             ));
-            expectations.push((result.is_ok(), parsed.message_id.without_brackets().to_owned()));
+            expectations.push((
+                result.is_ok(),
+                parsed.message_id.without_brackets().to_owned(),
+            ));
         }
     }
     let responses = peer("parse_mdn", &Value::Array(requests));
-    for ((processed, message_id), response) in expectations.iter().zip(responses.as_array().unwrap()) {
-        assert_eq!(response["original_message_id"].as_str(), Some(message_id.as_str()));
+    for ((processed, message_id), response) in
+        expectations.iter().zip(responses.as_array().unwrap())
+    {
+        assert_eq!(
+            response["original_message_id"].as_str(),
+            Some(message_id.as_str())
+        );
         if *processed {
             assert_eq!(response["status"], "processed", "{response}");
             assert!(response["detailed_status"].is_null(), "{response}");

@@ -1,10 +1,13 @@
 //! The header value parsers.
 #![no_main]
 
-use as2_protocol::headers::{As2Id, As2RequestHeaders, As2Version, DispositionNotificationOptions, EdiintFeatures, MessageId, MicAlgorithm, ReceiptDeliveryOption};
+use as2_protocol::ReceivedContentMic;
+use as2_protocol::headers::{
+    As2Id, As2RequestHeaders, As2Version, DispositionNotificationOptions, EdiintFeatures,
+    MessageId, MicAlgorithm, ReceiptDeliveryOption,
+};
 use as2_protocol::mdn::Disposition;
 use as2_protocol::mime::ContentType;
-use as2_protocol::ReceivedContentMic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = ContentType::parse(text);
     let mut fields = text.splitn(3, '\n');
-    let (a, b, c) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-    let _ = As2RequestHeaders::parse([("AS2-From", a), ("AS2-To", b), ("Message-ID", c), ("Disposition-Notification-Options", c)]);
+    let (a, b, c) = (
+        fields.next().unwrap_or(""),
+        fields.next().unwrap_or(""),
+        fields.next().unwrap_or(""),
+    );
+    let _ = As2RequestHeaders::parse([
+        ("AS2-From", a),
+        ("AS2-To", b),
+        ("Message-ID", c),
+        ("Disposition-Notification-Options", c),
+    ]);
 });

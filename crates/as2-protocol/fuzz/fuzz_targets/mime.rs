@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // The first line (if short) doubles as a boundary for the body that follows.
     if let Some(newline) = data.iter().position(|b| *b == b'\n').filter(|n| *n < 70) {
-        if let (Ok(boundary), Some(body)) = (std::str::from_utf8(&data[..newline]), data.get(newline + 1..)) {
+        if let (Ok(boundary), Some(body)) = (
+            std::str::from_utf8(&data[..newline]),
+            data.get(newline + 1..),
+        ) {
             let _ = Multipart::parse(body, boundary.trim_end_matches('\r'), &limits);
         }
     }

@@ -37,10 +37,17 @@ fn identity() -> &'static Identity {
         builder.set_subject_name(&name).expect("subject");
         builder.set_issuer_name(&name).expect("issuer");
         builder.set_pubkey(&key).expect("pubkey");
-        builder.set_not_before(&Asn1Time::days_from_now(0).expect("time")).expect("not before");
-        builder.set_not_after(&Asn1Time::days_from_now(30).expect("time")).expect("not after");
+        builder
+            .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+            .expect("not before");
+        builder
+            .set_not_after(&Asn1Time::days_from_now(30).expect("time"))
+            .expect("not after");
         builder.sign(&key, MessageDigest::sha256()).expect("sign");
-        Identity { key, certificate: builder.build() }
+        Identity {
+            key,
+            certificate: builder.build(),
+        }
     })
 }
 
@@ -63,6 +70,11 @@ fuzz_target!(|data: &[u8]| {
     let mut context = UnwrapContext::new(identities, certificates);
     context.limits.max_decompressed_size = 1 << 20;
     let _ = unwrap_message(&headers, body, &context);
-    let verification = MdnVerification { partner_certificates: certificates, allow_md5: false, check_certificate_validity: false, require_signature: false };
+    let verification = MdnVerification {
+        partner_certificates: certificates,
+        allow_md5: false,
+        check_certificate_validity: false,
+        require_signature: false,
+    };
     let _ = mdn::parse_mdn(content_type, body, &verification);
 });

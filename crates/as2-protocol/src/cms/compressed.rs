@@ -15,13 +15,17 @@ use crate::error::{As2Error, Result};
 pub fn decompress(data: &[u8], max_size: usize) -> Result<Vec<u8>> {
     let info = super::parse_content_info(data)?;
     if info.content_type != oid::COMPRESSED_DATA {
-        return Err(As2Error::UnsupportedFormat("CMS content is not CompressedData".into()));
+        return Err(As2Error::UnsupportedFormat(
+            "CMS content is not CompressedData".into(),
+        ));
     }
     let mut fields = info.content.children();
     fields.expect(der::TAG_INTEGER, "version")?;
     let (algorithm, _) = super::read_algorithm(&mut fields, "compressionAlgorithm")?;
     if algorithm != oid::ZLIB {
-        return Err(As2Error::DecompressionFailed("compression algorithm other than zlib".into()));
+        return Err(As2Error::DecompressionFailed(
+            "compression algorithm other than zlib".into(),
+        ));
     }
     let encapsulated = fields.expect(der::TAG_SEQUENCE, "encapContentInfo")?;
     let mut encapsulated_fields = encapsulated.children();
@@ -38,7 +42,9 @@ pub fn decompress(data: &[u8], max_size: usize) -> Result<Vec<u8>> {
 }
 
 fn inflate(compressed: &[u8], max_size: usize) -> Result<Vec<u8>> {
-    let limit = u64::try_from(max_size).unwrap_or(u64::MAX).saturating_add(1);
+    let limit = u64::try_from(max_size)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     let mut output = Vec::with_capacity(compressed.len().saturating_mul(4).min(max_size));
     ZlibDecoder::new(compressed)
         .take(limit)
@@ -54,16 +60,24 @@ fn inflate(compressed: &[u8], max_size: usize) -> Result<Vec<u8>> {
 
 /// Compresses `content` into a DER ContentInfo holding CompressedData.
 pub fn compress(content: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = ZlibEncoder::new(Vec::with_capacity(content.len() / 2 + 64), Compression::default());
+    let mut encoder = ZlibEncoder::new(
+        Vec::with_capacity(content.len() / 2 + 64),
+        Compression::default(),
+    );
     encoder
         .write_all(content)
         .and_then(|()| encoder.flush())
         .map_err(|e| As2Error::InvalidArgument(format!("zlib: {e}")))?;
-    let compressed = encoder.finish().map_err(|e| As2Error::InvalidArgument(format!("zlib: {e}")))?;
+    let compressed = encoder
+        .finish()
+        .map_err(|e| As2Error::InvalidArgument(format!("zlib: {e}")))?;
     let compressed_data = der::sequence(&[
         &der::small_integer(0),
         &der::algorithm(oid::ZLIB, None),
-        &der::sequence(&[&der::oid(oid::DATA), &der::context(0, &der::octet_string(&compressed))]),
+        &der::sequence(&[
+            &der::oid(oid::DATA),
+            &der::context(0, &der::octet_string(&compressed)),
+        ]),
     ]);
     Ok(super::content_info(oid::COMPRESSED_DATA, &compressed_data))
 }
@@ -78,6 +92,9 @@ mod tests {
         let compressed = compress(&content).unwrap();
         assert!(compressed.len() < 10_000);
         assert_eq!(decompress(&compressed, 1_000_000).unwrap(), content);
-        assert!(matches!(decompress(&compressed, 999_999), Err(As2Error::DecompressionFailed(_))));
+        assert!(matches!(
+            decompress(&compressed, 999_999),
+            Err(As2Error::DecompressionFailed(_))
+        ));
     }
 }

@@ -88,9 +88,13 @@ pub fn decrypt(data: &[u8], identities: &[Identity]) -> Result<Decrypted> {
 const MAX_UNNAMED_ATTEMPTS: usize = 4;
 
 /// Recipients naming `certificate` first, then a few of the others.
-fn ordered_recipients<'e, 'a>(recipients: &'e [RecipientInfo<'a>], certificate: &X509) -> Vec<&'e RecipientInfo<'a>> {
-    let (mut named, others): (Vec<_>, Vec<_>) =
-        recipients.iter().partition(|r| super::identifies(&r.identifier, certificate));
+fn ordered_recipients<'e, 'a>(
+    recipients: &'e [RecipientInfo<'a>],
+    certificate: &X509,
+) -> Vec<&'e RecipientInfo<'a>> {
+    let (mut named, others): (Vec<_>, Vec<_>) = recipients
+        .iter()
+        .partition(|r| super::identifies(&r.identifier, certificate));
     named.extend(others.into_iter().take(MAX_UNNAMED_ATTEMPTS));
     named
 }
@@ -100,7 +104,11 @@ fn parse_envelope(data: &[u8]) -> Result<Envelope<'_>> {
     let authenticated = match info.content_type {
         t if t == oid::ENVELOPED_DATA => false,
         t if t == oid::AUTH_ENVELOPED_DATA => true,
-        _ => return Err(As2Error::UnsupportedFormat("CMS content is not (Auth)EnvelopedData".into())),
+        _ => {
+            return Err(As2Error::UnsupportedFormat(
+                "CMS content is not (Auth)EnvelopedData".into(),
+            ));
+        }
     };
     let mut fields = info.content.children();
     fields.expect(der::TAG_INTEGER, "version")?;
@@ -117,7 +125,10 @@ fn parse_envelope(data: &[u8]) -> Result<Envelope<'_>> {
             }
             bytes
         });
-        let mac = fields.expect(der::TAG_OCTET_STRING, "mac")?.octets()?.into_owned();
+        let mac = fields
+            .expect(der::TAG_OCTET_STRING, "mac")?
+            .octets()?
+            .into_owned();
         if tag_length.is_some_and(|length| length != mac.len()) {
             return Err(As2Error::cms("GCM tag length differs from its parameters"));
         }
@@ -126,9 +137,17 @@ fn parse_envelope(data: &[u8]) -> Result<Envelope<'_>> {
         None
     };
     if cipher.is_authenticated() != authenticated {
-        return Err(As2Error::UnsupportedAlgorithm("cipher does not fit the content type".into()));
+        return Err(As2Error::UnsupportedAlgorithm(
+            "cipher does not fit the content type".into(),
+        ));
     }
-    Ok(Envelope { recipients, cipher, iv, encrypted_content, authentication })
+    Ok(Envelope {
+        recipients,
+        cipher,
+        iv,
+        encrypted_content,
+        authentication,
+    })
 }
 
 fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
@@ -143,14 +162,25 @@ fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
         }
         let mut fields = recipient.children();
         fields.expect(der::TAG_INTEGER, "RecipientInfo version")?;
-        let identifier = fields.next()?.ok_or_else(|| As2Error::cms("missing recipient identifier"))?;
+        let identifier = fields
+            .next()?
+            .ok_or_else(|| As2Error::cms("missing recipient identifier"))?;
         let (algorithm, parameters) = super::read_algorithm(&mut fields, "keyEncryptionAlgorithm")?;
         let key_transport = key_transport(algorithm, parameters.as_ref())?;
-        let encrypted_key = fields.next()?.ok_or_else(|| As2Error::cms("missing encryptedKey"))?.octets()?;
-        recipients.push(RecipientInfo { identifier, key_transport, encrypted_key });
+        let encrypted_key = fields
+            .next()?
+            .ok_or_else(|| As2Error::cms("missing encryptedKey"))?
+            .octets()?;
+        recipients.push(RecipientInfo {
+            identifier,
+            key_transport,
+            encrypted_key,
+        });
     }
     if recipients.is_empty() {
-        return Err(As2Error::DecryptionFailed("no RSA key-transport recipient".into()));
+        return Err(As2Error::DecryptionFailed(
+            "no RSA key-transport recipient".into(),
+        ));
     }
     Ok(recipients)
 }
@@ -160,11 +190,15 @@ fn key_transport(algorithm: &[u8], parameters: Option<&Element<'_>>) -> Result<K
         return Ok(KeyTransport::RsaPkcs1v15);
     }
     if algorithm != oid::RSAES_OAEP {
-        return Err(As2Error::UnsupportedAlgorithm("key transport other than RSA".into()));
+        return Err(As2Error::UnsupportedAlgorithm(
+            "key transport other than RSA".into(),
+        ));
     }
     let parameters = super::read_rsa_parameters(parameters)?;
     if parameters.hash != parameters.mgf1_hash {
-        return Err(As2Error::UnsupportedAlgorithm("OAEP with different hash and MGF1 hash".into()));
+        return Err(As2Error::UnsupportedAlgorithm(
+            "OAEP with different hash and MGF1 hash".into(),
+        ));
     }
     if parameters.rest.iter().any(|field| field.tag == 0xa2) {
         return Err(As2Error::UnsupportedAlgorithm("OAEP with a label".into()));
@@ -182,7 +216,10 @@ fn parse_encrypted_content_info(element: &Element<'_>) -> Result<EncryptedConten
     let parameters = parameters.ok_or_else(|| As2Error::cms("cipher without parameters"))?;
     let (iv, tag_length) = if cipher.is_authenticated() {
         let mut gcm = parameters.children();
-        let nonce = gcm.expect(der::TAG_OCTET_STRING, "GCM nonce")?.octets()?.into_owned();
+        let nonce = gcm
+            .expect(der::TAG_OCTET_STRING, "GCM nonce")?
+            .octets()?
+            .into_owned();
         let tag_length = match gcm.next()? {
             Some(length) => usize::try_from(length.small_uint()?).unwrap_or(usize::MAX),
             None => 12,
@@ -203,7 +240,11 @@ fn cipher_from_oid(algorithm: &[u8]) -> Result<ContentCipher> {
         .iter()
         .find(|(_, o)| *o == algorithm)
         .map(|(cipher, _)| *cipher)
-        .ok_or_else(|| As2Error::UnsupportedAlgorithm("content cipher (RC2, RC4 and others are not supported)".into()))
+        .ok_or_else(|| {
+            As2Error::UnsupportedAlgorithm(
+                "content cipher (RC2, RC4 and others are not supported)".into(),
+            )
+        })
 }
 
 const CIPHER_OIDS: [(ContentCipher, &[u8]); 7] = [
@@ -217,47 +258,78 @@ const CIPHER_OIDS: [(ContentCipher, &[u8]); 7] = [
 ];
 
 fn cipher_oid(cipher: ContentCipher) -> &'static [u8] {
-    CIPHER_OIDS.iter().find(|(c, _)| *c == cipher).map(|(_, o)| *o).unwrap_or(oid::AES256_CBC)
+    CIPHER_OIDS
+        .iter()
+        .find(|(c, _)| *c == cipher)
+        .map(|(_, o)| *o)
+        .unwrap_or(oid::AES256_CBC)
 }
 
 fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -> Result<Vec<u8>> {
-    let failed = |_| As2Error::DecryptionFailed("the content-encryption key does not decrypt with our key".into());
+    let failed = |_| {
+        As2Error::DecryptionFailed(
+            "the content-encryption key does not decrypt with our key".into(),
+        )
+    };
     let mut decrypter = Decrypter::new(key).map_err(failed)?;
     set_key_transport_padding!(decrypter, recipient.key_transport);
-    let length = decrypter.decrypt_len(&recipient.encrypted_key).map_err(failed)?;
+    let length = decrypter
+        .decrypt_len(&recipient.encrypted_key)
+        .map_err(failed)?;
     let mut plain = vec![0u8; length];
-    let written = decrypter.decrypt(&recipient.encrypted_key, &mut plain).map_err(failed)?;
+    let written = decrypter
+        .decrypt(&recipient.encrypted_key, &mut plain)
+        .map_err(failed)?;
     plain.truncate(written);
     Ok(plain)
 }
 
-
 fn decrypt_content(envelope: &Envelope<'_>, key: &[u8]) -> Result<Vec<u8>> {
     let cipher = envelope.cipher.openssl();
     if key.len() != cipher.key_len() {
-        return Err(As2Error::DecryptionFailed("content-encryption key has the wrong length".into()));
+        return Err(As2Error::DecryptionFailed(
+            "content-encryption key has the wrong length".into(),
+        ));
     }
     match &envelope.authentication {
         Some((aad, tag)) => {
             if envelope.iv.is_empty() || tag.len() < 12 || tag.len() > GCM_TAG_LENGTH {
-                return Err(As2Error::DecryptionFailed("bad GCM nonce or tag length".into()));
+                return Err(As2Error::DecryptionFailed(
+                    "bad GCM nonce or tag length".into(),
+                ));
             }
-            openssl::symm::decrypt_aead(cipher, key, Some(&envelope.iv), aad, &envelope.encrypted_content, tag)
-                .map_err(|_| As2Error::DecryptionFailed("GCM authentication failed".into()))
+            openssl::symm::decrypt_aead(
+                cipher,
+                key,
+                Some(&envelope.iv),
+                aad,
+                &envelope.encrypted_content,
+                tag,
+            )
+            .map_err(|_| As2Error::DecryptionFailed("GCM authentication failed".into()))
         }
         None => {
             if Some(envelope.iv.len()) != cipher.iv_len() {
                 return Err(As2Error::DecryptionFailed("IV has the wrong length".into()));
             }
             openssl::symm::decrypt(cipher, key, Some(&envelope.iv), &envelope.encrypted_content)
-                .map_err(|_| As2Error::DecryptionFailed("content does not decrypt (bad key or padding)".into()))
+                .map_err(|_| {
+                    As2Error::DecryptionFailed(
+                        "content does not decrypt (bad key or padding)".into(),
+                    )
+                })
         }
     }
 }
 
 /// Encrypts `content` for `recipient`; returns the DER ContentInfo (EnvelopedData for
 /// CBC ciphers, AuthEnvelopedData for GCM).
-pub fn encrypt(content: &[u8], recipient: &X509, cipher: ContentCipher, key_transport: KeyTransport) -> Result<Vec<u8>> {
+pub fn encrypt(
+    content: &[u8],
+    recipient: &X509,
+    cipher: ContentCipher,
+    key_transport: KeyTransport,
+) -> Result<Vec<u8>> {
     let openssl_cipher = cipher.openssl();
     let mut key = vec![0u8; openssl_cipher.key_len()];
     openssl::rand::rand_bytes(&mut key)?;
@@ -276,15 +348,28 @@ pub fn encrypt(content: &[u8], recipient: &X509, cipher: ContentCipher, key_tran
         let mut nonce = [0u8; GCM_NONCE_LENGTH];
         openssl::rand::rand_bytes(&mut nonce)?;
         let mut tag = [0u8; GCM_TAG_LENGTH];
-        let encrypted = openssl::symm::encrypt_aead(openssl_cipher, &key, Some(&nonce), &[], content, &mut tag)?;
-        let parameters = der::sequence(&[&der::octet_string(&nonce), &der::small_integer(GCM_TAG_LENGTH as u64)]);
+        let encrypted = openssl::symm::encrypt_aead(
+            openssl_cipher,
+            &key,
+            Some(&nonce),
+            &[],
+            content,
+            &mut tag,
+        )?;
+        let parameters = der::sequence(&[
+            &der::octet_string(&nonce),
+            &der::small_integer(GCM_TAG_LENGTH as u64),
+        ]);
         let auth_enveloped = der::sequence(&[
             &der::small_integer(0),
             &recipients,
             &encrypted_content_info(cipher, &parameters, &encrypted),
             &der::octet_string(&tag),
         ]);
-        return Ok(super::content_info(oid::AUTH_ENVELOPED_DATA, &auth_enveloped));
+        return Ok(super::content_info(
+            oid::AUTH_ENVELOPED_DATA,
+            &auth_enveloped,
+        ));
     }
     let mut iv = vec![0u8; openssl_cipher.iv_len().unwrap_or(16)];
     openssl::rand::rand_bytes(&mut iv)?;
@@ -308,13 +393,18 @@ fn encrypted_content_info(cipher: ContentCipher, parameters: &[u8], encrypted: &
 fn key_encryption_algorithm(transport: KeyTransport) -> Vec<u8> {
     match transport {
         KeyTransport::RsaPkcs1v15 => der::algorithm(oid::RSA_ENCRYPTION, Some(&der::null())),
-        KeyTransport::RsaOaep(digest) => {
-            der::algorithm(oid::RSAES_OAEP, Some(&super::write_rsa_parameters(digest, &[])))
-        }
+        KeyTransport::RsaOaep(digest) => der::algorithm(
+            oid::RSAES_OAEP,
+            Some(&super::write_rsa_parameters(digest, &[])),
+        ),
     }
 }
 
-fn encrypt_key<K: HasPublic>(public_key: &PKeyRef<K>, transport: KeyTransport, key: &[u8]) -> Result<Vec<u8>> {
+fn encrypt_key<K: HasPublic>(
+    public_key: &PKeyRef<K>,
+    transport: KeyTransport,
+    key: &[u8],
+) -> Result<Vec<u8>> {
     let mut encrypter = Encrypter::new(public_key)?;
     set_key_transport_padding!(encrypter, transport);
     let mut out = vec![0u8; encrypter.encrypt_len(key)?];

@@ -22,7 +22,9 @@ use crate::headers::MicAlgorithm;
 
 pub use compressed::{compress, decompress};
 pub use enveloped::{Decrypted, decrypt, encrypt};
-pub use signed::{SignOptions, VerifiedSignature, VerifyOptions, sign, verify_detached, verify_opaque};
+pub use signed::{
+    SignOptions, VerifiedSignature, VerifyOptions, sign, verify_detached, verify_opaque,
+};
 
 /// A private key with its certificate: ours, for decrypting and signing.
 #[derive(Clone)]
@@ -35,7 +37,11 @@ pub struct Identity {
 
 impl Identity {
     /// Loads a PEM private key (optionally encrypted with `passphrase`) and a PEM certificate.
-    pub fn from_pem(key_pem: &[u8], certificate_pem: &[u8], passphrase: Option<&[u8]>) -> Result<Self> {
+    pub fn from_pem(
+        key_pem: &[u8],
+        certificate_pem: &[u8],
+        passphrase: Option<&[u8]>,
+    ) -> Result<Self> {
         let key = match passphrase {
             Some(passphrase) => PKey::private_key_from_pem_passphrase(key_pem, passphrase)?,
             None => PKey::private_key_from_pem(key_pem)?,
@@ -47,7 +53,9 @@ impl Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("subject", &self.certificate.subject_name()).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("subject", &self.certificate.subject_name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,7 +182,10 @@ pub(crate) fn parse_content_info(data: &[u8]) -> Result<ContentInfo<'_>> {
         .children()
         .next()?
         .ok_or_else(|| As2Error::cms("empty content"))?;
-    Ok(ContentInfo { content_type, content })
+    Ok(ContentInfo {
+        content_type,
+        content,
+    })
 }
 
 pub(crate) fn content_info(content_type: &[u8], content: &[u8]) -> Vec<u8> {
@@ -182,7 +193,10 @@ pub(crate) fn content_info(content_type: &[u8], content: &[u8]) -> Vec<u8> {
 }
 
 /// Reads an AlgorithmIdentifier: its OID content and its parameters, if any.
-pub(crate) fn read_algorithm<'a>(reader: &mut Reader<'a>, what: &str) -> Result<(&'a [u8], Option<Element<'a>>)> {
+pub(crate) fn read_algorithm<'a>(
+    reader: &mut Reader<'a>,
+    what: &str,
+) -> Result<(&'a [u8], Option<Element<'a>>)> {
     let algorithm = reader.expect(der::TAG_SEQUENCE, what)?;
     let mut fields = algorithm.children();
     let oid = fields.expect(der::TAG_OID, what)?.content;
@@ -210,7 +224,10 @@ pub(crate) fn identifies(identifier: &Element<'_>, certificate: &X509) -> bool {
 }
 
 pub(crate) fn digest_from_oid(oid_content: &[u8]) -> Option<MicAlgorithm> {
-    oid::DIGESTS.iter().find(|(_, o)| *o == oid_content).map(|(alg, _)| *alg)
+    oid::DIGESTS
+        .iter()
+        .find(|(_, o)| *o == oid_content)
+        .map(|(alg, _)| *alg)
 }
 
 pub(crate) fn digest_oid(algorithm: MicAlgorithm) -> &'static [u8] {
@@ -229,7 +246,8 @@ pub(crate) fn hash_in_parameters(parameters: Option<&Element<'_>>) -> Result<Mic
     };
     let mut reader = Reader::new(parameters.raw);
     let (oid, _) = read_algorithm(&mut reader, "hash algorithm")?;
-    digest_from_oid(oid).ok_or_else(|| As2Error::UnsupportedAlgorithm("unknown hash in parameters".into()))
+    digest_from_oid(oid)
+        .ok_or_else(|| As2Error::UnsupportedAlgorithm("unknown hash in parameters".into()))
 }
 
 /// The (hash, mgf1-hash) parameters shared by RSASSA-PSS and RSAES-OAEP, plus the raw
@@ -240,8 +258,14 @@ pub(crate) struct RsaParameters<'a> {
     pub rest: Vec<Element<'a>>,
 }
 
-pub(crate) fn read_rsa_parameters<'a>(parameters: Option<&Element<'a>>) -> Result<RsaParameters<'a>> {
-    let mut result = RsaParameters { hash: MicAlgorithm::Sha1, mgf1_hash: MicAlgorithm::Sha1, rest: Vec::new() };
+pub(crate) fn read_rsa_parameters<'a>(
+    parameters: Option<&Element<'a>>,
+) -> Result<RsaParameters<'a>> {
+    let mut result = RsaParameters {
+        hash: MicAlgorithm::Sha1,
+        mgf1_hash: MicAlgorithm::Sha1,
+        rest: Vec::new(),
+    };
     let Some(parameters) = parameters else {
         return Ok(result);
     };
@@ -254,7 +278,9 @@ pub(crate) fn read_rsa_parameters<'a>(parameters: Option<&Element<'a>>) -> Resul
                 let mut reader = Reader::new(inner.raw);
                 let (mgf, mgf_parameters) = read_algorithm(&mut reader, "mask generation")?;
                 if mgf != oid::MGF1 {
-                    return Err(As2Error::UnsupportedAlgorithm("mask generation other than MGF1".into()));
+                    return Err(As2Error::UnsupportedAlgorithm(
+                        "mask generation other than MGF1".into(),
+                    ));
                 }
                 result.mgf1_hash = hash_in_parameters(mgf_parameters.as_ref())?;
             }
@@ -282,10 +308,14 @@ pub(crate) fn write_rsa_parameters(hash: MicAlgorithm, extra: &[&[u8]]) -> Vec<u
 pub(crate) fn check_validity(certificate: &X509) -> Result<()> {
     let now = openssl::asn1::Asn1Time::days_from_now(0)?;
     if certificate.not_before() > now {
-        return Err(As2Error::AuthenticationFailed("certificate is not yet valid".into()));
+        return Err(As2Error::AuthenticationFailed(
+            "certificate is not yet valid".into(),
+        ));
     }
     if certificate.not_after() < now {
-        return Err(As2Error::AuthenticationFailed("certificate has expired".into()));
+        return Err(As2Error::AuthenticationFailed(
+            "certificate has expired".into(),
+        ));
     }
     Ok(())
 }

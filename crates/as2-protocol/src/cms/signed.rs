@@ -62,7 +62,9 @@ struct SignerInfo<'a> {
 fn parse_signed_data(data: &[u8]) -> Result<SignedData<'_>> {
     let info = super::parse_content_info(data)?;
     if info.content_type != oid::SIGNED_DATA {
-        return Err(As2Error::UnsupportedFormat("CMS content is not SignedData".into()));
+        return Err(As2Error::UnsupportedFormat(
+            "CMS content is not SignedData".into(),
+        ));
     }
     let mut fields = info.content.children();
     fields.expect(der::TAG_INTEGER, "version")?;
@@ -72,7 +74,10 @@ fn parse_signed_data(data: &[u8]) -> Result<SignedData<'_>> {
     encapsulated_fields.expect(der::TAG_OID, "eContentType")?;
     let content = match encapsulated_fields.optional(0xa0)? {
         Some(explicit) => {
-            let octets = explicit.children().next()?.ok_or_else(|| As2Error::cms("empty eContent"))?;
+            let octets = explicit
+                .children()
+                .next()?
+                .ok_or_else(|| As2Error::cms("empty eContent"))?;
             Some(octets.octets()?)
         }
         None => None,
@@ -88,17 +93,25 @@ fn parse_signed_data(data: &[u8]) -> Result<SignedData<'_>> {
             return Err(As2Error::LimitExceeded("too many SignerInfos".into()));
         }
     }
-    Ok(SignedData { content, signer_infos })
+    Ok(SignedData {
+        content,
+        signer_infos,
+    })
 }
 
 fn parse_signer_info<'a>(element: &Element<'a>) -> Result<SignerInfo<'a>> {
     let mut fields = element.children();
     fields.expect(der::TAG_INTEGER, "SignerInfo version")?;
-    let identifier = fields.next()?.ok_or_else(|| As2Error::cms("missing signer identifier"))?;
+    let identifier = fields
+        .next()?
+        .ok_or_else(|| As2Error::cms("missing signer identifier"))?;
     let (digest_oid, _) = super::read_algorithm(&mut fields, "digestAlgorithm")?;
     let signed_attributes = fields.optional(0xa0)?;
-    let (signature_algorithm, signature_parameters) = super::read_algorithm(&mut fields, "signatureAlgorithm")?;
-    let signature = fields.next()?.ok_or_else(|| As2Error::cms("missing signature"))?;
+    let (signature_algorithm, signature_parameters) =
+        super::read_algorithm(&mut fields, "signatureAlgorithm")?;
+    let signature = fields
+        .next()?
+        .ok_or_else(|| As2Error::cms("missing signature"))?;
     if signature.tag & !0x20 != der::TAG_OCTET_STRING {
         return Err(As2Error::cms("signature is not an OCTET STRING"));
     }
@@ -117,13 +130,20 @@ fn parse_signer_info<'a>(element: &Element<'a>) -> Result<SignerInfo<'a>> {
 /// `candidates` are forms of the signed content, in order of preference: the exact
 /// received bytes first, then canonicalized fallbacks. Returns the verification facts and
 /// the index of the candidate that verified.
-pub fn verify_detached(signature: &[u8], candidates: &[&[u8]], options: &VerifyOptions<'_>) -> Result<(VerifiedSignature, usize)> {
+pub fn verify_detached(
+    signature: &[u8],
+    candidates: &[&[u8]],
+    options: &VerifyOptions<'_>,
+) -> Result<(VerifiedSignature, usize)> {
     let signed_data = parse_signed_data(signature)?;
     verify_signer_infos(&signed_data.signer_infos, candidates, options)
 }
 
 /// Verifies an opaque (enveloping) SignedData and returns the facts and the content.
-pub fn verify_opaque(data: &[u8], options: &VerifyOptions<'_>) -> Result<(VerifiedSignature, Vec<u8>)> {
+pub fn verify_opaque(
+    data: &[u8],
+    options: &VerifyOptions<'_>,
+) -> Result<(VerifiedSignature, Vec<u8>)> {
     let signed_data = parse_signed_data(data)?;
     let content = signed_data
         .content
@@ -133,7 +153,11 @@ pub fn verify_opaque(data: &[u8], options: &VerifyOptions<'_>) -> Result<(Verifi
     Ok((verified, content.to_vec()))
 }
 
-fn verify_signer_infos(signer_infos: &[SignerInfo<'_>], candidates: &[&[u8]], options: &VerifyOptions<'_>) -> Result<(VerifiedSignature, usize)> {
+fn verify_signer_infos(
+    signer_infos: &[SignerInfo<'_>],
+    candidates: &[&[u8]],
+    options: &VerifyOptions<'_>,
+) -> Result<(VerifiedSignature, usize)> {
     let mut last_error = As2Error::AuthenticationFailed("no SignerInfo".into());
     for signer in signer_infos {
         match verify_signer(signer, candidates, options) {
@@ -144,18 +168,27 @@ fn verify_signer_infos(signer_infos: &[SignerInfo<'_>], candidates: &[&[u8]], op
     Err(last_error)
 }
 
-fn verify_signer(signer: &SignerInfo<'_>, candidates: &[&[u8]], options: &VerifyOptions<'_>) -> Result<(VerifiedSignature, usize)> {
-    let digest = signer
-        .digest
-        .ok_or_else(|| As2Error::UnsupportedAlgorithm("unknown signature digest algorithm".into()))?;
+fn verify_signer(
+    signer: &SignerInfo<'_>,
+    candidates: &[&[u8]],
+    options: &VerifyOptions<'_>,
+) -> Result<(VerifiedSignature, usize)> {
+    let digest = signer.digest.ok_or_else(|| {
+        As2Error::UnsupportedAlgorithm("unknown signature digest algorithm".into())
+    })?;
     if digest == MicAlgorithm::Md5 && !options.allow_md5 {
-        return Err(As2Error::UnsupportedAlgorithm("MD5 signatures are not allowed for this partner".into()));
+        return Err(As2Error::UnsupportedAlgorithm(
+            "MD5 signatures are not allowed for this partner".into(),
+        ));
     }
     let scheme = signature_scheme(signer)?;
     // With signed attributes the signature covers them (and they carry the content's
     // digest); without, it covers the content itself.
     let covered = match &signer.signed_attributes {
-        Some(attributes) => Some((set_tagged(attributes), matching_candidate(attributes, digest, candidates)?)),
+        Some(attributes) => Some((
+            set_tagged(attributes),
+            matching_candidate(attributes, digest, candidates)?,
+        )),
         None => None,
     };
     let certificate_order = certificate_order(&signer.identifier, options.certificates);
@@ -172,7 +205,11 @@ fn verify_signer(signer: &SignerInfo<'_>, candidates: &[&[u8]], options: &Verify
         }
         let public_key = certificate.public_key()?;
         let verified = |data: &[u8]| verify_with_key(&public_key, scheme, digest, signer, data);
-        let facts = VerifiedSignature { digest, scheme, certificate_index: index };
+        let facts = VerifiedSignature {
+            digest,
+            scheme,
+            certificate_index: index,
+        };
         let found = match &covered {
             Some((attributes, index)) => verified(attributes)?.then_some(*index),
             None => candidates.iter().position(|c| verified(c).unwrap_or(false)),
@@ -180,7 +217,9 @@ fn verify_signer(signer: &SignerInfo<'_>, candidates: &[&[u8]], options: &Verify
         if let Some(index) = found {
             return Ok((facts, index));
         }
-        last_error = As2Error::AuthenticationFailed("signature does not verify with the partner certificate".into());
+        last_error = As2Error::AuthenticationFailed(
+            "signature does not verify with the partner certificate".into(),
+        );
     }
     Err(last_error)
 }
@@ -188,8 +227,11 @@ fn verify_signer(signer: &SignerInfo<'_>, candidates: &[&[u8]], options: &Verify
 /// Tries the certificates the SignerIdentifier names first, then the others (a partner
 /// may re-issue a certificate for the same key).
 fn certificate_order(identifier: &Element<'_>, certificates: &[X509]) -> Vec<usize> {
-    let (mut named, others): (Vec<usize>, Vec<usize>) =
-        (0..certificates.len()).partition(|i| certificates.get(*i).is_some_and(|c| super::identifies(identifier, c)));
+    let (mut named, others): (Vec<usize>, Vec<usize>) = (0..certificates.len()).partition(|i| {
+        certificates
+            .get(*i)
+            .is_some_and(|c| super::identifies(identifier, c))
+    });
     named.extend(others);
     named
 }
@@ -198,13 +240,23 @@ fn signature_scheme(signer: &SignerInfo<'_>) -> Result<SignatureScheme> {
     if signer.signature_algorithm == oid::RSASSA_PSS {
         return Ok(SignatureScheme::RsaPss);
     }
-    if signer.signature_algorithm == oid::RSA_ENCRYPTION || oid::RSA_WITH_DIGEST.contains(&signer.signature_algorithm) {
+    if signer.signature_algorithm == oid::RSA_ENCRYPTION
+        || oid::RSA_WITH_DIGEST.contains(&signer.signature_algorithm)
+    {
         return Ok(SignatureScheme::RsaPkcs1v15);
     }
-    Err(As2Error::UnsupportedAlgorithm("signature algorithm other than RSA".into()))
+    Err(As2Error::UnsupportedAlgorithm(
+        "signature algorithm other than RSA".into(),
+    ))
 }
 
-fn verify_with_key(key: &PKey<Public>, scheme: SignatureScheme, digest: MicAlgorithm, signer: &SignerInfo<'_>, data: &[u8]) -> Result<bool> {
+fn verify_with_key(
+    key: &PKey<Public>,
+    scheme: SignatureScheme,
+    digest: MicAlgorithm,
+    signer: &SignerInfo<'_>,
+    data: &[u8],
+) -> Result<bool> {
     let mut verifier = Verifier::new(digest.message_digest(), key)?;
     if scheme == SignatureScheme::RsaPss {
         let (mgf1_hash, salt_length) = pss_parameters(signer, digest)?;
@@ -213,7 +265,9 @@ fn verify_with_key(key: &PKey<Public>, scheme: SignatureScheme, digest: MicAlgor
         verifier.set_rsa_mgf1_md(mgf1_hash.message_digest())?;
     }
     // A malformed signature is a failed verification, not an internal error.
-    Ok(verifier.verify_oneshot(&signer.signature, data).unwrap_or(false))
+    Ok(verifier
+        .verify_oneshot(&signer.signature, data)
+        .unwrap_or(false))
 }
 
 /// The MGF1 hash and salt length of a PSS signature. Absent parameters would mean the
@@ -227,7 +281,9 @@ fn pss_parameters(signer: &SignerInfo<'_>, digest: MicAlgorithm) -> Result<(MicA
     };
     let parameters = super::read_rsa_parameters(Some(parameters))?;
     if parameters.hash != digest {
-        return Err(As2Error::AuthenticationFailed("PSS hash differs from the digest algorithm".into()));
+        return Err(As2Error::AuthenticationFailed(
+            "PSS hash differs from the digest algorithm".into(),
+        ));
     }
     Ok((parameters.mgf1_hash, pss_salt_length(&parameters.rest)?))
 }
@@ -254,16 +310,23 @@ fn set_tagged(attributes: &Element<'_>) -> Vec<u8> {
 }
 
 /// Finds the candidate content whose digest equals the messageDigest attribute.
-fn matching_candidate(attributes: &Element<'_>, digest: MicAlgorithm, candidates: &[&[u8]]) -> Result<usize> {
-    let expected = attribute_value(attributes, oid::ATTR_MESSAGE_DIGEST)?
-        .ok_or_else(|| As2Error::AuthenticationFailed("signed attributes lack messageDigest".into()))?;
+fn matching_candidate(
+    attributes: &Element<'_>,
+    digest: MicAlgorithm,
+    candidates: &[&[u8]],
+) -> Result<usize> {
+    let expected = attribute_value(attributes, oid::ATTR_MESSAGE_DIGEST)?.ok_or_else(|| {
+        As2Error::AuthenticationFailed("signed attributes lack messageDigest".into())
+    })?;
     let expected = expected.octets()?;
     for (index, candidate) in candidates.iter().enumerate() {
         if digest.digest(candidate)? == *expected {
             return Ok(index);
         }
     }
-    Err(As2Error::IntegrityCheckFailed("content digest does not match the signed messageDigest".into()))
+    Err(As2Error::IntegrityCheckFailed(
+        "content digest does not match the signed messageDigest".into(),
+    ))
 }
 
 fn attribute_value<'a>(attributes: &Element<'a>, wanted: &[u8]) -> Result<Option<Element<'a>>> {
@@ -288,7 +351,10 @@ pub fn sign(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<u8>> {
     let attributes = [
         attribute(oid::ATTR_CONTENT_TYPE, &der::oid(oid::DATA)),
         attribute(oid::ATTR_SIGNING_TIME, &signing_time()?),
-        attribute(oid::ATTR_MESSAGE_DIGEST, &der::octet_string(&message_digest)),
+        attribute(
+            oid::ATTR_MESSAGE_DIGEST,
+            &der::octet_string(&message_digest),
+        ),
     ];
     let attribute_refs: Vec<&[u8]> = attributes.iter().map(Vec::as_slice).collect();
     let signed_attributes = der::set_of(&attribute_refs);
@@ -308,7 +374,10 @@ pub fn sign(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<u8>> {
     let encapsulated = if options.detached {
         der::sequence(&[&der::oid(oid::DATA)])
     } else {
-        der::sequence(&[&der::oid(oid::DATA), &der::context(0, &der::octet_string(content))])
+        der::sequence(&[
+            &der::oid(oid::DATA),
+            &der::context(0, &der::octet_string(content)),
+        ])
     };
     let signed_data = der::sequence(&[
         &der::small_integer(1),
@@ -335,9 +404,13 @@ fn signature_algorithm(scheme: SignatureScheme, digest: MicAlgorithm) -> Vec<u8>
         SignatureScheme::RsaPkcs1v15 => der::algorithm(oid::RSA_ENCRYPTION, Some(&der::null())),
         SignatureScheme::RsaPss => {
             let salt_length = digest.message_digest().size() as u64;
-            let salt = (salt_length != 20).then(|| der::context(2, &der::small_integer(salt_length)));
+            let salt =
+                (salt_length != 20).then(|| der::context(2, &der::small_integer(salt_length)));
             let extra: Vec<&[u8]> = salt.iter().map(Vec::as_slice).collect();
-            der::algorithm(oid::RSASSA_PSS, Some(&super::write_rsa_parameters(digest, &extra)))
+            der::algorithm(
+                oid::RSASSA_PSS,
+                Some(&super::write_rsa_parameters(digest, &extra)),
+            )
         }
     }
 }
@@ -372,11 +445,16 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
