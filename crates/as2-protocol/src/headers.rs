@@ -544,6 +544,14 @@ impl fmt::Display for DispositionNotificationOptions {
     }
 }
 
+/// The value of the named header in a built header list (case-insensitive).
+pub(crate) fn find_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// The headers every AS2 message and MDN starts with: AS2-Version, EDIINT-Features,
 /// AS2-From, AS2-To, Message-ID and MIME-Version.
 pub(crate) fn as2_identity_headers(

@@ -327,10 +327,7 @@ pub struct BuiltMdn {
 impl BuiltMdn {
     /// The value of the named header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::headers::find_header(&self.headers, name)
     }
 }
 
@@ -362,26 +359,20 @@ pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
         "multipart/report; report-type=disposition-notification; boundary=\"{report_boundary}\""
     );
     let mut report_body = Vec::with_capacity(1024);
-    push_delimiter(&mut report_body, &report_boundary, false);
-    mime::push_header(
+    let text = [mdn.text.as_bytes(), b"\r\n\r\n"].concat();
+    push_report_part(
         &mut report_body,
-        "Content-Type",
+        &report_boundary,
         "text/plain; charset=us-ascii",
+        &text,
     );
-    mime::push_header(&mut report_body, "Content-Transfer-Encoding", "7bit");
-    report_body.extend_from_slice(b"\r\n");
-    report_body.extend_from_slice(mdn.text.as_bytes());
-    report_body.extend_from_slice(b"\r\n\r\n");
-    push_delimiter(&mut report_body, &report_boundary, false);
-    mime::push_header(
+    let fields = [mdn.report.to_fields().as_slice(), b"\r\n"].concat();
+    push_report_part(
         &mut report_body,
-        "Content-Type",
+        &report_boundary,
         "message/disposition-notification",
+        &fields,
     );
-    mime::push_header(&mut report_body, "Content-Transfer-Encoding", "7bit");
-    report_body.extend_from_slice(b"\r\n");
-    report_body.extend_from_slice(&mdn.report.to_fields());
-    report_body.extend_from_slice(b"\r\n");
     push_delimiter(&mut report_body, &report_boundary, true);
 
     let mut headers =
@@ -405,6 +396,15 @@ pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
     )?;
     headers.push(("Content-Type".to_owned(), content_type));
     Ok(BuiltMdn { headers, body })
+}
+
+/// One 7bit part of the report: delimiter, headers, blank line, content.
+fn push_report_part(out: &mut Vec<u8>, boundary: &str, content_type: &str, content: &[u8]) {
+    push_delimiter(out, boundary, false);
+    mime::push_header(out, "Content-Type", content_type);
+    mime::push_header(out, "Content-Transfer-Encoding", "7bit");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(content);
 }
 
 fn push_delimiter(out: &mut Vec<u8>, boundary: &str, closing: bool) {

@@ -95,10 +95,7 @@ pub struct BuiltMessage {
 impl BuiltMessage {
     /// The value of the named header (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::headers::find_header(&self.headers, name)
     }
 }
 

@@ -56,6 +56,27 @@ impl Workspace {
         (workspace, entity)
     }
 
+    /// `openssl cms -sign` over entity.txt with the sender's key, plus `extra` options.
+    fn sign(&self, digest: &str, extra: &[&str], out: &str) {
+        let mut args = vec![
+            "cms",
+            "-sign",
+            "-binary",
+            "-in",
+            "entity.txt",
+            "-signer",
+            "sender.pem",
+            "-inkey",
+            "sender.key",
+            "-md",
+            digest,
+            "-out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        self.openssl(&args);
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -168,25 +189,12 @@ fn openssl_signed_messages_unwrap_with_the_right_mic() {
     let (workspace, entity) = Workspace::with_entity();
     for (name, digest) in DIGESTS {
         for pss in [false, true] {
-            let mut args = vec![
-                "cms",
-                "-sign",
-                "-binary",
-                "-in",
-                "entity.txt",
-                "-signer",
-                "sender.pem",
-                "-inkey",
-                "sender.key",
-                "-md",
-                name,
-                "-out",
-                "signed.eml",
-            ];
-            if pss {
-                args.extend(["-keyopt", "rsa_padding_mode:pss"]);
-            }
-            workspace.openssl(&args);
+            let padding: &[&str] = if pss {
+                &["-keyopt", "rsa_padding_mode:pss"]
+            } else {
+                &[]
+            };
+            workspace.sign(name, padding, "signed.eml");
             let (content_type, body) = workspace.smime_file("signed.eml");
             let unwrapped = workspace.unwrap(&content_type, &body, None);
             let signature = unwrapped.facts.signature.clone().unwrap();
@@ -214,22 +222,7 @@ fn openssl_signed_messages_unwrap_with_the_right_mic() {
         }
     }
     // Opaque (enveloping) signed-data, base64 in S/MIME.
-    workspace.openssl(&[
-        "cms",
-        "-sign",
-        "-nodetach",
-        "-binary",
-        "-in",
-        "entity.txt",
-        "-signer",
-        "sender.pem",
-        "-inkey",
-        "sender.key",
-        "-md",
-        "sha256",
-        "-out",
-        "opaque.eml",
-    ]);
+    workspace.sign("sha256", &["-nodetach"], "opaque.eml");
     let (content_type, encoding, body) = workspace.smime_file_encoded("opaque.eml");
     assert!(content_type.contains("signed-data"), "{content_type}");
     let unwrapped = workspace.unwrap_encoded(&content_type, encoding.as_deref(), &body, None);
@@ -300,23 +293,7 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
 #[test]
 fn openssl_signed_then_encrypted_messages_unwrap() {
     let (workspace, entity) = Workspace::with_entity();
-    workspace.openssl(&[
-        "cms",
-        "-sign",
-        "-binary",
-        "-in",
-        "entity.txt",
-        "-signer",
-        "sender.pem",
-        "-inkey",
-        "sender.key",
-        "-md",
-        "sha384",
-        "-keyopt",
-        "rsa_padding_mode:pss",
-        "-out",
-        "signed.eml",
-    ]);
+    workspace.sign("sha384", &["-keyopt", "rsa_padding_mode:pss"], "signed.eml");
     workspace.openssl(&[
         "cms",
         "-encrypt",

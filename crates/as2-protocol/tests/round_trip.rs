@@ -74,6 +74,18 @@ fn request_headers(built: &BuiltMessage) -> As2RequestHeaders {
     As2RequestHeaders::parse(built.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap()
 }
 
+/// The disposition of a message that fails to unwrap.
+fn failure(
+    headers: &As2RequestHeaders,
+    body: &[u8],
+    identities: &[Identity],
+    certificates: &[openssl::x509::X509],
+) -> DispositionStatus {
+    unwrap_message(headers, body, &UnwrapContext::new(identities, certificates))
+        .unwrap_err()
+        .disposition_status()
+}
+
 fn receive(
     parties: &Parties,
     built: &BuiltMessage,
@@ -225,28 +237,21 @@ fn failures_map_to_dispositions() {
     // Not our key: decryption-failed.
     let wrong_key = [stranger.clone()];
     let certificates = [parties.sender.certificate.clone()];
-    let error = unwrap_message(
-        &headers,
-        &signed_encrypted.body,
-        &UnwrapContext::new(&wrong_key, &certificates),
-    )
-    .unwrap_err();
     assert_eq!(
-        error.disposition_status(),
+        failure(&headers, &signed_encrypted.body, &wrong_key, &certificates),
         DispositionStatus::Error(ProcessingError::DecryptionFailed)
     );
 
     // Not the partner's certificate: authentication-failed.
     let identities = [parties.receiver.clone()];
     let wrong_certificate = [stranger.certificate.clone()];
-    let error = unwrap_message(
-        &headers,
-        &signed_encrypted.body,
-        &UnwrapContext::new(&identities, &wrong_certificate),
-    )
-    .unwrap_err();
     assert_eq!(
-        error.disposition_status(),
+        failure(
+            &headers,
+            &signed_encrypted.body,
+            &identities,
+            &wrong_certificate
+        ),
         DispositionStatus::Error(ProcessingError::AuthenticationFailed)
     );
 
@@ -275,14 +280,13 @@ fn failures_map_to_dispositions() {
     let tampered_body = String::from_utf8(signed.body.clone())
         .unwrap()
         .replace("payload text", "payload test");
-    let error = unwrap_message(
-        &request_headers(&signed),
-        tampered_body.as_bytes(),
-        &UnwrapContext::new(&identities, &certificates),
-    )
-    .unwrap_err();
     assert_eq!(
-        error.disposition_status(),
+        failure(
+            &request_headers(&signed),
+            tampered_body.as_bytes(),
+            &identities,
+            &certificates
+        ),
         DispositionStatus::Error(ProcessingError::IntegrityCheckFailed)
     );
 
