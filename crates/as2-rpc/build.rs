@@ -5,7 +5,11 @@
 
 use std::path::PathBuf;
 
-const PROTO_FILES: &[&str] = &["as2/routing/v1/routing.proto", "as2/mdn/v1/mdn.proto"];
+const PROTO_FILES: &[&str] = &[
+    "as2/routing/v1/routing.proto",
+    "as2/mdn/v1/mdn.proto",
+    "as2/sender/v1/sender.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);

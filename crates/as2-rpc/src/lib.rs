@@ -30,3 +30,12 @@ pub mod mdn {
         tonic::include_proto!("as2.mdn.v1");
     }
 }
+
+/// Reconciliation of partners' MDNs for outbound messages (`as2.sender.v1`).
+pub mod sender {
+    /// Version 1 of the outbound sender contract.
+    pub mod v1 {
+        #![allow(missing_docs)]
+        tonic::include_proto!("as2.sender.v1");
+    }
+}

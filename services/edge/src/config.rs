@@ -35,6 +35,11 @@ pub struct EdgeConfig {
     #[arg(long = "mdn-url", env = "AS2_MDN_URL")]
     pub mdn_url: Option<String>,
 
+    /// URL of the sender's gRPC endpoint, which reconciles the MDNs partners return for
+    /// our outbound messages (see `partner_mdn`). Without it such MDNs get 503.
+    #[arg(long = "sender-url", env = "AS2_SENDER_URL")]
+    pub sender_url: Option<String>,
+
     /// How inbound messages are read and answered.
     #[command(flatten)]
     pub inbound: InboundConfig,

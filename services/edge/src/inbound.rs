@@ -115,6 +115,8 @@ pub struct InboundProcessor {
     pub mdn_delivery: Option<MdnDeliveryServiceClient<Channel>>,
     /// Counters and histograms.
     pub metrics: Arc<EdgeMetrics>,
+    /// The sender, which reconciles partners' MDNs for our outbound messages.
+    pub mdn_reconciler: Option<as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient<Channel>>,
 }
 
 /// Why a message got the answer it got (for metrics and logs).
@@ -144,6 +146,21 @@ impl InboundProcessor {
     }
 
     async fn handle(&self, request: InboundRequest) -> Handled {
+        // A partner's MDN for one of our outbound messages goes to the sender.
+        if crate::partner_mdn::is_mdn(&request) {
+            let answer = crate::partner_mdn::reconcile(
+                self.mdn_reconciler.as_ref(),
+                &request,
+                self.settings.retry_after_secs,
+            )
+            .await;
+            let outcome = match answer.status {
+                200 => Outcome::Processed,
+                503 => Outcome::Unavailable,
+                _ => Outcome::BadRequest,
+            };
+            return Handled::new(answer, outcome);
+        }
         let headers = match As2RequestHeaders::parse(
             request
                 .headers

@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;
+pub mod partner_mdn;
 pub mod record;
 pub mod routes;
 pub mod server;

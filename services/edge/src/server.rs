@@ -109,6 +109,17 @@ impl EdgeServer {
             }
             None => None,
         };
+        let mdn_reconciler = match &config.sender_url {
+            Some(url) => {
+                let channel = Endpoint::from_shared(url.clone())
+                    .with_context(|| format!("invalid sender url {url}"))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(Duration::from_secs(10))
+                    .connect_lazy();
+                Some(as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient::new(channel))
+            }
+            None => None,
+        };
         let processor = Arc::new(InboundProcessor {
             settings: inbound.clone(),
             routes,
@@ -123,6 +134,7 @@ impl EdgeServer {
             ),
             publisher: publisher.clone(),
             mdn_delivery,
+            mdn_reconciler,
             metrics,
         });
         let limits = HttpLimits {

@@ -1,0 +1,788 @@
+//! Sending one document and reconciling MDNs: the sender's domain logic over Redis,
+//! the routing service, the partner's HTTP endpoint and the receipts topic.
+//!
+//! A record's life: its record in Redis is created (`sending`) under a Message-ID
+//! derived from the record, the partnership is resolved, the message built and POSTed;
+//! transport failures and 5xx answers are retried with exponential backoff, resending
+//! the same Message-ID (RFC 4130 5.5 restart convention), up to the partnership's
+//! `max_retries`; then the outcome is recorded: `delivered` or `failed` with the
+//! partner's MDN, or `awaiting-mdn` for an asynchronous MDN, which
+//! [`OutboundSender::reconcile`] or the sweeper decide later. Only then is the record
+//! done and its offset committable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use as2_edge::keys::KeyStore;
+use as2_protocol::{As2Id, ReceivedContentMic};
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{GetPartnershipRequest, Partnership};
+use as2_rpc::tonic::transport::Channel;
+use as2_rpc::tonic::{Code, Request};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{
+    self, MdnDelivery, MdnError, MdnVerdict, OutboundDocument, PlanError, SendPlan,
+};
+use crate::metrics::SenderMetrics;
+use crate::receipts::ReceiptPublisher;
+use crate::store::{MessageRecord, MessageState, MessageStore, NewMessage, Outcome, SendFacts};
+use crate::transport::{PartnerResponse, PartnerTransport, SendError};
+
+/// Pause before a dependency (Redis, routing) is asked again.
+const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
+
+/// Retry timing of sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// Delay after the first failed send.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after send number `attempts` (1-based) failed: `initial * 2^(attempts-1)`
+    /// capped at `max`, then scaled by `0.5 + jitter / 2` (`jitter` in `[0, 1)`).
+    pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(31);
+        let base = self
+            .initial
+            .saturating_mul(1_u32 << doublings)
+            .min(self.max.max(self.initial));
+        base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// A random number in `[0, 1)` (0.5 should OpenSSL's generator fail).
+fn jitter() -> f64 {
+    let mut bytes = [0_u8; 4];
+    if openssl::rand::rand_bytes(&mut bytes).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The sender stopped before the record's outcome was recorded; it is sent again
+/// (under the same Message-ID) by whoever consumes the record next.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Interrupted;
+
+/// How an asynchronous MDN was reconciled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Recorded as delivered.
+    Delivered(MessageRecord),
+    /// Recorded as failed.
+    Failed(MessageRecord),
+    /// The message had its outcome already.
+    AlreadyReconciled(MessageRecord),
+}
+
+/// Why an MDN was not reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Not an MDN that can be parsed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No outbound message with that Original-Message-ID.
+    #[error("no outbound message {0} awaits an MDN")]
+    NotFound(String),
+    /// The MDN is not authentic or not from the message's partner.
+    #[error("{0}")]
+    Rejected(String),
+    /// Redis or the routing service failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Settings of [`OutboundSender`].
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    /// Right-hand side of Message-IDs.
+    pub message_id_domain: String,
+    /// Signing key of partnerships that name none.
+    pub default_signing_key_id: Option<String>,
+    /// Retry timing.
+    pub backoff: Backoff,
+    /// How long an asynchronous MDN may take.
+    pub async_mdn_timeout: Duration,
+}
+
+/// Sends documents and reconciles MDNs. Shared by the consumer's tasks, the gRPC API
+/// and the sweeper.
+pub struct OutboundSender {
+    /// Redis records.
+    pub store: MessageStore,
+    /// Partnerships.
+    pub routing: RoutingServiceClient<Channel>,
+    /// Our keys.
+    pub keys: Arc<KeyStore>,
+    /// HTTP to partners.
+    pub transport: PartnerTransport,
+    /// The receipts topic.
+    pub receipts: ReceiptPublisher,
+    /// Metrics.
+    pub metrics: SenderMetrics,
+    /// Settings.
+    pub settings: SenderSettings,
+}
+
+enum PartnershipLookup {
+    Found(Box<Partnership>),
+    Missing,
+    Unavailable(String),
+}
+
+/// What one send led to.
+enum SendResult {
+    Accepted(PartnerResponse),
+    Transient { reason: String, http_status: u32 },
+    Permanent { reason: String, http_status: u32 },
+}
+
+impl OutboundSender {
+    /// Sends one document, retrying as configured, and records its outcome. `stop`
+    /// interrupts waits between retries (the record is then left for a later consumer).
+    pub async fn process(
+        &self,
+        document: &OutboundDocument,
+        stop: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let message_id = match document.message_id(&self.settings.message_id_domain) {
+            Ok(message_id) => message_id,
+            Err(error) => {
+                tracing::warn!(%error, partnership = document.partnership_id, "cannot derive a message id, skipping the record");
+                self.metrics.record("invalid");
+                return Ok(());
+            }
+        };
+        let id = message_id.original().to_owned();
+        let new = NewMessage {
+            message_id: &id,
+            partnership_id: &document.partnership_id,
+            source: &document.source,
+            filename: document.filename.as_deref(),
+            traceparent: &document.traceparent,
+        };
+        let existing = self
+            .retry_redis(stop, || self.store.begin(&new, now_ms()))
+            .await?;
+        match existing {
+            Some(state) if state.is_final() => {
+                // Recorded before a restart; the receipt may not have been published.
+                tracing::info!(
+                    message_id = id,
+                    state = state.as_str(),
+                    "record already has its outcome"
+                );
+                self.publish_receipt(&id).await;
+                self.metrics.record("skipped");
+                return Ok(());
+            }
+            Some(MessageState::AwaitingMdn) => {
+                self.metrics.record("skipped");
+                return Ok(());
+            }
+            Some(_) | None => {}
+        }
+        let partnership = loop {
+            match self.partnership(&document.partnership_id).await {
+                PartnershipLookup::Found(partnership) => break partnership,
+                PartnershipLookup::Missing => {
+                    let reason = format!("unknown partnership {}", document.partnership_id);
+                    return self.fail(stop, &id, reason, 0).await;
+                }
+                PartnershipLookup::Unavailable(error) => {
+                    tracing::warn!(error, "routing service unavailable, waiting");
+                    wait(stop, DEPENDENCY_RETRY).await?;
+                }
+            }
+        };
+        let plan = match self.plan(document, &partnership, message_id).await {
+            Ok(plan) => plan,
+            Err(error) => return self.fail(stop, &id, error.to_string(), 0).await,
+        };
+        let facts = SendFacts {
+            as2_from: &plan.as2_from,
+            as2_to: &plan.as2_to,
+            mdn_mode: plan.mdn.as_str(),
+            expected_mic: plan.message.expected_mic.to_string(),
+            signed: plan.signed,
+            signed_mdn_requested: plan.signed_mdn_requested,
+        };
+        self.retry_redis(stop, || self.store.record_send_facts(&id, &facts))
+            .await?;
+        let response = match self.send_with_retries(&plan, stop).await? {
+            Ok(response) => response,
+            Err((reason, http_status)) => return self.fail(stop, &id, reason, http_status).await,
+        };
+        self.record_answer(stop, &plan, &partnership, response)
+            .await
+    }
+
+    /// POSTs until the partner accepts, a permanent failure, or the retries are used up
+    /// (`Err((reason, http_status))`).
+    async fn send_with_retries(
+        &self,
+        plan: &SendPlan,
+        stop: &CancellationToken,
+    ) -> Result<Result<PartnerResponse, (String, u32)>, Interrupted> {
+        let id = plan.message_id.original();
+        let timeout = Duration::from_secs(u64::from(plan.timeout_secs));
+        let (mut last_error, mut last_status) = (String::new(), 0);
+        loop {
+            let attempts = self
+                .retry_redis(stop, || {
+                    self.store.record_attempt(id, &last_error, last_status)
+                })
+                .await?;
+            let started = Instant::now();
+            let result = self
+                .transport
+                .post(
+                    &plan.url,
+                    &plan.message.headers,
+                    &plan.message.body,
+                    timeout,
+                )
+                .await;
+            self.metrics
+                .send_duration
+                .observe(started.elapsed().as_secs_f64());
+            let result = classify(result);
+            let (reason, http_status) = match result {
+                SendResult::Accepted(response) => {
+                    self.metrics.attempt("accepted");
+                    tracing::info!(
+                        message_id = id,
+                        attempts,
+                        status = response.status,
+                        "partner accepted the message"
+                    );
+                    return Ok(Ok(response));
+                }
+                SendResult::Permanent {
+                    reason,
+                    http_status,
+                } => {
+                    return Ok(Err((reason, http_status)));
+                }
+                SendResult::Transient {
+                    reason,
+                    http_status,
+                } => (reason, http_status),
+            };
+            if attempts > plan.max_retries {
+                let reason =
+                    format!("no success after {attempts} attempts, the last one: {reason}");
+                return Ok(Err((reason, http_status)));
+            }
+            let delay = self.settings.backoff.delay(attempts, jitter());
+            tracing::info!(
+                message_id = id,
+                attempts,
+                reason,
+                delay_ms = delay.as_millis() as u64,
+                "send failed, retrying"
+            );
+            (last_error, last_status) = (reason, http_status);
+            wait(stop, delay).await?;
+        }
+    }
+
+    async fn record_answer(
+        &self,
+        stop: &CancellationToken,
+        plan: &SendPlan,
+        partnership: &Partnership,
+        response: PartnerResponse,
+    ) -> Result<(), Interrupted> {
+        let id = plan.message_id.original();
+        let http_status = u32::from(response.status);
+        match plan.mdn {
+            MdnDelivery::None => {
+                let outcome = Outcome {
+                    delivered: true,
+                    http_status,
+                    ..Outcome::default()
+                };
+                self.finish(stop, id, outcome).await
+            }
+            MdnDelivery::Async => {
+                let deadline = now_ms().saturating_add(
+                    i64::try_from(self.settings.async_mdn_timeout.as_millis()).unwrap_or(i64::MAX),
+                );
+                let state = self
+                    .retry_redis(stop, || self.store.await_mdn(id, deadline, http_status))
+                    .await?;
+                if state.is_some_and(MessageState::is_final) {
+                    self.publish_receipt(id).await;
+                }
+                self.metrics.record("awaiting_mdn");
+                tracing::info!(message_id = id, "awaiting the asynchronous mdn");
+                Ok(())
+            }
+            MdnDelivery::Sync => {
+                let content_type = response
+                    .header("content-type")
+                    .unwrap_or_default()
+                    .to_owned();
+                let certificates = message::signing_certificates(&partnership.partner_certificates);
+                let verdict = message::judge_mdn(
+                    &content_type,
+                    &response.body,
+                    &certificates,
+                    plan.signed_mdn_requested,
+                    check_validity(partnership),
+                    &plan.message.expected_mic,
+                    plan.signed,
+                );
+                let mdn_headers = response.headers.clone();
+                let outcome = outcome_of(verdict, http_status, mdn_headers, response.body);
+                self.finish(stop, id, outcome).await
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        stop: &CancellationToken,
+        message_id: &str,
+        reason: String,
+        http_status: u32,
+    ) -> Result<(), Interrupted> {
+        let outcome = Outcome {
+            delivered: false,
+            http_status,
+            reason,
+            ..Outcome::default()
+        };
+        self.finish(stop, message_id, outcome).await
+    }
+
+    async fn finish(
+        &self,
+        stop: &CancellationToken,
+        message_id: &str,
+        outcome: Outcome,
+    ) -> Result<(), Interrupted> {
+        let label = if outcome.delivered {
+            "delivered"
+        } else {
+            "failed"
+        };
+        if outcome.delivered {
+            tracing::info!(
+                message_id,
+                disposition = outcome.disposition,
+                "message delivered"
+            );
+        } else {
+            tracing::warn!(message_id, reason = outcome.reason, "message failed");
+        }
+        let decided = self
+            .retry_redis(stop, || self.store.finish(message_id, &outcome, now_ms()))
+            .await?;
+        if decided {
+            self.metrics.record(label);
+        }
+        self.publish_receipt(message_id).await;
+        Ok(())
+    }
+
+    /// Publishes the receipt of a finished message and takes it out of the outbox; a
+    /// failure leaves it there for the sweeper.
+    pub async fn publish_receipt(&self, message_id: &str) {
+        let record = match self.store.load(message_id).await {
+            Ok(Some(record)) if record.state().is_some_and(MessageState::is_final) => record,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(message_id, %error, "cannot load the record for its receipt");
+                return;
+            }
+        };
+        match self.receipts.publish(&record).await {
+            Ok(()) => {
+                self.metrics.receipt("published");
+                if let Err(error) = self.store.receipt_published(message_id).await {
+                    tracing::warn!(message_id, %error, "receipt published but still in the outbox");
+                }
+            }
+            Err(error) => {
+                self.metrics.receipt("error");
+                tracing::warn!(message_id, %error, "receipt not published, the sweeper tries again");
+            }
+        }
+    }
+
+    /// Reconciles an asynchronous MDN the edge received (`headers` and `body` of the
+    /// partner's request).
+    pub async fn reconcile(
+        &self,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Reconciled, ReconcileError> {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+        };
+        let content_type = header("content-type")
+            .ok_or_else(|| ReconcileError::Invalid("the MDN has no Content-Type".to_owned()))?;
+        let peeked = message::peek_mdn(content_type, body)
+            .map_err(|error| ReconcileError::Invalid(error.to_string()))?;
+        let original = peeked.report.original_message_id.trim().to_owned();
+        let unavailable =
+            |error: crate::store::StoreError| ReconcileError::Unavailable(error.to_string());
+        let record = self
+            .store
+            .load(&original)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| ReconcileError::NotFound(original.clone()))?;
+        if record.state().is_some_and(MessageState::is_final) {
+            return Ok(Reconciled::AlreadyReconciled(record));
+        }
+        let partnership = match self.partnership(&record.partnership_id).await {
+            PartnershipLookup::Found(partnership) => partnership,
+            PartnershipLookup::Missing => {
+                return Err(ReconcileError::Rejected(format!(
+                    "partnership {} no longer exists",
+                    record.partnership_id
+                )));
+            }
+            PartnershipLookup::Unavailable(error) => {
+                return Err(ReconcileError::Unavailable(error));
+            }
+        };
+        if let Some(from) = header("as2-from") {
+            let matches =
+                As2Id::parse_header(from).is_ok_and(|from| from.as_str() == record.as2_to);
+            if !matches {
+                return Err(ReconcileError::Rejected(format!(
+                    "the MDN's AS2-From {from:?} is not the partner {:?} of message {original}",
+                    record.as2_to
+                )));
+            }
+        }
+        let expected = ReceivedContentMic::parse(&record.expected_mic).map_err(|_| {
+            ReconcileError::Rejected(format!("message {original} has not been sent yet"))
+        })?;
+        let certificates = message::signing_certificates(&partnership.partner_certificates);
+        let verdict = message::judge_mdn(
+            content_type,
+            body,
+            &certificates,
+            record.signed_mdn_requested,
+            check_validity(&partnership),
+            &expected,
+            record.signed,
+        );
+        if let Err(MdnError::NotAuthentic(error)) = &verdict {
+            let reason = format!("refused an MDN that is not authentic: {error}");
+            tracing::warn!(message_id = original, partnership = record.partnership_id, %error, "mdn signature verification failed");
+            if let Err(error) = self.store.record_rejected_mdn(&original, &reason).await {
+                tracing::warn!(%error, "cannot record the refused mdn");
+            }
+            return Err(ReconcileError::Rejected(reason));
+        }
+        let outcome = outcome_of(verdict, record.http_status, headers.to_vec(), body.to_vec());
+        let delivered = outcome.delivered;
+        if !delivered {
+            tracing::warn!(
+                message_id = original,
+                reason = outcome.reason,
+                "message failed"
+            );
+        }
+        let decided = self
+            .store
+            .finish(&original, &outcome, now_ms())
+            .await
+            .map_err(unavailable)?;
+        let record = self
+            .store
+            .load(&original)
+            .await
+            .map_err(unavailable)?
+            .unwrap_or(record);
+        if !decided {
+            return Ok(Reconciled::AlreadyReconciled(record));
+        }
+        self.metrics
+            .record(if delivered { "delivered" } else { "failed" });
+        self.publish_receipt(&original).await;
+        Ok(if delivered {
+            Reconciled::Delivered(record)
+        } else {
+            Reconciled::Failed(record)
+        })
+    }
+
+    /// Fails messages whose asynchronous MDN is overdue and publishes receipts left in
+    /// the outbox; one pass.
+    pub async fn sweep(&self) -> Result<(), crate::store::StoreError> {
+        let now = now_ms();
+        for id in self.store.overdue(now, 100).await? {
+            let Some(record) = self.store.load_by_id(&id).await? else {
+                self.store.forget_awaiting(&id).await?;
+                continue;
+            };
+            let mut reason = format!(
+                "no MDN arrived within {} s of the send",
+                self.settings.async_mdn_timeout.as_secs()
+            );
+            if !record.last_rejected_mdn.is_empty() {
+                reason = format!(
+                    "{reason}; the last MDN was refused: {}",
+                    record.last_rejected_mdn
+                );
+            }
+            let outcome = Outcome {
+                delivered: false,
+                http_status: record.http_status,
+                reason,
+                ..Outcome::default()
+            };
+            if self.store.finish(&record.message_id, &outcome, now).await? {
+                tracing::warn!(
+                    message_id = record.message_id,
+                    "asynchronous mdn overdue, message failed"
+                );
+                self.metrics.mdn_timeouts.inc();
+                self.metrics.record("failed");
+                self.publish_receipt(&record.message_id).await;
+            } else {
+                self.store.forget_awaiting(&id).await?;
+            }
+        }
+        for id in self.store.unpublished(now - 30_000, 100).await? {
+            match self.store.load_by_id(&id).await? {
+                Some(record) => self.publish_receipt(&record.message_id).await,
+                None => self.store.receipt_published_by_id(&id).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn partnership(&self, id: &str) -> PartnershipLookup {
+        let mut client = self.routing.clone();
+        let mut request = Request::new(GetPartnershipRequest { id: id.to_owned() });
+        request.set_timeout(Duration::from_secs(10));
+        match client.get_partnership(request).await {
+            Ok(response) => match response.into_inner().partnership {
+                Some(partnership) => PartnershipLookup::Found(Box::new(partnership)),
+                None => PartnershipLookup::Missing,
+            },
+            Err(status)
+                if status.code() == Code::NotFound || status.code() == Code::InvalidArgument =>
+            {
+                PartnershipLookup::Missing
+            }
+            Err(status) => {
+                PartnershipLookup::Unavailable(format!("routing service: {}", status.message()))
+            }
+        }
+    }
+
+    async fn plan(
+        &self,
+        document: &OutboundDocument,
+        partnership: &Partnership,
+        message_id: as2_protocol::MessageId,
+    ) -> Result<SendPlan, PlanError> {
+        let document = document.clone();
+        let partnership = partnership.clone();
+        let keys = self.keys.clone();
+        let default_key = self.settings.default_signing_key_id.clone();
+        // RSA and bulk crypto run on the blocking pool, not on the async workers.
+        tokio::task::spawn_blocking(move || {
+            message::plan(
+                &document,
+                &partnership,
+                &keys,
+                default_key.as_deref(),
+                message_id,
+            )
+        })
+        .await
+        .unwrap_or_else(|error| {
+            Err(PlanError::Unsupported(format!(
+                "the build task failed: {error}"
+            )))
+        })
+    }
+
+    /// Runs a Redis operation until it succeeds or `stop` fires.
+    async fn retry_redis<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        mut operation: F,
+    ) -> Result<T, Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    tracing::warn!(%error, "redis unavailable, waiting");
+                    wait(stop, DEPENDENCY_RETRY).await?;
+                }
+            }
+        }
+    }
+}
+
+fn check_validity(partnership: &Partnership) -> bool {
+    !partnership
+        .interop
+        .as_ref()
+        .is_some_and(|switches| switches.skip_certificate_validity_check)
+}
+
+fn classify(result: Result<PartnerResponse, SendError>) -> SendResult {
+    match result {
+        Ok(response) if (200..300).contains(&response.status) => SendResult::Accepted(response),
+        Ok(response) => {
+            let status = response.status;
+            let reason = format!(
+                "the partner answered {status} {}",
+                http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|code| code.canonical_reason())
+                    .unwrap_or_default()
+            )
+            .trim_end()
+            .to_owned();
+            if status >= 500 || status == 408 || status == 429 {
+                SendResult::Transient {
+                    reason,
+                    http_status: u32::from(status),
+                }
+            } else {
+                SendResult::Permanent {
+                    reason,
+                    http_status: u32::from(status),
+                }
+            }
+        }
+        Err(error @ SendError::Request(_)) => SendResult::Permanent {
+            reason: error.to_string(),
+            http_status: 0,
+        },
+        Err(error) => SendResult::Transient {
+            reason: error.to_string(),
+            http_status: 0,
+        },
+    }
+}
+
+fn outcome_of(
+    verdict: Result<MdnVerdict, MdnError>,
+    http_status: u32,
+    mdn_headers: Vec<(String, String)>,
+    mdn_body: Vec<u8>,
+) -> Outcome {
+    let base = Outcome {
+        http_status,
+        mdn_headers,
+        mdn_body,
+        ..Outcome::default()
+    };
+    match verdict {
+        Ok(MdnVerdict::Delivered {
+            disposition,
+            mic,
+            mic_verified,
+        }) => Outcome {
+            delivered: true,
+            disposition,
+            received_mic: mic.unwrap_or_default(),
+            mic_verified,
+            ..base
+        },
+        Ok(MdnVerdict::Failed {
+            disposition,
+            mic,
+            reason,
+        }) => Outcome {
+            delivered: false,
+            disposition,
+            received_mic: mic.unwrap_or_default(),
+            reason,
+            ..base
+        },
+        Err(error) => Outcome {
+            delivered: false,
+            reason: error.to_string(),
+            ..base
+        },
+    }
+}
+
+/// Sleeps `delay` unless `stop` fires first.
+async fn wait(stop: &CancellationToken, delay: Duration) -> Result<(), Interrupted> {
+    tokio::select! {
+        () = stop.cancelled() => Err(Interrupted),
+        () = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let backoff = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        };
+        assert_eq!(backoff.delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff.delay(2, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff.delay(3, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff.delay(4, 1.0), Duration::from_secs(5));
+        assert_eq!(backoff.delay(400, 0.0), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn server_errors_and_timeouts_are_retried_client_errors_are_not() {
+        let answer = |status| {
+            classify(Ok(PartnerResponse {
+                status,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }))
+        };
+        assert!(matches!(answer(200), SendResult::Accepted(_)));
+        assert!(matches!(
+            answer(503),
+            SendResult::Transient {
+                http_status: 503,
+                ..
+            }
+        ));
+        assert!(matches!(answer(429), SendResult::Transient { .. }));
+        assert!(matches!(answer(400), SendResult::Permanent { .. }));
+        assert!(matches!(
+            classify(Err(SendError::Timeout(5))),
+            SendResult::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(Err(SendError::Request("x".into()))),
+            SendResult::Permanent { .. }
+        ));
+    }
+}

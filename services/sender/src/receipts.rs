@@ -1,0 +1,238 @@
+//! Receipts: one Kafka record per outcome, on the receipts topic.
+//!
+//! The value is JSON ([`Receipt`]); the key is the partnership id; headers name the
+//! Message-ID, the partnership and the outcome, plus the document's `traceparent`. The
+//! producer is idempotent (`acks=all`) and [`ReceiptPublisher::publish`] waits for the
+//! acknowledgement. Receipts are at least once: an outcome enters the Redis outbox when
+//! it is recorded and leaves it once its receipt is acknowledged, and the sweeper
+//! publishes what is left there; consumers deduplicate on `message_id`.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::SenderKafkaConfig;
+use crate::store::MessageRecord;
+
+/// How long one receipt may take to be acknowledged.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The receipt of one outbound message.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// `delivered` or `failed`.
+    pub outcome: String,
+    /// Our Message-ID, with angle brackets.
+    pub message_id: String,
+    /// The partnership.
+    pub partnership_id: String,
+    /// Our AS2 id.
+    pub as2_from: String,
+    /// The partner's AS2 id.
+    pub as2_to: String,
+    /// The outbound record this receipt answers.
+    pub source: ReceiptSource,
+    /// The document's filename, if it had one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub filename: String,
+    /// Sends made.
+    pub attempts: u32,
+    /// `none`, `sync` or `async`.
+    pub mdn_mode: String,
+    /// HTTP status of the last send; 0 without a response.
+    pub http_status: u32,
+    /// The MDN's Disposition, e.g. `processed` or `processed/error: decryption-failed`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub disposition: String,
+    /// The MDN's Received-Content-MIC.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub received_mic: String,
+    /// The MIC of the message as sent.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expected_mic: String,
+    /// Whether the two MICs were compared and matched.
+    pub mic_verified: bool,
+    /// Why the message failed; absent when delivered.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The partner's MDN exactly as received, for non-repudiation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mdn: Option<ReceiptMdn>,
+    /// When the outcome was recorded (RFC 3339).
+    pub at: String,
+}
+
+/// Where the outbound record was.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReceiptSource {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The partner's MDN as received.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReceiptMdn {
+    /// HTTP headers of the MDN (the response for a sync MDN, the request for an async
+    /// one), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    pub body_base64: String,
+}
+
+impl Receipt {
+    /// The receipt of a finished message.
+    pub fn from_record(record: &MessageRecord) -> Self {
+        Self {
+            outcome: record.state.clone(),
+            message_id: record.message_id.clone(),
+            partnership_id: record.partnership_id.clone(),
+            as2_from: record.as2_from.clone(),
+            as2_to: record.as2_to.clone(),
+            source: ReceiptSource {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+            },
+            filename: record.filename.clone(),
+            attempts: record.attempts,
+            mdn_mode: record.mdn_mode.clone(),
+            http_status: record.http_status,
+            disposition: record.disposition.clone(),
+            received_mic: record.received_mic.clone(),
+            expected_mic: record.expected_mic.clone(),
+            mic_verified: record.mic_verified,
+            reason: record.reason.clone(),
+            mdn: (!record.mdn_body.is_empty()).then(|| ReceiptMdn {
+                headers: record.mdn_headers.clone(),
+                body_base64: base64::engine::general_purpose::STANDARD.encode(&record.mdn_body),
+            }),
+            at: rfc3339(record.finished_at_ms),
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 (the epoch for out-of-range values).
+pub fn rfc3339(unix_ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// Why a receipt was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// The JSON could not be encoded.
+    #[error("cannot encode the receipt: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Kafka did not acknowledge it.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// The idempotent producer of receipts. Cheap to clone.
+#[derive(Clone)]
+pub struct ReceiptPublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl ReceiptPublisher {
+    /// Creates the producer; connecting happens in the background.
+    pub fn new(config: &SenderKafkaConfig) -> Result<Self, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                PUBLISH_TIMEOUT.as_millis().to_string(),
+            )
+            .set("client.id", "as2-sender");
+        for (key, value) in &config.kafka_options {
+            client.set(key, value);
+        }
+        Ok(Self {
+            producer: client.create()?,
+            topic: config.receipts_topic.clone(),
+        })
+    }
+
+    /// Publishes the receipt of `record` and waits for the acknowledgement.
+    pub async fn publish(&self, record: &MessageRecord) -> Result<(), ReceiptError> {
+        let receipt = Receipt::from_record(record);
+        let payload = serde_json::to_vec(&receipt)?;
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "as2-message-id",
+                value: Some(receipt.message_id.as_bytes()),
+            })
+            .insert(Header {
+                key: "as2-partnership-id",
+                value: Some(receipt.partnership_id.as_bytes()),
+            })
+            .insert(Header {
+                key: "as2-outcome",
+                value: Some(receipt.outcome.as_bytes()),
+            });
+        if !record.traceparent.is_empty() {
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(record.traceparent.as_bytes()),
+            });
+        }
+        let future_record = FutureRecord::to(&self.topic)
+            .key(&receipt.partnership_id)
+            .payload(&payload)
+            .headers(headers);
+        self.producer
+            .send(future_record, Timeout::After(PUBLISH_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| ReceiptError::Kafka(error))
+    }
+
+    /// Waits up to `timeout` for queued receipts to be acknowledged.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(%error, "receipts not all flushed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_carry_the_mdn_for_non_repudiation() {
+        let record = MessageRecord {
+            message_id: "<m@gw>".to_owned(),
+            state: "delivered".to_owned(),
+            mdn_headers: vec![("Content-Type".to_owned(), "multipart/report".to_owned())],
+            mdn_body: b"mdn".to_vec(),
+            finished_at_ms: 1_700_000_000_000,
+            ..MessageRecord::default()
+        };
+        let json = serde_json::to_value(Receipt::from_record(&record)).unwrap();
+        assert_eq!(json["outcome"], "delivered");
+        assert_eq!(json["mdn"]["body_base64"], "bWRu");
+        assert_eq!(json["mdn"]["headers"][0][0], "Content-Type");
+        assert_eq!(json["at"], "2023-11-14T22:13:20Z");
+        assert!(json.get("reason").is_none());
+    }
+}

@@ -1,0 +1,554 @@
+//! Outbound message records in Redis.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{prefix}:sender:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN; TTL = record TTL |
+//! | `{prefix}:sender:awaiting-mdn` | sorted set | ids of messages awaiting an asynchronous MDN, score = deadline (Unix ms) |
+//! | `{prefix}:sender:receipt-outbox` | sorted set | ids whose outcome is recorded but whose receipt is not yet acknowledged by Kafka, score = time of the outcome (Unix ms) |
+//!
+//! `{id}` is 32 hex digits of SHA-256 over the Message-ID without angle brackets. Every
+//! state change is one Lua script, so the consumer, the reconciliation API and the
+//! sweeper of any replica never overwrite each other's outcome: a message leaves
+//! `sending` or `awaiting-mdn` once, and the outcome enters the outbox in the same step.
+
+use std::collections::HashMap;
+
+use as2_common::redis::KeyNamespace;
+use openssl::sha::sha256;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands as _, Script};
+
+use crate::message::RecordSource;
+
+/// Where an outbound message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageState {
+    /// Being sent (possibly between retries).
+    Sending,
+    /// Accepted by the partner; its asynchronous MDN has not arrived yet.
+    AwaitingMdn,
+    /// Delivered: a processed MDN with a matching MIC, or a 2xx when no MDN was asked.
+    Delivered,
+    /// Failed for good.
+    Failed,
+}
+
+impl MessageState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::AwaitingMdn => "awaiting-mdn",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        [
+            Self::Sending,
+            Self::AwaitingMdn,
+            Self::Delivered,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == value)
+    }
+
+    /// Whether the message has its outcome.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed)
+    }
+}
+
+/// A stored outbound message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// The Message-ID as sent, with angle brackets.
+    pub message_id: String,
+    /// The partnership.
+    pub partnership_id: String,
+    /// Our AS2 id.
+    pub as2_from: String,
+    /// The partner's AS2 id.
+    pub as2_to: String,
+    /// Outbound topic of the record.
+    pub topic: String,
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+    /// The filename, if any.
+    pub filename: String,
+    /// `sending`, `awaiting-mdn`, `delivered` or `failed`.
+    pub state: String,
+    /// Sends so far.
+    pub attempts: u32,
+    /// `none`, `sync` or `async`.
+    pub mdn_mode: String,
+    /// The MIC the MDN must return (`base64, algorithm`); empty before the first send.
+    pub expected_mic: String,
+    /// Whether the message was signed.
+    pub signed: bool,
+    /// Whether a signed MDN was requested.
+    pub signed_mdn_requested: bool,
+    /// HTTP status of the last send; 0 without a response.
+    pub http_status: u32,
+    /// The Disposition of the partner's MDN.
+    pub disposition: String,
+    /// The Received-Content-MIC of the partner's MDN.
+    pub received_mic: String,
+    /// Whether the MIC was compared and matched.
+    pub mic_verified: bool,
+    /// Why the message failed, or the last send failed.
+    pub reason: String,
+    /// Why the last MDN that arrived for it was refused (awaiting messages only).
+    pub last_rejected_mdn: String,
+    /// The partner's MDN: its HTTP headers.
+    pub mdn_headers: Vec<(String, String)>,
+    /// The partner's MDN: its body, exactly as received.
+    pub mdn_body: Vec<u8>,
+    /// When the record was created (Unix ms).
+    pub created_at_ms: i64,
+    /// When the outcome was recorded (Unix ms).
+    pub finished_at_ms: i64,
+    /// Deadline of the asynchronous MDN (Unix ms).
+    pub mdn_deadline_ms: i64,
+    /// W3C traceparent of the record.
+    pub traceparent: String,
+}
+
+impl MessageRecord {
+    /// The state, `None` when the stored value is unknown.
+    pub fn state(&self) -> Option<MessageState> {
+        MessageState::parse(&self.state)
+    }
+
+    fn from_hash(mut fields: HashMap<String, Vec<u8>>) -> Option<Self> {
+        let mut text = |name: &str| {
+            fields
+                .remove(name)
+                .map(|value| String::from_utf8_lossy(&value).into_owned())
+                .unwrap_or_default()
+        };
+        let message_id = text("message_id");
+        if message_id.is_empty() {
+            return None;
+        }
+        let mut record = Self {
+            message_id,
+            partnership_id: text("partnership_id"),
+            as2_from: text("as2_from"),
+            as2_to: text("as2_to"),
+            topic: text("topic"),
+            partition: text("partition").parse().unwrap_or_default(),
+            offset: text("offset").parse().unwrap_or_default(),
+            filename: text("filename"),
+            state: text("state"),
+            attempts: text("attempts").parse().unwrap_or_default(),
+            mdn_mode: text("mdn_mode"),
+            expected_mic: text("expected_mic"),
+            signed: text("signed") == "1",
+            signed_mdn_requested: text("signed_mdn_requested") == "1",
+            http_status: text("http_status").parse().unwrap_or_default(),
+            disposition: text("disposition"),
+            received_mic: text("received_mic"),
+            mic_verified: text("mic_verified") == "1",
+            reason: text("reason"),
+            last_rejected_mdn: text("last_rejected_mdn"),
+            mdn_headers: serde_json::from_str(&text("mdn_headers")).unwrap_or_default(),
+            mdn_body: Vec::new(),
+            created_at_ms: text("created_at").parse().unwrap_or_default(),
+            finished_at_ms: text("finished_at").parse().unwrap_or_default(),
+            mdn_deadline_ms: text("mdn_deadline").parse().unwrap_or_default(),
+            traceparent: text("traceparent"),
+        };
+        record.mdn_body = fields.remove("mdn_body").unwrap_or_default();
+        Some(record)
+    }
+}
+
+/// A message's first record: what is known before anything is sent.
+#[derive(Clone, Debug)]
+pub struct NewMessage<'a> {
+    /// The Message-ID, with angle brackets.
+    pub message_id: &'a str,
+    /// The partnership.
+    pub partnership_id: &'a str,
+    /// Where the record came from.
+    pub source: &'a RecordSource,
+    /// The filename, if any.
+    pub filename: Option<&'a str>,
+    /// W3C traceparent.
+    pub traceparent: &'a str,
+}
+
+/// What a message's sending established.
+#[derive(Clone, Debug)]
+pub struct SendFacts<'a> {
+    /// Our AS2 id.
+    pub as2_from: &'a str,
+    /// The partner's AS2 id.
+    pub as2_to: &'a str,
+    /// `none`, `sync` or `async`.
+    pub mdn_mode: &'a str,
+    /// The MIC the MDN must return.
+    pub expected_mic: String,
+    /// Whether the message is signed.
+    pub signed: bool,
+    /// Whether a signed MDN was requested.
+    pub signed_mdn_requested: bool,
+}
+
+/// A message's outcome.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// `true`: delivered; `false`: failed.
+    pub delivered: bool,
+    /// HTTP status of the last send (0 if none).
+    pub http_status: u32,
+    /// Disposition of the MDN, if any.
+    pub disposition: String,
+    /// Received-Content-MIC of the MDN, if any.
+    pub received_mic: String,
+    /// Whether the MIC was compared and matched.
+    pub mic_verified: bool,
+    /// Why it failed; empty when delivered.
+    pub reason: String,
+    /// The MDN's headers, if any.
+    pub mdn_headers: Vec<(String, String)>,
+    /// The MDN's body, if any.
+    pub mdn_body: Vec<u8>,
+}
+
+/// Redis failed.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
+/// The Redis side of the sender. Cheap to clone.
+#[derive(Clone)]
+pub struct MessageStore {
+    connection: ConnectionManager,
+    namespace: KeyNamespace,
+    record_ttl_secs: u64,
+}
+
+/// Creates the record unless it exists; returns the state it has.
+const BEGIN: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'state')
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 'new'
+";
+
+/// Moves `sending` to `awaiting-mdn` with its deadline; returns the state it has after.
+const AWAIT_MDN: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'sending' then return state end
+redis.call('HSET', KEYS[1], 'state', 'awaiting-mdn', 'mdn_deadline', ARGV[1], 'http_status', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 'awaiting-mdn'
+";
+
+/// Records an outcome if the state allows; returns 1 when it did, else the state.
+const FINISH: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'sending' and state ~= 'awaiting-mdn' then return state end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+";
+
+impl MessageStore {
+    /// A store in `namespace`; records live `record_ttl_secs`.
+    pub fn new(
+        connection: ConnectionManager,
+        namespace: KeyNamespace,
+        record_ttl_secs: u64,
+    ) -> Self {
+        Self {
+            connection,
+            namespace,
+            record_ttl_secs,
+        }
+    }
+
+    /// The record id of a Message-ID: 32 hex digits of SHA-256 without angle brackets.
+    pub fn record_id(message_id: &str) -> String {
+        let inner = message_id.trim();
+        let inner = inner.strip_prefix('<').unwrap_or(inner);
+        let inner = inner.strip_suffix('>').unwrap_or(inner);
+        sha256(inner.as_bytes())[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    fn message_key(&self, id: &str) -> String {
+        self.namespace.key(format_args!("sender:message:{id}"))
+    }
+
+    fn awaiting_key(&self) -> String {
+        self.namespace.key("sender:awaiting-mdn")
+    }
+
+    fn outbox_key(&self) -> String {
+        self.namespace.key("sender:receipt-outbox")
+    }
+
+    /// Creates the record of a new message in state `sending`, or returns the state of
+    /// the existing one (a record seen before a restart or a rebalance).
+    pub async fn begin(
+        &self,
+        message: &NewMessage<'_>,
+        now_ms: i64,
+    ) -> Result<Option<MessageState>, StoreError> {
+        let id = Self::record_id(message.message_id);
+        let fields: Vec<(&str, String)> = vec![
+            ("message_id", message.message_id.to_owned()),
+            ("partnership_id", message.partnership_id.to_owned()),
+            ("topic", message.source.topic.clone()),
+            ("partition", message.source.partition.to_string()),
+            ("offset", message.source.offset.to_string()),
+            ("filename", message.filename.unwrap_or_default().to_owned()),
+            ("state", MessageState::Sending.as_str().to_owned()),
+            ("attempts", "0".to_owned()),
+            ("created_at", now_ms.to_string()),
+            ("traceparent", message.traceparent.to_owned()),
+        ];
+        let script = Script::new(BEGIN);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.message_key(&id))
+            .arg(self.record_ttl_secs);
+        for (name, value) in fields {
+            invocation.arg(name).arg(value);
+        }
+        let state: String = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(if state == "new" {
+            None
+        } else {
+            MessageState::parse(&state)
+        })
+    }
+
+    /// Stores what the send established (before the first attempt's answer is judged).
+    pub async fn record_send_facts(
+        &self,
+        message_id: &str,
+        facts: &SendFacts<'_>,
+    ) -> Result<(), StoreError> {
+        let key = self.message_key(&Self::record_id(message_id));
+        let fields = [
+            ("as2_from", facts.as2_from.to_owned()),
+            ("as2_to", facts.as2_to.to_owned()),
+            ("mdn_mode", facts.mdn_mode.to_owned()),
+            ("expected_mic", facts.expected_mic.clone()),
+            ("signed", flag(facts.signed)),
+            ("signed_mdn_requested", flag(facts.signed_mdn_requested)),
+        ];
+        let () = self.connection.clone().hset_multiple(key, &fields).await?;
+        Ok(())
+    }
+
+    /// Counts one more send and keeps why the previous one failed.
+    pub async fn record_attempt(
+        &self,
+        message_id: &str,
+        last_error: &str,
+        http_status: u32,
+    ) -> Result<u32, StoreError> {
+        let key = self.message_key(&Self::record_id(message_id));
+        let mut connection = self.connection.clone();
+        let (attempts, (), ()): (u32, (), ()) = redis::pipe()
+            .atomic()
+            .hincr(&key, "attempts", 1)
+            .hset(&key, "reason", last_error)
+            .hset(&key, "http_status", http_status)
+            .query_async(&mut connection)
+            .await?;
+        Ok(attempts)
+    }
+
+    /// Records that the partner accepted the message and its MDN comes later, by
+    /// `deadline_ms`. Returns the state after: `awaiting-mdn`, or the outcome should the
+    /// MDN have been reconciled first.
+    pub async fn await_mdn(
+        &self,
+        message_id: &str,
+        deadline_ms: i64,
+        http_status: u32,
+    ) -> Result<Option<MessageState>, StoreError> {
+        let id = Self::record_id(message_id);
+        let state: Option<String> = Script::new(AWAIT_MDN)
+            .key(self.message_key(&id))
+            .key(self.awaiting_key())
+            .arg(deadline_ms)
+            .arg(&id)
+            .arg(http_status)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(state.as_deref().and_then(MessageState::parse))
+    }
+
+    /// Records the outcome if the message is still open; `Ok(true)` when this call
+    /// decided it, `Ok(false)` when it had its outcome already (or no record).
+    pub async fn finish(
+        &self,
+        message_id: &str,
+        outcome: &Outcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = Self::record_id(message_id);
+        let state = if outcome.delivered {
+            MessageState::Delivered
+        } else {
+            MessageState::Failed
+        };
+        let script = Script::new(FINISH);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.message_key(&id))
+            .key(self.awaiting_key())
+            .key(self.outbox_key())
+            .arg(&id)
+            .arg(now_ms);
+        let headers = serde_json::to_string(&outcome.mdn_headers).unwrap_or_default();
+        for (name, value) in [
+            ("state", state.as_str().as_bytes()),
+            ("finished_at", now_ms.to_string().as_bytes()),
+            ("http_status", outcome.http_status.to_string().as_bytes()),
+            ("disposition", outcome.disposition.as_bytes()),
+            ("received_mic", outcome.received_mic.as_bytes()),
+            ("mic_verified", flag(outcome.mic_verified).as_bytes()),
+            ("reason", outcome.reason.as_bytes()),
+            ("mdn_headers", headers.as_bytes()),
+            ("mdn_body", outcome.mdn_body.as_slice()),
+        ] {
+            invocation.arg(name).arg(value);
+        }
+        let answer: redis::Value = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(matches!(answer, redis::Value::Int(1)))
+    }
+
+    /// Keeps why an MDN for an awaiting message was refused.
+    pub async fn record_rejected_mdn(
+        &self,
+        message_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.message_key(&Self::record_id(message_id));
+        let () = self
+            .connection
+            .clone()
+            .hset(key, "last_rejected_mdn", reason)
+            .await?;
+        Ok(())
+    }
+
+    /// The record of a Message-ID (with or without angle brackets).
+    pub async fn load(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        self.load_by_id(&Self::record_id(message_id)).await
+    }
+
+    /// The record with this record id.
+    pub async fn load_by_id(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let fields: HashMap<String, Vec<u8>> = self
+            .connection
+            .clone()
+            .hgetall(self.message_key(id))
+            .await?;
+        Ok(MessageRecord::from_hash(fields))
+    }
+
+    /// Ids of messages whose asynchronous MDN is overdue at `now_ms`.
+    pub async fn overdue(&self, now_ms: i64, limit: isize) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = self
+            .connection
+            .clone()
+            .zrangebyscore_limit(self.awaiting_key(), "-inf", now_ms, 0, limit)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Drops an id from the deadline index (its record expired or is final).
+    pub async fn forget_awaiting(&self, id: &str) -> Result<(), StoreError> {
+        let () = self
+            .connection
+            .clone()
+            .zrem(self.awaiting_key(), id)
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of outcomes recorded before `before_ms` whose receipts are unacknowledged.
+    pub async fn unpublished(
+        &self,
+        before_ms: i64,
+        limit: isize,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = self
+            .connection
+            .clone()
+            .zrangebyscore_limit(self.outbox_key(), "-inf", before_ms, 0, limit)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Marks a message's receipt as acknowledged by Kafka.
+    pub async fn receipt_published(&self, message_id: &str) -> Result<(), StoreError> {
+        self.receipt_published_by_id(&Self::record_id(message_id))
+            .await
+    }
+
+    /// Marks the receipt of the record with this id as acknowledged.
+    pub async fn receipt_published_by_id(&self, id: &str) -> Result<(), StoreError> {
+        let () = self.connection.clone().zrem(self.outbox_key(), id).await?;
+        Ok(())
+    }
+}
+
+fn flag(value: bool) -> String {
+    if value { "1" } else { "0" }.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_ids_ignore_angle_brackets() {
+        assert_eq!(
+            MessageStore::record_id("<a@b>"),
+            MessageStore::record_id("a@b")
+        );
+        assert_eq!(MessageStore::record_id("<a@b>").len(), 32);
+        assert_ne!(
+            MessageStore::record_id("a@b"),
+            MessageStore::record_id("a@c")
+        );
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in [
+            MessageState::Sending,
+            MessageState::AwaitingMdn,
+            MessageState::Delivered,
+            MessageState::Failed,
+        ] {
+            assert_eq!(MessageState::parse(state.as_str()), Some(state));
+        }
+        assert!(MessageState::Failed.is_final());
+        assert!(!MessageState::AwaitingMdn.is_final());
+    }
+}
