@@ -471,8 +471,10 @@ pub(crate) fn verify_multipart_signed(
     let (form, signed_bytes, verified) =
         match cms::verify_detached(&signature, &[signed.raw()], options) {
             Ok((verified, _)) => (SignedContentForm::Exact, signed.raw().to_vec(), verified),
-            // Only when the exact bytes do not match the signed digest are other forms tried.
-            Err(As2Error::IntegrityCheckFailed(_)) => {
+            // Only when the exact bytes fail (their digest does not match the signed one,
+            // or, without signed attributes, the signature does not verify over them) are
+            // other forms tried.
+            Err(As2Error::IntegrityCheckFailed(_) | As2Error::AuthenticationFailed(_)) => {
                 let candidates = canonical_candidates(signed);
                 let candidate_refs: Vec<&[u8]> = candidates
                     .iter()

@@ -14,7 +14,7 @@ use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mime::{Entity, MimeLimits};
 use as2_protocol::outbound::{self, Encryption, OutboundMessage, Signing};
-use as2_protocol::unwrap::{UnwrapContext, UnwrappedMessage, unwrap_message};
+use as2_protocol::unwrap::{SignedContentForm, UnwrapContext, UnwrappedMessage, unwrap_message};
 
 const OPENSSL: &str = "/usr/bin/openssl";
 
@@ -287,6 +287,43 @@ fn openssl_encrypted_messages_unwrap_with_the_right_mic() {
                 );
             }
         }
+    }
+}
+
+/// A signature without signed attributes (as IBM Sterling sends) over the CRLF form of
+/// an entity that arrives with bare-LF header lines: the exact bytes fail, the CRLF-header
+/// form verifies, and the MIC is computed over that form.
+#[test]
+fn signatures_without_attributes_fall_back_to_crlf_headers() {
+    let workspace = Workspace::new();
+    let crlf_entity = b"Content-Type: application/edi-x12\r\nContent-Transfer-Encoding: binary\r\n\r\nISA*00~\nGS*PO~\n";
+    let lf_entity = b"Content-Type: application/edi-x12\nContent-Transfer-Encoding: binary\n\nISA*00~\nGS*PO~\n";
+    workspace.write("entity.txt", crlf_entity);
+    workspace.sign("sha1", &["-noattr", "-outform", "DER"], "signature.der");
+    let signature = as2_protocol::mime::encode_base64_lines(&workspace.read("signature.der"));
+    for (entity, form) in [
+        (crlf_entity.as_slice(), SignedContentForm::Exact),
+        (lf_entity.as_slice(), SignedContentForm::CrlfHeaders),
+    ] {
+        let body = [
+            b"--sig\n".as_slice(),
+            entity,
+            b"\n--sig\nContent-Type: application/pkcs7-signature\nContent-Transfer-Encoding: base64\n\n",
+            &signature,
+            b"--sig--\n",
+        ]
+        .concat();
+        let unwrapped = workspace.unwrap(
+            "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha1; boundary=sig",
+            &body,
+            None,
+        );
+        assert_eq!(unwrapped.facts.signature.unwrap().form, form);
+        assert_eq!(unwrapped.payload.data, b"ISA*00~\nGS*PO~\n");
+        assert_eq!(
+            unwrapped.mic,
+            ReceivedContentMic::compute(MicAlgorithm::Sha1, crlf_entity).unwrap()
+        );
     }
 }
 
