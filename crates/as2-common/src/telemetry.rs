@@ -5,6 +5,18 @@
 //! OTLP/gRPC in batches. The W3C trace-context propagator is installed either
 //! way, so `traceparent` headers are read and written even when nothing is
 //! exported.
+//!
+//! JSON log lines carry the `trace_id` and `span_id` of the span they were
+//! written in ([`TraceIdJson`]); [`propagation`] carries trace context over
+//! gRPC, Kafka record headers and stored jobs.
+
+mod json;
+pub mod propagation;
+
+pub use json::TraceIdJson;
+pub use propagation::{
+    GrpcTraceLayer, TraceContextInterceptor, current_traceparent, inject_grpc, set_remote_parent,
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -12,7 +24,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -106,15 +121,7 @@ pub fn init_telemetry(
 
     let (text_layer, json_layer) = match config.log_format {
         LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
-        LogFormat::Json => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            ),
-        ),
+        LogFormat::Json => (None, Some(json_log_layer(std::io::stdout))),
     };
 
     tracing_subscriber::registry()
@@ -130,9 +137,98 @@ pub fn init_telemetry(
     Ok(TelemetryGuard { tracer_provider })
 }
 
+/// The JSON log layer: one object per line, event fields flattened, the
+/// current span's fields, and `trace_id` / `span_id` while a trace is active.
+pub fn json_log_layer<S, W>(
+    make_writer: W,
+) -> tracing_subscriber::fmt::Layer<S, JsonFields, TraceIdJson, W>
+where
+    S: tracing::Subscriber + for<'lookup> LookupSpan<'lookup>,
+    W: for<'writer> MakeWriter<'writer> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .map_event_format(TraceIdJson::new)
+        .with_writer(make_writer)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("every line is json"))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(json_log_layer(move || writer.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("as2_message", message_id = "<m1@partner>");
+            let ids = {
+                let context = span.context();
+                let otel_span = context.span();
+                let span_context = otel_span.span_context();
+                (
+                    span_context.trace_id().to_string(),
+                    span_context.span_id().to_string(),
+                )
+            };
+            span.in_scope(|| tracing::info!(partner = "acme", "inside the span"));
+            ids
+        });
+
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        let inside = &lines[1];
+        assert_eq!(inside["trace_id"], trace_id.as_str(), "{inside}");
+        assert_eq!(inside["span_id"], span_id.as_str(), "{inside}");
+        assert_eq!(inside["message"], "inside the span");
+        assert_eq!(inside["partner"], "acme");
+        assert_eq!(inside["span"]["message_id"], "<m1@partner>");
+        assert_eq!(trace_id.len(), 32);
+    }
 
     #[test]
     fn a_bad_filter_is_reported() {

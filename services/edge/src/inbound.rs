@@ -175,11 +175,14 @@ impl InboundProcessor {
         };
         let span = tracing::info_span!(
             "as2_message",
+            otel.kind = "server",
             as2_from = headers.as2_from.as_str(),
             as2_to = headers.as2_to.as_str(),
             message_id = headers.message_id.original(),
-            size = request.body.len(),
+            request_bytes = request.body.len(),
+            document_bytes = tracing::field::Empty,
             partnership = tracing::field::Empty,
+            outcome = tracing::field::Empty,
             disposition = tracing::field::Empty,
         );
         // The span is attached to the future, not entered: a guard held across `.await`
@@ -198,7 +201,8 @@ impl InboundProcessor {
         }
         .instrument(span.clone())
         .await;
-        span.record("disposition", handled.outcome.label());
+        span.record("outcome", handled.outcome.label());
+        span.record("disposition", handled.outcome.disposition());
         handled
     }
 
@@ -237,7 +241,10 @@ impl InboundProcessor {
             .unwrap(&route, headers, body, decryption_key.as_ref().ok().cloned())
             .await;
         let unwrapped = match unwrapped.and_then(|message| enforce_policy(&route, message)) {
-            Ok(message) => message,
+            Ok(message) => {
+                tracing::Span::current().record("document_bytes", message.payload.data.len());
+                message
+            }
             Err(As2Error::DecryptionFailed(reason)) if decryption_key.is_err() => {
                 tracing::error!(%reason, key_error = ?decryption_key.err(), "cannot decrypt: our decryption key is not available");
                 return Err(Unavailable(
@@ -263,7 +270,10 @@ impl InboundProcessor {
             max_decompressed_size: self.settings.max_document_bytes,
             ..Limits::default()
         };
+        // Created here, entered on the blocking thread: a child of the message's span.
+        let span = tracing::info_span!("as2_unwrap", request_bytes = body.len());
         let outcome = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let identities: Vec<Identity> = decryption_key
                 .iter()
                 .map(|key| key.identity.clone())
@@ -406,8 +416,11 @@ impl InboundProcessor {
                 payload: &message.payload.data,
             })
             .await;
-        self.metrics
-            .observe_publish(publish_started.elapsed(), published.is_ok());
+        self.metrics.observe_publish(
+            publish_started.elapsed(),
+            message.payload.data.len(),
+            published.is_ok(),
+        );
         match published {
             Ok(stored) => {
                 tracing::info!(
@@ -595,7 +608,8 @@ impl InboundProcessor {
                 "asynchronous MDNs are not available, please resend later",
             ));
         };
-        let request = EnqueueMdnDeliveryRequest {
+        let traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
+        let mut request = as2_rpc::tonic::Request::new(EnqueueMdnDeliveryRequest {
             original_message_id: headers.message_id.original().to_owned(),
             partnership_id: route.partnership.id.clone(),
             // The original message's pair, as the contract asks (the MDN itself
@@ -603,7 +617,7 @@ impl InboundProcessor {
             as2_from: headers.as2_from.as_str().to_owned(),
             as2_to: headers.as2_to.as_str().to_owned(),
             delivery_url: url.to_owned(),
-            traceparent: String::new(),
+            traceparent,
             mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
                 headers: built
                     .headers
@@ -615,7 +629,8 @@ impl InboundProcessor {
                     .collect(),
                 body: built.body.clone(),
             })),
-        };
+        });
+        as2_common::telemetry::inject_grpc(&mut request);
         match client.clone().enqueue_mdn_delivery(request).await {
             Ok(_) => Ok(()),
             Err(status) => {

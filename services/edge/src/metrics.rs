@@ -38,7 +38,7 @@ impl Outcome {
     }
 
     /// The disposition label: the error modifier or failure, `processed` or `none`.
-    fn disposition(&self) -> &'static str {
+    pub fn disposition(&self) -> &'static str {
         match self {
             Self::Processed | Self::Duplicate => "processed",
             Self::Rejected(DispositionStatus::Error(error)) => match error {
@@ -85,6 +85,13 @@ pub struct DedupLabels {
     pub state: &'static str,
 }
 
+/// Labels of a partnership lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCacheLabels {
+    /// `hit` (answered from the cache) or `miss` (asked the routing service).
+    pub result: &'static str,
+}
+
 /// The edge's metrics; all clones share values.
 #[derive(Clone)]
 pub struct EdgeMetrics {
@@ -93,6 +100,8 @@ pub struct EdgeMetrics {
     message_duration_seconds: Histogram,
     publish_duration_seconds: Family<PublishLabels, Histogram>,
     dedup_hits: Family<DedupLabels, Counter>,
+    published_bytes: Counter,
+    route_cache_lookups: Family<RouteCacheLabels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -106,6 +115,8 @@ impl EdgeMetrics {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
             }),
             dedup_hits: Family::default(),
+            published_bytes: Counter::default(),
+            route_cache_lookups: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_edge");
         registry.register(
@@ -133,6 +144,16 @@ impl EdgeMetrics {
             "resends recognised by duplicate detection",
             metrics.dedup_hits.clone(),
         );
+        registry.register(
+            "published_bytes",
+            "document bytes published to kafka (after decryption and decompression)",
+            metrics.published_bytes.clone(),
+        );
+        registry.register(
+            "route_cache_lookups",
+            "partnership lookups answered from the cache (hit) or by the routing service (miss)",
+            metrics.route_cache_lookups.clone(),
+        );
         metrics
     }
 
@@ -149,12 +170,24 @@ impl EdgeMetrics {
         self.message_duration_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// Records a publish.
-    pub fn observe_publish(&self, elapsed: Duration, succeeded: bool) {
+    /// Records a publish of `bytes` document bytes.
+    pub fn observe_publish(&self, elapsed: Duration, bytes: usize, succeeded: bool) {
         let result = if succeeded { "ok" } else { "error" };
+        if succeeded {
+            self.published_bytes
+                .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+        }
         self.publish_duration_seconds
             .get_or_create(&PublishLabels { result })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a partnership lookup.
+    pub fn route_cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.route_cache_lookups
+            .get_or_create(&RouteCacheLabels { result })
+            .inc();
     }
 
     /// Records a dedup hit.

@@ -96,7 +96,8 @@ pub fn document_headers(
     };
     headers.push((HEADER_COMPRESSION, compression.to_owned()));
     headers.push((HEADER_RECEIVED_AT, received_at.to_owned()));
-    if let Some(traceparent) = current_traceparent() {
+    // Called inside the message's span: consumers continue the message's trace.
+    if let Some(traceparent) = as2_common::telemetry::current_traceparent() {
         headers.push((HEADER_TRACEPARENT, traceparent));
     }
     headers
@@ -110,21 +111,4 @@ pub fn now_rfc3339() -> String {
     );
     now.format(&format)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
-}
-
-/// The W3C `traceparent` of the current span, when it belongs to a sampled trace.
-fn current_traceparent() -> Option<String> {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        )
-    })
 }

@@ -24,6 +24,8 @@ use as2_rpc::tonic::{Code, Status};
 use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::EdgeMetrics;
+
 /// The pair an inbound message is routed by: (AS2-From, AS2-To).
 type Pair = (String, String);
 
@@ -79,13 +81,16 @@ pub struct RouteCache {
     entries: RwLock<HashMap<Pair, CachedRoute>>,
     generation: AtomicU64,
     ttl: Duration,
+    metrics: Arc<EdgeMetrics>,
 }
 
 impl RouteCache {
-    /// A cache in front of the routing service at `routing_url` (connected lazily).
+    /// A cache in front of the routing service at `routing_url` (connected lazily),
+    /// counting hits and misses in `metrics`.
     pub fn new(
         routing_url: &str,
         ttl: Duration,
+        metrics: Arc<EdgeMetrics>,
     ) -> Result<Arc<Self>, as2_rpc::tonic::transport::Error> {
         let channel = Endpoint::from_shared(routing_url.to_owned())?
             .connect_timeout(Duration::from_secs(3))
@@ -96,6 +101,7 @@ impl RouteCache {
             entries: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ttl,
+            metrics,
         }))
     }
 
@@ -107,13 +113,16 @@ impl RouteCache {
     ) -> Result<Option<Arc<Route>>, RouteError> {
         let pair = (as2_from.to_owned(), as2_to.to_owned());
         if let Some(route) = self.cached(&pair) {
+            self.metrics.route_cache_lookup(true);
             return Ok(Some(route));
         }
+        self.metrics.route_cache_lookup(false);
         let generation = self.generation.load(Ordering::SeqCst);
-        let request = ResolvePartnershipRequest {
+        let mut request = as2_rpc::tonic::Request::new(ResolvePartnershipRequest {
             as2_from: pair.0.clone(),
             as2_to: pair.1.clone(),
-        };
+        });
+        as2_common::telemetry::inject_grpc(&mut request);
         let response = self.client.clone().resolve_partnership(request).await;
         let route = match response {
             Ok(response) => response

@@ -93,6 +93,7 @@ impl EdgeServer {
         let routes = RouteCache::new(
             &config.routing_url,
             Duration::from_secs(inbound.route_cache_ttl_secs),
+            metrics.clone(),
         )
         .with_context(|| format!("invalid routing url {}", config.routing_url))?;
         let watch_task = tokio::spawn(routes.clone().follow_changes(stop_watch.clone()));

@@ -9,6 +9,7 @@ use as2_common::admin::{AdminState, serve_admin};
 use as2_common::health::GrpcHealth;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::shutdown::Readiness;
+use as2_common::telemetry::GrpcTraceLayer;
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
 use as2_rpc::tonic::transport::Server;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -159,6 +160,7 @@ impl MdnServer {
         let api = MdnApi::new(store, events.clone(), metrics);
         let mut grpc_task = tokio::spawn(
             Server::builder()
+                .layer(GrpcTraceLayer)
                 .add_service(health_service)
                 .add_service(MdnDeliveryServiceServer::new(api))
                 .serve_with_incoming_shutdown(

@@ -75,7 +75,12 @@ impl MdnApi {
         &self,
         request: EnqueueMdnDeliveryRequest,
     ) -> Result<EnqueueMdnDeliveryResponse, MdnApiError> {
-        let delivery = validate_request(request)?;
+        let mut delivery = validate_request(request)?;
+        if delivery.traceparent.is_empty() {
+            // A caller that did not name its trace still gets the delivery in the
+            // trace of this call (continued from the gRPC metadata when it sent one).
+            delivery.traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
+        }
         let unsupported = unsupported_reason(&delivery.target);
         let now = now_ms();
         let created = self.store.enqueue(&delivery, unsupported, now).await?;

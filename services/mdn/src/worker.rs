@@ -21,6 +21,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::metrics::{AttemptLabels, MdnMetrics, QueueLabels, StateLabels};
 use crate::retry::{NextStep, RetryPolicy, random_jitter};
@@ -335,12 +336,37 @@ impl Deliverer {
         }
 
         record.attempts += 1;
+        let span = tracing::info_span!(
+            "mdn_delivery",
+            otel.kind = "client",
+            delivery_id,
+            partnership = record.partnership_id.as_str(),
+            attempt = record.attempts,
+            outcome = tracing::field::Empty,
+        );
+        // The delivery continues the trace of the message the MDN answers.
+        as2_common::telemetry::set_remote_parent(&span, &record.traceparent);
+        self.deliver(entry_id, record, &mdn, started_ms)
+            .instrument(span)
+            .await
+    }
+
+    /// One attempt at a job that is due: POST the MDN and record the outcome.
+    async fn deliver(
+        &self,
+        entry_id: &str,
+        mut record: crate::store::DeliveryRecord,
+        mdn: &crate::job::PreparedMdn,
+        started_ms: i64,
+    ) -> Result<(), StoreError> {
+        let delivery_id = record.delivery_id.clone();
         self.store
-            .begin_attempt(delivery_id, record.attempts, started_ms)
+            .begin_attempt(&delivery_id, record.attempts, started_ms)
             .await?;
         self.metrics.in_flight.inc();
         let clock = Instant::now();
-        let outcome = self.transport.post(&record.url, &mdn).await;
+        let outcome = self.transport.post(&record.url, mdn).await;
+        tracing::Span::current().record("outcome", outcome.label());
         self.metrics.in_flight.dec();
         self.metrics
             .attempt_duration_seconds

@@ -80,6 +80,12 @@ impl EventHub {
             .is_ok_and(|result| result.is_ok())
     }
 
+    /// Every change event received from now on, for in-process followers (not
+    /// counted as a watcher).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<PartnershipEvent> {
+        self.sender.subscribe()
+    }
+
     /// A stream of events for one watcher, starting with RESET once the
     /// subscription is live. Ends when the watcher goes away or `stop` is
     /// cancelled.

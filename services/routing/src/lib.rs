@@ -16,6 +16,7 @@
 pub mod certificate;
 pub mod config;
 pub mod events;
+pub mod expiry;
 pub mod metrics;
 pub mod server;
 pub mod service;

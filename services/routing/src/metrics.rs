@@ -1,5 +1,8 @@
 //! Prometheus metrics of the routing service. Label sets are bounded: gRPC
-//! method names and status codes only.
+//! method names and status codes, and one certificate-expiry series per partner
+//! certificate in the registry.
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +27,15 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+/// Labels of a partner certificate's expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// Partnership id.
+    pub partnership: String,
+    /// SHA-256 fingerprint of the certificate (lowercase hex).
+    pub fingerprint: String,
+}
+
 /// The routing service's metrics; cheap to clone, all clones share values.
 #[derive(Clone)]
 pub struct RoutingMetrics {
@@ -37,6 +49,8 @@ pub struct RoutingMetrics {
     pub events_received: Counter,
     /// 1 while the Redis pub/sub subscription for change events is live.
     pub event_subscription_up: Gauge,
+    /// Days until each partner certificate expires (negative once expired).
+    pub certificate_expiry_days: Family<CertificateLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn request_duration_histogram() -> Histogram {
@@ -53,6 +67,7 @@ impl RoutingMetrics {
             active_watchers: Gauge::default(),
             events_received: Counter::default(),
             event_subscription_up: Gauge::default(),
+            certificate_expiry_days: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_routing");
         registry.register(
@@ -79,6 +94,11 @@ impl RoutingMetrics {
             "event_subscription_up",
             "whether the redis subscription for change events is live",
             metrics.event_subscription_up.clone(),
+        );
+        registry.register(
+            "certificate_expiry_days",
+            "days until the partner certificate expires, per partnership and certificate",
+            metrics.certificate_expiry_days.clone(),
         );
         metrics
     }

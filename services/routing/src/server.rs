@@ -10,6 +10,7 @@ use as2_common::admin::{AdminState, serve_admin};
 use as2_common::health::GrpcHealth;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::shutdown::Readiness;
+use as2_common::telemetry::GrpcTraceLayer;
 use as2_rpc::routing::v1::routing_service_server::{RoutingServiceServer, SERVICE_NAME};
 use as2_rpc::tonic::transport::Server;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RoutingConfig;
 use crate::events::EventHub;
+use crate::expiry::track_certificate_expiry;
 use crate::metrics::RoutingMetrics;
 use crate::service::RoutingApi;
 use crate::store::PartnershipStore;
@@ -103,10 +105,18 @@ impl RoutingServer {
             tracing::warn!("partnership event subscription is not live yet, starting anyway");
         }
 
+        let expiry_task = tokio::spawn(track_certificate_expiry(
+            store.clone(),
+            events.clone(),
+            metrics.clone(),
+            stop_events.clone(),
+        ));
+
         let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
         let api = RoutingApi::new(store, events, metrics, draining.clone());
         let mut grpc_task = tokio::spawn(
             Server::builder()
+                .layer(GrpcTraceLayer)
                 .add_service(health_service)
                 .add_service(RoutingServiceServer::new(api))
                 .serve_with_incoming_shutdown(
@@ -152,6 +162,9 @@ impl RoutingServer {
         stop_events.cancel();
         if let Err(error) = events_task.await {
             tracing::warn!(%error, "event subscription task failed");
+        }
+        if let Err(error) = expiry_task.await {
+            tracing::warn!(%error, "certificate expiry task failed");
         }
         stop_admin.cancel();
         if let Err(error) = admin_task.await {
