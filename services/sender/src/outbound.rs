@@ -469,10 +469,11 @@ impl OutboundSender {
             let matches =
                 As2Id::parse_header(from).is_ok_and(|from| from.as_str() == record.as2_to);
             if !matches {
-                return Err(ReconcileError::Rejected(format!(
-                    "the MDN's AS2-From {from:?} is not the partner {:?} of message {original}",
+                let reason = format!(
+                    "refused an MDN from AS2-From {from:?}, not the partner {:?}",
                     record.as2_to
-                )));
+                );
+                return Err(self.refuse(&original, reason).await);
             }
         }
         let expected = ReceivedContentMic::parse(&record.expected_mic).map_err(|_| {
@@ -490,11 +491,7 @@ impl OutboundSender {
         );
         if let Err(MdnError::NotAuthentic(error)) = &verdict {
             let reason = format!("refused an MDN that is not authentic: {error}");
-            tracing::warn!(message_id = original, partnership = record.partnership_id, %error, "mdn signature verification failed");
-            if let Err(error) = self.store.record_rejected_mdn(&original, &reason).await {
-                tracing::warn!(%error, "cannot record the refused mdn");
-            }
-            return Err(ReconcileError::Rejected(reason));
+            return Err(self.refuse(&original, reason).await);
         }
         let outcome = outcome_of(verdict, record.http_status, headers.to_vec(), body.to_vec());
         let delivered = outcome.delivered;
@@ -527,6 +524,15 @@ impl OutboundSender {
         } else {
             Reconciled::Failed(record)
         })
+    }
+
+    /// Keeps why an MDN for a pending message was refused; the message keeps waiting.
+    async fn refuse(&self, message_id: &str, reason: String) -> ReconcileError {
+        tracing::warn!(message_id, reason, "refused a partner mdn");
+        if let Err(error) = self.store.record_rejected_mdn(message_id, &reason).await {
+            tracing::warn!(%error, "cannot record the refused mdn");
+        }
+        ReconcileError::Rejected(reason)
     }
 
     /// Fails messages whose asynchronous MDN is overdue and publishes receipts left in
