@@ -154,6 +154,20 @@ impl EdgeMetrics {
             "partnership lookups answered from the cache (hit) or by the routing service (miss)",
             metrics.route_cache_lookups.clone(),
         );
+        // Series that alerts and dashboards rate() exist from the start, at zero.
+        for state in ["done", "in_flight"] {
+            let _ = metrics.dedup_hits.get_or_create(&DedupLabels { state });
+        }
+        for result in ["ok", "error"] {
+            let _ = metrics
+                .publish_duration_seconds
+                .get_or_create(&PublishLabels { result });
+        }
+        for result in ["hit", "miss"] {
+            let _ = metrics
+                .route_cache_lookups
+                .get_or_create(&RouteCacheLabels { result });
+        }
         metrics
     }
 

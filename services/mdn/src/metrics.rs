@@ -146,6 +146,10 @@ impl MdnMetrics {
             "status events published to kafka, dropped ones as state=dropped",
             metrics.tracking_events.clone(),
         );
+        // Series that alerts rate() exist from the start, at zero.
+        for state in ["delivered", "failed"] {
+            let _ = metrics.finished.get_or_create(&StateLabels { state });
+        }
         metrics
     }
 }
