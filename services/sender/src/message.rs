@@ -243,12 +243,11 @@ pub fn plan(
         MdnDelivery::None | MdnDelivery::Sync => None,
     };
     let mdn_request = (mdn != MdnDelivery::None).then(|| MdnRequest {
-        disposition_notification_to: settings
-            .async_mdn_url
-            .trim()
-            .is_empty()
-            .then(|| format!("as2@{}", as2_from.as_str()))
-            .unwrap_or_else(|| settings.async_mdn_url.clone()),
+        disposition_notification_to: if settings.async_mdn_url.trim().is_empty() {
+            format!("as2@{}", as2_from.as_str())
+        } else {
+            settings.async_mdn_url.clone()
+        },
         // The MIC algorithm asked for is the signing digest: some receivers (pyas2lib)
         // compute the MIC with the signature's digest whatever is asked.
         signed_receipt_algorithms: if settings.request_signed_mdn {

@@ -466,8 +466,10 @@ impl OutboundSender {
             }
         };
         if let Some(from) = header("as2-from") {
-            let matches =
-                As2Id::parse_header(from).is_ok_and(|from| from.as_str() == record.as2_to);
+            // pyas2lib quotes an already quoted id again (`"\"a b\""`): compare without
+            // any layer of quoting; the signature is what authenticates the MDN.
+            let matches = As2Id::parse_header(from)
+                .is_ok_and(|from| from.as_str().trim_matches(['"', '\\']) == record.as2_to);
             if !matches {
                 let reason = format!(
                     "refused an MDN from AS2-From {from:?}, not the partner {:?}",
