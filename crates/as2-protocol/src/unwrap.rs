@@ -474,17 +474,23 @@ pub(crate) fn verify_multipart_signed(
             // Only when the exact bytes fail (their digest does not match the signed one,
             // or, without signed attributes, the signature does not verify over them) are
             // other forms tried.
-            Err(As2Error::IntegrityCheckFailed(_) | As2Error::AuthenticationFailed(_)) => {
+            Err(
+                exact_error @ (As2Error::IntegrityCheckFailed(_)
+                | As2Error::AuthenticationFailed(_)),
+            ) => {
                 let candidates = canonical_candidates(signed);
                 let candidate_refs: Vec<&[u8]> = candidates
                     .iter()
                     .map(|(_, bytes)| bytes.as_slice())
                     .collect();
-                let (verified, index) = cms::verify_detached(&signature, &candidate_refs, options)?;
-                let (form, bytes) = candidates
-                    .into_iter()
-                    .nth(index)
-                    .ok_or_else(|| As2Error::AuthenticationFailed("no signed content".into()))?;
+                // When no other form verifies either, the exact bytes' failure is the one
+                // to report.
+                let Ok((verified, index)) =
+                    cms::verify_detached(&signature, &candidate_refs, options)
+                else {
+                    return Err(exact_error);
+                };
+                let (form, bytes) = candidates.into_iter().nth(index).ok_or(exact_error)?;
                 (form, bytes, verified)
             }
             Err(error) => return Err(error),
