@@ -116,7 +116,8 @@ pub struct InboundProcessor {
     /// Counters and histograms.
     pub metrics: Arc<EdgeMetrics>,
     /// The sender, which reconciles partners' MDNs for our outbound messages.
-    pub mdn_reconciler: Option<as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient<Channel>>,
+    pub mdn_reconciler:
+        Option<as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient<Channel>>,
 }
 
 /// Why a message got the answer it got (for metrics and logs).

@@ -117,7 +117,11 @@ impl EdgeServer {
                     .connect_timeout(Duration::from_secs(3))
                     .timeout(Duration::from_secs(10))
                     .connect_lazy();
-                Some(as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient::new(channel))
+                Some(
+                    as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient::new(
+                        channel,
+                    ),
+                )
             }
             None => None,
         };
