@@ -1,5 +1,7 @@
 //! Dedup claims against a real Redis.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::time::Duration;
 
 use as2_common::config::RedisConfig;

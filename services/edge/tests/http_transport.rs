@@ -1,6 +1,8 @@
 //! The HTTP side of the AS2 endpoint: h2c, chunked bodies, the body limit for chunked
 //! uploads, slow clients, and methods other than POST.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::time::Duration;
@@ -35,9 +37,11 @@ fn request_with<B>(url: &str, headers: &[(String, String)], body: B) -> http::Re
     request.body(body).unwrap()
 }
 
-fn chunked(
-    body: Vec<u8>,
-) -> StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>> {
+/// A body streamed in 1000-byte frames, so hyper sends it chunked.
+type ChunkedBody =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>;
+
+fn chunked(body: Vec<u8>) -> ChunkedBody {
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = body
         .chunks(1000)
         .map(|chunk| Ok(Frame::data(Bytes::copy_from_slice(chunk))))

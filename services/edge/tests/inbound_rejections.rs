@@ -3,6 +3,8 @@
 //! partners, policy violations, missing headers, garbage, oversize bodies, and MDN
 //! options that cannot be honoured.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::time::Duration;

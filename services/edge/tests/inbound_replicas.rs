@@ -1,6 +1,8 @@
 //! Two edge replicas behind one address (a round-robin TCP balancer on loopback) serve
 //! the same partnerships and share duplicate detection.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! concurrent resends, a stopped broker, a stopped Redis, a stopped routing service, and
 //! partnership changes reaching the edge's cache.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::time::Duration;
@@ -12,11 +14,7 @@ use serde_json::json;
 use support::{HttpResponse, PARTNER_ID, Stack, consume, message_parts, post, python};
 
 /// `count` signed + encrypted messages from the pyas2lib partner, with signed MDNs.
-fn build_messages(
-    stack: &Stack,
-    as2_from: &str,
-    count: usize,
-) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+fn build_messages(stack: &Stack, as2_from: &str, count: usize) -> Vec<support::As2Request> {
     use base64::Engine as _;
     let requests: Vec<_> = (0..count)
         .map(|index| {

@@ -2,6 +2,8 @@
 //! build (AES-GCM AuthEnvelopedData, RSA-OAEP key transport, RSA-PSS signatures), are
 //! processed end to end with the MIC computed over the signed entity.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Publishing documents to a real Kafka-protocol broker.
 
+#![allow(clippy::unwrap_used, clippy::print_stderr)] // test helpers outside #[test] functions
+
 use std::time::Duration;
 
 use as2_edge::kafka::{DocumentPublisher, KafkaConfig, OutgoingRecord, PublishError};

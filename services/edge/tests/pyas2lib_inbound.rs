@@ -2,6 +2,8 @@
 //! compression and MDN signing is processed, published byte-identical with its headers,
 //! and receipted with an MDN that pyas2lib verifies, carrying the MIC pyas2lib computed.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod support;
 
 use std::collections::HashMap;

@@ -347,8 +347,11 @@ pub fn python(script: &str, command: &str, input: &serde_json::Value) -> serde_j
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// An AS2 request: its headers and body.
+pub type As2Request = (Vec<(String, String)>, Vec<u8>);
+
 /// Headers and body of a message pyas2lib built.
-pub fn message_parts(built: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
+pub fn message_parts(built: &serde_json::Value) -> As2Request {
     use base64::Engine as _;
     let headers = built["headers"]
         .as_array()
