@@ -123,7 +123,7 @@ async fn counters_match_a_known_sequence_of_messages() {
     };
     assert_eq!(messages("processed", "processed"), 2.0);
     assert_eq!(messages("duplicate", "processed"), 1.0);
-    assert_eq!(messages("rejected", "integrity-check-failed"), 1.0);
+    assert_eq!(messages("rejected", "authentication-failed"), 1.0);
     assert_eq!(messages("rejected", "unknown-trading-partner"), 1.0);
     assert_eq!(messages("bad_request", "none"), 1.0);
     assert_eq!(
