@@ -84,8 +84,10 @@ pub async fn reconcile(
             })
             .collect(),
         body: request.body.to_vec(),
-        traceparent: String::new(),
+        traceparent: as2_common::telemetry::current_traceparent().unwrap_or_default(),
     };
+    let mut message = as2_rpc::tonic::Request::new(message);
+    as2_common::telemetry::inject_grpc(&mut message);
     match sender.clone().reconcile_mdn(message).await {
         Ok(response) => {
             let response = response.into_inner();

@@ -145,6 +145,7 @@ impl SenderServer {
         let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
         let mut grpc_task = tokio::spawn(
             Server::builder()
+                .layer(as2_common::telemetry::GrpcTraceLayer)
                 .add_service(health_service)
                 .add_service(OutboundServiceServer::new(OutboundApi::new(sender.clone())))
                 .serve_with_incoming_shutdown(
