@@ -47,7 +47,10 @@ pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout()))
         .set_response_timeout(Some(config.response_timeout()))
-        .set_number_of_retries(2)
+        // A reconnect whose attempts all fail leaves the manager holding the failed
+        // attempt, and redis-rs starts a new one only after an I/O error (not after a
+        // timeout), so retry long enough to ride out a Redis restart.
+        .set_number_of_retries(8)
         .set_max_delay(std::time::Duration::from_secs(2));
     let connection = ConnectionManager::new_with_config(client.clone(), manager_config)
         .await
