@@ -1,6 +1,7 @@
 //! Redis setup: the shared connection and the key namespace.
 
 use std::fmt;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -44,15 +45,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
     let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
     let client =
         RedisClient::open(config.redis_url.as_str()).map_err(RedisSetupError::InvalidUrl)?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout()))
-        .set_response_timeout(Some(config.response_timeout()))
-        // A reconnect whose attempts all fail leaves the manager holding the failed
-        // attempt, and redis-rs starts a new one only after an I/O error (not after a
-        // timeout), so retry long enough to ride out a Redis restart.
-        .set_number_of_retries(8)
-        .set_max_delay(std::time::Duration::from_secs(2));
-    let connection = ConnectionManager::new_with_config(client.clone(), manager_config)
+    let connection = connect_manager(&client, config, config.response_timeout())
         .await
         .map_err(RedisSetupError::Connect)?;
     Ok(Redis {
@@ -60,6 +53,24 @@ pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
         connection,
         namespace,
     })
+}
+
+/// A further reconnecting connection to the same Redis, for commands that must not share
+/// the multiplexed one (blocking reads), with its own response timeout.
+pub async fn connect_manager(
+    client: &RedisClient,
+    config: &RedisConfig,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout()))
+        .set_response_timeout(Some(response_timeout))
+        // A reconnect whose attempts all fail leaves the manager holding the failed
+        // attempt, and redis-rs starts a new one only after an I/O error (not after a
+        // timeout), so retry long enough to ride out a Redis restart.
+        .set_number_of_retries(8)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client.clone(), manager_config).await
 }
 
 /// The prefix that every key and channel of one gateway starts with.

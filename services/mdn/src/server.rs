@@ -12,7 +12,7 @@ use as2_common::shutdown::Readiness;
 use as2_common::telemetry::GrpcTraceLayer;
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
 use as2_rpc::tonic::transport::Server;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -53,14 +53,10 @@ impl MdnServer {
             .context("redis setup failed")?;
         // Blocking stream reads get a connection of their own; the response timeout
         // leaves room for the block time.
-        let reader_connection = ConnectionManager::new_with_config(
-            redis.client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.redis.connect_timeout()))
-                .set_response_timeout(Some(
-                    config.redis.response_timeout() + std::time::Duration::from_secs(2),
-                ))
-                .set_number_of_retries(2),
+        let reader_connection = as2_common::redis::connect_manager(
+            &redis.client,
+            &config.redis,
+            config.redis.response_timeout() + std::time::Duration::from_secs(2),
         )
         .await
         .context("redis setup failed for the job reader")?;
