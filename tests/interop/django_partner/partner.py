@@ -66,7 +66,9 @@ def setup():
 
 
 def serve(port):
-    call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
+    # One request at a time: django-pyas2 on SQLite answers concurrent messages with
+    # "database is locked" (a 500) now and then, which a busy timeout does not prevent.
+    call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=False)
 
 
 def received():

@@ -24,7 +24,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.path.join(DATA, "db.sqlite3"),
-        # runserver serves each request on its own thread.
+        # partner.py serves one request at a time; the timeout covers the async MDN
+        # command writing while a request is served.
         "OPTIONS": {"timeout": 30},
     }
 }
