@@ -40,6 +40,8 @@ pub struct AdminServerConfig {
 #[derive(Args, Clone, Debug)]
 pub struct RedisConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0` (`redis://user:password@host/` with ACLs).
+    /// `memory://` keeps the state in the process instead: lost on exit, one replica only,
+    /// for trying things out.
     #[arg(
         long = "redis-url",
         env = "AS2_REDIS_URL",

@@ -40,6 +40,62 @@ pub struct Redis {
     pub namespace: KeyNamespace,
 }
 
+/// The Redis URL that keeps a service's state in its own process instead of Redis.
+///
+/// Meant for trying the gateway out (the single-process quick start uses it): the state
+/// is lost when the process stops and cannot be shared, so a service configured with it
+/// must run as a single replica.
+pub const IN_MEMORY_URL: &str = "memory://";
+
+/// Where a service keeps its shared state, as its Redis URL selects.
+#[derive(Clone)]
+pub enum StateBackend {
+    /// A real Redis, shared by every replica.
+    Redis(Redis),
+    /// The process's own memory ([`IN_MEMORY_URL`]).
+    InMemory {
+        /// The configured key prefix (kept so that logs and listings look the same).
+        namespace: KeyNamespace,
+    },
+}
+
+impl StateBackend {
+    /// The key namespace of either backend.
+    pub fn namespace(&self) -> &KeyNamespace {
+        match self {
+            Self::Redis(redis) => &redis.namespace,
+            Self::InMemory { namespace } => namespace,
+        }
+    }
+
+    /// A short name for logs: `redis` or `memory`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::InMemory { .. } => "memory",
+        }
+    }
+}
+
+/// Whether `config` selects in-process state ([`IN_MEMORY_URL`]).
+pub fn is_in_memory(config: &RedisConfig) -> bool {
+    config.redis_url.trim_end_matches('/') == IN_MEMORY_URL.trim_end_matches('/')
+}
+
+/// Connects to Redis as `config` says, or sets up in-process state for
+/// [`IN_MEMORY_URL`].
+pub async fn connect_state(config: &RedisConfig) -> Result<StateBackend, RedisSetupError> {
+    if is_in_memory(config) {
+        let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
+        tracing::warn!(
+            "state is kept in this process (redis url {IN_MEMORY_URL}): it is lost on exit and this \
+             service must run as a single replica"
+        );
+        return Ok(StateBackend::InMemory { namespace });
+    }
+    connect(config).await.map(StateBackend::Redis)
+}
+
 /// Connects to Redis as `config` says and checks the connection.
 pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
     let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
@@ -125,6 +181,22 @@ mod tests {
         assert!(KeyNamespace::new("").is_err());
         assert!(KeyNamespace::new("has space").is_err());
         assert!(KeyNamespace::new(&"x".repeat(65)).is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_url_selects_in_process_state() {
+        for url in ["memory://", "memory:///"] {
+            let state = connect_state(&RedisConfig::new(url, "quick"))
+                .await
+                .unwrap();
+            assert_eq!(state.kind(), "memory");
+            assert_eq!(state.namespace().prefix(), "quick");
+        }
+        let bad_prefix = connect_state(&RedisConfig::new("memory://", "has space")).await;
+        assert!(matches!(
+            bad_prefix,
+            Err(RedisSetupError::InvalidPrefix { .. })
+        ));
     }
 
     #[tokio::test]
