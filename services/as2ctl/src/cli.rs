@@ -60,6 +60,147 @@ pub enum Command {
     /// Follow asynchronous MDN deliveries.
     #[command(subcommand)]
     Mdn(MdnCommand),
+    /// Send a file to an AS2 endpoint as a trading partner would, and judge the MDN.
+    ///
+    /// Exits 0 when the message was delivered (a processed MDN for our Message-ID with
+    /// the right MIC, signature verified when one was asked for), 1 otherwise.
+    Send(SendArgs),
+    /// Read documents from a Kafka topic (without joining a consumer group).
+    Consume(ConsumeArgs),
+}
+
+/// `as2ctl send`
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The file to send.
+    pub file: PathBuf,
+
+    /// The receiver's AS2 URL.
+    #[arg(long)]
+    pub url: String,
+
+    /// AS2-From: the sender's AS2 ID.
+    #[arg(long, value_name = "AS2_ID")]
+    pub from: String,
+
+    /// AS2-To: the receiver's AS2 ID.
+    #[arg(long, value_name = "AS2_ID")]
+    pub to: String,
+
+    /// Sign with this private key (PEM); needs --sign-cert.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+
+    /// The certificate (PEM) of --sign-key.
+    #[arg(long, value_name = "FILE")]
+    pub sign_cert: Option<PathBuf>,
+
+    /// Digest of the signature, the MIC and the signed MDN asked for.
+    #[arg(long, value_enum, default_value_t = DigestArg::Sha256)]
+    pub digest: DigestArg,
+
+    /// Sign with RSASSA-PSS instead of PKCS #1 v1.5.
+    #[arg(long)]
+    pub pss: bool,
+
+    /// Encrypt for this certificate (PEM or DER): the receiver's.
+    #[arg(long, value_name = "FILE")]
+    pub encrypt_cert: Option<PathBuf>,
+
+    /// Content cipher when encrypting.
+    #[arg(long, value_enum, default_value_t = CipherArg::Aes256Cbc)]
+    pub cipher: CipherArg,
+
+    /// Wrap the content key with RSAES-OAEP (SHA-256) instead of PKCS #1 v1.5.
+    #[arg(long)]
+    pub oaep: bool,
+
+    /// Compress the document (RFC 5402), before or after signing.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compress: CompressionArg,
+
+    /// How the MDN comes back: in the response, POSTed to a local listener, or not at all.
+    #[arg(long, value_enum, default_value_t = MdnModeArg::Sync)]
+    pub mdn: MdnModeArg,
+
+    /// Ask for an unsigned MDN instead of a signed one.
+    #[arg(long)]
+    pub unsigned_mdn: bool,
+
+    /// Certificate (PEM or DER) that verifies the MDN's signature; defaults to
+    /// --encrypt-cert.
+    #[arg(long, value_name = "FILE")]
+    pub mdn_cert: Option<PathBuf>,
+
+    /// Where to listen for an asynchronous MDN.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
+    pub async_mdn_listen: std::net::SocketAddr,
+
+    /// The URL the receiver POSTs the asynchronous MDN to, when it is not
+    /// `http://{listen address}/mdn` (behind NAT or a proxy).
+    #[arg(long, value_name = "URL")]
+    pub async_mdn_url: Option<String>,
+
+    /// Seconds to wait for an asynchronous MDN.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub mdn_timeout_secs: u64,
+
+    /// Seconds the POST may take.
+    #[arg(
+        long = "send-timeout-secs",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    pub timeout_secs: u64,
+
+    /// The document's MIME type.
+    #[arg(long, default_value = "application/octet-stream")]
+    pub content_type: String,
+
+    /// Subject header.
+    #[arg(long)]
+    pub subject: Option<String>,
+}
+
+/// `as2ctl consume`
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// Kafka bootstrap servers, `host:port,...`.
+    #[arg(long, env = "AS2_KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+
+    /// The topic to read.
+    #[arg(long)]
+    pub topic: String,
+
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<usize>,
+
+    /// Stop after this many seconds without a record.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub idle_secs: u64,
+
+    /// Start at the end of each partition (only records arriving from now on).
+    #[arg(long)]
+    pub from_end: bool,
+
+    /// Write each document to a file in this directory instead of printing it.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Extra librdkafka properties, `key=value` (TLS, SASL), repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected key=value, got {text:?}")),
+    }
 }
 
 /// `as2ctl mdn ...`

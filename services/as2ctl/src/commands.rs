@@ -62,6 +62,10 @@ pub enum CtlError {
     /// JSON output failed.
     #[error("cannot write json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The command ran, and its report (printed on standard output) says it did not
+    /// succeed: a message that was not delivered.
+    #[error("{0}")]
+    Unsuccessful(String),
 }
 
 /// Runs the command and returns what to print on standard output.
@@ -78,6 +82,8 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
             )
             .await;
         }
+        Command::Send(args) => return crate::send::execute(args, json).await,
+        Command::Consume(args) => return crate::consume::execute(args, json).await,
         Command::Partnership(command) => command,
     };
     let mut client =

@@ -8,8 +8,10 @@
 mod certificates;
 mod cli;
 mod commands;
+mod consume;
 mod deliveries;
 mod output;
+mod send;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -26,6 +28,12 @@ async fn main() -> ExitCode {
             let _ = stdout.write_all(output.as_bytes());
             let _ = stdout.flush();
             ExitCode::SUCCESS
+        }
+        Err(commands::CtlError::Unsuccessful(output)) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(output.as_bytes());
+            let _ = stdout.flush();
+            ExitCode::FAILURE
         }
         Err(error) => {
             report(&error);

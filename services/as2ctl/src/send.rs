@@ -1,0 +1,491 @@
+//! `as2ctl send`: act as a trading partner. Builds an AS2 message from a file (signed,
+//! encrypted, compressed as asked), POSTs it, waits for the MDN (in the response or
+//! POSTed back to a listener of our own) and judges it: disposition, Original-Message-ID,
+//! MIC and signature.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
+use as2_protocol::headers::ReceiptDeliveryOption;
+use as2_protocol::mdn::{MdnVerification, ParsedMdn, parse_mdn};
+use as2_protocol::outbound::{
+    CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing, build_message,
+};
+use as2_protocol::{As2Id, MessageId, MicAlgorithm, ReceivedContentMic};
+use as2_sender::transport::PartnerTransport;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use openssl::x509::X509;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::cli::{CipherArg, CompressionArg, DigestArg, MdnModeArg, SendArgs};
+use crate::commands::CtlError;
+
+/// Largest asynchronous MDN accepted.
+const MAX_MDN_BYTES: usize = 1024 * 1024;
+/// Domain of the Message-IDs of what as2ctl sends.
+const MESSAGE_ID_DOMAIN: &str = "as2ctl.local";
+
+/// What happened to one message, as printed.
+#[derive(Debug, Serialize)]
+pub struct SendReport {
+    /// Our Message-ID.
+    pub message_id: String,
+    /// Where it went.
+    pub url: String,
+    /// The HTTP status of the POST.
+    pub http_status: u16,
+    /// `none`, `sync` or `async`.
+    pub mdn_mode: &'static str,
+    /// The MDN's Disposition, when an MDN came.
+    pub disposition: Option<String>,
+    /// The MIC we expect back, base64, with its algorithm.
+    pub expected_mic: String,
+    /// The MIC the MDN returned.
+    pub returned_mic: Option<String>,
+    /// Whether the MDN answers our Message-ID.
+    pub original_message_id_matches: Option<bool>,
+    /// `verified`, `unsigned`, or `not verified (...)`.
+    pub mdn_signature: Option<String>,
+    /// `delivered` when everything checks out; otherwise what did not.
+    pub verdict: String,
+    /// Whether the verdict is `delivered`.
+    pub delivered: bool,
+}
+
+/// Sends the file and returns the report; an [`CtlError::Unsuccessful`] carries the
+/// report of a message that was not delivered.
+pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
+    let plan = Plan::load(&args)?;
+    let message_id = MessageId::generate(MESSAGE_ID_DOMAIN).map_err(usage)?;
+
+    // The listener exists before the message leaves, so an early MDN is not lost.
+    let async_receiver = match args.mdn {
+        MdnModeArg::Async => Some(AsyncMdnReceiver::bind(args.async_mdn_listen).await?),
+        MdnModeArg::None | MdnModeArg::Sync => None,
+    };
+    let async_url = match (&async_receiver, &args.async_mdn_url) {
+        (Some(_), Some(url)) => Some(url.clone()),
+        (Some(receiver), None) => Some(format!("http://{}/mdn", receiver.address)),
+        (None, _) => None,
+    };
+    let mdn_request = match args.mdn {
+        MdnModeArg::None => None,
+        MdnModeArg::Sync | MdnModeArg::Async => Some(MdnRequest {
+            disposition_notification_to: args.from.clone(),
+            signed_receipt_algorithms: if args.unsigned_mdn {
+                Vec::new()
+            } else {
+                vec![plan.digest]
+            },
+            receipt_delivery_option: async_url
+                .as_deref()
+                .map(ReceiptDeliveryOption::parse)
+                .transpose()
+                .map_err(usage)?,
+        }),
+    };
+    let filename = args.file.file_name().and_then(|name| name.to_str());
+    let built = build_message(&OutboundMessage {
+        as2_from: &plan.as2_from,
+        as2_to: &plan.as2_to,
+        message_id: &message_id,
+        subject: args.subject.as_deref(),
+        payload: &plan.payload,
+        content_type: &args.content_type,
+        filename,
+        signing: plan.signer.as_ref().map(|identity| Signing {
+            identity,
+            digest: plan.digest,
+            scheme: if args.pss {
+                SignatureScheme::RsaPss
+            } else {
+                SignatureScheme::RsaPkcs1v15
+            },
+        }),
+        encryption: plan.recipient.as_ref().map(|recipient| Encryption {
+            recipient,
+            cipher: plan.cipher,
+            key_transport: if args.oaep {
+                KeyTransport::RsaOaep(MicAlgorithm::Sha256)
+            } else {
+                KeyTransport::RsaPkcs1v15
+            },
+        }),
+        compression: plan.compression,
+        mdn: mdn_request,
+    })
+    .map_err(|error| CtlError::Usage(format!("cannot build the AS2 message: {error}")))?;
+
+    let transport = PartnerTransport::new(None)
+        .map_err(|error| CtlError::Usage(format!("cannot set up https: {error}")))?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let response = transport
+        .post(&args.url, &built.headers, &built.body, timeout)
+        .await
+        .map_err(|error| CtlError::Unreachable {
+            service: "partner",
+            url: args.url.clone(),
+            reason: error.to_string(),
+        })?;
+
+    let mut report = SendReport {
+        message_id: message_id.original().to_owned(),
+        url: args.url.clone(),
+        http_status: response.status,
+        mdn_mode: mdn_mode_name(args.mdn),
+        disposition: None,
+        expected_mic: mic_text(&built.expected_mic),
+        returned_mic: None,
+        original_message_id_matches: None,
+        mdn_signature: None,
+        verdict: String::new(),
+        delivered: false,
+    };
+    let http_ok = (200..300).contains(&response.status);
+    let mdn = if !http_ok {
+        Err(format!(
+            "HTTP {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ))
+    } else {
+        match (args.mdn, async_receiver) {
+            (MdnModeArg::None, _) => Ok(None),
+            (MdnModeArg::Sync, _) => match response.header("content-type") {
+                Some(content_type) => Ok(Some((content_type.to_owned(), response.body.clone()))),
+                None => Err("the response carries no MDN (no Content-Type)".to_owned()),
+            },
+            (MdnModeArg::Async, Some(mut receiver)) => receiver
+                .next(Duration::from_secs(args.mdn_timeout_secs))
+                .await
+                .map(Some),
+            (MdnModeArg::Async, None) => Err("no listener for the asynchronous MDN".to_owned()),
+        }
+    };
+    report.verdict = match mdn {
+        Err(problem) => problem,
+        Ok(None) => "delivered (no MDN requested)".to_owned(),
+        Ok(Some((content_type, body))) => judge(
+            &plan,
+            &args,
+            &built.expected_mic,
+            &message_id,
+            &content_type,
+            &body,
+            &mut report,
+        ),
+    };
+    report.delivered = report.verdict.starts_with("delivered");
+    let output = render(&report, json)?;
+    if report.delivered {
+        Ok(output)
+    } else {
+        Err(CtlError::Unsuccessful(output))
+    }
+}
+
+/// Checks the MDN and fills the report; returns the verdict.
+fn judge(
+    plan: &Plan,
+    args: &SendArgs,
+    expected_mic: &ReceivedContentMic,
+    message_id: &MessageId,
+    content_type: &str,
+    body: &[u8],
+    report: &mut SendReport,
+) -> String {
+    let signed_requested = !args.unsigned_mdn;
+    let verification = MdnVerification {
+        partner_certificates: &plan.mdn_certificates,
+        allow_md5: plan.digest == MicAlgorithm::Md5,
+        check_certificate_validity: true,
+        require_signature: signed_requested && !plan.mdn_certificates.is_empty(),
+    };
+    let parsed: ParsedMdn = match parse_mdn(content_type, body, &verification) {
+        Ok(parsed) => parsed,
+        Err(error) => return format!("the MDN does not check out: {error}"),
+    };
+    report.disposition = Some(parsed.report.disposition.status.to_string());
+    report.returned_mic = parsed.report.received_content_mic.as_ref().map(mic_text);
+    let id_matches =
+        strip_brackets(&parsed.report.original_message_id) == message_id.without_brackets();
+    report.original_message_id_matches = Some(id_matches);
+    report.mdn_signature = Some(
+        match (&parsed.signature, plan.mdn_certificates.is_empty()) {
+            (Some(facts), _) => format!("verified ({}, {})", facts.digest.as_str(), facts.scheme),
+            (None, true) if signed_requested => {
+                "not verified (no --mdn-cert or --encrypt-cert to verify it with)".to_owned()
+            }
+            (None, _) => "unsigned".to_owned(),
+        },
+    );
+    if !parsed.report.disposition.status.is_processed() {
+        return format!("not processed: {}", parsed.report.disposition.status);
+    }
+    if !id_matches {
+        return format!(
+            "the MDN answers another message ({})",
+            parsed.report.original_message_id
+        );
+    }
+    if !parsed.mic_matches(expected_mic) {
+        return "the MDN's Received-Content-MIC does not match what was sent".to_owned();
+    }
+    "delivered".to_owned()
+}
+
+fn strip_brackets(id: &str) -> &str {
+    let id = id.trim();
+    id.strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+        .unwrap_or(id)
+}
+
+fn mic_text(mic: &ReceivedContentMic) -> String {
+    format!(
+        "{}, {}",
+        base64::engine::general_purpose::STANDARD.encode(&mic.digest),
+        mic.algorithm.as_str()
+    )
+}
+
+fn mdn_mode_name(mode: MdnModeArg) -> &'static str {
+    match mode {
+        MdnModeArg::None => "none",
+        MdnModeArg::Sync => "sync",
+        MdnModeArg::Async => "async",
+    }
+}
+
+fn render(report: &SendReport, json: bool) -> Result<String, CtlError> {
+    if json {
+        return Ok(serde_json::to_string_pretty(report)? + "\n");
+    }
+    let mut rows = vec![
+        ("Message-ID", report.message_id.clone()),
+        ("URL", report.url.clone()),
+        ("HTTP status", report.http_status.to_string()),
+        ("MDN", report.mdn_mode.to_owned()),
+    ];
+    let optional = [
+        ("Disposition", report.disposition.clone()),
+        ("MIC sent", Some(report.expected_mic.clone())),
+        ("MIC returned", report.returned_mic.clone()),
+        (
+            "Original-Message-ID",
+            report
+                .original_message_id_matches
+                .map(|matches| if matches { "matches" } else { "DIFFERS" }.to_owned()),
+        ),
+        ("MDN signature", report.mdn_signature.clone()),
+    ];
+    rows.extend(
+        optional
+            .into_iter()
+            .filter_map(|(label, value)| Some((label, value?))),
+    );
+    rows.push(("Verdict", report.verdict.clone()));
+    Ok(rows
+        .into_iter()
+        .map(|(label, value)| format!("{:<21}{value}\n", format!("{label}:")))
+        .collect())
+}
+
+fn usage(error: impl std::fmt::Display) -> CtlError {
+    CtlError::Usage(error.to_string())
+}
+
+/// The loaded inputs of one send.
+struct Plan {
+    as2_from: As2Id,
+    as2_to: As2Id,
+    payload: Vec<u8>,
+    signer: Option<Identity>,
+    digest: MicAlgorithm,
+    recipient: Option<X509>,
+    cipher: ContentCipher,
+    compression: Option<CompressionOrder>,
+    mdn_certificates: Vec<X509>,
+}
+
+impl Plan {
+    fn load(args: &SendArgs) -> Result<Self, CtlError> {
+        let as2_from = As2Id::new(args.from.clone()).map_err(usage)?;
+        let as2_to = As2Id::new(args.to.clone()).map_err(usage)?;
+        let payload = read(&args.file)?;
+        let signer = match (&args.sign_key, &args.sign_cert) {
+            (Some(key), Some(certificate)) => Some(
+                Identity::from_pem(&read(key)?, &read(certificate)?, None).map_err(|error| {
+                    CtlError::Usage(format!(
+                        "cannot load the signing key and certificate: {error}"
+                    ))
+                })?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(CtlError::Usage(
+                    "--sign-key and --sign-cert go together".to_owned(),
+                ));
+            }
+        };
+        let recipient = args
+            .encrypt_cert
+            .as_deref()
+            .map(load_certificate)
+            .transpose()?;
+        let mdn_certificates = match (&args.mdn_cert, &recipient) {
+            (Some(path), _) => vec![load_certificate(path)?],
+            (None, Some(certificate)) => vec![certificate.clone()],
+            (None, None) => Vec::new(),
+        };
+        if args.compress == CompressionArg::AfterSigning && signer.is_none() {
+            return Err(CtlError::Usage(
+                "--compress after-signing needs --sign-key and --sign-cert; use before-signing"
+                    .to_owned(),
+            ));
+        }
+        Ok(Self {
+            as2_from,
+            as2_to,
+            payload,
+            signer,
+            digest: digest(args.digest),
+            recipient,
+            cipher: cipher(args.cipher),
+            compression: match args.compress {
+                CompressionArg::None => None,
+                CompressionArg::BeforeSigning => Some(CompressionOrder::BeforeSigning),
+                CompressionArg::AfterSigning => Some(CompressionOrder::AfterSigning),
+            },
+            mdn_certificates,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CtlError> {
+    std::fs::read(path)
+        .map_err(|error| CtlError::Usage(format!("cannot read {}: {error}", path.display())))
+}
+
+fn load_certificate(path: &Path) -> Result<X509, CtlError> {
+    let bytes = read(path)?;
+    X509::from_pem(&bytes)
+        .or_else(|_| X509::from_der(&bytes))
+        .map_err(|error| {
+            CtlError::Usage(format!(
+                "{} is not a PEM or DER certificate: {error}",
+                path.display()
+            ))
+        })
+}
+
+fn digest(digest: DigestArg) -> MicAlgorithm {
+    match digest {
+        DigestArg::Md5 => MicAlgorithm::Md5,
+        DigestArg::Sha1 => MicAlgorithm::Sha1,
+        DigestArg::Sha224 => MicAlgorithm::Sha224,
+        DigestArg::Sha256 => MicAlgorithm::Sha256,
+        DigestArg::Sha384 => MicAlgorithm::Sha384,
+        DigestArg::Sha512 => MicAlgorithm::Sha512,
+    }
+}
+
+fn cipher(cipher: CipherArg) -> ContentCipher {
+    match cipher {
+        CipherArg::DesEde3Cbc => ContentCipher::TripleDesCbc,
+        CipherArg::Aes128Cbc => ContentCipher::Aes128Cbc,
+        CipherArg::Aes192Cbc => ContentCipher::Aes192Cbc,
+        CipherArg::Aes256Cbc => ContentCipher::Aes256Cbc,
+        CipherArg::Aes128Gcm => ContentCipher::Aes128Gcm,
+        CipherArg::Aes256Gcm => ContentCipher::Aes256Gcm,
+    }
+}
+
+/// A local HTTP endpoint the partner POSTs the asynchronous MDN to.
+struct AsyncMdnReceiver {
+    address: SocketAddr,
+    received: mpsc::Receiver<(String, Vec<u8>)>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl AsyncMdnReceiver {
+    async fn bind(address: SocketAddr) -> Result<Self, CtlError> {
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            CtlError::Usage(format!("cannot listen for the MDN on {address}: {error}"))
+        })?;
+        let address = listener.local_addr().map_err(usage)?;
+        let (sender, received) = mpsc::channel(4);
+        let accept_task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                            let sender = sender.clone();
+                            async move {
+                                let content_type = request
+                                    .headers()
+                                    .get(http::header::CONTENT_TYPE)
+                                    .and_then(|value| value.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned();
+                                let body = Limited::new(request.into_body(), MAX_MDN_BYTES)
+                                    .collect()
+                                    .await
+                                    .map(|collected| collected.to_bytes().to_vec());
+                                let (status, text) = match body {
+                                    Ok(body) => {
+                                        let _ = sender.send((content_type, body)).await;
+                                        (200, "MDN received\n")
+                                    }
+                                    Err(_) => (413, "MDN too large or unreadable\n"),
+                                };
+                                http::Response::builder()
+                                    .status(status)
+                                    .header(http::header::CONTENT_TYPE, "text/plain")
+                                    .body(Full::new(Bytes::from_static(text.as_bytes())))
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            address,
+            received,
+            accept_task,
+        })
+    }
+
+    /// The next MDN POSTed, within `timeout`.
+    async fn next(&mut self, timeout: Duration) -> Result<(String, Vec<u8>), String> {
+        match tokio::time::timeout(timeout, self.received.recv()).await {
+            Ok(Some(mdn)) => Ok(mdn),
+            Ok(None) => Err("the MDN listener stopped".to_owned()),
+            Err(_) => Err(format!(
+                "no asynchronous MDN arrived at http://{}/mdn within {} s",
+                self.address,
+                timeout.as_secs()
+            )),
+        }
+    }
+}
+
+impl Drop for AsyncMdnReceiver {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}

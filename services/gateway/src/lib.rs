@@ -1,0 +1,458 @@
+//! The whole AS2 gateway in one process: the quick start.
+//!
+//! [`run`] starts the routing service, the MDN service and the edge through their own
+//! library entry points ([`as2_routing::RoutingServer`], [`as2_mdn::MdnServer`],
+//! [`as2_edge::EdgeServer`]): the same code the separate binaries run, talking to each
+//! other over gRPC on loopback. What differs are the defaults:
+//!
+//! - state is kept in the process (`memory://`) unless a Redis URL is configured;
+//! - without Kafka bootstrap servers an embedded cluster is started
+//!   ([`embedded::EmbeddedKafka`], librdkafka's mock cluster) and its address printed;
+//! - a demo identity and partnership are created ([`demo`]), so a message can be sent
+//!   right away with `as2ctl send`.
+//!
+//! It is for trying the gateway out and for development: one replica, and with the
+//! defaults everything is lost on exit. Production runs the services separately
+//! (see `docs/deployment.md`).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod embedded;
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use as2_common::config::{RedisConfig, ShutdownConfig};
+use as2_edge::{EdgeConfig, EdgeServer};
+use as2_mdn::{MdnConfig, MdnServer};
+use as2_routing::{RoutingConfig, RoutingServer};
+use as2_rpc::routing::v1::CreatePartnershipRequest;
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::tonic::Code;
+use clap::Parser as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+use demo::DemoIdentities;
+use embedded::EmbeddedKafka;
+
+/// How long start-up waits for the edge to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long each service gets to finish open requests when the gateway stops.
+const SHUTDOWN_GRACE_SECS: u64 = 5;
+
+/// What the running gateway offers, as printed at start-up.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// The AS2 URL partners send to.
+    pub as2_url: String,
+    /// The routing service's gRPC URL.
+    pub routing_url: String,
+    /// The MDN service's gRPC URL.
+    pub mdn_url: String,
+    /// The Kafka bootstrap servers documents are published to.
+    pub kafka_bootstrap_servers: String,
+    /// Whether that Kafka is the embedded cluster.
+    pub kafka_embedded: bool,
+    /// `memory` or `redis`.
+    pub state: &'static str,
+}
+
+/// Runs edge, routing and MDN service until `shutdown` completes, then stops them edge
+/// first. Prints the start-up banner on standard output once the edge is ready.
+#[allow(
+    clippy::large_futures,
+    reason = "awaited once, directly by main; boxing would only hide the size"
+)]
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let identities = DemoIdentities::ensure(&config.data_dir)?;
+
+    // The embedded cluster must outlive every client, so it is dropped last.
+    let embedded_kafka = match &config.kafka_bootstrap_servers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start(&[&config.demo_topic])?),
+    };
+    let bootstrap = match &embedded_kafka {
+        Some(cluster) => cluster.bootstrap_servers(),
+        None => config.kafka_bootstrap_servers.clone().unwrap_or_default(),
+    };
+
+    let redis = RedisConfig::new(&config.redis_url, &config.redis_key_prefix);
+    let state = if as2_common::redis::is_in_memory(&redis) {
+        "memory"
+    } else {
+        "redis"
+    };
+    // Started in dependency order, stopped in reverse (edge first).
+    let mut services = Vec::with_capacity(3);
+    let started_services =
+        start_services(&config, &identities, redis, &bootstrap, &mut services).await;
+    let (as2_addr, routing_url, mdn_url) = match started_services {
+        Ok(addresses) => addresses,
+        Err(error) => {
+            services.reverse();
+            let _ = stop_all(&mut services).await;
+            return Err(error);
+        }
+    };
+    services.reverse();
+    let endpoints = Endpoints {
+        as2_url: format!("http://{as2_addr}/as2"),
+        routing_url,
+        mdn_url,
+        kafka_bootstrap_servers: bootstrap,
+        kafka_embedded: embedded_kafka.is_some(),
+        state,
+    };
+    let startup = started.elapsed();
+    tracing::info!(startup_ms = startup.as_millis() as u64, "gateway ready");
+    print_banner(&banner(&config, &identities, &endpoints, startup));
+
+    // Runs until asked to stop or until a service stops by itself.
+    let failed = tokio::select! {
+        () = shutdown => None,
+        name = first_to_finish(&mut services) => Some(name),
+    };
+    if let Some(name) = failed {
+        tracing::error!(
+            service = name,
+            "a service stopped by itself; stopping the gateway"
+        );
+    }
+    let outcome = stop_all(&mut services).await;
+    drop(embedded_kafka);
+    match failed {
+        Some(name) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
+        None => outcome,
+    }
+}
+
+/// Binds and spawns routing, MDN service and edge (pushing each onto `services` as it
+/// starts), creates the demo partnership, and waits until the edge is ready. Returns
+/// the AS2 address and the routing and MDN gRPC URLs.
+async fn start_services(
+    config: &GatewayConfig,
+    identities: &DemoIdentities,
+    redis: RedisConfig,
+    bootstrap: &str,
+    services: &mut Vec<Service>,
+) -> anyhow::Result<(SocketAddr, String, String)> {
+    let mut routing_config = RoutingConfig::local(&config.redis_url, &config.redis_key_prefix);
+    routing_config.grpc.grpc_listen = config.routing_listen;
+    routing_config.admin.http_listen = config.routing_admin_listen;
+    routing_config.shutdown = shutdown_config();
+    let routing = RoutingServer::bind(routing_config)
+        .await
+        .context("the routing service did not start")?;
+    let routing_url = grpc_url(routing.grpc_addr()?);
+    let stop = CancellationToken::new();
+    services.push(Service::spawn(
+        "routing",
+        stop.clone(),
+        routing.serve(stop.cancelled_owned()),
+    ));
+
+    let mut mdn_config = MdnConfig::local(&config.redis_url, &config.redis_key_prefix);
+    mdn_config.grpc.grpc_listen = config.mdn_listen;
+    mdn_config.admin.http_listen = config.mdn_admin_listen;
+    mdn_config.shutdown = shutdown_config();
+    let mdn = MdnServer::bind(mdn_config)
+        .await
+        .context("the MDN service did not start")?;
+    let mdn_url = grpc_url(mdn.grpc_addr()?);
+    let stop = CancellationToken::new();
+    services.push(Service::spawn(
+        "mdn",
+        stop.clone(),
+        mdn.serve(stop.cancelled_owned()),
+    ));
+
+    if !config.no_demo {
+        create_demo_partnership(&routing_url, identities, &config.demo_topic).await?;
+    }
+
+    let mut edge_config =
+        EdgeConfig::try_parse_from(["as2-edge"]).context("invalid edge settings")?;
+    edge_config.as2_listen = config.as2_listen;
+    edge_config.admin.http_listen = config.edge_admin_listen;
+    edge_config.routing_url = routing_url.clone();
+    edge_config.mdn_url = Some(mdn_url.clone());
+    edge_config.sender_url = None;
+    edge_config.redis = redis;
+    edge_config.kafka = as2_edge::kafka::KafkaConfig::new(bootstrap);
+    edge_config.keys.keys_dir = identities.keys_dir.clone();
+    edge_config.keys.default_decryption_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
+    edge_config.keys.default_signing_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
+    edge_config.shutdown = shutdown_config();
+    let edge = EdgeServer::bind(edge_config)
+        .await
+        .context("the edge did not start")?;
+    let as2_addr = edge.as2_addr()?;
+    let edge_admin = edge.admin_addr()?;
+    let stop = CancellationToken::new();
+    services.push(Service::spawn(
+        "edge",
+        stop.clone(),
+        edge.serve(stop.cancelled_owned()),
+    ));
+    wait_until_ready(edge_admin).await?;
+    Ok((as2_addr, routing_url, mdn_url))
+}
+
+fn shutdown_config() -> ShutdownConfig {
+    ShutdownConfig {
+        shutdown_delay_secs: 0,
+        shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
+    }
+}
+
+fn grpc_url(address: SocketAddr) -> String {
+    format!("http://{address}")
+}
+
+/// One running service: how to stop it and its task (or its outcome once finished).
+struct Service {
+    name: &'static str,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    outcome: Option<anyhow::Result<()>>,
+}
+
+impl Service {
+    fn spawn(
+        name: &'static str,
+        stop: CancellationToken,
+        serve: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Self {
+        let task = tokio::spawn(async move {
+            let outcome = serve.await;
+            if let Err(error) = &outcome {
+                tracing::error!(
+                    service = name,
+                    error = format!("{error:#}"),
+                    "service failed"
+                );
+            }
+            outcome
+        });
+        Self {
+            name,
+            stop,
+            task: Some(task),
+            outcome: None,
+        }
+    }
+
+    fn record(&mut self, finished: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+        self.task = None;
+        self.outcome = Some(
+            finished
+                .with_context(|| format!("the {} task panicked", self.name))
+                .and_then(|served| {
+                    served.with_context(|| format!("the {} service failed", self.name))
+                }),
+        );
+    }
+}
+
+/// Waits for the first service that stops by itself and returns its name.
+async fn first_to_finish(services: &mut [Service]) -> &'static str {
+    let (index, finished) = {
+        let running = services
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, service)| {
+                let task = service.task.as_mut()?;
+                Some(Box::pin(async move { (index, task.await) }))
+            })
+            .collect::<Vec<_>>();
+        if running.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(running).await.0
+    };
+    services[index].record(finished);
+    services[index].name
+}
+
+/// Stops the services in order (edge first, so no message arrives while the services
+/// behind it go away) and returns the first failure.
+async fn stop_all(services: &mut [Service]) -> anyhow::Result<()> {
+    let mut outcome = Ok(());
+    for service in services.iter_mut() {
+        service.stop.cancel();
+        if let Some(task) = service.task.take() {
+            let finished = task.await;
+            service.record(finished);
+        }
+        if let Some(Err(error)) = service.outcome.take()
+            && outcome.is_ok()
+        {
+            outcome = Err(error);
+        }
+    }
+    outcome
+}
+
+/// Polls the edge's `/readyz` until it answers 200.
+async fn wait_until_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if readyz(admin).await.unwrap_or(false) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the edge did not become ready within {} s",
+            READY_TIMEOUT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> std::io::Result<bool> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(answer.starts_with(b"HTTP/1.1 200"))
+}
+
+async fn create_demo_partnership(
+    routing_url: &str,
+    identities: &DemoIdentities,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let partnership = identities.partnership(topic)?;
+    let mut client = RoutingServiceClient::connect(routing_url.to_owned())
+        .await
+        .context("cannot reach the routing service")?;
+    match client
+        .create_partnership(CreatePartnershipRequest {
+            partnership: Some(partnership),
+        })
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(id = demo::PARTNERSHIP_ID, "created the demo partnership");
+            Ok(())
+        }
+        // With a real Redis it is there from an earlier start; leave it as it is.
+        Err(status) if status.code() == Code::AlreadyExists => {
+            tracing::info!(
+                id = demo::PARTNERSHIP_ID,
+                "the demo partnership exists already"
+            );
+            Ok(())
+        }
+        Err(status) => Err(anyhow::anyhow!(
+            "cannot create the demo partnership: {}",
+            status.message()
+        )),
+    }
+}
+
+/// The start-up text: where everything is and what to try next.
+pub fn banner(
+    config: &GatewayConfig,
+    identities: &DemoIdentities,
+    endpoints: &Endpoints,
+    startup: Duration,
+) -> String {
+    let data = config.data_dir.display();
+    let kafka_note = if endpoints.kafka_embedded {
+        " (embedded, in memory)"
+    } else {
+        ""
+    };
+    let state_note = match endpoints.state {
+        "memory" => "in this process (lost on exit)",
+        _ => "redis",
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\nAS2 gateway ready in {:.1} s: edge, routing and MDN service in one process.\n",
+        startup.as_secs_f64()
+    );
+    let rows = [
+        ("AS2 URL", endpoints.as2_url.clone()),
+        ("Our AS2 ID", demo::GATEWAY_AS2_ID.to_owned()),
+        (
+            "Our certificate",
+            identities.gateway.certificate.display().to_string(),
+        ),
+        (
+            "Kafka bootstrap",
+            format!("{}{kafka_note}", endpoints.kafka_bootstrap_servers),
+        ),
+        ("Routing gRPC", endpoints.routing_url.clone()),
+        ("MDN gRPC", endpoints.mdn_url.clone()),
+        ("State", state_note.to_owned()),
+    ];
+    for (label, value) in rows {
+        let _ = writeln!(text, "  {:<17}{value}", format!("{label}:"));
+    }
+    if !config.no_demo {
+        let _ = writeln!(
+            text,
+            "\nDemo partnership {:?}: AS2 ID {:?} sends to {:?}; documents go to topic {:?}.\n\
+             The demo partner's key and certificate are in {data}/partner/.",
+            demo::PARTNERSHIP_ID,
+            demo::PARTNER_AS2_ID,
+            demo::GATEWAY_AS2_ID,
+            config.demo_topic,
+        );
+        let partner = &identities.partner;
+        let _ = writeln!(
+            text,
+            "\nTry it from another terminal:\n\n  \
+             echo 'UNA:+.? '\"'\"'UNB+UNOC:3+PARTNER+GATEWAY' > order.edi\n  \
+             cargo run -p as2ctl -- send order.edi --url {url} \\\n      \
+             --from {from} --to {to} \\\n      \
+             --sign-key {key} --sign-cert {cert} \\\n      \
+             --encrypt-cert {gateway_cert} --mdn sync\n  \
+             cargo run -p as2ctl -- consume --bootstrap-servers {bootstrap} --topic {topic} --count 1\n  \
+             cargo run -p as2ctl -- --routing-url {routing} partnership list\n  \
+             cargo run -p as2ctl -- --mdn-url {mdn} mdn list",
+            url = endpoints.as2_url,
+            from = demo::PARTNER_AS2_ID,
+            to = demo::GATEWAY_AS2_ID,
+            key = partner.key.display(),
+            cert = partner.certificate.display(),
+            gateway_cert = identities.gateway.certificate.display(),
+            bootstrap = endpoints.kafka_bootstrap_servers,
+            topic = config.demo_topic,
+            routing = endpoints.routing_url,
+            mdn = endpoints.mdn_url,
+        );
+    }
+    let _ = writeln!(text, "\nStop with Ctrl-C.");
+    text
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "the banner is the quick start's user interface"
+)]
+fn print_banner(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
