@@ -4,7 +4,8 @@
 //! partner sends and hold everything the other services need to handle that
 //! partner: the Kafka topic, the partner's certificates, our key ids, the
 //! security policy, MDN preferences, interop switches and outbound settings.
-//! They live in Redis (layout in [`store`]) and are served over gRPC
+//! They live in Redis, or in the process for the Redis URL `memory://` (both
+//! in [`store`]), and are served over gRPC
 //! (`as2.routing.v1.RoutingService`), including a stream of change events that
 //! reaches watchers on every replica.
 //!

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use as2_common::admin::{AdminState, serve_admin};
 use as2_common::health::GrpcHealth;
 use as2_common::prometheus_client::registry::Registry;
+use as2_common::redis::StateBackend;
 use as2_common::shutdown::Readiness;
 use as2_common::telemetry::GrpcTraceLayer;
 use as2_rpc::routing::v1::routing_service_server::{RoutingServiceServer, SERVICE_NAME};
@@ -28,19 +29,21 @@ use crate::store::PartnershipStore;
 /// reports ready anyway (watchers then get their first RESET a bit later).
 const EVENT_SUBSCRIPTION_WAIT: Duration = Duration::from_secs(5);
 
-/// A routing service with its listeners bound and Redis connected, not yet
-/// serving. Binding first lets callers learn the actual ports (port 0).
+/// A routing service with its listeners bound and Redis connected (or its
+/// in-memory state set up), not yet serving. Binding first lets callers learn
+/// the actual ports (port 0).
 pub struct RoutingServer {
     config: RoutingConfig,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
-    redis: as2_common::redis::Redis,
+    state: StateBackend,
 }
 
 impl RoutingServer {
-    /// Connects to Redis and binds both listeners.
+    /// Connects to Redis, or sets up in-memory state for the Redis URL
+    /// `memory://`, and binds both listeners.
     pub async fn bind(config: RoutingConfig) -> anyhow::Result<Self> {
-        let redis = as2_common::redis::connect(&config.redis)
+        let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
         let grpc_listener = TcpListener::bind(config.grpc.grpc_listen)
@@ -53,7 +56,7 @@ impl RoutingServer {
             config,
             grpc_listener,
             admin_listener,
-            redis,
+            state,
         })
     }
 
@@ -76,7 +79,7 @@ impl RoutingServer {
             config,
             grpc_listener,
             admin_listener,
-            redis,
+            state,
         } = self;
         let grpc_addr = grpc_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -94,13 +97,27 @@ impl RoutingServer {
             stop_admin.clone().cancelled_owned(),
         ));
 
-        let store = PartnershipStore::new(redis.connection.clone(), redis.namespace.clone());
-        let (events, events_task) = EventHub::start(
-            redis.client.clone(),
-            store.events_channel(),
-            metrics.clone(),
-            stop_events.clone(),
-        );
+        let (store, (events, events_task)) = match &state {
+            StateBackend::Redis(redis) => {
+                let store =
+                    PartnershipStore::new(redis.connection.clone(), redis.namespace.clone());
+                let hub = EventHub::start(
+                    redis.client.clone(),
+                    store.events_channel(),
+                    metrics.clone(),
+                    stop_events.clone(),
+                );
+                (store, hub)
+            }
+            StateBackend::InMemory { namespace } => {
+                let store = PartnershipStore::in_memory(namespace.clone());
+                let changes = store
+                    .subscribe_in_process()
+                    .context("the in-memory partnership store has no event channel")?;
+                let hub = EventHub::start_in_process(changes, metrics.clone(), stop_events.clone());
+                (store, hub)
+            }
+        };
         if !events.wait_until_live(EVENT_SUBSCRIPTION_WAIT).await {
             tracing::warn!("partnership event subscription is not live yet, starting anyway");
         }
@@ -127,7 +144,13 @@ impl RoutingServer {
 
         health.set_serving(true).await;
         readiness.set_ready();
-        tracing::info!(%grpc_addr, %admin_addr, prefix = redis.namespace.prefix(), "routing service ready");
+        tracing::info!(
+            %grpc_addr,
+            %admin_addr,
+            state = state.kind(),
+            prefix = state.namespace().prefix(),
+            "routing service ready"
+        );
 
         let grpc_failed_early = tokio::select! {
             () = shutdown => None,

@@ -1,4 +1,6 @@
-//! Partnerships in Redis.
+//! Partnerships in Redis, or in the process's memory.
+//!
+//! ## Redis
 //!
 //! Key layout (`{p}` is the configured key prefix):
 //!
@@ -14,7 +16,22 @@
 //! and the pair index, writes the hash, the index and the id set, and publishes
 //! the change event: two replicas racing to create the same pair cannot both
 //! succeed, and no change is stored without its event being published.
+//!
+//! ## Memory
+//!
+//! [`PartnershipStore::in_memory`] keeps the same three structures (the
+//! partnerships by id in id order, the pair index) in one process behind one
+//! lock, for the single-process quick start (Redis URL `memory://`). Every
+//! change checks the revision and the pair index, writes, and sends its event
+//! on an in-process broadcast channel ([`PartnershipStore::subscribe_in_process`])
+//! while it holds the lock, so the answers, the id order of listings and the
+//! events are those of the Redis store, and events arrive in the order of the
+//! changes. Nothing survives the process and nothing is shared with another
+//! replica.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use as2_common::redis::KeyNamespace;
@@ -23,10 +40,15 @@ use as2_rpc::routing::v1::{Partnership, PartnershipEvent, PartnershipEventKind};
 use redis::AsyncCommands as _;
 use redis::Script;
 use redis::aio::ConnectionManager;
+use tokio::sync::broadcast;
 
 /// How often an unconditional update or delete is retried when another writer
 /// changes the partnership between our read and our write.
 const UNCONDITIONAL_WRITE_ATTEMPTS: usize = 5;
+
+/// Change events the in-memory store buffers per in-process subscriber before
+/// the subscriber is considered lagging.
+const IN_PROCESS_EVENT_CAPACITY: usize = 1_024;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -187,25 +209,74 @@ impl ScriptReply {
     }
 }
 
-/// Reads and writes partnerships in Redis.
+/// Reads and writes partnerships in Redis or in the process's memory.
 #[derive(Clone)]
 pub struct PartnershipStore {
-    connection: ConnectionManager,
     namespace: KeyNamespace,
-    create_script: std::sync::Arc<Script>,
-    update_script: std::sync::Arc<Script>,
-    delete_script: std::sync::Arc<Script>,
+    backend: Backend,
+}
+
+/// Where a [`PartnershipStore`] keeps its partnerships.
+#[derive(Clone)]
+enum Backend {
+    Redis(RedisBackend),
+    Memory(Arc<Mutex<MemoryRegistry>>),
+}
+
+/// The Redis connection and the write scripts.
+#[derive(Clone)]
+struct RedisBackend {
+    connection: ConnectionManager,
+    create_script: Arc<Script>,
+    update_script: Arc<Script>,
+    delete_script: Arc<Script>,
 }
 
 impl PartnershipStore {
     /// A store using `connection`, with keys under `namespace`.
     pub fn new(connection: ConnectionManager, namespace: KeyNamespace) -> Self {
         Self {
-            connection,
             namespace,
-            create_script: std::sync::Arc::new(Script::new(CREATE_SCRIPT)),
-            update_script: std::sync::Arc::new(Script::new(UPDATE_SCRIPT)),
-            delete_script: std::sync::Arc::new(Script::new(DELETE_SCRIPT)),
+            backend: Backend::Redis(RedisBackend {
+                connection,
+                create_script: Arc::new(Script::new(CREATE_SCRIPT)),
+                update_script: Arc::new(Script::new(UPDATE_SCRIPT)),
+                delete_script: Arc::new(Script::new(DELETE_SCRIPT)),
+            }),
+        }
+    }
+
+    /// An empty store in this process's memory (see the module docs), for
+    /// the Redis URL `memory://`. Clones share the partnerships; its change
+    /// events reach [`subscribe_in_process`](Self::subscribe_in_process)
+    /// instead of Redis pub/sub. `namespace` only names the events channel.
+    pub fn in_memory(namespace: KeyNamespace) -> Self {
+        let (events, _) = broadcast::channel(IN_PROCESS_EVENT_CAPACITY);
+        Self {
+            namespace,
+            backend: Backend::Memory(Arc::new(Mutex::new(MemoryRegistry {
+                partnerships: BTreeMap::new(),
+                pairs: HashMap::new(),
+                events,
+            }))),
+        }
+    }
+
+    /// A short name of the backend for logs: `redis` or `memory`.
+    pub fn backend_kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
+        }
+    }
+
+    /// Every change event of an in-memory store from now on, in the order of
+    /// the changes; `None` for a Redis store, whose events are published on
+    /// [`events_channel`](Self::events_channel) instead.
+    pub fn subscribe_in_process(&self) -> Option<broadcast::Receiver<PartnershipEvent>> {
+        match &self.backend {
+            Backend::Redis(_) => None,
+            Backend::Memory(registry) => Some(lock(registry).events.subscribe()),
         }
     }
 
@@ -230,8 +301,19 @@ impl PartnershipStore {
     /// revision becomes 1.
     pub async fn create(&self, mut partnership: Partnership) -> Result<Partnership, StoreError> {
         partnership.revision = 1;
+        match &self.backend {
+            Backend::Redis(redis) => self.create_in_redis(redis, partnership).await,
+            Backend::Memory(registry) => lock(registry).create(partnership),
+        }
+    }
+
+    async fn create_in_redis(
+        &self,
+        redis: &RedisBackend,
+        partnership: Partnership,
+    ) -> Result<Partnership, StoreError> {
         let event = change_event(PartnershipEventKind::Upserted, &partnership, None);
-        let reply: String = self
+        let reply: String = redis
             .create_script
             .key(self.partnership_key(&partnership.id))
             .key(self.pair_index_key())
@@ -241,16 +323,12 @@ impl PartnershipStore {
             .arg(partnership.encode_to_vec())
             .arg(self.events_channel())
             .arg(event.encode_to_vec())
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut redis.connection.clone())
             .await?;
         match ScriptReply::parse(&reply)? {
             ScriptReply::Ok => Ok(partnership),
             ScriptReply::IdTaken => Err(StoreError::IdTaken { id: partnership.id }),
-            ScriptReply::PairTaken(existing_id) => Err(StoreError::PairTaken {
-                as2_from: partnership.as2_from,
-                as2_to: partnership.as2_to,
-                existing_id,
-            }),
+            ScriptReply::PairTaken(existing_id) => Err(pair_taken(partnership, existing_id)),
             ScriptReply::NotFound | ScriptReply::Conflict(_) => {
                 Err(StoreError::UnexpectedReply(reply))
             }
@@ -266,26 +344,18 @@ impl PartnershipStore {
         expected_revision: u64,
         now: SystemTime,
     ) -> Result<Partnership, StoreError> {
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => {
+                return lock(registry).update(replacement, expected_revision, now);
+            }
+        };
         for _ in 0..UNCONDITIONAL_WRITE_ATTEMPTS {
             let current = self.get(&replacement.id).await?;
-            if expected_revision != 0 && expected_revision != current.revision {
-                return Err(StoreError::RevisionMismatch {
-                    id: current.id,
-                    expected: expected_revision,
-                    current: current.revision,
-                });
-            }
-            let updated = Partnership {
-                revision: current.revision + 1,
-                created_at: current.created_at,
-                updated_at: Some(now.into()),
-                ..replacement.clone()
-            };
-            let previous_pair = (current.as2_from != updated.as2_from
-                || current.as2_to != updated.as2_to)
-                .then_some((current.as2_from.as_str(), current.as2_to.as_str()));
-            let event = change_event(PartnershipEventKind::Upserted, &updated, previous_pair);
-            let reply: String = self
+            check_revision(&current, expected_revision)?;
+            let updated = updated_partnership(&current, &replacement, now);
+            let event = upsert_event(&current, &updated);
+            let reply: String = redis
                 .update_script
                 .key(self.partnership_key(&updated.id))
                 .key(self.pair_index_key())
@@ -296,17 +366,13 @@ impl PartnershipStore {
                 .arg(updated.encode_to_vec())
                 .arg(self.events_channel())
                 .arg(event.encode_to_vec())
-                .invoke_async(&mut self.connection.clone())
+                .invoke_async(&mut redis.connection.clone())
                 .await?;
             match ScriptReply::parse(&reply)? {
                 ScriptReply::Ok => return Ok(updated),
                 ScriptReply::NotFound => return Err(StoreError::NotFound { id: updated.id }),
                 ScriptReply::PairTaken(existing_id) => {
-                    return Err(StoreError::PairTaken {
-                        as2_from: updated.as2_from,
-                        as2_to: updated.as2_to,
-                        existing_id,
-                    });
+                    return Err(pair_taken(updated, existing_id));
                 }
                 ScriptReply::Conflict(stored) if expected_revision != 0 => {
                     return Err(StoreError::RevisionMismatch {
@@ -329,17 +395,15 @@ impl PartnershipStore {
         id: &str,
         expected_revision: u64,
     ) -> Result<Partnership, StoreError> {
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => return lock(registry).delete(id, expected_revision),
+        };
         for _ in 0..UNCONDITIONAL_WRITE_ATTEMPTS {
             let current = self.get(id).await?;
-            if expected_revision != 0 && expected_revision != current.revision {
-                return Err(StoreError::RevisionMismatch {
-                    id: current.id,
-                    expected: expected_revision,
-                    current: current.revision,
-                });
-            }
+            check_revision(&current, expected_revision)?;
             let event = change_event(PartnershipEventKind::Deleted, &current, None);
-            let reply: String = self
+            let reply: String = redis
                 .delete_script
                 .key(self.partnership_key(id))
                 .key(self.pair_index_key())
@@ -348,7 +412,7 @@ impl PartnershipStore {
                 .arg(current.revision.to_string())
                 .arg(self.events_channel())
                 .arg(event.encode_to_vec())
-                .invoke_async(&mut self.connection.clone())
+                .invoke_async(&mut redis.connection.clone())
                 .await?;
             match ScriptReply::parse(&reply)? {
                 ScriptReply::Ok => return Ok(current),
@@ -371,7 +435,17 @@ impl PartnershipStore {
 
     /// The partnership with this id.
     pub async fn get(&self, id: &str) -> Result<Partnership, StoreError> {
-        let doc: Option<Vec<u8>> = self
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => {
+                return lock(registry)
+                    .partnerships
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound { id: id.to_owned() });
+            }
+        };
+        let doc: Option<Vec<u8>> = redis
             .connection
             .clone()
             .hget(self.partnership_key(id), "doc")
@@ -388,7 +462,15 @@ impl PartnershipStore {
             as2_from: as2_from.to_owned(),
             as2_to: as2_to.to_owned(),
         };
-        let id: Option<String> = self
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => {
+                return lock(registry)
+                    .resolve(as2_from, as2_to)
+                    .ok_or_else(not_found);
+            }
+        };
+        let id: Option<String> = redis
             .connection
             .clone()
             .hget(self.pair_index_key(), pair_field(as2_from, as2_to))
@@ -410,8 +492,12 @@ impl PartnershipStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<PartnershipPage, StoreError> {
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => return Ok(lock(registry).list(after, limit)),
+        };
         let min = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut connection = self.connection.clone();
+        let mut connection = redis.connection.clone();
         let mut ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
             .arg(self.id_set_key())
             .arg(min)
@@ -445,6 +531,168 @@ impl PartnershipStore {
     }
 }
 
+/// The in-memory store: what the Redis keys hold, and the sending side of the
+/// in-process events channel. Every method runs under the store's one lock,
+/// so each change is atomic like a Lua script, and its event is sent before
+/// the next change can start.
+struct MemoryRegistry {
+    /// Every partnership by id, ordered for paging like the id set.
+    partnerships: BTreeMap<String, Partnership>,
+    /// `pair_field(as2_from, as2_to)` -> id, like the pair index hash.
+    pairs: HashMap<String, String>,
+    /// Where change events go; sending without a subscriber is no error, like
+    /// a PUBLISH nobody listens to.
+    events: broadcast::Sender<PartnershipEvent>,
+}
+
+impl MemoryRegistry {
+    fn create(&mut self, partnership: Partnership) -> Result<Partnership, StoreError> {
+        if self.partnerships.contains_key(&partnership.id) {
+            return Err(StoreError::IdTaken { id: partnership.id });
+        }
+        let pair = pair_field(&partnership.as2_from, &partnership.as2_to);
+        if let Some(holder) = self.pairs.get(&pair) {
+            let existing_id = holder.clone();
+            return Err(pair_taken(partnership, existing_id));
+        }
+        self.pairs.insert(pair, partnership.id.clone());
+        self.partnerships
+            .insert(partnership.id.clone(), partnership.clone());
+        self.publish(change_event(
+            PartnershipEventKind::Upserted,
+            &partnership,
+            None,
+        ));
+        Ok(partnership)
+    }
+
+    fn update(
+        &mut self,
+        replacement: Partnership,
+        expected_revision: u64,
+        now: SystemTime,
+    ) -> Result<Partnership, StoreError> {
+        let Some(current) = self.partnerships.get(&replacement.id) else {
+            return Err(StoreError::NotFound { id: replacement.id });
+        };
+        check_revision(current, expected_revision)?;
+        let updated = updated_partnership(current, &replacement, now);
+        let event = upsert_event(current, &updated);
+        let current_pair = pair_field(&current.as2_from, &current.as2_to);
+        let updated_pair = pair_field(&updated.as2_from, &updated.as2_to);
+        if current_pair != updated_pair {
+            if let Some(holder) = self.pairs.get(&updated_pair)
+                && *holder != updated.id
+            {
+                let existing_id = holder.clone();
+                return Err(pair_taken(updated, existing_id));
+            }
+            if self.pairs.get(&current_pair) == Some(&updated.id) {
+                self.pairs.remove(&current_pair);
+            }
+            self.pairs.insert(updated_pair, updated.id.clone());
+        }
+        self.partnerships
+            .insert(updated.id.clone(), updated.clone());
+        self.publish(event);
+        Ok(updated)
+    }
+
+    fn delete(&mut self, id: &str, expected_revision: u64) -> Result<Partnership, StoreError> {
+        let Some(current) = self.partnerships.get(id) else {
+            return Err(StoreError::NotFound { id: id.to_owned() });
+        };
+        check_revision(current, expected_revision)?;
+        let Some(current) = self.partnerships.remove(id) else {
+            return Err(StoreError::NotFound { id: id.to_owned() });
+        };
+        let pair = pair_field(&current.as2_from, &current.as2_to);
+        if self.pairs.get(&pair).is_some_and(|holder| holder == id) {
+            self.pairs.remove(&pair);
+        }
+        self.publish(change_event(PartnershipEventKind::Deleted, &current, None));
+        Ok(current)
+    }
+
+    fn resolve(&self, as2_from: &str, as2_to: &str) -> Option<Partnership> {
+        let id = self.pairs.get(&pair_field(as2_from, as2_to))?;
+        self.partnerships.get(id).cloned()
+    }
+
+    fn list(&self, after: Option<&str>, limit: usize) -> PartnershipPage {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut partnerships: Vec<Partnership> = self
+            .partnerships
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(_, partnership)| partnership.clone())
+            .collect();
+        let more = partnerships.len() > limit;
+        partnerships.truncate(limit);
+        let next_after = more
+            .then(|| partnerships.last().map(|last| last.id.clone()))
+            .flatten();
+        PartnershipPage {
+            partnerships,
+            next_after,
+        }
+    }
+
+    fn publish(&self, event: PartnershipEvent) {
+        // An error only means that nobody subscribes right now.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The in-memory store's lock. A panic while it was held cannot leave a
+/// half-written change behind (every change checks first, then writes with
+/// calls that do not panic), so a poisoned lock is still usable.
+fn lock(registry: &Mutex<MemoryRegistry>) -> MutexGuard<'_, MemoryRegistry> {
+    registry.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fails unless `expected_revision` is 0 (any) or the stored revision.
+fn check_revision(current: &Partnership, expected_revision: u64) -> Result<(), StoreError> {
+    if expected_revision != 0 && expected_revision != current.revision {
+        return Err(StoreError::RevisionMismatch {
+            id: current.id.clone(),
+            expected: expected_revision,
+            current: current.revision,
+        });
+    }
+    Ok(())
+}
+
+/// `replacement` as the next revision of `current`, keeping its creation time.
+fn updated_partnership(
+    current: &Partnership,
+    replacement: &Partnership,
+    now: SystemTime,
+) -> Partnership {
+    Partnership {
+        revision: current.revision + 1,
+        created_at: current.created_at,
+        updated_at: Some(now.into()),
+        ..replacement.clone()
+    }
+}
+
+/// The event of replacing `current` with `updated`, naming the previous pair
+/// when it changes.
+fn upsert_event(current: &Partnership, updated: &Partnership) -> PartnershipEvent {
+    let previous_pair = (current.as2_from != updated.as2_from || current.as2_to != updated.as2_to)
+        .then_some((current.as2_from.as_str(), current.as2_to.as_str()));
+    change_event(PartnershipEventKind::Upserted, updated, previous_pair)
+}
+
+fn pair_taken(partnership: Partnership, existing_id: String) -> StoreError {
+    StoreError::PairTaken {
+        as2_from: partnership.as2_from,
+        as2_to: partnership.as2_to,
+        existing_id,
+    }
+}
+
 /// The pair index field: AS2-From and AS2-To separated by a newline, which
 /// neither may contain.
 fn pair_field(as2_from: &str, as2_to: &str) -> String {
@@ -472,5 +720,294 @@ fn change_event(
         as2_to: partnership.as2_to.clone(),
         previous_as2_from: previous_as2_from.to_owned(),
         previous_as2_to: previous_as2_to.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The in-memory backend; the Redis backend's answers are covered by the
+    //! integration tests, which run the same scenarios on both.
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn store() -> PartnershipStore {
+        PartnershipStore::in_memory(KeyNamespace::new("unit").unwrap())
+    }
+
+    fn partnership(id: &str, as2_from: &str, as2_to: &str) -> Partnership {
+        Partnership {
+            id: id.to_owned(),
+            as2_from: as2_from.to_owned(),
+            as2_to: as2_to.to_owned(),
+            kafka_topic: "topic".to_owned(),
+            ..Partnership::default()
+        }
+    }
+
+    fn later() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn next(events: &mut broadcast::Receiver<PartnershipEvent>) -> PartnershipEvent {
+        events.try_recv().unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_get_resolve_update_delete() {
+        let store = store();
+        assert_eq!(store.backend_kind(), "memory");
+        assert_eq!(store.events_channel(), "unit:partnership-events");
+        let created = store.create(partnership("a", "from", "to")).await.unwrap();
+        assert_eq!(created.revision, 1);
+        assert_eq!(store.get("a").await.unwrap(), created);
+        assert_eq!(store.resolve("from", "to").await.unwrap(), created);
+        assert!(matches!(
+            store.resolve("from", "TO").await,
+            Err(StoreError::PairNotFound { .. })
+        ));
+
+        let mut replacement = partnership("a", "from", "to");
+        replacement.kafka_topic = "other".to_owned();
+        replacement.created_at = None;
+        let updated = store.update(replacement, 1, later()).await.unwrap();
+        assert_eq!(updated.revision, 2);
+        assert_eq!(updated.kafka_topic, "other");
+        assert_eq!(updated.created_at, created.created_at);
+        assert_eq!(updated.updated_at, Some(later().into()));
+        assert_eq!(store.get("a").await.unwrap(), updated);
+
+        assert!(matches!(
+            store.delete("a", 1).await,
+            Err(StoreError::RevisionMismatch {
+                expected: 1,
+                current: 2,
+                ..
+            })
+        ));
+        assert_eq!(store.delete("a", 2).await.unwrap(), updated);
+        assert!(matches!(
+            store.get("a").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.resolve("from", "to").await,
+            Err(StoreError::PairNotFound { .. })
+        ));
+        assert!(matches!(
+            store.delete("a", 0).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store
+                .update(partnership("a", "from", "to"), 0, later())
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // The pair is free again.
+        store.create(partnership("b", "from", "to")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ids_and_pairs_are_unique() {
+        let store = store();
+        store.create(partnership("a", "from", "to")).await.unwrap();
+        assert!(matches!(
+            store.create(partnership("a", "other", "to")).await,
+            Err(StoreError::IdTaken { id }) if id == "a"
+        ));
+        assert!(matches!(
+            store.create(partnership("b", "from", "to")).await,
+            Err(StoreError::PairTaken { existing_id, .. }) if existing_id == "a"
+        ));
+        let second = store
+            .create(partnership("b", "from", "else"))
+            .await
+            .unwrap();
+
+        // Moving b onto a's pair is refused and changes nothing.
+        let clash = partnership("b", "from", "to");
+        assert!(matches!(
+            store.update(clash, 0, later()).await,
+            Err(StoreError::PairTaken { existing_id, .. }) if existing_id == "a"
+        ));
+        assert_eq!(store.get("b").await.unwrap(), second);
+        assert_eq!(store.resolve("from", "else").await.unwrap().id, "b");
+
+        // Moving b to a free pair moves the index.
+        store
+            .update(partnership("b", "from", "new"), 0, later())
+            .await
+            .unwrap();
+        assert!(store.resolve("from", "else").await.is_err());
+        assert_eq!(store.resolve("from", "new").await.unwrap().id, "b");
+        store
+            .create(partnership("c", "from", "else"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_revision_is_refused() {
+        let store = store();
+        store.create(partnership("a", "from", "to")).await.unwrap();
+        store
+            .update(partnership("a", "from", "to"), 0, later())
+            .await
+            .unwrap();
+        let stale = store
+            .update(partnership("a", "from", "x"), 1, later())
+            .await;
+        assert!(
+            matches!(
+                &stale,
+                Err(StoreError::RevisionMismatch {
+                    expected: 1,
+                    current: 2,
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        assert_eq!(store.get("a").await.unwrap().as2_to, "to");
+        assert!(store.resolve("from", "x").await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_creates_of_one_pair_succeed_once() {
+        let store = store();
+        let attempts: Vec<_> = (0..32)
+            .map(|attempt| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .create(partnership(&format!("p{attempt:02}"), "racer", "us"))
+                        .await
+                })
+            })
+            .collect();
+        let mut created = Vec::new();
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(partnership) => created.push(partnership.id),
+                Err(StoreError::PairTaken { .. }) => {}
+                Err(other) => panic!("unexpected failure: {other:?}"),
+            }
+        }
+        assert_eq!(created.len(), 1, "{created:?}");
+        let listed = store.list(None, 100).await.unwrap();
+        assert_eq!(listed.partnerships.len(), 1);
+        assert_eq!(store.resolve("racer", "us").await.unwrap().id, created[0]);
+    }
+
+    #[tokio::test]
+    async fn listing_pages_in_id_order() {
+        let store = store();
+        for id in ["p3", "p0", "p4", "p1", "p2"] {
+            store.create(partnership(id, id, "us")).await.unwrap();
+        }
+        let ids = |page: &PartnershipPage| {
+            page.partnerships
+                .iter()
+                .map(|partnership| partnership.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = store.list(None, 2).await.unwrap();
+        assert_eq!(ids(&first), ["p0", "p1"]);
+        assert_eq!(first.next_after.as_deref(), Some("p1"));
+        let second = store.list(Some("p1"), 2).await.unwrap();
+        assert_eq!(ids(&second), ["p2", "p3"]);
+        assert_eq!(second.next_after.as_deref(), Some("p3"));
+        let last = store.list(Some("p3"), 2).await.unwrap();
+        assert_eq!(ids(&last), ["p4"]);
+        assert_eq!(last.next_after, None);
+        // Exactly a page left: no next page.
+        let exact = store.list(Some("p2"), 2).await.unwrap();
+        assert_eq!(ids(&exact), ["p3", "p4"]);
+        assert_eq!(exact.next_after, None);
+        // After an id that is not stored, the listing goes on from its place.
+        let between = store.list(Some("p10"), 10).await.unwrap();
+        assert_eq!(ids(&between), ["p2", "p3", "p4"]);
+        assert!(
+            store
+                .list(Some("p4"), 10)
+                .await
+                .unwrap()
+                .partnerships
+                .is_empty()
+        );
+        let none = store.list(None, 0).await.unwrap();
+        assert!(none.partnerships.is_empty() && none.next_after.is_none());
+    }
+
+    #[tokio::test]
+    async fn every_change_sends_its_event_and_refusals_send_none() {
+        let store = store();
+        let mut events = store.subscribe_in_process().unwrap();
+        store.create(partnership("a", "from", "to")).await.unwrap();
+        let created = next(&mut events);
+        assert_eq!(created.kind(), PartnershipEventKind::Upserted);
+        assert_eq!((created.id.as_str(), created.revision), ("a", 1));
+        assert_eq!(
+            (created.as2_from.as_str(), created.as2_to.as_str()),
+            ("from", "to")
+        );
+        assert!(created.previous_as2_from.is_empty());
+
+        assert!(store.create(partnership("b", "from", "to")).await.is_err());
+        assert!(
+            store
+                .update(partnership("a", "x", "y"), 7, later())
+                .await
+                .is_err()
+        );
+        assert!(store.delete("missing", 0).await.is_err());
+        assert!(matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+
+        store
+            .update(partnership("a", "renamed", "to"), 1, later())
+            .await
+            .unwrap();
+        let moved = next(&mut events);
+        assert_eq!(moved.kind(), PartnershipEventKind::Upserted);
+        assert_eq!(moved.revision, 2);
+        assert_eq!(
+            (
+                moved.previous_as2_from.as_str(),
+                moved.previous_as2_to.as_str()
+            ),
+            ("from", "to")
+        );
+        store
+            .update(partnership("a", "renamed", "to"), 2, later())
+            .await
+            .unwrap();
+        let same_pair = next(&mut events);
+        assert_eq!(same_pair.revision, 3);
+        assert!(same_pair.previous_as2_from.is_empty() && same_pair.previous_as2_to.is_empty());
+
+        store.delete("a", 0).await.unwrap();
+        let deleted = next(&mut events);
+        assert_eq!(deleted.kind(), PartnershipEventKind::Deleted);
+        assert_eq!((deleted.id.as_str(), deleted.revision), ("a", 3));
+        assert_eq!(deleted.as2_from, "renamed");
+    }
+
+    #[tokio::test]
+    async fn separate_stores_share_nothing_and_clones_share_everything() {
+        let first = store();
+        let clone = first.clone();
+        let other = store();
+        let mut clone_events = clone.subscribe_in_process().unwrap();
+        let mut other_events = other.subscribe_in_process().unwrap();
+        first.create(partnership("a", "from", "to")).await.unwrap();
+        assert_eq!(clone.get("a").await.unwrap().id, "a");
+        assert_eq!(next(&mut clone_events).id, "a");
+        assert!(other.get("a").await.is_err());
+        assert!(other_events.try_recv().is_err());
     }
 }

@@ -1,5 +1,9 @@
-//! The routing service against a real Redis: CRUD, resolve, validation,
-//! watch events across replicas, restarts and races.
+//! The routing service against a real Redis and on in-memory state (the Redis
+//! URL `memory://`): CRUD, resolve, validation, watch events, races, health;
+//! and, with Redis only, what needs a shared or restarted Redis: events across
+//! replicas, restarts.
+
+#![allow(clippy::unwrap_used)] // scenarios run by the generated #[test] functions
 
 mod support;
 
@@ -18,10 +22,54 @@ use support::{
     partnership, resolve, update, watch,
 };
 
-#[tokio::test]
-async fn partnership_crud_round_trip() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "crud").await;
+/// Runs each scenario (an `async fn(url: &str)`) once against a fresh Redis and once
+/// on in-memory state (the Redis URL `memory://`).
+macro_rules! on_both_backends {
+    ($($scenario:ident),+ $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let redis = as2_testkit::RedisServer::start();
+                    super::$scenario(&redis.url()).await;
+                }
+            )+
+        }
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(as2_common::redis::IN_MEMORY_URL).await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    partnership_crud_round_trip,
+    resolve_by_exact_pair,
+    validation_errors_name_the_field,
+    updates_refuse_a_pair_that_is_taken,
+    listing_pages_through_every_partnership,
+    watch_events_reach_a_second_client,
+    concurrent_creation_of_one_pair_succeeds_once,
+    concurrent_updates_with_revisions_lose_no_write,
+    health_readiness_metrics_and_shutdown,
+);
+
+/// Two replicas sharing one Redis, or a single replica on in-memory state, which
+/// replicas cannot share.
+async fn replicas_sharing_state(url: &str, prefix: &str) -> Vec<Replica> {
+    let mut replicas = vec![Replica::start(url, prefix).await];
+    if url != as2_common::redis::IN_MEMORY_URL {
+        replicas.push(Replica::start(url, prefix).await);
+    }
+    replicas
+}
+
+async fn partnership_crud_round_trip(url: &str) {
+    let replica = Replica::start(url, "crud").await;
     let mut client = replica.client().await;
 
     let mut input = partnership("ACME Corp", "OUR-GATEWAY", "edi.inbound.acme");
@@ -78,10 +126,8 @@ async fn partnership_crud_round_trip() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn resolve_by_exact_pair() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "resolve").await;
+async fn resolve_by_exact_pair(url: &str) {
+    let replica = Replica::start(url, "resolve").await;
     let mut client = replica.client().await;
 
     let mut wanted = partnership("Partner With Spaces", "us", "topic-a");
@@ -124,10 +170,8 @@ async fn resolve_by_exact_pair() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn validation_errors_name_the_field() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "validation").await;
+async fn validation_errors_name_the_field(url: &str) {
+    let replica = Replica::start(url, "validation").await;
     let mut client = replica.client().await;
 
     let cases = [
@@ -258,10 +302,8 @@ async fn validation_errors_name_the_field() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn updates_refuse_a_pair_that_is_taken() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "pairs").await;
+async fn updates_refuse_a_pair_that_is_taken(url: &str) {
+    let replica = Replica::start(url, "pairs").await;
     let mut client = replica.client().await;
     create(&mut client, partnership("a", "us", "topic"))
         .await
@@ -278,10 +320,8 @@ async fn updates_refuse_a_pair_that_is_taken() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn listing_pages_through_every_partnership() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "paging").await;
+async fn listing_pages_through_every_partnership(url: &str) {
+    let replica = Replica::start(url, "paging").await;
     let mut client = replica.client().await;
     for index in 0..5 {
         let mut input = partnership(&format!("partner {index}"), "us", "topic");
@@ -326,10 +366,8 @@ async fn listing_pages_through_every_partnership() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn watch_events_reach_a_second_client() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "watch").await;
+async fn watch_events_reach_a_second_client(url: &str) {
+    let replica = Replica::start(url, "watch").await;
     let mut watcher = replica.client().await;
     let mut writer = replica.client().await;
     let mut events = watch(&mut watcher).await;
@@ -438,12 +476,12 @@ async fn data_survives_a_routing_restart() {
     restarted.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_creation_of_one_pair_succeeds_once() {
-    let redis = RedisServer::start();
-    let replica_a = Replica::start(&redis.url(), "race").await;
-    let replica_b = Replica::start(&redis.url(), "race").await;
-    let clients = [replica_a.client().await, replica_b.client().await];
+async fn concurrent_creation_of_one_pair_succeeds_once(url: &str) {
+    let replicas = replicas_sharing_state(url, "race").await;
+    let clients = [
+        replicas[0].client().await,
+        replicas[replicas.len() - 1].client().await,
+    ];
 
     let attempts = (0..24).map(|attempt| {
         let mut client = clients[attempt % 2].clone();
@@ -464,14 +502,13 @@ async fn concurrent_creation_of_one_pair_succeeds_once() {
 
     let listed = list_page(&mut clients[0].clone()).await;
     assert_eq!(listed.partnerships.len(), 1);
-    replica_a.stop().await;
-    replica_b.stop().await;
+    for replica in replicas {
+        replica.stop().await;
+    }
 }
 
-#[tokio::test]
-async fn concurrent_updates_with_revisions_lose_no_write() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "updates").await;
+async fn concurrent_updates_with_revisions_lose_no_write(url: &str) {
+    let replica = Replica::start(url, "updates").await;
     let mut client = replica.client().await;
     let created = create(&mut client, partnership("partner", "us", "topic"))
         .await
@@ -537,10 +574,8 @@ async fn watchers_get_a_reset_when_redis_restarts() {
     replica.stop().await;
 }
 
-#[tokio::test]
-async fn health_readiness_metrics_and_shutdown() {
-    let redis = RedisServer::start();
-    let replica = Replica::start(&redis.url(), "health").await;
+async fn health_readiness_metrics_and_shutdown(url: &str) {
+    let replica = Replica::start(url, "health").await;
 
     let channel =
         as2_rpc::tonic::transport::Endpoint::from_shared(format!("http://{}", replica.grpc_addr))
