@@ -52,7 +52,7 @@ pub struct EdgeConfig {
     #[command(flatten)]
     pub admin: AdminServerConfig,
 
-    /// Redis (dedup records).
+    /// Redis (dedup records); the URL `memory://` keeps them in the process instead.
     #[command(flatten)]
     pub redis: RedisConfig,
 

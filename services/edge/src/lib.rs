@@ -2,7 +2,7 @@
 //!
 //! A partner POSTs an AS2 message; the edge resolves the partnership through the routing
 //! service, unwraps the message (decrypt, decompress, verify), checks the partnership's
-//! policy, deduplicates on (AS2-From, AS2-To, Message-ID) in Redis, publishes the document
+//! policy, deduplicates on (AS2-From, AS2-To, Message-ID) in Redis (or in memory, see [`dedup`]), publishes the document
 //! to the partnership's Kafka topic and waits for the acknowledgement, and only then
 //! answers with an MDN. The order and the answers are documented in [`inbound`].
 //!

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use as2_common::admin::{AdminState, serve_admin};
+use as2_common::redis::StateBackend;
 use as2_common::shutdown::Readiness;
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::tonic::transport::Endpoint;
@@ -31,13 +32,14 @@ pub struct EdgeServer {
     config: EdgeConfig,
     as2_listener: TcpListener,
     admin_listener: TcpListener,
-    redis: as2_common::redis::Redis,
+    state: StateBackend,
 }
 
 impl EdgeServer {
-    /// Connects to Redis and binds the AS2 and admin listeners (port 0 allowed).
+    /// Connects to Redis, or sets up in-memory dedup records for the Redis URL
+    /// `memory://`, and binds the AS2 and admin listeners (port 0 allowed).
     pub async fn bind(config: EdgeConfig) -> anyhow::Result<Self> {
-        let redis = as2_common::redis::connect(&config.redis)
+        let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
         let as2_listener = TcpListener::bind(config.as2_listen)
@@ -50,7 +52,7 @@ impl EdgeServer {
             config,
             as2_listener,
             admin_listener,
-            redis,
+            state,
         })
     }
 
@@ -72,7 +74,7 @@ impl EdgeServer {
             config,
             as2_listener,
             admin_listener,
-            redis,
+            state,
         } = self;
         let as2_addr = as2_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -131,9 +133,8 @@ impl EdgeServer {
             keys: Arc::new(KeyStore::new(&config.keys.keys_dir)),
             default_decryption_key_id: config.keys.default_decryption_key_id.clone(),
             default_signing_key_id: config.keys.default_signing_key_id.clone(),
-            dedup: DedupStore::new(
-                redis.connection.clone(),
-                redis.namespace.clone(),
+            dedup: dedup_store(
+                &state,
                 Duration::from_secs(inbound.dedup_in_flight_secs),
                 Duration::from_secs(inbound.dedup_retention_secs),
             ),
@@ -156,7 +157,13 @@ impl EdgeServer {
         ));
 
         readiness.set_ready();
-        tracing::info!(%as2_addr, %admin_addr, routing = %config.routing_url, "edge ready");
+        tracing::info!(
+            %as2_addr,
+            %admin_addr,
+            routing = %config.routing_url,
+            state = state.kind(),
+            "edge ready"
+        );
 
         let stopped_early = tokio::select! {
             () = shutdown => false,
@@ -182,6 +189,21 @@ impl EdgeServer {
             anyhow::bail!("as2 listener stopped unexpectedly");
         }
         Ok(())
+    }
+}
+
+/// The dedup store on the configured state backend.
+fn dedup_store(state: &StateBackend, in_flight_ttl: Duration, done_ttl: Duration) -> DedupStore {
+    match state {
+        StateBackend::Redis(redis) => DedupStore::new(
+            redis.connection.clone(),
+            redis.namespace.clone(),
+            in_flight_ttl,
+            done_ttl,
+        ),
+        StateBackend::InMemory { namespace } => {
+            DedupStore::in_memory(namespace.clone(), in_flight_ttl, done_ttl)
+        }
     }
 }
 

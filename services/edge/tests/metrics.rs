@@ -6,11 +6,8 @@
 
 mod support;
 
-use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
-use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm};
-use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
-use openssl::x509::X509;
-use support::{GATEWAY_ID, KeyMaterial, PARTNER_ID, Stack, post};
+use as2_protocol::headers::MessageId;
+use support::{KeyMaterial, PARTNER_ID, Stack, post, signed_encrypted_message};
 
 const TOPIC: &str = "metrics-documents";
 const PAYLOAD: &[u8] = b"ISA*00*metrics test~";
@@ -21,37 +18,8 @@ fn message(
     as2_from: &str,
     signer: &KeyMaterial,
     message_id: &MessageId,
-) -> (Vec<(String, String)>, Vec<u8>) {
-    let identity =
-        Identity::from_pem(signer.key_pem.as_bytes(), signer.cert_pem.as_bytes(), None).unwrap();
-    let gateway = X509::from_pem(stack.gateway.cert_pem.as_bytes()).unwrap();
-    let built = build_message(&OutboundMessage {
-        as2_from: &As2Id::new(as2_from).unwrap(),
-        as2_to: &As2Id::new(GATEWAY_ID).unwrap(),
-        message_id,
-        subject: None,
-        payload: PAYLOAD,
-        content_type: "application/edi-x12",
-        filename: None,
-        signing: Some(Signing {
-            identity: &identity,
-            digest: MicAlgorithm::Sha256,
-            scheme: SignatureScheme::RsaPkcs1v15,
-        }),
-        encryption: Some(Encryption {
-            recipient: &gateway,
-            cipher: ContentCipher::Aes256Cbc,
-            key_transport: KeyTransport::RsaPkcs1v15,
-        }),
-        compression: None,
-        mdn: Some(MdnRequest {
-            disposition_notification_to: "edi@partner.example".to_owned(),
-            signed_receipt_algorithms: vec![MicAlgorithm::Sha256],
-            receipt_delivery_option: None,
-        }),
-    })
-    .unwrap();
-    (built.headers, built.body)
+) -> support::As2Request {
+    signed_encrypted_message(&stack.gateway, as2_from, signer, message_id, PAYLOAD)
 }
 
 /// The value of the sample named exactly `series` on the page.

@@ -10,6 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use as2_edge::{EdgeConfig, EdgeServer};
+use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
+use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm};
+use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
@@ -218,21 +221,7 @@ impl Stack {
 
     /// A partnership for the pyas2lib partner with the standard settings.
     pub fn partnership(&self, as2_from: &str, topic: &str) -> Partnership {
-        Partnership {
-            as2_from: as2_from.to_owned(),
-            as2_to: GATEWAY_ID.to_owned(),
-            kafka_topic: topic.to_owned(),
-            partner_certificates: vec![PartnerCertificate {
-                pem: self.partner.cert_pem.clone(),
-                ..Default::default()
-            }],
-            decryption_key_id: GATEWAY_KEY_ID.to_owned(),
-            mdn_signing_key_id: GATEWAY_KEY_ID.to_owned(),
-            security_policy: Some(SecurityPolicy::default()),
-            mdn_preferences: Some(MdnPreferences::default()),
-            interop: Some(InteropSwitches::default()),
-            ..Default::default()
-        }
+        partnership_for(&self.partner, as2_from, topic)
     }
 
     pub async fn create_partnership(&self, partnership: Partnership) -> Partnership {
@@ -259,6 +248,67 @@ impl Stack {
             "receiver_cert_pem": self.gateway.cert_pem,
         })
     }
+}
+
+/// A partnership with us for a partner signing with `partner`, with the standard
+/// settings.
+pub fn partnership_for(partner: &KeyMaterial, as2_from: &str, topic: &str) -> Partnership {
+    Partnership {
+        as2_from: as2_from.to_owned(),
+        as2_to: GATEWAY_ID.to_owned(),
+        kafka_topic: topic.to_owned(),
+        partner_certificates: vec![PartnerCertificate {
+            pem: partner.cert_pem.clone(),
+            ..Default::default()
+        }],
+        decryption_key_id: GATEWAY_KEY_ID.to_owned(),
+        mdn_signing_key_id: GATEWAY_KEY_ID.to_owned(),
+        security_policy: Some(SecurityPolicy::default()),
+        mdn_preferences: Some(MdnPreferences::default()),
+        interop: Some(InteropSwitches::default()),
+        ..Default::default()
+    }
+}
+
+/// A message with `payload` from `as2_from` to us (encrypted for `gateway`), signed
+/// by `signer`, asking for a signed synchronous MDN; built by our own protocol code.
+pub fn signed_encrypted_message(
+    gateway: &KeyMaterial,
+    as2_from: &str,
+    signer: &KeyMaterial,
+    message_id: &MessageId,
+    payload: &[u8],
+) -> As2Request {
+    let identity =
+        Identity::from_pem(signer.key_pem.as_bytes(), signer.cert_pem.as_bytes(), None).unwrap();
+    let gateway = X509::from_pem(gateway.cert_pem.as_bytes()).unwrap();
+    let built = build_message(&OutboundMessage {
+        as2_from: &As2Id::new(as2_from).unwrap(),
+        as2_to: &As2Id::new(GATEWAY_ID).unwrap(),
+        message_id,
+        subject: None,
+        payload,
+        content_type: "application/edi-x12",
+        filename: None,
+        signing: Some(Signing {
+            identity: &identity,
+            digest: MicAlgorithm::Sha256,
+            scheme: SignatureScheme::RsaPkcs1v15,
+        }),
+        encryption: Some(Encryption {
+            recipient: &gateway,
+            cipher: ContentCipher::Aes256Cbc,
+            key_transport: KeyTransport::RsaPkcs1v15,
+        }),
+        compression: None,
+        mdn: Some(MdnRequest {
+            disposition_notification_to: "edi@partner.example".to_owned(),
+            signed_receipt_algorithms: vec![MicAlgorithm::Sha256],
+            receipt_delivery_option: None,
+        }),
+    })
+    .unwrap();
+    (built.headers, built.body)
 }
 
 /// An HTTP response.
