@@ -66,14 +66,37 @@ fn readme_gateway_arguments() -> Vec<String> {
 }
 
 fn as2ctl_binary() -> PathBuf {
-    // `cargo test --workspace` builds every package's binaries into the same directory.
-    let path = Path::new(env!("CARGO_BIN_EXE_as2-gateway")).with_file_name("as2ctl");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p as2ctl`; the README's test command does)",
-        path.display()
-    );
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // `cargo test --workspace` builds every package's binaries into this directory
+            // (as2ctl has integration tests); a run of this package alone builds as2ctl
+            // here first (cargo holds no lock on the target directory while tests run).
+            let gateway = Path::new(env!("CARGO_BIN_EXE_as2-gateway"));
+            let path = gateway.with_file_name("as2ctl");
+            if path.exists() {
+                return path;
+            }
+            let release = gateway
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|profile| profile == "release");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "as2ctl"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().unwrap();
+            assert!(status.success(), "building as2ctl failed");
+            assert!(
+                path.exists(),
+                "{} is missing after the build",
+                path.display()
+            );
+            path
+        })
+        .clone()
 }
 
 /// The running gateway process and what its banner said.
