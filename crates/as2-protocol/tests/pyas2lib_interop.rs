@@ -1,16 +1,12 @@
 //! Interoperability with pyas2lib, an independent AS2 implementation (Python).
 //!
-//! The interpreter comes from `AS2_TEST_PYTHON`, else `<workspace>/.venv-test/bin/python`;
-//! the repository's test command creates that virtualenv. Missing Python is a failure,
+//! The interpreter comes from `AS2_TEST_PYTHON`, else `<workspace>/.venv-test/bin/python`
+//! (see `as2_testkit::python`); the repository's test command creates that virtualenv. Missing Python is a failure,
 //! never a skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod common;
-
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
@@ -24,46 +20,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("AS2_TEST_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = workspace_root().join(".venv-test/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with pyas2lib: set AS2_TEST_PYTHON or run the README's test command, which creates {}",
-        venv.display()
-    );
-    venv
-}
-
 fn peer(command: &str, request: &Value) -> Value {
-    let script = workspace_root().join("tests/interop/pyas2lib_peer.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the pyas2lib peer");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "pyas2lib peer {command} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let output =
+        as2_testkit::interop_script("pyas2lib_peer.py", command, request.to_string().as_bytes());
+    serde_json::from_slice(&output).unwrap()
 }
 
 struct Parties {

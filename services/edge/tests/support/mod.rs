@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use as2_edge::{EdgeConfig, EdgeServer};
@@ -371,30 +370,8 @@ pub async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> Htt
 
 /// Runs `tests/interop/<script> <command>` with `input` as JSON on stdin.
 pub fn python(script: &str, command: &str, input: &serde_json::Value) -> serde_json::Value {
-    let mut child = Command::new(as2_testkit::python())
-        .arg(as2_testkit::interop_dir().join(script))
-        .arg(command)
-        .current_dir(as2_testkit::interop_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let input = serde_json::to_vec(input).unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write as _;
-        let mut stdin = stdin;
-        stdin.write_all(&input).unwrap();
-    });
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(
-        output.status.success(),
-        "{script} {command} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let output = as2_testkit::interop_script(script, command, &serde_json::to_vec(input).unwrap());
+    serde_json::from_slice(&output).unwrap()
 }
 
 /// An AS2 request: its headers and body.
