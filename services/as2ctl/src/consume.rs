@@ -213,3 +213,51 @@ fn render_text(records: &[RecordView], saved: bool) -> String {
     out.push_str(&format!("{} record(s)\n", records.len()));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn record(filename: Option<&str>) -> RecordView {
+        RecordView {
+            partition: 2,
+            offset: 7,
+            key: Some("p".to_owned()),
+            headers: filename
+                .map(|name| vec![("as2-filename".to_owned(), name.to_owned())])
+                .unwrap_or_default(),
+            body_base64: None,
+            saved_to: None,
+            size: 3,
+            body: b"UNB".to_vec(),
+        }
+    }
+
+    #[test]
+    fn saved_documents_keep_safe_filenames_only() {
+        let directory = tempfile::tempdir().unwrap();
+        for (filename, expected) in [
+            (Some("order.edi"), "2-7-order.edi"),
+            (Some("../../etc/passwd"), "2-7-document"),
+            (Some(".hidden"), "2-7-document"),
+            (None, "2-7-document"),
+        ] {
+            let saved = save(directory.path(), &record(filename)).unwrap();
+            assert!(saved.ends_with(expected), "{filename:?} -> {saved}");
+            assert_eq!(std::fs::read(&saved).unwrap(), b"UNB");
+        }
+    }
+
+    #[test]
+    fn text_output_shows_headers_and_the_document() {
+        let text = render_text(&[record(Some("order.edi"))], false);
+        assert!(
+            text.contains("--- partition 2 offset 7 key p (3 bytes)\n"),
+            "{text}"
+        );
+        assert!(text.contains("as2-filename: order.edi\n\nUNB\n"), "{text}");
+        assert!(text.ends_with("1 record(s)\n"), "{text}");
+    }
+}

@@ -489,3 +489,98 @@ impl Drop for AsyncMdnReceiver {
         self.accept_task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn send_args(arguments: &[&str]) -> SendArgs {
+        let mut all = vec!["as2ctl", "send"];
+        all.extend_from_slice(arguments);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Send(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn error_of(args: &SendArgs) -> String {
+        match Plan::load(args) {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn inputs_that_cannot_work_are_refused_before_anything_is_sent() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("doc.edi");
+        std::fs::write(&file, b"UNB").unwrap();
+        let file = file.to_str().unwrap();
+        let base = [
+            "--url",
+            "http://127.0.0.1:9/as2",
+            "--from",
+            "a",
+            "--to",
+            "b",
+        ];
+
+        let mut half_identity = vec![file, "--sign-key", file];
+        half_identity.extend_from_slice(&base);
+        assert!(error_of(&send_args(&half_identity)).contains("go together"));
+
+        let mut unsigned_after = vec![file, "--compress", "after-signing"];
+        unsigned_after.extend_from_slice(&base);
+        assert!(error_of(&send_args(&unsigned_after)).contains("after-signing needs"));
+
+        let mut not_a_certificate = vec![file, "--encrypt-cert", file];
+        not_a_certificate.extend_from_slice(&base);
+        assert!(error_of(&send_args(&not_a_certificate)).contains("not a PEM or DER certificate"));
+
+        let mut missing = vec!["/nonexistent/doc.edi"];
+        missing.extend_from_slice(&base);
+        assert!(error_of(&send_args(&missing)).contains("cannot read /nonexistent/doc.edi"));
+
+        let bad_id = [
+            file,
+            "--url",
+            "http://127.0.0.1:9/",
+            "--from",
+            "",
+            "--to",
+            "b",
+        ];
+        assert!(Plan::load(&send_args(&bad_id)).is_err());
+    }
+
+    #[test]
+    fn the_text_report_lists_what_was_checked() {
+        let report = SendReport {
+            message_id: "<1@x>".to_owned(),
+            url: "http://h/as2".to_owned(),
+            http_status: 200,
+            mdn_mode: "sync",
+            disposition: Some("processed".to_owned()),
+            expected_mic: "abc=, sha-256".to_owned(),
+            returned_mic: Some("abc=, sha-256".to_owned()),
+            original_message_id_matches: Some(false),
+            mdn_signature: Some("unsigned".to_owned()),
+            verdict: "the MDN answers another message (<2@x>)".to_owned(),
+            delivered: false,
+        };
+        let text = render(&report, false).unwrap();
+        assert!(text.contains("Original-Message-ID: DIFFERS\n"), "{text}");
+        assert!(
+            text.contains("Verdict:             the MDN answers another message"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&report, true).unwrap()).unwrap();
+        assert_eq!(json["delivered"], false);
+    }
+}
