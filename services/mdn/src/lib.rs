@@ -12,6 +12,10 @@
 //! served over gRPC ([`service`]) and published as events to a Kafka topic
 //! ([`tracking`]).
 //!
+//! With the Redis URL `memory://` the same state is kept in the process instead
+//! ([`store::DeliveryStore::in_memory`]): for the single-process quick start, one
+//! replica only, and everything is lost when the process exits.
+//!
 //! `mailto:` delivery URLs are accepted and recorded as failed at once with a clear
 //! reason: the partner's message is still acknowledged, and operators see the
 //! failure (`as2ctl mdn list --state failed`).

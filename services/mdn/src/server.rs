@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use as2_common::admin::{AdminState, serve_admin};
 use as2_common::health::GrpcHealth;
 use as2_common::prometheus_client::registry::Registry;
+use as2_common::redis::StateBackend;
 use as2_common::shutdown::Readiness;
 use as2_common::telemetry::GrpcTraceLayer;
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
 use as2_rpc::tonic::transport::Server;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -29,37 +29,47 @@ use crate::worker::{Deliverer, WorkerSettings, run_workers};
 /// How long status events get to be acknowledged when the service stops.
 const EVENT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// An MDN service with its listeners bound and Redis connected, not yet serving.
-/// Binding first lets callers learn the actual ports (port 0).
+/// An MDN service with its listeners bound and its state backend (Redis, or memory for
+/// `memory://`) set up, not yet serving. Binding first lets callers learn the actual
+/// ports (port 0).
 pub struct MdnServer {
     config: MdnConfig,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
-    redis: as2_common::redis::Redis,
-    reader_connection: ConnectionManager,
+    store: DeliveryStore,
 }
 
 impl MdnServer {
-    /// Checks the configuration, connects to Redis (creating the consumer group when
-    /// needed) and binds both listeners.
+    /// Checks the configuration, connects to Redis (or keeps the state in this process
+    /// when the Redis URL is `memory://`) and binds both listeners.
     pub async fn bind(config: MdnConfig) -> anyhow::Result<Self> {
         config
             .delivery
             .validate()
             .map_err(anyhow::Error::msg)
             .context("invalid delivery settings")?;
-        let redis = as2_common::redis::connect(&config.redis)
+        let status_ttl_secs = config.delivery.status_ttl_secs;
+        let store = match as2_common::redis::connect_state(&config.redis)
             .await
-            .context("redis setup failed")?;
-        // Blocking stream reads get a connection of their own; the response timeout
-        // leaves room for the block time.
-        let reader_connection = as2_common::redis::connect_manager(
-            &redis.client,
-            &config.redis,
-            config.redis.response_timeout() + std::time::Duration::from_secs(2),
-        )
-        .await
-        .context("redis setup failed for the job reader")?;
+            .context("redis setup failed")?
+        {
+            StateBackend::Redis(redis) => {
+                // Blocking stream reads get a connection of their own; the response
+                // timeout leaves room for the block time.
+                let reader_connection = as2_common::redis::connect_manager(
+                    &redis.client,
+                    &config.redis,
+                    config.redis.response_timeout() + std::time::Duration::from_secs(2),
+                )
+                .await
+                .context("redis setup failed for the job reader")?;
+                DeliveryStore::new(redis.connection, redis.namespace, status_ttl_secs)
+                    .with_reader_connection(reader_connection)
+            }
+            StateBackend::InMemory { namespace } => {
+                DeliveryStore::in_memory(namespace, status_ttl_secs)
+            }
+        };
         let grpc_listener = TcpListener::bind(config.grpc.grpc_listen)
             .await
             .with_context(|| format!("cannot listen for grpc on {}", config.grpc.grpc_listen))?;
@@ -70,8 +80,7 @@ impl MdnServer {
             config,
             grpc_listener,
             admin_listener,
-            redis,
-            reader_connection,
+            store,
         })
     }
 
@@ -94,8 +103,7 @@ impl MdnServer {
             config,
             grpc_listener,
             admin_listener,
-            redis,
-            reader_connection,
+            store,
         } = self;
         let grpc_addr = grpc_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -113,11 +121,6 @@ impl MdnServer {
         ));
 
         let delivery = &config.delivery;
-        let store = DeliveryStore::new(
-            redis.connection.clone(),
-            redis.namespace.clone(),
-            delivery.status_ttl_secs,
-        );
         store
             .ensure_consumer_group()
             .await
@@ -146,13 +149,14 @@ impl MdnServer {
         let consumer = settings.consumer.clone();
         let workers_task = tokio::spawn(run_workers(
             deliverer,
-            reader_connection,
             settings,
             stop_workers.clone(),
             config.shutdown.grace_period(),
         ));
 
         let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
+        let state_backend = store.backend_kind();
+        let prefix = store.namespace().prefix().to_owned();
         let api = MdnApi::new(store, events.clone(), metrics);
         let mut grpc_task = tokio::spawn(
             Server::builder()
@@ -172,7 +176,8 @@ impl MdnServer {
             %admin_addr,
             consumer,
             workers = delivery.workers,
-            prefix = redis.namespace.prefix(),
+            state_backend,
+            prefix,
             "mdn service ready"
         );
 

@@ -94,23 +94,7 @@ impl MdnApi {
             .get_or_create(&EnqueueLabels { outcome })
             .inc();
         if created {
-            let record = DeliveryRecord {
-                delivery_id: delivery.delivery_id.clone(),
-                original_message_id: delivery.original_message_id.clone(),
-                partnership_id: delivery.partnership_id.clone(),
-                as2_from: delivery.as2_from.clone(),
-                as2_to: delivery.as2_to.clone(),
-                url: delivery.url().to_owned(),
-                traceparent: delivery.traceparent.clone(),
-                state: if unsupported.is_some() {
-                    DeliveryState::Failed
-                } else {
-                    DeliveryState::Queued
-                },
-                last_error: unsupported.unwrap_or_default().to_owned(),
-                enqueued_at_ms: now,
-                ..DeliveryRecord::default()
-            };
+            let record = DeliveryRecord::enqueued(&delivery, unsupported, now);
             let event = if unsupported.is_some() {
                 "failed"
             } else {

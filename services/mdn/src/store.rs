@@ -1,4 +1,10 @@
-//! Delivery jobs, their schedule and their status in Redis.
+//! Delivery jobs, their schedule and their status, in Redis or in process memory.
+//!
+//! [`DeliveryStore`] has two backends, chosen by the Redis URL: a real Redis shared by
+//! every replica (the layout below), or the process's own memory for the URL
+//! `memory://` ([`DeliveryStore::in_memory`]).
+//!
+//! # Redis
 //!
 //! Keys (`{prefix}` is the configured key prefix):
 //!
@@ -12,14 +18,33 @@
 //! The stream's pending entries list is what makes a crash harmless: an entry read by
 //! a replica that dies stays pending and is claimed by another replica (`XAUTOCLAIM`)
 //! once it has been idle for the reclaim timeout.
+//!
+//! # Memory
+//!
+//! The same structures under one lock in the process: delivery records with their
+//! expiry time, a queue of ready jobs and the jobs taken from it but not yet finished
+//! (pending, handed out again by `reclaim` once idle for the reclaim timeout), the
+//! retries ordered by due time, and the index by enqueue time. The semantics are those
+//! of Redis: enqueueing is idempotent by delivery id, records expire `status-ttl` after
+//! their last change (an expired record is dropped when it is looked up or listed, and
+//! all expired records are swept out at least once a minute, so memory stays bounded),
+//! and a blocking read waits for a wake-up on enqueue or promotion instead of polling.
+//!
+//! It is meant for trying the gateway out in one process: the state is lost when the
+//! process exits and is not shared, so the service must run as a single replica. Its
+//! operations never fail.
+
+mod memory;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use as2_common::redis::KeyNamespace;
 use as2_rpc::mdn::v1::DeliveryState;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use self::memory::MemoryStore;
 use crate::job::{DeliveryTarget, NewDelivery, PreparedMdn, state_from_name, state_name};
 
 /// Name of the consumer group of the job stream.
@@ -136,6 +161,60 @@ pub struct DeliveryRecord {
     pub delivered_at_ms: i64,
 }
 
+impl DeliveryRecord {
+    /// The record of `delivery` as enqueued at `now_ms`: queued, or failed at once when
+    /// `unsupported` names why it cannot be delivered.
+    pub fn enqueued(delivery: &NewDelivery, unsupported: Option<&str>, now_ms: i64) -> Self {
+        Self {
+            delivery_id: delivery.delivery_id.clone(),
+            original_message_id: delivery.original_message_id.clone(),
+            partnership_id: delivery.partnership_id.clone(),
+            as2_from: delivery.as2_from.clone(),
+            as2_to: delivery.as2_to.clone(),
+            url: delivery.url().to_owned(),
+            traceparent: delivery.traceparent.clone(),
+            state: if unsupported.is_some() {
+                DeliveryState::Failed
+            } else {
+                DeliveryState::Queued
+            },
+            last_error: unsupported.unwrap_or_default().to_owned(),
+            enqueued_at_ms: now_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Updates the record as recording `outcome` does: state, last HTTP status and
+    /// error, and the time of the next attempt or of the delivery.
+    pub fn apply_outcome(&mut self, outcome: &AttemptRecord) {
+        match outcome {
+            AttemptRecord::Delivered { http_status, at_ms } => {
+                self.state = DeliveryState::Delivered;
+                self.last_http_status = *http_status;
+                self.last_error.clear();
+                self.delivered_at_ms = *at_ms;
+                self.next_attempt_at_ms = 0;
+            }
+            AttemptRecord::RetryScheduled {
+                http_status,
+                error,
+                next_attempt_at_ms,
+            } => {
+                self.state = DeliveryState::RetryScheduled;
+                self.last_http_status = *http_status;
+                self.last_error.clone_from(error);
+                self.next_attempt_at_ms = *next_attempt_at_ms;
+            }
+            AttemptRecord::Failed { http_status, error } => {
+                self.state = DeliveryState::Failed;
+                self.last_http_status = *http_status;
+                self.last_error.clone_from(error);
+                self.next_attempt_at_ms = 0;
+            }
+        }
+    }
+}
+
 /// A delivery with the MDN it sends.
 #[derive(Clone, Debug)]
 pub struct StoredJob {
@@ -240,24 +319,266 @@ impl Keys {
     }
 }
 
-/// Jobs, schedule and status of MDN deliveries. Cheap to clone.
+/// Jobs, schedule and status of MDN deliveries, in Redis or in this process's memory.
+/// Cheap to clone; clones share the same state.
 #[derive(Clone)]
 pub struct DeliveryStore {
-    connection: ConnectionManager,
-    keys: Keys,
-    status_ttl_secs: u64,
-    enqueue_script: Script,
-    promote_script: Script,
+    backend: Backend,
+    namespace: KeyNamespace,
+}
+
+/// Where a [`DeliveryStore`] keeps its state.
+#[derive(Clone)]
+enum Backend {
+    Redis(Arc<RedisStore>),
+    Memory(Arc<MemoryStore>),
 }
 
 impl DeliveryStore {
-    /// A store over `connection` in `namespace`; records live `status_ttl_secs`.
+    /// A store in Redis over `connection` in `namespace`; records live
+    /// `status_ttl_secs`.
+    ///
+    /// Blocking job reads ([`read_new`](Self::read_new)) use `connection` too unless
+    /// [`with_reader_connection`](Self::with_reader_connection) gives them one of their
+    /// own; on a shared connection they hold up every other command while they wait.
     pub fn new(
         connection: ConnectionManager,
         namespace: KeyNamespace,
         status_ttl_secs: u64,
     ) -> Self {
         Self {
+            backend: Backend::Redis(Arc::new(RedisStore::new(
+                connection,
+                namespace.clone(),
+                status_ttl_secs,
+            ))),
+            namespace,
+        }
+    }
+
+    /// A store kept in this process's memory (the Redis URL `memory://`); records live
+    /// `status_ttl_secs`. Everything is lost when the process exits and nothing is
+    /// shared with other processes, so the service must run as a single replica.
+    pub fn in_memory(namespace: KeyNamespace, status_ttl_secs: u64) -> Self {
+        Self {
+            backend: Backend::Memory(Arc::new(MemoryStore::new(status_ttl_secs))),
+            namespace,
+        }
+    }
+
+    /// Gives the blocking job reads of a Redis store a connection of their own, whose
+    /// response timeout must leave room for the block time. A memory store ignores it.
+    #[must_use]
+    pub fn with_reader_connection(mut self, reader_connection: ConnectionManager) -> Self {
+        if let Backend::Redis(redis) = &mut self.backend {
+            Arc::make_mut(redis).reader_connection = reader_connection;
+        }
+        self
+    }
+
+    /// A short name of the backend for logs: `redis` or `memory`.
+    pub fn backend_kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
+        }
+    }
+
+    /// The key namespace the store was made with.
+    pub fn namespace(&self) -> &KeyNamespace {
+        &self.namespace
+    }
+
+    /// Creates the job stream and its consumer group unless they exist. The group
+    /// starts at the stream's beginning, so jobs enqueued before it existed are read.
+    /// Nothing to do in memory.
+    pub async fn ensure_consumer_group(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.ensure_consumer_group().await,
+            Backend::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Stores `delivery` and queues it, or records it as failed at once when
+    /// `unsupported` names why it cannot be delivered. Returns `false` when a delivery
+    /// with this id exists already (nothing is changed then).
+    pub async fn enqueue(
+        &self,
+        delivery: &NewDelivery,
+        unsupported: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.enqueue(delivery, unsupported, now_ms).await,
+            Backend::Memory(memory) => Ok(memory.enqueue(delivery, unsupported, now_ms)),
+        }
+    }
+
+    /// The status of one delivery; `None` when unknown or expired.
+    pub async fn status(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.status(delivery_id).await,
+            Backend::Memory(memory) => Ok(memory.status(delivery_id)),
+        }
+    }
+
+    /// A delivery with its MDN; `None` when unknown or expired.
+    pub async fn job(&self, delivery_id: &str) -> Result<Option<StoredJob>, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.job(delivery_id).await,
+            Backend::Memory(memory) => Ok(memory.job(delivery_id)),
+        }
+    }
+
+    /// Reads up to `count` new jobs for `consumer`, waiting up to `block_ms` for one
+    /// (0: until one comes). Each job read stays pending until its attempt is recorded
+    /// ([`finish_attempt`](Self::finish_attempt)) or it is discarded.
+    ///
+    /// In Redis this is a blocking `XREADGROUP` on the reader connection; in memory the
+    /// wait ends as soon as a job is enqueued or a retry becomes due.
+    pub async fn read_new(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<JobEntry>, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.read_new(consumer, count, block_ms).await,
+            Backend::Memory(memory) => Ok(memory.read_new(count, block_ms).await),
+        }
+    }
+
+    /// Takes over up to `count` jobs that other consumers (or this one) read but did
+    /// not acknowledge within `min_idle_ms`.
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<JobEntry>, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.reclaim(consumer, min_idle_ms, count).await,
+            Backend::Memory(memory) => Ok(memory.reclaim(min_idle_ms, count)),
+        }
+    }
+
+    /// Records the start of attempt number `attempt`.
+    pub async fn begin_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: u32,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.begin_attempt(delivery_id, attempt, now_ms).await,
+            Backend::Memory(memory) => {
+                memory.begin_attempt(delivery_id, attempt, now_ms);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records how an attempt ended and acknowledges its job entry, atomically: a
+    /// scheduled retry is in the retry schedule before the entry disappears.
+    pub async fn finish_attempt(
+        &self,
+        entry_id: &str,
+        delivery_id: &str,
+        outcome: &AttemptRecord,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.finish_attempt(entry_id, delivery_id, outcome).await,
+            Backend::Memory(memory) => {
+                memory.finish_attempt(entry_id, delivery_id, outcome);
+                Ok(())
+            }
+        }
+    }
+
+    /// Acknowledges and deletes a job entry that needs no attempt (its delivery has
+    /// expired or ended already, or the entry is malformed).
+    pub async fn discard_entry(&self, entry_id: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.discard_entry(entry_id).await,
+            Backend::Memory(memory) => {
+                memory.discard_entry(entry_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves up to `limit` retries that are due at `now_ms` to the ready jobs; returns
+    /// how many were moved.
+    pub async fn promote_due_retries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.promote_due_retries(now_ms, limit).await,
+            Backend::Memory(memory) => Ok(memory.promote_due_retries(now_ms, limit)),
+        }
+    }
+
+    /// Jobs ready (waiting or being attempted) and retries waiting for their time.
+    pub async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.queue_depth().await,
+            Backend::Memory(memory) => Ok(memory.queue_depth()),
+        }
+    }
+
+    /// Deletes consumers of the group that hold no jobs and have been idle longer than
+    /// `idle_ms` (replicas that are gone); returns how many were deleted. A memory
+    /// store has no consumers to forget.
+    pub async fn forget_idle_consumers(&self, idle_ms: u64) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.forget_idle_consumers(idle_ms).await,
+            Backend::Memory(_) => Ok(0),
+        }
+    }
+
+    /// Lists deliveries newest first from `after` on, up to `page_size` of them, looking
+    /// at no more than `scan_limit` index entries; returns them and where to continue.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        after: Option<ListCursor>,
+        scan_limit: usize,
+    ) -> Result<(Vec<DeliveryRecord>, Option<ListCursor>), StoreError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.list(filter, page_size, after, scan_limit).await,
+            Backend::Memory(memory) => Ok(memory.list(filter, page_size, after, scan_limit)),
+        }
+    }
+
+    /// The memory backend, for tests that move its clock.
+    #[cfg(test)]
+    fn memory(&self) -> Option<&MemoryStore> {
+        match &self.backend {
+            Backend::Redis(_) => None,
+            Backend::Memory(memory) => Some(memory),
+        }
+    }
+}
+
+/// The Redis backend of [`DeliveryStore`].
+#[derive(Clone)]
+struct RedisStore {
+    connection: ConnectionManager,
+    /// For blocking stream reads; the shared connection unless one was given.
+    reader_connection: ConnectionManager,
+    keys: Keys,
+    status_ttl_secs: u64,
+    enqueue_script: Script,
+    promote_script: Script,
+}
+
+impl RedisStore {
+    fn new(connection: ConnectionManager, namespace: KeyNamespace, status_ttl_secs: u64) -> Self {
+        Self {
+            reader_connection: connection.clone(),
             connection,
             keys: Keys::new(namespace),
             status_ttl_secs: status_ttl_secs.max(1),
@@ -268,7 +589,7 @@ impl DeliveryStore {
 
     /// Creates the job stream and its consumer group unless they exist. The group
     /// starts at the stream's beginning, so jobs enqueued before it existed are read.
-    pub async fn ensure_consumer_group(&self) -> Result<(), StoreError> {
+    async fn ensure_consumer_group(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -287,7 +608,7 @@ impl DeliveryStore {
     /// Stores `delivery` and queues it, or records it as failed at once when
     /// `unsupported` names why it cannot be delivered. Returns `false` when a delivery
     /// with this id exists already (nothing is changed then).
-    pub async fn enqueue(
+    async fn enqueue(
         &self,
         delivery: &NewDelivery,
         unsupported: Option<&str>,
@@ -345,7 +666,7 @@ impl DeliveryStore {
     }
 
     /// The status of one delivery; `None` when unknown or expired.
-    pub async fn status(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+    async fn status(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
         let mut connection = self.connection.clone();
         let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.keys.delivery(delivery_id))
@@ -359,7 +680,7 @@ impl DeliveryStore {
     }
 
     /// A delivery with its MDN; `None` when unknown or expired.
-    pub async fn job(&self, delivery_id: &str) -> Result<Option<StoredJob>, StoreError> {
+    async fn job(&self, delivery_id: &str) -> Result<Option<StoredJob>, StoreError> {
         let mut connection = self.connection.clone();
         let mut fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(self.keys.delivery(delivery_id))
@@ -388,11 +709,10 @@ impl DeliveryStore {
 
     /// Reads up to `count` new jobs for `consumer`, waiting up to `block_ms` for one.
     ///
-    /// `connection` should be dedicated to this loop: a blocking read holds up every
-    /// other command on its connection.
-    pub async fn read_new(
+    /// Reads on the reader connection, which should be dedicated to one loop: a
+    /// blocking read holds up every other command on its connection.
+    async fn read_new(
         &self,
-        connection: &mut ConnectionManager,
         consumer: &str,
         count: usize,
         block_ms: u64,
@@ -409,7 +729,7 @@ impl DeliveryStore {
             .arg("STREAMS")
             .arg(&self.keys.jobs)
             .arg(">")
-            .query_async(connection)
+            .query_async(&mut self.reader_connection.clone())
             .await?;
         Ok(reply
             .into_iter()
@@ -421,7 +741,7 @@ impl DeliveryStore {
 
     /// Takes over up to `count` jobs that other consumers (or this one) read but did
     /// not acknowledge within `min_idle_ms`.
-    pub async fn reclaim(
+    async fn reclaim(
         &self,
         consumer: &str,
         min_idle_ms: u64,
@@ -447,7 +767,7 @@ impl DeliveryStore {
     }
 
     /// Records the start of attempt number `attempt`.
-    pub async fn begin_attempt(
+    async fn begin_attempt(
         &self,
         delivery_id: &str,
         attempt: u32,
@@ -477,7 +797,7 @@ impl DeliveryStore {
 
     /// Records how an attempt ended and acknowledges its stream entry, atomically: a
     /// scheduled retry is in the retry set before the entry disappears.
-    pub async fn finish_attempt(
+    async fn finish_attempt(
         &self,
         entry_id: &str,
         delivery_id: &str,
@@ -545,7 +865,7 @@ impl DeliveryStore {
 
     /// Acknowledges and deletes a stream entry that needs no attempt (its delivery has
     /// expired or ended already, or the entry is malformed).
-    pub async fn discard_entry(&self, entry_id: &str) -> Result<(), StoreError> {
+    async fn discard_entry(&self, entry_id: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.acknowledge_in(&mut pipe, entry_id);
@@ -568,11 +888,7 @@ impl DeliveryStore {
 
     /// Moves up to `limit` retries that are due at `now_ms` to the job stream; returns
     /// how many were moved.
-    pub async fn promote_due_retries(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<usize, StoreError> {
+    async fn promote_due_retries(&self, now_ms: i64, limit: usize) -> Result<usize, StoreError> {
         let mut connection = self.connection.clone();
         let moved: usize = self
             .promote_script
@@ -587,7 +903,7 @@ impl DeliveryStore {
 
     /// Jobs in the stream (waiting or being attempted) and retries waiting for their
     /// time.
-    pub async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
         let mut connection = self.connection.clone();
         let (stream, retries): (u64, u64) = redis::pipe()
             .cmd("XLEN")
@@ -600,7 +916,7 @@ impl DeliveryStore {
 
     /// Deletes consumers of the group that hold no jobs and have been idle longer than
     /// `idle_ms` (replicas that are gone); returns how many were deleted.
-    pub async fn forget_idle_consumers(&self, idle_ms: u64) -> Result<usize, StoreError> {
+    async fn forget_idle_consumers(&self, idle_ms: u64) -> Result<usize, StoreError> {
         let mut connection = self.connection.clone();
         let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("CONSUMERS")
@@ -639,7 +955,7 @@ impl DeliveryStore {
 
     /// Lists deliveries newest first from `after` on, up to `page_size` of them, looking
     /// at no more than `scan_limit` index entries; returns them and where to continue.
-    pub async fn list(
+    async fn list(
         &self,
         filter: &ListFilter,
         page_size: usize,
@@ -783,7 +1099,12 @@ pub fn unsupported_reason(target: &DeliveryTarget) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use as2_common::config::RedisConfig;
+
     use super::*;
+    use crate::job::DeliveryTarget;
 
     #[test]
     fn cursors_round_trip_through_tokens() {
@@ -811,5 +1132,391 @@ mod tests {
         assert_eq!(record.state, DeliveryState::RetryScheduled);
         assert_eq!(record.attempts, 3);
         assert_eq!(record.last_http_status, 500);
+    }
+
+    const TTL_SECS: u64 = 3_600;
+
+    fn namespace() -> KeyNamespace {
+        KeyNamespace::new("unit").unwrap()
+    }
+
+    fn memory_store() -> DeliveryStore {
+        DeliveryStore::in_memory(namespace(), TTL_SECS)
+    }
+
+    /// A store in a Redis started for the test, which lives as long as the server.
+    async fn redis_store() -> (as2_testkit::RedisServer, DeliveryStore) {
+        let server = as2_testkit::RedisServer::start();
+        let redis = as2_common::redis::connect(&RedisConfig::new(server.url(), "unit"))
+            .await
+            .unwrap();
+        let store = DeliveryStore::new(redis.connection, redis.namespace, TTL_SECS);
+        store.ensure_consumer_group().await.unwrap();
+        (server, store)
+    }
+
+    /// Runs each scenario twice: `in_redis::{scenario}` with a Redis started for the
+    /// test, `in_memory::{scenario}` with a memory store.
+    macro_rules! in_redis_and_in_memory {
+        ($($scenario:ident),+ $(,)?) => {
+            mod in_redis {
+                $(
+                    #[tokio::test]
+                    async fn $scenario() {
+                        let (_server, store) = super::redis_store().await;
+                        super::$scenario(&store).await;
+                    }
+                )+
+            }
+
+            mod in_memory {
+                $(
+                    #[tokio::test]
+                    async fn $scenario() {
+                        super::$scenario(&super::memory_store()).await;
+                    }
+                )+
+            }
+        };
+    }
+
+    in_redis_and_in_memory!(
+        a_job_goes_through_retries_to_delivery,
+        jobs_fail_are_discarded_and_reclaimed,
+        deliveries_are_listed_in_pages,
+    );
+
+    /// Delivery number `number` of `partnership` (its id is `number` in hex).
+    fn delivery(number: u32, partnership: &str) -> NewDelivery {
+        let url = format!("http://partner.example/mdn/{number}");
+        NewDelivery {
+            delivery_id: format!("{number:032x}"),
+            original_message_id: format!("<{number}@partner.example>"),
+            partnership_id: partnership.to_owned(),
+            as2_from: "gateway".to_owned(),
+            as2_to: "partner".to_owned(),
+            target: DeliveryTarget::Http(url),
+            mdn: PreparedMdn {
+                headers: vec![("Message-ID".to_owned(), format!("<mdn-{number}@gw>"))],
+                body: format!("mdn {number}").into_bytes(),
+            },
+            traceparent: String::new(),
+        }
+    }
+
+    async fn state_of(store: &DeliveryStore, delivery: &NewDelivery) -> DeliveryState {
+        store
+            .status(&delivery.delivery_id)
+            .await
+            .unwrap()
+            .expect("the record exists")
+            .state
+    }
+
+    /// The one entry of `read`, checked to name `delivery`.
+    fn only_entry(read: Vec<JobEntry>, delivery: &NewDelivery) -> JobEntry {
+        assert_eq!(read.len(), 1, "{read:?}");
+        let entry = read.into_iter().next().unwrap();
+        assert_eq!(
+            entry.delivery_id.as_deref(),
+            Some(delivery.delivery_id.as_str())
+        );
+        entry
+    }
+
+    fn retry_at(http_status: u32, error: &str, next_attempt_at_ms: i64) -> AttemptRecord {
+        AttemptRecord::RetryScheduled {
+            http_status,
+            error: error.to_owned(),
+            next_attempt_at_ms,
+        }
+    }
+
+    /// Records `outcome` for the job of `entry`.
+    async fn finish(store: &DeliveryStore, entry: &JobEntry, outcome: &AttemptRecord) {
+        let delivery_id = entry.delivery_id.as_deref().unwrap();
+        store
+            .finish_attempt(&entry.entry_id, delivery_id, outcome)
+            .await
+            .unwrap();
+    }
+
+    /// Enqueue (idempotent), read, attempt, retry, promote, read again, deliver.
+    async fn a_job_goes_through_retries_to_delivery(store: &DeliveryStore) {
+        let first = delivery(1, "partner-a");
+        assert!(store.enqueue(&first, None, 1_000).await.unwrap());
+        let mut changed = first.clone();
+        changed.mdn.body = b"another body".to_vec();
+        assert!(
+            !store.enqueue(&changed, None, 2_000).await.unwrap(),
+            "the same id is enqueued once"
+        );
+        let record = store.status(&first.delivery_id).await.unwrap().unwrap();
+        assert_eq!(record.state, DeliveryState::Queued);
+        assert_eq!(record.enqueued_at_ms, 1_000);
+        assert_eq!(record.url, "http://partner.example/mdn/1");
+        let job = store.job(&first.delivery_id).await.unwrap().unwrap();
+        assert_eq!(job.mdn, Some(first.mdn.clone()), "the first enqueue's mdn");
+        assert_eq!(store.queue_depth().await.unwrap(), (1, 0));
+
+        let read = only_entry(store.read_new("c1", 10, 10).await.unwrap(), &first);
+        assert!(
+            store.read_new("c1", 10, 10).await.unwrap().is_empty(),
+            "a job is read once"
+        );
+        assert_eq!(store.queue_depth().await.unwrap(), (1, 0), "pending counts");
+
+        store
+            .begin_attempt(&first.delivery_id, 1, 3_000)
+            .await
+            .unwrap();
+        let in_flight = store.status(&first.delivery_id).await.unwrap().unwrap();
+        assert_eq!(in_flight.state, DeliveryState::InFlight);
+        assert_eq!(in_flight.attempts, 1);
+        assert_eq!(in_flight.last_attempt_at_ms, 3_000);
+
+        finish(store, &read, &retry_at(503, "HTTP 503", 5_000)).await;
+        let scheduled = store.status(&first.delivery_id).await.unwrap().unwrap();
+        assert_eq!(scheduled.state, DeliveryState::RetryScheduled);
+        assert_eq!(scheduled.last_http_status, 503);
+        assert_eq!(scheduled.last_error, "HTTP 503");
+        assert_eq!(scheduled.next_attempt_at_ms, 5_000);
+        assert_eq!(store.queue_depth().await.unwrap(), (0, 1));
+        assert!(store.reclaim("c2", 0, 10).await.unwrap().is_empty());
+
+        assert_eq!(store.promote_due_retries(4_999, 10).await.unwrap(), 0);
+        assert_eq!(store.promote_due_retries(5_000, 10).await.unwrap(), 1);
+        assert_eq!(store.queue_depth().await.unwrap(), (1, 0));
+        let again = only_entry(store.read_new("c1", 10, 10).await.unwrap(), &first);
+        assert_ne!(again.entry_id, read.entry_id, "a new entry");
+
+        store
+            .begin_attempt(&first.delivery_id, 2, 5_100)
+            .await
+            .unwrap();
+        let delivered = AttemptRecord::Delivered {
+            http_status: 200,
+            at_ms: 5_200,
+        };
+        finish(store, &again, &delivered).await;
+        let job = store.job(&first.delivery_id).await.unwrap().unwrap();
+        assert_eq!(job.record.state, DeliveryState::Delivered);
+        assert_eq!(job.record.attempts, 2);
+        assert_eq!(job.record.last_http_status, 200);
+        assert!(job.record.last_error.is_empty());
+        assert_eq!(job.record.delivered_at_ms, 5_200);
+        assert_eq!(job.record.next_attempt_at_ms, 0);
+        assert!(job.mdn.is_none(), "the mdn is dropped once delivered");
+        assert_eq!(store.queue_depth().await.unwrap(), (0, 0));
+    }
+
+    /// Unsupported deliveries, failures, discarded and reclaimed entries.
+    async fn jobs_fail_are_discarded_and_reclaimed(store: &DeliveryStore) {
+        let mailto = delivery(2, "partner-a");
+        assert!(
+            store
+                .enqueue(&mailto, Some("no mailto"), 1_000)
+                .await
+                .unwrap()
+        );
+        let job = store.job(&mailto.delivery_id).await.unwrap().unwrap();
+        assert_eq!(job.record.state, DeliveryState::Failed);
+        assert_eq!(job.record.last_error, "no mailto");
+        assert!(job.mdn.is_none());
+        assert_eq!(store.queue_depth().await.unwrap(), (0, 0), "no job");
+
+        let (held, doomed, discarded) = (
+            delivery(3, "partner-a"),
+            delivery(4, "partner-a"),
+            delivery(5, "partner-a"),
+        );
+        for new in [&held, &doomed, &discarded] {
+            store.enqueue(new, None, 2_000).await.unwrap();
+        }
+        let read = store.read_new("gone", 10, 10).await.unwrap();
+        assert_eq!(read.len(), 3);
+        store.discard_entry(&read[2].entry_id).await.unwrap();
+        let failed = AttemptRecord::Failed {
+            http_status: 500,
+            error: "gave up".to_owned(),
+        };
+        finish(store, &read[1], &failed).await;
+        let record = store.job(&doomed.delivery_id).await.unwrap().unwrap();
+        assert_eq!(record.record.state, DeliveryState::Failed);
+        assert_eq!(record.record.last_http_status, 500);
+        assert!(record.mdn.is_none());
+        assert_eq!(store.queue_depth().await.unwrap(), (1, 0));
+
+        // Only the entry nobody finished is handed out again.
+        let reclaimed = store.reclaim("survivor", 0, 10).await.unwrap();
+        assert_eq!(reclaimed, vec![read[0].clone()]);
+        store.discard_entry(&reclaimed[0].entry_id).await.unwrap();
+        store.discard_entry("12345-0").await.unwrap();
+        assert!(store.reclaim("survivor", 0, 10).await.unwrap().is_empty());
+        assert_eq!(store.queue_depth().await.unwrap(), (0, 0));
+        assert_eq!(state_of(store, &held).await, DeliveryState::Queued);
+    }
+
+    async fn list_all(store: &DeliveryStore, filter: &ListFilter, page_size: usize) -> Vec<u32> {
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = store.list(filter, page_size, after, 1_000).await.unwrap();
+            assert!(page.len() <= page_size);
+            listed.extend(
+                page.iter()
+                    .map(|record| u32::from_str_radix(&record.delivery_id, 16).unwrap()),
+            );
+            match next {
+                Some(cursor) => after = Some(cursor),
+                None => return listed,
+            }
+        }
+    }
+
+    /// Newest first (equal times by id, descending), in pages, with filters.
+    async fn deliveries_are_listed_in_pages(store: &DeliveryStore) {
+        // Deliveries 1 to 6 at 1001 to 1006 ms, 7 and 8 both at 1006 ms; odd ones
+        // belong to partner-b, 6 failed at once.
+        for number in 1..=8 {
+            let partnership = if number % 2 == 1 {
+                "partner-b"
+            } else {
+                "partner-a"
+            };
+            let unsupported = (number == 6).then_some("no mailto");
+            let at_ms = 1_000 + i64::from(number.min(6));
+            store
+                .enqueue(&delivery(number, partnership), unsupported, at_ms)
+                .await
+                .unwrap();
+        }
+        let everything = ListFilter::default();
+        let newest_first = vec![8, 7, 6, 5, 4, 3, 2, 1];
+        for page_size in [1, 2, 3, 100] {
+            assert_eq!(
+                list_all(store, &everything, page_size).await,
+                newest_first,
+                "pages of {page_size}"
+            );
+        }
+        let partner_b = ListFilter {
+            partnership_id: Some("partner-b".to_owned()),
+            state: None,
+        };
+        assert_eq!(list_all(store, &partner_b, 2).await, vec![7, 5, 3, 1]);
+        let failed = ListFilter {
+            partnership_id: None,
+            state: Some(DeliveryState::Failed),
+        };
+        assert_eq!(list_all(store, &failed, 10).await, vec![6]);
+
+        // A scan limit ends the page early with a cursor to go on from.
+        let (page, next) = store.list(&partner_b, 10, None, 3).await.unwrap();
+        assert_eq!(page.len(), 1, "8 and 6 are skipped, 7 found");
+        let next = next.expect("more to list");
+        assert_eq!(next.delivery_id, format!("{:032x}", 6));
+        let (rest, _) = store.list(&partner_b, 10, Some(next), 100).await.unwrap();
+        assert_eq!(rest.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn memory_records_expire_a_ttl_after_their_last_change() {
+        let store = DeliveryStore::in_memory(namespace(), 60);
+        let memory = store.memory().unwrap();
+        let (renewed, untouched) = (delivery(1, "partner-a"), delivery(2, "partner-a"));
+        store.enqueue(&renewed, None, 1_000).await.unwrap();
+        store.enqueue(&untouched, None, 1_001).await.unwrap();
+
+        memory.advance_clock(Duration::from_secs(30));
+        store
+            .begin_attempt(&renewed.delivery_id, 1, 31_000)
+            .await
+            .unwrap();
+        memory.advance_clock(Duration::from_secs(31));
+        assert!(
+            store
+                .status(&untouched.delivery_id)
+                .await
+                .unwrap()
+                .is_none(),
+            "expired 61 s after its enqueue"
+        );
+        assert!(store.job(&untouched.delivery_id).await.unwrap().is_none());
+        assert_eq!(
+            state_of(&store, &renewed).await,
+            DeliveryState::InFlight,
+            "renewed 30 s in"
+        );
+        assert_eq!(list_all(&store, &ListFilter::default(), 10).await, vec![1]);
+        assert!(
+            store.enqueue(&untouched, None, 62_000).await.unwrap(),
+            "an expired id can be enqueued anew"
+        );
+
+        memory.advance_clock(Duration::from_secs(30));
+        assert!(store.status(&renewed.delivery_id).await.unwrap().is_none());
+        assert_eq!(list_all(&store, &ListFilter::default(), 10).await, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn memory_sweeps_expired_records_nobody_asks_for() {
+        let store = DeliveryStore::in_memory(namespace(), 1);
+        let memory = store.memory().unwrap();
+        for number in 1..=3 {
+            store
+                .enqueue(&delivery(number, "partner-a"), Some("no mailto"), 1_000)
+                .await
+                .unwrap();
+        }
+        memory.advance_clock(Duration::from_secs(2));
+        store.promote_due_retries(0, 10).await.unwrap();
+        assert_eq!(memory.records_held(), 3, "swept at most once a minute");
+        memory.advance_clock(memory::SWEEP_INTERVAL);
+        store.promote_due_retries(0, 10).await.unwrap();
+        assert_eq!(memory.records_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn memory_reclaims_only_jobs_idle_for_the_timeout() {
+        let store = memory_store();
+        let memory = store.memory().unwrap();
+        store
+            .enqueue(&delivery(1, "partner-a"), None, 1_000)
+            .await
+            .unwrap();
+        let read = store.read_new("c1", 10, 10).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert!(store.reclaim("c2", 60_000, 10).await.unwrap().is_empty());
+        memory.advance_clock(Duration::from_secs(61));
+        assert_eq!(store.reclaim("c2", 60_000, 10).await.unwrap(), read);
+        assert!(
+            store.reclaim("c3", 60_000, 10).await.unwrap().is_empty(),
+            "a reclaimed job is idle from then on"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_memory_read_is_woken_by_enqueue_and_promotion() {
+        let store = memory_store();
+        assert!(store.read_new("c1", 10, 20).await.unwrap().is_empty());
+
+        // Were the wake-up lost, a read would end empty after a minute.
+        let waiting_read = || {
+            let store = store.clone();
+            let reader = tokio::spawn(async move { store.read_new("c1", 10, 60_000).await });
+            async move { reader.await.unwrap().unwrap() }
+        };
+        let reader = waiting_read();
+        tokio::task::yield_now().await;
+        let first = delivery(1, "partner-a");
+        store.enqueue(&first, None, 1_000).await.unwrap();
+        let read = only_entry(reader.await, &first);
+
+        finish(&store, &read, &retry_at(0, "refused", 2_000)).await;
+        let reader = waiting_read();
+        tokio::task::yield_now().await;
+        assert_eq!(store.promote_due_retries(2_000, 10).await.unwrap(), 1);
+        only_entry(reader.await, &first);
     }
 }

@@ -3,7 +3,8 @@
 //! Two loops share a semaphore of `workers` permits and take only as many jobs as
 //! permits are free, so a replica holds few more jobs than it attempts at once:
 //!
-//! - the reader takes new jobs from the stream (`XREADGROUP ... >`) as workers free up;
+//! - the reader takes new jobs from the stream (`XREADGROUP ... >`, or the ready queue
+//!   of a memory store) as workers free up;
 //! - the maintenance loop moves due retries from the retry set to the stream, takes
 //!   over jobs that another replica read but has not finished within the reclaim
 //!   timeout (`XAUTOCLAIM`), samples the queue depth, and forgets long-gone consumers;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use as2_rpc::mdn::v1::DeliveryState;
-use redis::aio::ConnectionManager;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,10 +82,10 @@ pub struct WorkerSettings {
 
 /// Runs the loops until `stop` is cancelled, then waits up to `grace` for attempts in
 /// progress. Jobs still unfinished stay pending in the stream and are taken over by
-/// another replica after the reclaim timeout.
+/// another replica after the reclaim timeout (with a memory store they are lost with
+/// the rest of the process's state).
 pub async fn run_workers(
     deliverer: Arc<Deliverer>,
-    reader_connection: ConnectionManager,
     settings: WorkerSettings,
     stop: CancellationToken,
     grace: Duration,
@@ -95,7 +95,6 @@ pub async fn run_workers(
     let reader = (settings.workers > 0).then(|| {
         tokio::spawn(read_loop(
             deliverer.clone(),
-            reader_connection,
             settings.clone(),
             semaphore.clone(),
             tracker.clone(),
@@ -119,7 +118,6 @@ pub async fn run_workers(
 
 async fn read_loop(
     deliverer: Arc<Deliverer>,
-    mut connection: ConnectionManager,
     settings: WorkerSettings,
     semaphore: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -138,7 +136,7 @@ async fn read_loop(
         let count = semaphore.available_permits().clamp(1, READ_BATCH);
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            read = deliverer.store.read_new(&mut connection, &settings.consumer, count, READ_BLOCK_MS) => read,
+            read = deliverer.store.read_new(&settings.consumer, count, READ_BLOCK_MS) => read,
         };
         match read {
             Ok(entries) => dispatch(&deliverer, &semaphore, &tracker, entries, &stop).await,
@@ -414,14 +412,10 @@ impl Deliverer {
         self.store
             .finish_attempt(entry_id, &record.delivery_id, &result)
             .await?;
+        record.apply_outcome(&result);
         let now = now_ms();
-        let event = match result {
+        let event = match &result {
             AttemptRecord::Delivered { http_status, at_ms } => {
-                record.state = DeliveryState::Delivered;
-                record.last_http_status = http_status;
-                record.last_error.clear();
-                record.delivered_at_ms = at_ms;
-                record.next_attempt_at_ms = 0;
                 let latency_ms = at_ms.saturating_sub(record.enqueued_at_ms).max(0);
                 #[allow(clippy::cast_precision_loss)]
                 self.metrics
@@ -441,9 +435,6 @@ impl Deliverer {
                 error,
                 next_attempt_at_ms,
             } => {
-                record.state = DeliveryState::RetryScheduled;
-                record.last_http_status = http_status;
-                record.next_attempt_at_ms = next_attempt_at_ms;
                 tracing::info!(
                     delivery_id = record.delivery_id,
                     partnership = record.partnership_id,
@@ -453,14 +444,10 @@ impl Deliverer {
                     retry_in_ms = next_attempt_at_ms - now,
                     "mdn delivery failed, retry scheduled"
                 );
-                record.last_error = error;
                 self.metrics.retries_scheduled.inc();
                 "retry-scheduled"
             }
             AttemptRecord::Failed { http_status, error } => {
-                record.state = DeliveryState::Failed;
-                record.last_http_status = http_status;
-                record.next_attempt_at_ms = 0;
                 tracing::warn!(
                     delivery_id = record.delivery_id,
                     partnership = record.partnership_id,
@@ -469,7 +456,6 @@ impl Deliverer {
                     error,
                     "mdn delivery failed for good"
                 );
-                record.last_error = error;
                 "failed"
             }
         };

@@ -1,6 +1,10 @@
-//! The MDN service against real Redis (and a real Kafka-protocol broker for the status
-//! events): delivery, idempotent enqueue, retries until the receiver is up, recorded
-//! failures, unsupported URLs, status queries.
+//! The MDN service against real Redis and against its in-memory state (`memory://`),
+//! with a real Kafka-protocol broker for the status events: delivery, idempotent
+//! enqueue, retries until the receiver is up or accepts, recorded failures, unsupported
+//! URLs, status queries and listings.
+//!
+//! Each scenario takes the Redis URL and runs twice: `in_redis::…` with a Redis
+//! started for the test, `in_memory::…` with `memory://`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,16 +17,51 @@ use as2_rpc::tonic::Code;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;
-use support::{Receiver, RunningMdn, enqueue_request, fast_config, status, wait_for_state};
+use support::{
+    MEMORY_URL, Receiver, RunningMdn, enqueue_request, fast_config, status, wait_for_state,
+    wait_for_status,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mdn_is_delivered_once_and_its_events_are_published() {
-    let redis = as2_testkit::RedisServer::start();
+/// Runs each scenario twice: `in_redis::{scenario}` with a Redis started for the test,
+/// `in_memory::{scenario}` with the service's state in its own process.
+macro_rules! in_redis_and_in_memory {
+    ($($scenario:ident),+ $(,)?) => {
+        mod in_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let redis = as2_testkit::RedisServer::start();
+                    super::$scenario(&redis.url()).await;
+                }
+            )+
+        }
+
+        mod in_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::MEMORY_URL).await;
+                }
+            )+
+        }
+    };
+}
+
+in_redis_and_in_memory!(
+    an_mdn_is_delivered_once_and_its_events_are_published,
+    a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up,
+    a_503_is_retried_until_the_receiver_accepts,
+    a_receiver_that_always_fails_ends_in_a_recorded_failure,
+    mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused,
+    deliveries_are_listed_newest_first_with_filters_and_pages,
+);
+
+async fn an_mdn_is_delivered_once_and_its_events_are_published(redis_url: &str) {
     let broker = as2_testkit::KafkaBroker::start();
     let receiver = Receiver::start().await;
-    let mut config = fast_config(&redis.url(), "deliver");
+    let mut config = fast_config(redis_url, "deliver");
     config.tracking.kafka_bootstrap_servers = Some(broker.bootstrap_servers());
     config.tracking.tracking_topic = "mdn-events".to_owned();
     let mdn = RunningMdn::start(config).await;
@@ -97,10 +136,8 @@ async fn an_mdn_is_delivered_once_and_its_events_are_published() {
     mdn.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up() {
-    let redis = as2_testkit::RedisServer::start();
-    let mut config = fast_config(&redis.url(), "down");
+async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up(redis_url: &str) {
+    let mut config = fast_config(redis_url, "down");
     config.delivery.max_attempts = 50;
     let mdn = RunningMdn::start(config).await;
     let mut client = mdn.client().await;
@@ -109,17 +146,9 @@ async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up() {
     let url = format!("http://127.0.0.1:{port}/mdn");
     let id = support::enqueue(&mut client, enqueue_request("later", &url)).await;
     // Let a few attempts fail against the closed port.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let current = status(&mut client, &id).await;
-        if current.attempts >= 3 {
-            assert_eq!(current.last_http_status, 0);
-            assert!(!current.last_error.is_empty());
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{current:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failing = wait_for_status(&mut client, &id, WAIT, |current| current.attempts >= 3).await;
+    assert_eq!(failing.last_http_status, 0);
+    assert!(!failing.last_error.is_empty());
     let receiver = Receiver::start_on_port(port).await;
     let delivered = wait_for_state(&mut client, &id, DeliveryState::Delivered, WAIT).await;
     assert!(delivered.attempts >= 4, "{delivered:?}");
@@ -128,12 +157,54 @@ async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up() {
     mdn.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_that_always_fails_ends_in_a_recorded_failure() {
-    let redis = as2_testkit::RedisServer::start();
+async fn a_503_is_retried_until_the_receiver_accepts(redis_url: &str) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(503);
+    let mut config = fast_config(redis_url, "unavailable");
+    config.delivery.max_attempts = 50;
+    let mdn = RunningMdn::start(config).await;
+    let mut client = mdn.client().await;
+
+    let request = enqueue_request("busy", &receiver.url());
+    let id = support::enqueue(&mut client, request.clone()).await;
+    let refused = wait_for_status(&mut client, &id, WAIT, |current| {
+        current.last_http_status == 503
+    })
+    .await;
+    assert!(
+        refused.state == DeliveryState::RetryScheduled as i32
+            || refused.state == DeliveryState::InFlight as i32,
+        "a retry follows: {refused:?}"
+    );
+    assert!(refused.last_error.contains("503"), "{refused:?}");
+    assert!(receiver.accepted().is_empty());
+
+    receiver.answer_with(200);
+    let delivered = wait_for_state(&mut client, &id, DeliveryState::Delivered, WAIT).await;
+    assert!(delivered.attempts >= 2, "{delivered:?}");
+    assert_eq!(delivered.last_http_status, 200);
+    assert!(delivered.last_error.is_empty());
+    assert!(delivered.next_attempt_at.is_none());
+    assert!(receiver.requests_seen() >= 2);
+    assert_eq!(receiver.accepted().len(), 1);
+
+    let again = client
+        .enqueue_mdn_delivery(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.already_enqueued);
+    assert_eq!(again.delivery_id, id);
+    let unchanged = status(&mut client, &id).await;
+    assert_eq!(unchanged.state, DeliveryState::Delivered as i32);
+    assert_eq!(unchanged.attempts, delivered.attempts);
+    mdn.stop().await;
+}
+
+async fn a_receiver_that_always_fails_ends_in_a_recorded_failure(redis_url: &str) {
     let receiver = Receiver::start().await;
     receiver.answer_with(500);
-    let config = fast_config(&redis.url(), "failing");
+    let config = fast_config(redis_url, "failing");
     let max_attempts = config.delivery.max_attempts;
     let mdn = RunningMdn::start(config).await;
     let mut client = mdn.client().await;
@@ -151,10 +222,8 @@ async fn a_receiver_that_always_fails_ends_in_a_recorded_failure() {
     mdn.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused() {
-    let redis = as2_testkit::RedisServer::start();
-    let mdn = RunningMdn::start(fast_config(&redis.url(), "refuse")).await;
+async fn mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused(redis_url: &str) {
+    let mdn = RunningMdn::start(fast_config(redis_url, "refuse")).await;
     let mut client = mdn.client().await;
 
     let mailto = client
@@ -186,11 +255,9 @@ async fn mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused() 
     mdn.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_are_listed_newest_first_with_filters_and_pages() {
-    let redis = as2_testkit::RedisServer::start();
+async fn deliveries_are_listed_newest_first_with_filters_and_pages(redis_url: &str) {
     let receiver = Receiver::start().await;
-    let mdn = RunningMdn::start(fast_config(&redis.url(), "list")).await;
+    let mdn = RunningMdn::start(fast_config(redis_url, "list")).await;
     let mut client = mdn.client().await;
 
     let mut ids = Vec::new();

@@ -25,6 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+/// The Redis URL that keeps the service's state in its own process.
+pub const MEMORY_URL: &str = as2_common::redis::IN_MEMORY_URL;
+
 /// An MDN service started through its library entry point.
 pub struct RunningMdn {
     pub url: String,
@@ -297,15 +300,28 @@ pub async fn wait_for_state(
     state: DeliveryState,
     timeout: Duration,
 ) -> DeliveryStatus {
+    wait_for_status(client, delivery_id, timeout, |current| {
+        current.state == state as i32
+    })
+    .await
+}
+
+/// Polls the delivery's status until `condition` holds for it, up to `timeout`.
+pub async fn wait_for_status(
+    client: &mut MdnDeliveryServiceClient<Channel>,
+    delivery_id: &str,
+    timeout: Duration,
+    condition: impl Fn(&DeliveryStatus) -> bool,
+) -> DeliveryStatus {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let current = status(client, delivery_id).await;
-        if current.state == state as i32 {
+        if condition(&current) {
             return current;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "delivery {delivery_id} not {state:?} within {timeout:?}: {current:?}"
+            "delivery {delivery_id} not as expected within {timeout:?}: {current:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
