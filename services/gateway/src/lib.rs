@@ -132,9 +132,11 @@ pub async fn run(
     }
     let outcome = stop_all(&mut services).await;
     drop(embedded_kafka);
-    match failed {
-        Some(name) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
-        None => outcome,
+    match (failed, outcome) {
+        // The failure itself says more than "stopped".
+        (Some(_), Err(error)) => Err(error),
+        (Some(name), Ok(())) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
+        (None, outcome) => outcome,
     }
 }
 
