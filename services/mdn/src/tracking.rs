@@ -2,7 +2,9 @@
 //!
 //! One JSON record per state change (`queued`, `retry-scheduled`, `delivered`,
 //! `failed`), keyed by the partnership id (the delivery id when there is none) so one
-//! partnership's events stay in order, with the delivery's `traceparent` as a header.
+//! partnership's events share a partition, with the delivery's `traceparent` as a header.
+//! `queued` is published after the enqueue is stored, so a quick first attempt can publish
+//! its outcome before it; `attempts` orders one delivery's events.
 //! The producer is idempotent (`acks=all`). Events are informational: the status in
 //! Redis is authoritative, so a broker outage never holds up deliveries; events that
 //! cannot be queued or are not acknowledged are counted and logged.
