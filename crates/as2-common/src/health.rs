@@ -19,13 +19,11 @@ pub struct GrpcHealth {
 impl GrpcHealth {
     /// Creates the reporter and the health service to add to the gRPC server.
     /// Everything starts as not serving.
-    pub async fn new(
-        service_names: impl IntoIterator<Item = impl Into<String>>,
-    ) -> (Self, HealthServer<impl Health>) {
+    pub async fn new(service_names: &[&str]) -> (Self, HealthServer<impl Health + use<>>) {
         let (reporter, server) = tonic_health::server::health_reporter();
         let health = Self {
             reporter,
-            service_names: service_names.into_iter().map(Into::into).collect(),
+            service_names: service_names.iter().map(|&name| name.to_owned()).collect(),
         };
         health.set_serving(false).await;
         (health, server)

@@ -9,14 +9,22 @@
 //!   flag that is cleared first when a service drains.
 //! - [`admin`]: the HTTP admin server with `/healthz`, `/readyz` and `/metrics`.
 //! - [`health`]: gRPC health (`grpc.health.v1`) wiring.
+//! - [`runtime`]: how a service starts, serves and drains (one order for all), and
+//!   [`runtime::ServiceHandle`], which the gateway and the tests start services with.
+//! - [`grpc`]: the gRPC server and client channel builders (timeouts, keepalive, trace
+//!   context).
+//! - [`kafka`]: the Kafka flags, and the idempotent producer every service publishes with.
 //! - [`redis`]: the Redis connection and the key namespace.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod grpc;
 pub mod health;
+pub mod kafka;
 pub mod redis;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -83,6 +83,20 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The provider [`init_telemetry`] installed, for [`flush`].
+static INSTALLED_PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
+
+/// Hands the spans ended so far to the exporter and waits for it (the last step of a
+/// service's drain); does nothing when no traces are exported. Blocks: call it from a
+/// blocking thread.
+pub fn flush() {
+    if let Some(provider) = INSTALLED_PROVIDER.get()
+        && let Err(error) = provider.force_flush()
+    {
+        tracing::warn!(%error, "cannot flush pending spans");
+    }
+}
+
 /// Installs the global tracing subscriber and, when configured, OTLP export.
 ///
 /// Must run inside a tokio runtime when an OTLP endpoint is configured (the
@@ -111,6 +125,9 @@ pub fn init_telemetry(
                 .with_resource(Resource::builder().with_service_name(service_name).build())
                 .build();
             opentelemetry::global::set_tracer_provider(provider.clone());
+            // The first installed provider is the one flush() reaches; a second
+            // init fails below anyway (the subscriber is global).
+            let _first = INSTALLED_PROVIDER.set(provider.clone());
             Some(provider)
         }
         _ => None,

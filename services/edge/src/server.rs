@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use as2_common::admin::{AdminState, serve_admin};
+use as2_common::grpc::{self, ChannelSettings};
 use as2_common::redis::StateBackend;
-use as2_common::shutdown::Readiness;
+use as2_common::runtime::{self, Runtime};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
-use as2_rpc::tonic::transport::Endpoint;
+use as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
 use crate::dedup::DedupStore;
@@ -42,12 +41,8 @@ impl EdgeServer {
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
-        let as2_listener = TcpListener::bind(config.as2_listen)
-            .await
-            .with_context(|| format!("cannot listen for as2 on {}", config.as2_listen))?;
-        let admin_listener = TcpListener::bind(config.admin.http_listen)
-            .await
-            .with_context(|| format!("cannot listen for http on {}", config.admin.http_listen))?;
+        let as2_listener = runtime::bind(config.as2_listen, "as2").await?;
+        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
         Ok(Self {
             config,
             as2_listener,
@@ -66,9 +61,10 @@ impl EdgeServer {
         self.admin_listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in order: report not ready, wait
-    /// the shutdown delay, stop accepting and let open requests finish within the grace
-    /// period, flush the Kafka producer, close the admin server.
+    /// Serves until `shutdown` completes, then drains in the runtime's order
+    /// ([`as2_common::runtime`]): report not ready, wait the shutdown delay, stop
+    /// accepting and let open requests finish within the grace period, stop following
+    /// partnership changes, flush the Kafka producer, close the admin server.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
@@ -81,15 +77,7 @@ impl EdgeServer {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(EdgeMetrics::register(&mut registry));
-        let readiness = Readiness::new();
-        let stop_admin = CancellationToken::new();
-        let stop_accepting = CancellationToken::new();
-        let stop_watch = CancellationToken::new();
-        let admin_task = tokio::spawn(serve_admin(
-            admin_listener,
-            AdminState::new(readiness.clone(), Arc::new(registry)),
-            stop_admin.clone().cancelled_owned(),
-        ));
+        let mut runtime = Runtime::start("edge", admin_listener, registry, &config.shutdown);
 
         let inbound = &config.inbound;
         let routes = RouteCache::new(
@@ -98,33 +86,27 @@ impl EdgeServer {
             metrics.clone(),
         )
         .with_context(|| format!("invalid routing url {}", config.routing_url))?;
-        let watch_task = tokio::spawn(routes.clone().follow_changes(stop_watch.clone()));
+        let following = routes.clone();
+        runtime.spawn_background("partnership change watch", move |stop| async move {
+            following.follow_changes(stop).await;
+            Ok(())
+        });
         let publisher =
             DocumentPublisher::new(config.kafka.clone()).context("kafka producer setup failed")?;
         let mdn_delivery = match &config.mdn_url {
-            Some(url) => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .with_context(|| format!("invalid mdn url {url}"))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(10))
-                    .connect_lazy();
-                Some(MdnDeliveryServiceClient::new(channel))
-            }
+            Some(url) => Some(MdnDeliveryServiceClient::new(grpc::channel(
+                "mdn",
+                url,
+                ChannelSettings::default(),
+            )?)),
             None => None,
         };
         let mdn_reconciler = match &config.sender_url {
-            Some(url) => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .with_context(|| format!("invalid sender url {url}"))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(10))
-                    .connect_lazy();
-                Some(
-                    as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient::new(
-                        channel,
-                    ),
-                )
-            }
+            Some(url) => Some(OutboundServiceClient::new(grpc::channel(
+                "sender",
+                url,
+                ChannelSettings::default(),
+            )?)),
             None => None,
         };
         let processor = Arc::new(InboundProcessor {
@@ -148,15 +130,15 @@ impl EdgeServer {
             header_read_timeout: inbound.header_read_timeout(),
             body_read_timeout: inbound.body_read_timeout(),
         };
-        let mut as2_task = tokio::spawn(serve_as2(
-            as2_listener,
-            processor,
-            limits,
-            stop_accepting.clone(),
-            config.shutdown.grace_period(),
-        ));
+        let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
+        runtime.spawn_frontend("as2 listener", async move {
+            serve_as2(as2_listener, processor, limits, stop_accepting, grace).await;
+            Ok(())
+        });
+        runtime.on_drain_flush("kafka producer", move || {
+            publisher.flush(PRODUCER_FLUSH_TIMEOUT);
+        });
 
-        readiness.set_ready();
         tracing::info!(
             %as2_addr,
             %admin_addr,
@@ -164,31 +146,7 @@ impl EdgeServer {
             state = state.kind(),
             "edge ready"
         );
-
-        let stopped_early = tokio::select! {
-            () = shutdown => false,
-            _ = &mut as2_task => true,
-        };
-        readiness.set_not_ready();
-        if stopped_early {
-            tracing::error!("as2 listener stopped unexpectedly");
-        } else {
-            tracing::info!("edge draining");
-            tokio::time::sleep(config.shutdown.delay()).await;
-            stop_accepting.cancel();
-            let _ = as2_task.await;
-        }
-        stop_watch.cancel();
-        let _ = watch_task.await;
-        let flushing = publisher.clone();
-        let _ = tokio::task::spawn_blocking(move || flushing.flush(PRODUCER_FLUSH_TIMEOUT)).await;
-        stop_admin.cancel();
-        let _ = admin_task.await;
-        tracing::info!("edge stopped");
-        if stopped_early {
-            anyhow::bail!("as2 listener stopped unexpectedly");
-        }
-        Ok(())
+        runtime.serve(shutdown).await
     }
 }
 

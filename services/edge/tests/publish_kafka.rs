@@ -60,7 +60,7 @@ async fn a_published_document_is_acknowledged_and_readable_with_its_headers() {
 async fn an_unreachable_cluster_is_unavailable_after_the_timeout() {
     let port = as2_testkit::free_port();
     let mut config = KafkaConfig::new(format!("127.0.0.1:{port}"));
-    config.kafka_publish_timeout_ms = 1_000;
+    config.publish_timeout_ms = Some(1_000);
     let publisher = DocumentPublisher::new(config).unwrap();
     let result = publisher.publish(record(b"x")).await;
     assert!(
@@ -73,7 +73,7 @@ async fn an_unreachable_cluster_is_unavailable_after_the_timeout() {
 async fn publishing_resumes_after_the_broker_comes_back() {
     let mut broker = as2_testkit::KafkaBroker::start();
     let mut config = KafkaConfig::new(broker.bootstrap_servers());
-    config.kafka_publish_timeout_ms = 2_000;
+    config.publish_timeout_ms = Some(2_000);
     let publisher = DocumentPublisher::new(config).unwrap();
     publisher.publish(record(b"before")).await.unwrap();
     broker.stop();
@@ -98,5 +98,11 @@ async fn publishing_resumes_after_the_broker_comes_back() {
     assert!(
         last.is_some(),
         "publishing did not resume after the broker restarted"
+    );
+    // The record that timed out while the broker was down left the idempotent producer
+    // needing an epoch bump; it was replaced instead.
+    assert!(
+        publisher.generation() >= 1,
+        "the producer was not replaced after a timed-out record"
     );
 }

@@ -51,7 +51,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "edge-admin-listen",
         env = "AS2_GATEWAY_EDGE_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9092"
+        default_value = "127.0.0.1:9180"
     )]
     pub edge_admin_listen: SocketAddr,
 
@@ -59,7 +59,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "routing-admin-listen",
         env = "AS2_GATEWAY_ROUTING_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9091"
+        default_value = "127.0.0.1:9181"
     )]
     pub routing_admin_listen: SocketAddr,
 
@@ -67,7 +67,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "mdn-admin-listen",
         env = "AS2_GATEWAY_MDN_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9093"
+        default_value = "127.0.0.1:9182"
     )]
     pub mdn_admin_listen: SocketAddr,
 

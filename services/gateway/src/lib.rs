@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use as2_common::config::{RedisConfig, ShutdownConfig};
+use as2_common::runtime::ServiceHandle;
 use as2_edge::{EdgeConfig, EdgeServer};
 use as2_mdn::{MdnConfig, MdnServer};
 use as2_routing::{RoutingConfig, RoutingServer};
@@ -36,8 +37,6 @@ use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::tonic::Code;
 use clap::Parser as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
 use demo::DemoIdentities;
@@ -102,7 +101,12 @@ pub async fn run(
         Ok(addresses) => addresses,
         Err(error) => {
             services.reverse();
-            let _ = stop_all(&mut services).await;
+            if let Err(stop_error) = stop_all(&mut services).await {
+                tracing::warn!(
+                    error = format!("{stop_error:#}"),
+                    "a service also failed while stopping after the failed start"
+                );
+            }
             return Err(error);
         }
     };
@@ -122,9 +126,9 @@ pub async fn run(
     // Runs until asked to stop or until a service stops by itself.
     let failed = tokio::select! {
         () = shutdown => None,
-        name = first_to_finish(&mut services) => Some(name),
+        finished = first_to_finish(&mut services) => Some(finished),
     };
-    if let Some(name) = failed {
+    if let Some((name, _)) = &failed {
         tracing::error!(
             service = name,
             "a service stopped by itself; stopping the gateway"
@@ -132,11 +136,11 @@ pub async fn run(
     }
     let outcome = stop_all(&mut services).await;
     drop(embedded_kafka);
-    match (failed, outcome) {
+    match failed {
         // The failure itself says more than "stopped".
-        (Some(_), Err(error)) => Err(error),
-        (Some(name), Ok(())) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
-        (None, outcome) => outcome,
+        Some((_, Err(error))) => Err(error),
+        Some((name, Ok(()))) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
+        None => outcome,
     }
 }
 
@@ -148,7 +152,7 @@ async fn start_services(
     identities: &DemoIdentities,
     redis: RedisConfig,
     bootstrap: &str,
-    services: &mut Vec<Service>,
+    services: &mut Vec<ServiceHandle>,
 ) -> anyhow::Result<(SocketAddr, String, String)> {
     let mut routing_config = RoutingConfig::local(&config.redis_url, &config.redis_key_prefix);
     routing_config.grpc.grpc_listen = config.routing_listen;
@@ -158,12 +162,7 @@ async fn start_services(
         .await
         .context("the routing service did not start")?;
     let routing_url = grpc_url(routing.grpc_addr()?);
-    let stop = CancellationToken::new();
-    services.push(Service::spawn(
-        "routing",
-        stop.clone(),
-        routing.serve(stop.cancelled_owned()),
-    ));
+    services.push(ServiceHandle::spawn("routing", |stop| routing.serve(stop)));
 
     let mut mdn_config = MdnConfig::local(&config.redis_url, &config.redis_key_prefix);
     mdn_config.grpc.grpc_listen = config.mdn_listen;
@@ -173,12 +172,7 @@ async fn start_services(
         .await
         .context("the MDN service did not start")?;
     let mdn_url = grpc_url(mdn.grpc_addr()?);
-    let stop = CancellationToken::new();
-    services.push(Service::spawn(
-        "mdn",
-        stop.clone(),
-        mdn.serve(stop.cancelled_owned()),
-    ));
+    services.push(ServiceHandle::spawn("mdn", |stop| mdn.serve(stop)));
 
     if !config.no_demo {
         create_demo_partnership(&routing_url, identities, &config.demo_topic).await?;
@@ -192,7 +186,7 @@ async fn start_services(
     edge_config.mdn_url = Some(mdn_url.clone());
     edge_config.sender_url = None;
     edge_config.redis = redis;
-    edge_config.kafka = as2_edge::kafka::KafkaConfig::new(bootstrap);
+    edge_config.kafka = as2_common::kafka::KafkaConfig::new(bootstrap);
     edge_config.keys.keys_dir = identities.keys_dir.clone();
     edge_config.keys.default_decryption_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
     edge_config.keys.default_signing_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
@@ -202,12 +196,7 @@ async fn start_services(
         .context("the edge did not start")?;
     let as2_addr = edge.as2_addr()?;
     let edge_admin = edge.admin_addr()?;
-    let stop = CancellationToken::new();
-    services.push(Service::spawn(
-        "edge",
-        stop.clone(),
-        edge.serve(stop.cancelled_owned()),
-    ));
+    services.push(ServiceHandle::spawn("edge", |stop| edge.serve(stop)));
     wait_until_ready(edge_admin).await?;
     Ok((as2_addr, routing_url, mdn_url))
 }
@@ -223,82 +212,26 @@ fn grpc_url(address: SocketAddr) -> String {
     format!("http://{address}")
 }
 
-/// One running service: how to stop it and its task (or its outcome once finished).
-struct Service {
-    name: &'static str,
-    stop: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-    outcome: Option<anyhow::Result<()>>,
-}
-
-impl Service {
-    fn spawn(
-        name: &'static str,
-        stop: CancellationToken,
-        serve: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) -> Self {
-        let task = tokio::spawn(async move {
-            let outcome = serve.await;
-            if let Err(error) = &outcome {
-                tracing::error!(
-                    service = name,
-                    error = format!("{error:#}"),
-                    "service failed"
-                );
-            }
-            outcome
-        });
-        Self {
-            name,
-            stop,
-            task: Some(task),
-            outcome: None,
-        }
+/// Waits for the first service that stops by itself and returns its name and outcome.
+async fn first_to_finish(services: &mut [ServiceHandle]) -> (&'static str, anyhow::Result<()>) {
+    if services.is_empty() {
+        return std::future::pending().await;
     }
-
-    fn record(&mut self, finished: Result<anyhow::Result<()>, tokio::task::JoinError>) {
-        self.task = None;
-        self.outcome = Some(
-            finished
-                .with_context(|| format!("the {} task panicked", self.name))
-                .and_then(|served| {
-                    served.with_context(|| format!("the {} service failed", self.name))
-                }),
-        );
-    }
-}
-
-/// Waits for the first service that stops by itself and returns its name.
-async fn first_to_finish(services: &mut [Service]) -> &'static str {
-    let (index, finished) = {
-        let running = services
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(index, service)| {
-                let task = service.task.as_mut()?;
-                Some(Box::pin(async move { (index, task.await) }))
-            })
-            .collect::<Vec<_>>();
-        if running.is_empty() {
-            return std::future::pending().await;
-        }
-        futures::future::select_all(running).await.0
-    };
-    services[index].record(finished);
-    services[index].name
+    let running = services.iter_mut().map(|service| {
+        Box::pin(async move {
+            let outcome = service.finished().await;
+            (service.name(), outcome)
+        })
+    });
+    futures::future::select_all(running).await.0
 }
 
 /// Stops the services in order (edge first, so no message arrives while the services
 /// behind it go away) and returns the first failure.
-async fn stop_all(services: &mut [Service]) -> anyhow::Result<()> {
+async fn stop_all(services: &mut Vec<ServiceHandle>) -> anyhow::Result<()> {
     let mut outcome = Ok(());
-    for service in services.iter_mut() {
-        service.stop.cancel();
-        if let Some(task) = service.task.take() {
-            let finished = task.await;
-            service.record(finished);
-        }
-        if let Some(Err(error)) = service.outcome.take()
+    for service in services.drain(..) {
+        if let Err(error) = service.stop().await
             && outcome.is_ok()
         {
             outcome = Err(error);

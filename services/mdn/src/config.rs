@@ -7,6 +7,7 @@ use std::time::Duration;
 use as2_common::config::{
     AdminServerConfig, GrpcServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
 };
+use as2_common::kafka::KafkaConfig;
 use clap::{Args, Parser};
 
 /// Everything the MDN service needs to run.
@@ -29,6 +30,9 @@ pub struct MdnConfig {
     /// How deliveries are made and retried.
     #[command(flatten)]
     pub delivery: DeliveryConfig,
+    /// Kafka brokers and client settings (status events).
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
     /// Where status events go.
     #[command(flatten)]
     pub tracking: TrackingConfig,
@@ -54,6 +58,7 @@ impl MdnConfig {
             },
             redis: RedisConfig::new(redis_url, redis_key_prefix),
             delivery: DeliveryConfig::defaults(),
+            kafka: KafkaConfig::default(),
             tracking: TrackingConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig {
@@ -198,31 +203,50 @@ impl DeliveryConfig {
     }
 }
 
-/// The Kafka topic that delivery status events are published to.
+/// The default topic of the status events.
+pub const DEFAULT_TRACKING_TOPIC: &str = "as2.mdn.tracking";
+
+/// The Kafka topic that delivery status events are published to (the brokers are
+/// [`MdnConfig::kafka`]; without them no events are published, the status in Redis is kept
+/// either way).
 #[derive(Args, Clone, Debug, Default)]
 pub struct TrackingConfig {
-    /// Comma-separated bootstrap brokers, `host:port`. Without it no status events are
-    /// published (the status in Redis is kept either way).
-    #[arg(long = "kafka-bootstrap-servers", env = "AS2_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: Option<String>,
-
-    /// Topic of the status events (queued, delivered, retry-scheduled, failed).
+    /// Topic of the status events (queued, delivered, retry-scheduled, failed); default
+    /// `as2.mdn.tracking`. `--mdn-tracking-topic` and `AS2_MDN_TRACKING_TOPIC` are its old
+    /// names and still work.
     #[arg(
-        long = "mdn-tracking-topic",
+        long = "kafka-tracking-topic",
+        env = "AS2_KAFKA_TRACKING_TOPIC",
+        alias = "mdn-tracking-topic"
+    )]
+    pub tracking_topic: Option<String>,
+
+    /// The old variable of `--kafka-tracking-topic`.
+    #[arg(
+        long = "legacy-mdn-tracking-topic",
         env = "AS2_MDN_TRACKING_TOPIC",
-        default_value = "as2.mdn.tracking"
+        hide = true
     )]
-    pub tracking_topic: String,
+    pub legacy_tracking_topic: Option<String>,
+}
 
-    /// Extra librdkafka properties, `key=value`, repeatable (or comma-separated in the
-    /// environment variable): TLS and SASL settings such as `security.protocol=SASL_SSL`.
-    #[arg(
-        long = "kafka-option",
-        env = "AS2_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        value_parser = as2_common::config::parse_key_value
-    )]
-    pub kafka_options: Vec<(String, String)>,
+impl TrackingConfig {
+    /// Events on `topic`.
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            tracking_topic: Some(topic.into()),
+            legacy_tracking_topic: None,
+        }
+    }
+
+    /// The topic in force: the current name, else the old one, else the default.
+    pub fn topic(&self) -> String {
+        as2_common::kafka::legacy::resolve(
+            self.tracking_topic.as_ref(),
+            self.legacy_tracking_topic.as_ref(),
+            DEFAULT_TRACKING_TOPIC.to_owned(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +270,34 @@ mod tests {
         let missing =
             as2_common::config::flags_without_as2_environment_variable(&MdnConfig::command());
         assert_eq!(missing, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_tracking_topic_answers_to_its_old_names() {
+        let topic = |args: &[&str]| MdnConfig::try_parse_from(args).unwrap().tracking.topic();
+        assert_eq!(topic(&["as2-mdn"]), "as2.mdn.tracking");
+        assert_eq!(topic(&["as2-mdn", "--kafka-tracking-topic", "new"]), "new");
+        assert_eq!(topic(&["as2-mdn", "--mdn-tracking-topic", "old"]), "old");
+        assert_eq!(
+            topic(&[
+                "as2-mdn",
+                "--legacy-mdn-tracking-topic",
+                "old",
+                "--kafka-tracking-topic",
+                "new"
+            ]),
+            "new"
+        );
+        // The old variable feeds the hidden argument resolved above.
+        let command = MdnConfig::command();
+        let legacy = command
+            .get_arguments()
+            .find(|arg| {
+                arg.get_env()
+                    .is_some_and(|env| env == "AS2_MDN_TRACKING_TOPIC")
+            })
+            .map(|arg| arg.get_id().to_string());
+        assert_eq!(legacy.as_deref(), Some("legacy_tracking_topic"));
     }
 
     #[test]

@@ -5,17 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use as2_common::admin::{AdminState, serve_admin};
-use as2_common::health::GrpcHealth;
+use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
-use as2_common::shutdown::Readiness;
-use as2_common::telemetry::GrpcTraceLayer;
+use as2_common::runtime::{self, Runtime};
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
-use as2_rpc::tonic::transport::Server;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::MdnConfig;
 use crate::metrics::MdnMetrics;
@@ -70,12 +65,8 @@ impl MdnServer {
                 DeliveryStore::in_memory(namespace, status_ttl_secs)
             }
         };
-        let grpc_listener = TcpListener::bind(config.grpc.grpc_listen)
-            .await
-            .with_context(|| format!("cannot listen for grpc on {}", config.grpc.grpc_listen))?;
-        let admin_listener = TcpListener::bind(config.admin.http_listen)
-            .await
-            .with_context(|| format!("cannot listen for http on {}", config.admin.http_listen))?;
+        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
+        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
         Ok(Self {
             config,
             grpc_listener,
@@ -94,10 +85,11 @@ impl MdnServer {
         self.admin_listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in order: report not ready, wait
-    /// the shutdown delay, stop accepting gRPC and taking jobs, give open requests and
-    /// attempts the grace period (unfinished jobs are taken over by other replicas),
-    /// flush status events, close the admin server.
+    /// Serves until `shutdown` completes, then drains in the runtime's order
+    /// ([`as2_common::runtime`]): report not ready, wait the shutdown delay, stop
+    /// accepting gRPC and taking jobs, give open requests and attempts the grace period
+    /// (unfinished jobs are taken over by other replicas), flush status events, close
+    /// the admin server.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
@@ -110,24 +102,16 @@ impl MdnServer {
 
         let mut registry = Registry::default();
         let metrics = MdnMetrics::register(&mut registry);
-        let readiness = Readiness::new();
-        let draining = CancellationToken::new();
-        let stop_workers = CancellationToken::new();
-        let stop_admin = CancellationToken::new();
-        let admin_task = tokio::spawn(serve_admin(
-            admin_listener,
-            AdminState::new(readiness.clone(), Arc::new(registry)),
-            stop_admin.clone().cancelled_owned(),
-        ));
+        let mut runtime = Runtime::start("mdn", admin_listener, registry, &config.shutdown);
 
         let delivery = &config.delivery;
         store
             .ensure_consumer_group()
             .await
             .context("cannot create the mdn job stream's consumer group")?;
-        let events = StatusEvents::new(&config.tracking, metrics.clone())
+        let events = StatusEvents::new(&config.kafka, &config.tracking, metrics.clone())
             .context("kafka producer setup failed")?;
-        if config.tracking.kafka_bootstrap_servers.is_none() {
+        if config.kafka.configured_bootstrap_servers().is_none() {
             tracing::warn!("no kafka brokers configured, mdn status events are not published");
         }
         let transport =
@@ -147,30 +131,24 @@ impl MdnServer {
             poll_interval: delivery.poll_interval(),
         };
         let consumer = settings.consumer.clone();
-        let workers_task = tokio::spawn(run_workers(
-            deliverer,
-            settings,
-            stop_workers.clone(),
-            config.shutdown.grace_period(),
-        ));
+        let stop_workers = runtime.accepting();
+        let grace = config.shutdown.grace_period();
+        runtime.spawn_frontend("delivery workers", async move {
+            run_workers(deliverer, settings, stop_workers, grace).await;
+            Ok(())
+        });
 
-        let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
+        let health_service = runtime.grpc_health(&[SERVICE_NAME]).await;
         let state_backend = store.backend_kind();
         let prefix = store.namespace().prefix().to_owned();
         let api = MdnApi::new(store, events.clone(), metrics);
-        let mut grpc_task = tokio::spawn(
-            Server::builder()
-                .layer(GrpcTraceLayer)
+        runtime.serve_grpc(
+            grpc::server()
                 .add_service(health_service)
-                .add_service(MdnDeliveryServiceServer::new(api))
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    draining.clone().cancelled_owned(),
-                ),
+                .add_service(MdnDeliveryServiceServer::new(api)),
+            grpc_listener,
         );
-
-        health.set_serving(true).await;
-        readiness.set_ready();
+        runtime.on_drain_flush("status events", move || events.flush(EVENT_FLUSH_TIMEOUT));
         tracing::info!(
             %grpc_addr,
             %admin_addr,
@@ -180,62 +158,8 @@ impl MdnServer {
             prefix,
             "mdn service ready"
         );
-
-        let grpc_failed_early = tokio::select! {
-            () = shutdown => None,
-            finished = &mut grpc_task => Some(finished),
-        };
-
-        readiness.set_not_ready();
-        health.set_serving(false).await;
-        let outcome = match grpc_failed_early {
-            Some(finished) => {
-                tracing::error!("grpc server stopped unexpectedly");
-                flatten(finished)
-            }
-            None => {
-                tracing::info!("mdn service draining");
-                tokio::time::sleep(config.shutdown.delay()).await;
-                draining.cancel();
-                stop_workers.cancel();
-                match tokio::time::timeout(config.shutdown.grace_period(), &mut grpc_task).await {
-                    Ok(finished) => flatten(finished),
-                    Err(_elapsed) => {
-                        tracing::warn!(
-                            "in-flight requests outlived the grace period, cutting them off"
-                        );
-                        grpc_task.abort();
-                        Ok(())
-                    }
-                }
-            }
-        };
-        draining.cancel();
-        stop_workers.cancel();
-        if let Err(error) = workers_task.await {
-            tracing::warn!(%error, "delivery workers task failed");
-        }
-        let flushing = events.clone();
-        if let Err(error) =
-            tokio::task::spawn_blocking(move || flushing.flush(EVENT_FLUSH_TIMEOUT)).await
-        {
-            tracing::warn!(%error, "status event flush task failed");
-        }
-        stop_admin.cancel();
-        if let Err(error) = admin_task.await {
-            tracing::warn!(%error, "admin server task failed");
-        }
-        tracing::info!("mdn service stopped");
-        outcome
+        runtime.serve(shutdown).await
     }
-}
-
-fn flatten(
-    finished: Result<Result<(), as2_rpc::tonic::transport::Error>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
-    finished
-        .context("grpc server task failed")?
-        .context("grpc server failed")
 }
 
 /// The configured consumer name, or the host name with a random suffix.

@@ -5,17 +5,16 @@
 //! partnership's events share a partition, with the delivery's `traceparent` as a header.
 //! `queued` is published after the enqueue is stored, so a quick first attempt can publish
 //! its outcome before it; `attempts` orders one delivery's events.
-//! The producer is idempotent (`acks=all`). Events are informational: the status in
+//! The producer is the shared idempotent one (`acks=all`, [`as2_common::kafka`]), which
+//! replaces itself when its idempotence state breaks. Events are informational: the status in
 //! Redis is authoritative, so a broker outage never holds up deliveries; events that
 //! cannot be queued or are not acknowledged are counted and logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use as2_common::kafka::{IdempotentProducer, KafkaConfig, ProducerSettings, Record};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -24,8 +23,8 @@ use crate::config::TrackingConfig;
 use crate::metrics::{MdnMetrics, StateLabels};
 use crate::store::DeliveryRecord;
 
-/// How long librdkafka keeps trying to deliver one event.
-const EVENT_TIMEOUT_MS: &str = "30000";
+/// How long librdkafka keeps trying to deliver one event, unless configured.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One status event as published.
 #[derive(Clone, Debug, Serialize)]
@@ -90,45 +89,44 @@ pub fn rfc3339(unix_ms: i64) -> String {
 /// clone.
 #[derive(Clone)]
 pub struct StatusEvents {
-    inner: Option<Arc<Publisher>>,
+    inner: Option<Publisher>,
     metrics: MdnMetrics,
 }
 
+#[derive(Clone)]
 struct Publisher {
-    producer: FutureProducer,
-    topic: String,
+    producer: IdempotentProducer,
+    topic: Arc<str>,
 }
 
 impl StatusEvents {
-    /// Creates the producer when `config` names brokers. Connecting happens in the
+    /// Creates the producer when `kafka` names brokers. Connecting happens in the
     /// background.
-    pub fn new(config: &TrackingConfig, metrics: MdnMetrics) -> Result<Self, KafkaError> {
-        let Some(bootstrap) = config
-            .kafka_bootstrap_servers
-            .as_deref()
-            .filter(|servers| !servers.trim().is_empty())
-        else {
+    pub fn new(
+        kafka: &KafkaConfig,
+        tracking: &TrackingConfig,
+        metrics: MdnMetrics,
+    ) -> Result<Self, KafkaError> {
+        let Some(bootstrap) = kafka.configured_bootstrap_servers() else {
             return Ok(Self {
                 inner: None,
                 metrics,
             });
         };
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", EVENT_TIMEOUT_MS)
-            .set("client.id", "as2-mdn");
-        for (key, value) in &config.kafka_options {
-            client.set(key, value);
-        }
+        let producer = IdempotentProducer::new(
+            kafka,
+            bootstrap,
+            ProducerSettings {
+                client_id: "as2-mdn",
+                default_publish_timeout: EVENT_TIMEOUT,
+                linger: Duration::from_millis(5),
+            },
+        )?;
         Ok(Self {
-            inner: Some(Arc::new(Publisher {
-                producer: client.create()?,
-                topic: config.tracking_topic.clone(),
-            })),
+            inner: Some(Publisher {
+                producer,
+                topic: tracking.topic().into(),
+            }),
             metrics,
         })
     }
@@ -157,35 +155,30 @@ impl StatusEvents {
         } else {
             event.partnership_id.as_str()
         };
-        let mut headers = OwnedHeaders::new();
-        if !traceparent.is_empty() {
-            headers = headers.insert(Header {
-                key: "traceparent",
-                value: Some(traceparent.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(&publisher.topic)
-            .key(key)
-            .payload(&payload)
-            .headers(headers);
+        let headers = if traceparent.is_empty() {
+            Vec::new()
+        } else {
+            vec![("traceparent", traceparent.to_owned())]
+        };
+        let record = Record {
+            topic: &publisher.topic,
+            key,
+            headers,
+            payload: &payload,
+        };
         let state = event.event;
-        match publisher.producer.send_result(record) {
+        match publisher.producer.enqueue(record) {
             Ok(acknowledgement) => {
                 let metrics = self.metrics.clone();
                 let delivery_id = event.delivery_id.clone();
                 tokio::spawn(async move {
-                    let outcome = match acknowledgement.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((error, _))) => Err(error.to_string()),
-                        Err(_cancelled) => Err("the producer went away".to_owned()),
-                    };
-                    let label = match outcome {
-                        Ok(()) => state,
+                    let label = match acknowledgement.await {
+                        Ok(_stored) => state,
                         Err(error) => {
                             tracing::warn!(
                                 delivery_id,
                                 event = state,
-                                error,
+                                %error,
                                 "status event not published"
                             );
                             "dropped"
@@ -197,7 +190,7 @@ impl StatusEvents {
                         .inc();
                 });
             }
-            Err((error, _)) => {
+            Err(error) => {
                 tracing::warn!(delivery_id = event.delivery_id, event = state, %error, "status event not queued");
                 self.metrics
                     .tracking_events
@@ -207,12 +200,10 @@ impl StatusEvents {
         }
     }
 
-    /// Waits up to `timeout` for queued events to be acknowledged.
-    pub fn flush(&self, timeout: std::time::Duration) {
-        if let Some(publisher) = &self.inner
-            && let Err(error) = publisher.producer.flush(Timeout::After(timeout))
-        {
-            tracing::warn!(%error, "status events not all flushed");
+    /// Waits up to `timeout` for queued events to be acknowledged. Blocks.
+    pub fn flush(&self, timeout: Duration) {
+        if let Some(publisher) = &self.inner {
+            publisher.producer.flush(timeout);
         }
     }
 }

@@ -62,8 +62,8 @@ async fn an_mdn_is_delivered_once_and_its_events_are_published(redis_url: &str) 
     let broker = as2_testkit::KafkaBroker::start();
     let receiver = Receiver::start().await;
     let mut config = fast_config(redis_url, "deliver");
-    config.tracking.kafka_bootstrap_servers = Some(broker.bootstrap_servers());
-    config.tracking.tracking_topic = "mdn-events".to_owned();
+    config.kafka = as2_common::kafka::KafkaConfig::new(broker.bootstrap_servers());
+    config.tracking = as2_mdn::config::TrackingConfig::new("mdn-events");
     let mdn = RunningMdn::start(config).await;
     let mut client = mdn.client().await;
 

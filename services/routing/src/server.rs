@@ -2,21 +2,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use as2_common::admin::{AdminState, serve_admin};
-use as2_common::health::GrpcHealth;
+use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
-use as2_common::shutdown::Readiness;
-use as2_common::telemetry::GrpcTraceLayer;
+use as2_common::runtime::{self, Runtime};
 use as2_rpc::routing::v1::routing_service_server::{RoutingServiceServer, SERVICE_NAME};
-use as2_rpc::tonic::transport::Server;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::RoutingConfig;
 use crate::events::EventHub;
@@ -46,12 +40,8 @@ impl RoutingServer {
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
-        let grpc_listener = TcpListener::bind(config.grpc.grpc_listen)
-            .await
-            .with_context(|| format!("cannot listen for grpc on {}", config.grpc.grpc_listen))?;
-        let admin_listener = TcpListener::bind(config.admin.http_listen)
-            .await
-            .with_context(|| format!("cannot listen for http on {}", config.admin.http_listen))?;
+        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
+        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
         Ok(Self {
             config,
             grpc_listener,
@@ -70,10 +60,11 @@ impl RoutingServer {
         self.admin_listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in order: report not
-    /// ready, wait the shutdown delay, stop accepting gRPC and end watch
-    /// streams, give in-flight requests the grace period, stop the event
-    /// subscription, and close the admin server last.
+    /// Serves until `shutdown` completes, then drains in the runtime's order
+    /// ([`as2_common::runtime`]): report not ready, wait the shutdown delay, stop
+    /// accepting gRPC and end watch streams, give in-flight requests the grace period,
+    /// stop the event subscription and the certificate expiry tracker, close the admin
+    /// server last.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
@@ -86,27 +77,23 @@ impl RoutingServer {
 
         let mut registry = Registry::default();
         let metrics = RoutingMetrics::register(&mut registry);
-        let readiness = Readiness::new();
-        let draining = CancellationToken::new();
-        let stop_events = CancellationToken::new();
-        let stop_admin = CancellationToken::new();
+        let mut runtime = Runtime::start("routing", admin_listener, registry, &config.shutdown);
 
-        let admin_task = tokio::spawn(serve_admin(
-            admin_listener,
-            AdminState::new(readiness.clone(), Arc::new(registry)),
-            stop_admin.clone().cancelled_owned(),
-        ));
-
-        let (store, (events, events_task)) = match &state {
+        let (store, events) = match &state {
             StateBackend::Redis(redis) => {
                 let store =
                     PartnershipStore::new(redis.connection.clone(), redis.namespace.clone());
-                let hub = EventHub::start(
+                let (client, channel, metrics) = (
                     redis.client.clone(),
                     store.events_channel(),
                     metrics.clone(),
-                    stop_events.clone(),
                 );
+                let mut hub = None;
+                runtime.spawn_background("partnership event subscription", |stop| {
+                    let (events, task) = EventHub::start(client, channel, metrics, stop);
+                    hub = Some(events);
+                    async move { task.await.context("the event subscription panicked") }
+                });
                 (store, hub)
             }
             StateBackend::InMemory { namespace } => {
@@ -114,36 +101,38 @@ impl RoutingServer {
                 let changes = store
                     .subscribe_in_process()
                     .context("the in-memory partnership store has no event channel")?;
-                let hub = EventHub::start_in_process(changes, metrics.clone(), stop_events.clone());
+                let metrics = metrics.clone();
+                let mut hub = None;
+                runtime.spawn_background("partnership event feed", |stop| {
+                    let (events, task) = EventHub::start_in_process(changes, metrics, stop);
+                    hub = Some(events);
+                    async move { task.await.context("the event feed panicked") }
+                });
                 (store, hub)
             }
         };
+        let events = events.context("the event hub did not start")?;
         if !events.wait_until_live(EVENT_SUBSCRIPTION_WAIT).await {
             tracing::warn!("partnership event subscription is not live yet, starting anyway");
         }
 
-        let expiry_task = tokio::spawn(track_certificate_expiry(
-            store.clone(),
-            events.clone(),
-            metrics.clone(),
-            stop_events.clone(),
-        ));
+        {
+            let (store, events, metrics) = (store.clone(), events.clone(), metrics.clone());
+            runtime.spawn_background("certificate expiry tracker", |stop| async move {
+                track_certificate_expiry(store, events, metrics, stop).await;
+                Ok(())
+            });
+        }
 
-        let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
-        let api = RoutingApi::new(store, events, metrics, draining.clone());
-        let mut grpc_task = tokio::spawn(
-            Server::builder()
-                .layer(GrpcTraceLayer)
+        let health_service = runtime.grpc_health(&[SERVICE_NAME]).await;
+        // Watch streams end when accepting stops, so that the server can finish.
+        let api = RoutingApi::new(store, events, metrics, runtime.accepting());
+        runtime.serve_grpc(
+            grpc::server()
                 .add_service(health_service)
-                .add_service(RoutingServiceServer::new(api))
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    draining.clone().cancelled_owned(),
-                ),
+                .add_service(RoutingServiceServer::new(api)),
+            grpc_listener,
         );
-
-        health.set_serving(true).await;
-        readiness.set_ready();
         tracing::info!(
             %grpc_addr,
             %admin_addr,
@@ -151,59 +140,8 @@ impl RoutingServer {
             prefix = state.namespace().prefix(),
             "routing service ready"
         );
-
-        let grpc_failed_early = tokio::select! {
-            () = shutdown => None,
-            finished = &mut grpc_task => Some(finished),
-        };
-
-        readiness.set_not_ready();
-        health.set_serving(false).await;
-        let outcome = match grpc_failed_early {
-            Some(finished) => {
-                tracing::error!("grpc server stopped unexpectedly");
-                flatten(finished)
-            }
-            None => {
-                tracing::info!("routing service draining");
-                tokio::time::sleep(config.shutdown.delay()).await;
-                draining.cancel();
-                match tokio::time::timeout(config.shutdown.grace_period(), &mut grpc_task).await {
-                    Ok(finished) => flatten(finished),
-                    Err(_elapsed) => {
-                        tracing::warn!(
-                            "in-flight requests outlived the grace period, cutting them off"
-                        );
-                        grpc_task.abort();
-                        Ok(())
-                    }
-                }
-            }
-        };
-
-        draining.cancel();
-        stop_events.cancel();
-        if let Err(error) = events_task.await {
-            tracing::warn!(%error, "event subscription task failed");
-        }
-        if let Err(error) = expiry_task.await {
-            tracing::warn!(%error, "certificate expiry task failed");
-        }
-        stop_admin.cancel();
-        if let Err(error) = admin_task.await {
-            tracing::warn!(%error, "admin server task failed");
-        }
-        tracing::info!("routing service stopped");
-        outcome
+        runtime.serve(shutdown).await
     }
-}
-
-fn flatten(
-    finished: Result<Result<(), as2_rpc::tonic::transport::Error>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
-    finished
-        .context("grpc server task failed")?
-        .context("grpc server failed")
 }
 
 /// Runs the routing service until `shutdown` completes.

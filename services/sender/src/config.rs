@@ -7,6 +7,7 @@ use std::time::Duration;
 use as2_common::config::{
     AdminServerConfig, GrpcServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
 };
+use as2_common::kafka::{KafkaConfig, legacy};
 use clap::{Args, Parser};
 
 /// Everything the sender needs to run.
@@ -73,62 +74,116 @@ impl SenderConfig {
     }
 }
 
-/// The outbound topic, the consumer group and the receipts topic.
+/// The default topic of the documents to send.
+pub const DEFAULT_OUTBOUND_TOPIC: &str = "as2.outbound";
+/// The default consumer group of the sender replicas.
+pub const DEFAULT_CONSUMER_GROUP: &str = "as2-sender";
+/// The default topic of the receipts.
+pub const DEFAULT_RECEIPTS_TOPIC: &str = "as2.outbound.receipts";
+
+/// Kafka: the brokers and client settings every service shares, and the sender's outbound
+/// topic, consumer group and receipts topic. Each topic setting still answers to its old
+/// flag (`--outbound-topic`, ...) and variable (`AS2_SENDER_OUTBOUND_TOPIC`, ...).
 #[derive(Args, Clone, Debug)]
 pub struct SenderKafkaConfig {
-    /// Comma-separated bootstrap brokers, `host:port`.
-    #[arg(
-        long = "kafka-bootstrap-servers",
-        env = "AS2_KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap_servers: String,
+    /// Brokers, publish timeout, record size limit and librdkafka properties (for both
+    /// the consumer and the producer).
+    #[command(flatten)]
+    pub client: KafkaConfig,
 
-    /// Topic of the documents to send (see docs/kafka-records.md for the record).
+    /// Topic of the documents to send (see docs/kafka-records.md for the record); default
+    /// `as2.outbound`.
     #[arg(
-        long = "outbound-topic",
+        long = "kafka-outbound-topic",
+        env = "AS2_KAFKA_OUTBOUND_TOPIC",
+        alias = "outbound-topic"
+    )]
+    pub outbound_topic: Option<String>,
+    /// The old variable of `--kafka-outbound-topic`.
+    #[arg(
+        long = "legacy-outbound-topic",
         env = "AS2_SENDER_OUTBOUND_TOPIC",
-        default_value = "as2.outbound"
+        hide = true
     )]
-    pub outbound_topic: String,
+    pub legacy_outbound_topic: Option<String>,
 
-    /// Consumer group of the sender replicas; partitions are shared among them.
+    /// Consumer group of the sender replicas; partitions are shared among them. Default
+    /// `as2-sender`.
     #[arg(
-        long = "consumer-group",
+        long = "kafka-consumer-group",
+        env = "AS2_KAFKA_CONSUMER_GROUP",
+        alias = "consumer-group"
+    )]
+    pub consumer_group: Option<String>,
+    /// The old variable of `--kafka-consumer-group`.
+    #[arg(
+        long = "legacy-consumer-group",
         env = "AS2_SENDER_CONSUMER_GROUP",
-        default_value = "as2-sender"
+        hide = true
     )]
-    pub consumer_group: String,
+    pub legacy_consumer_group: Option<String>,
 
-    /// Topic that receipts (delivered, failed, awaiting-mdn) are published to.
+    /// Topic that receipts (delivered, failed) are published to; default
+    /// `as2.outbound.receipts`.
     #[arg(
-        long = "receipts-topic",
+        long = "kafka-receipts-topic",
+        env = "AS2_KAFKA_RECEIPTS_TOPIC",
+        alias = "receipts-topic"
+    )]
+    pub receipts_topic: Option<String>,
+    /// The old variable of `--kafka-receipts-topic`.
+    #[arg(
+        long = "legacy-receipts-topic",
         env = "AS2_SENDER_RECEIPTS_TOPIC",
-        default_value = "as2.outbound.receipts"
+        hide = true
     )]
-    pub receipts_topic: String,
-
-    /// Extra librdkafka properties for both the consumer and the producer, `key=value`,
-    /// repeatable (or comma-separated in the environment variable): TLS and SASL.
-    #[arg(
-        long = "kafka-option",
-        env = "AS2_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        value_parser = as2_common::config::parse_key_value
-    )]
-    pub kafka_options: Vec<(String, String)>,
+    pub legacy_receipts_topic: Option<String>,
 }
 
 impl SenderKafkaConfig {
     /// Default topics and group for the given brokers.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.into(),
-            outbound_topic: "as2.outbound".to_owned(),
-            consumer_group: "as2-sender".to_owned(),
-            receipts_topic: "as2.outbound.receipts".to_owned(),
-            kafka_options: Vec::new(),
+            client: KafkaConfig::new(bootstrap_servers),
+            outbound_topic: None,
+            legacy_outbound_topic: None,
+            consumer_group: None,
+            legacy_consumer_group: None,
+            receipts_topic: None,
+            legacy_receipts_topic: None,
         }
+    }
+
+    /// The brokers (`127.0.0.1:9092` unless configured).
+    pub fn bootstrap_servers(&self) -> &str {
+        self.client.bootstrap_servers_or_default()
+    }
+
+    /// The topic of the documents to send.
+    pub fn outbound_topic(&self) -> String {
+        legacy::resolve(
+            self.outbound_topic.as_ref(),
+            self.legacy_outbound_topic.as_ref(),
+            DEFAULT_OUTBOUND_TOPIC.to_owned(),
+        )
+    }
+
+    /// The consumer group.
+    pub fn consumer_group(&self) -> String {
+        legacy::resolve(
+            self.consumer_group.as_ref(),
+            self.legacy_consumer_group.as_ref(),
+            DEFAULT_CONSUMER_GROUP.to_owned(),
+        )
+    }
+
+    /// The receipts topic.
+    pub fn receipts_topic(&self) -> String {
+        legacy::resolve(
+            self.receipts_topic.as_ref(),
+            self.legacy_receipts_topic.as_ref(),
+            DEFAULT_RECEIPTS_TOPIC.to_owned(),
+        )
     }
 }
 

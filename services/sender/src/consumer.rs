@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,19 +22,19 @@ use crate::outbound::OutboundSender;
 pub fn create_consumer(
     config: &SenderKafkaConfig,
 ) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", &config.consumer_group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("client.id", "as2-sender");
-    for (key, value) in &config.kafka_options {
-        client.set(key, value);
-    }
+    let group = config.consumer_group();
+    let client = config.client.client_config(
+        config.bootstrap_servers(),
+        "as2-sender",
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    );
     let consumer: StreamConsumer = client.create()?;
-    consumer.subscribe(&[config.outbound_topic.as_str()])?;
+    consumer.subscribe(&[config.outbound_topic().as_str()])?;
     Ok(consumer)
 }
 
@@ -187,6 +187,9 @@ pub async fn run_consumer(
     }
     let positions = lock(&tracker).positions();
     commit(&consumer, &positions, CommitMode::Sync);
+    // Dropping a consumer that still holds fetched records can hang in librdkafka's
+    // destructor (rust-rdkafka issue 509); leaving the group first releases them.
+    consumer.unsubscribe();
 }
 
 fn lock(tracker: &Mutex<OffsetTracker>) -> std::sync::MutexGuard<'_, OffsetTracker> {

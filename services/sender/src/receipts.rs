@@ -2,19 +2,17 @@
 //!
 //! The value is JSON ([`Receipt`]); the key is the partnership id; headers name the
 //! Message-ID, the partnership and the outcome, plus the document's `traceparent`. The
-//! producer is idempotent (`acks=all`) and [`ReceiptPublisher::publish`] waits for the
+//! producer is the shared idempotent one (`acks=all`, replaced when its state breaks) and [`ReceiptPublisher::publish`] waits for the
 //! acknowledgement. Receipts are at least once: an outcome enters the Redis outbox when
 //! it is recorded and leaves it once its receipt is acknowledged, and the sweeper
 //! publishes what is left there; consumers deduplicate on `message_id`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use as2_common::kafka::{IdempotentProducer, ProducerSettings, PublishError, Record};
 use base64::Engine as _;
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -22,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::config::SenderKafkaConfig;
 use crate::store::MessageRecord;
 
-/// How long one receipt may take to be acknowledged.
+/// How long one receipt may take to be acknowledged, unless configured.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The receipt of one outbound message.
@@ -139,36 +137,32 @@ pub enum ReceiptError {
     Encode(#[from] serde_json::Error),
     /// Kafka did not acknowledge it.
     #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
+    Kafka(#[from] PublishError),
 }
 
-/// The idempotent producer of receipts. Cheap to clone.
+/// The idempotent producer of receipts (the shared one of [`as2_common::kafka`]). Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct ReceiptPublisher {
-    producer: FutureProducer,
-    topic: String,
+    producer: IdempotentProducer,
+    topic: Arc<str>,
 }
 
 impl ReceiptPublisher {
     /// Creates the producer; connecting happens in the background.
     pub fn new(config: &SenderKafkaConfig) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set(
-                "message.timeout.ms",
-                PUBLISH_TIMEOUT.as_millis().to_string(),
-            )
-            .set("client.id", "as2-sender");
-        for (key, value) in &config.kafka_options {
-            client.set(key, value);
-        }
+        let producer = IdempotentProducer::new(
+            &config.client,
+            config.bootstrap_servers(),
+            ProducerSettings {
+                client_id: "as2-sender",
+                default_publish_timeout: PUBLISH_TIMEOUT,
+                linger: Duration::from_millis(2),
+            },
+        )?;
         Ok(Self {
-            producer: client.create()?,
-            topic: config.receipts_topic.clone(),
+            producer,
+            topic: config.receipts_topic().into(),
         })
     }
 
@@ -176,41 +170,28 @@ impl ReceiptPublisher {
     pub async fn publish(&self, record: &MessageRecord) -> Result<(), ReceiptError> {
         let receipt = Receipt::from_record(record);
         let payload = serde_json::to_vec(&receipt)?;
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "as2-message-id",
-                value: Some(receipt.message_id.as_bytes()),
-            })
-            .insert(Header {
-                key: "as2-partnership-id",
-                value: Some(receipt.partnership_id.as_bytes()),
-            })
-            .insert(Header {
-                key: "as2-outcome",
-                value: Some(receipt.outcome.as_bytes()),
-            });
+        let mut headers = vec![
+            ("as2-message-id", receipt.message_id.clone()),
+            ("as2-partnership-id", receipt.partnership_id.clone()),
+            ("as2-outcome", receipt.outcome.clone()),
+        ];
         if !record.traceparent.is_empty() {
-            headers = headers.insert(Header {
-                key: "traceparent",
-                value: Some(record.traceparent.as_bytes()),
-            });
+            headers.push(("traceparent", record.traceparent.clone()));
         }
-        let future_record = FutureRecord::to(&self.topic)
-            .key(&receipt.partnership_id)
-            .payload(&payload)
-            .headers(headers);
         self.producer
-            .send(future_record, Timeout::After(PUBLISH_TIMEOUT))
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| ReceiptError::Kafka(error))
+            .send(Record {
+                topic: &self.topic,
+                key: &receipt.partnership_id,
+                headers,
+                payload: &payload,
+            })
+            .await?;
+        Ok(())
     }
 
-    /// Waits up to `timeout` for queued receipts to be acknowledged.
+    /// Waits up to `timeout` for queued receipts to be acknowledged. Blocks.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
-            tracing::warn!(%error, "receipts not all flushed");
-        }
+        self.producer.flush(timeout);
     }
 }
 

@@ -6,16 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use as2_common::admin::{AdminState, serve_admin};
-use as2_common::health::GrpcHealth;
+use as2_common::grpc::{self, ChannelSettings};
 use as2_common::prometheus_client::registry::Registry;
-use as2_common::shutdown::Readiness;
+use as2_common::runtime::{self, Runtime};
 use as2_edge::keys::KeyStore;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
-use as2_rpc::tonic::transport::{Endpoint, Server};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SenderConfig;
@@ -49,12 +46,8 @@ impl SenderServer {
         let redis = as2_common::redis::connect(&config.redis)
             .await
             .context("redis setup failed")?;
-        let grpc_listener = TcpListener::bind(config.grpc.grpc_listen)
-            .await
-            .with_context(|| format!("cannot listen for grpc on {}", config.grpc.grpc_listen))?;
-        let admin_listener = TcpListener::bind(config.admin.http_listen)
-            .await
-            .with_context(|| format!("cannot listen for http on {}", config.admin.http_listen))?;
+        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
+        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
         Ok(Self {
             config,
             grpc_listener,
@@ -73,10 +66,11 @@ impl SenderServer {
         self.admin_listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in order: report not ready, wait
-    /// the shutdown delay, stop taking records and gRPC requests, give records in
-    /// progress the grace period and commit what is done, flush receipts, close the
-    /// admin server.
+    /// Serves until `shutdown` completes, then drains in the runtime's order
+    /// ([`as2_common::runtime`]): report not ready, wait the shutdown delay, stop taking
+    /// records and gRPC requests at once, give records and requests in progress one grace
+    /// period and commit what is done, stop the sweeper, flush receipts, close the admin
+    /// server.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
@@ -89,21 +83,11 @@ impl SenderServer {
 
         let mut registry = Registry::default();
         let metrics = SenderMetrics::register(&mut registry);
-        let readiness = Readiness::new();
-        let stop_admin = CancellationToken::new();
-        let stop_work = CancellationToken::new();
-        let draining = CancellationToken::new();
-        let admin_task = tokio::spawn(serve_admin(
-            admin_listener,
-            AdminState::new(readiness.clone(), Arc::new(registry)),
-            stop_admin.clone().cancelled_owned(),
-        ));
+        let mut runtime = Runtime::start("sender", admin_listener, registry, &config.shutdown);
 
         let sending = &config.sending;
-        let routing_channel = Endpoint::from_shared(sending.routing_url.clone())
-            .with_context(|| format!("invalid routing url {}", sending.routing_url))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy();
+        let routing_channel =
+            grpc::channel("routing", &sending.routing_url, ChannelSettings::default())?;
         let receipts =
             ReceiptPublisher::new(&config.kafka).context("kafka producer setup failed")?;
         let sender = Arc::new(OutboundSender {
@@ -129,86 +113,39 @@ impl SenderServer {
             },
         });
         let consumer = create_consumer(&config.kafka).context("kafka consumer setup failed")?;
-        let consumer_task = tokio::spawn(run_consumer(
-            consumer,
+        let (consuming, max_in_flight, grace) = (
             sender.clone(),
             sending.max_in_flight,
-            stop_work.clone(),
             config.shutdown.grace_period(),
-        ));
-        let sweeper_task = tokio::spawn(sweep(
-            sender.clone(),
-            sending.sweep_interval(),
-            stop_work.clone(),
-        ));
-
-        let (health, health_service) = GrpcHealth::new([SERVICE_NAME]).await;
-        let mut grpc_task = tokio::spawn(
-            Server::builder()
-                .layer(as2_common::telemetry::GrpcTraceLayer)
-                .add_service(health_service)
-                .add_service(OutboundServiceServer::new(OutboundApi::new(sender.clone())))
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    draining.clone().cancelled_owned(),
-                ),
         );
-        health.set_serving(true).await;
-        readiness.set_ready();
+        let stop_consuming = runtime.accepting();
+        runtime.spawn_frontend("outbound consumer", async move {
+            run_consumer(consumer, consuming, max_in_flight, stop_consuming, grace).await;
+            Ok(())
+        });
+        let (sweeping, interval) = (sender.clone(), sending.sweep_interval());
+        runtime.spawn_background("sweeper", move |stop| async move {
+            sweep(sweeping, interval, stop).await;
+            Ok(())
+        });
+
+        let health_service = runtime.grpc_health(&[SERVICE_NAME]).await;
+        runtime.serve_grpc(
+            grpc::server()
+                .add_service(health_service)
+                .add_service(OutboundServiceServer::new(OutboundApi::new(sender))),
+            grpc_listener,
+        );
+        runtime.on_drain_flush("receipts", move || receipts.flush(RECEIPT_FLUSH_TIMEOUT));
         tracing::info!(
             %grpc_addr,
             %admin_addr,
-            topic = config.kafka.outbound_topic,
-            group = config.kafka.consumer_group,
-            receipts = config.kafka.receipts_topic,
+            topic = config.kafka.outbound_topic(),
+            group = config.kafka.consumer_group(),
+            receipts = config.kafka.receipts_topic(),
             "sender ready"
         );
-
-        let grpc_failed_early = tokio::select! {
-            () = shutdown => None,
-            finished = &mut grpc_task => Some(finished),
-        };
-        readiness.set_not_ready();
-        health.set_serving(false).await;
-        if grpc_failed_early.is_none() {
-            tracing::info!("sender draining");
-            tokio::time::sleep(config.shutdown.delay()).await;
-        }
-        draining.cancel();
-        stop_work.cancel();
-        if let Err(error) = consumer_task.await {
-            tracing::warn!(%error, "consumer task failed");
-        }
-        if let Err(error) = sweeper_task.await {
-            tracing::warn!(%error, "sweeper task failed");
-        }
-        let outcome = match grpc_failed_early {
-            Some(finished) => {
-                tracing::error!("grpc server stopped unexpectedly");
-                flatten(finished)
-            }
-            None => {
-                match tokio::time::timeout(config.shutdown.grace_period(), &mut grpc_task).await {
-                    Ok(finished) => flatten(finished),
-                    Err(_elapsed) => {
-                        grpc_task.abort();
-                        Ok(())
-                    }
-                }
-            }
-        };
-        let flushing = receipts.clone();
-        if let Err(error) =
-            tokio::task::spawn_blocking(move || flushing.flush(RECEIPT_FLUSH_TIMEOUT)).await
-        {
-            tracing::warn!(%error, "receipt flush task failed");
-        }
-        stop_admin.cancel();
-        if let Err(error) = admin_task.await {
-            tracing::warn!(%error, "admin server task failed");
-        }
-        tracing::info!("sender stopped");
-        outcome
+        runtime.serve(shutdown).await
     }
 }
 
@@ -222,14 +159,6 @@ async fn sweep(sender: Arc<OutboundSender>, interval: Duration, stop: Cancellati
             tracing::warn!(%error, "sweep failed");
         }
     }
-}
-
-fn flatten(
-    finished: Result<Result<(), as2_rpc::tonic::transport::Error>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
-    finished
-        .context("grpc server task failed")?
-        .context("grpc server failed")
 }
 
 /// Runs the sender until `shutdown` completes.

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use as2_common::runtime::ServiceHandle;
 use as2_edge::{EdgeConfig, EdgeServer};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm};
@@ -34,7 +35,6 @@ use openssl::x509::{X509, X509Name};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use tokio_util::sync::CancellationToken;
 
 /// Our AS2 id in the tests.
 pub const GATEWAY_ID: &str = "as2-gateway";
@@ -97,8 +97,7 @@ fn rand_u32() -> u32 {
 /// A running routing service.
 pub struct RunningRouting {
     pub url: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: ServiceHandle,
 }
 
 impl RunningRouting {
@@ -107,9 +106,8 @@ impl RunningRouting {
             .await
             .unwrap();
         let url = format!("http://{}", server.grpc_addr().unwrap());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
-        Self { url, stop, task }
+        let service = ServiceHandle::spawn("routing", |stop| server.serve(stop));
+        Self { url, service }
     }
 
     pub async fn client(&self) -> RoutingServiceClient<Channel> {
@@ -118,9 +116,9 @@ impl RunningRouting {
             .unwrap()
     }
 
+    /// Stops the service; fails the test when it did not stop cleanly.
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+        self.service.stop().await.expect("routing stops cleanly");
     }
 }
 
@@ -128,8 +126,7 @@ impl RunningRouting {
 pub struct RunningEdge {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: ServiceHandle,
 }
 
 impl RunningEdge {
@@ -137,13 +134,11 @@ impl RunningEdge {
         let server = EdgeServer::bind(config).await.unwrap();
         let addr = server.as2_addr().unwrap();
         let admin_addr = server.admin_addr().unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        let service = ServiceHandle::spawn("edge", |stop| server.serve(stop));
         Self {
             addr,
             admin_addr,
-            stop,
-            task,
+            service,
         }
     }
 
@@ -151,9 +146,15 @@ impl RunningEdge {
         format!("http://{}/as2", self.addr)
     }
 
+    /// Stops the edge (drain included); fails the test when serve returned an error.
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+        self.service.stop().await.expect("the edge stops cleanly");
+    }
+
+    /// Asks the edge to stop (as SIGTERM does) and returns the handle to await.
+    pub fn begin_stop(self) -> ServiceHandle {
+        self.service.request_stop();
+        self.service
     }
 }
 
@@ -170,7 +171,7 @@ pub fn edge_config(
     config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
     config.redis = as2_common::config::RedisConfig::new(redis_url, prefix);
     config.kafka = as2_edge::kafka::KafkaConfig::new(bootstrap);
-    config.kafka.kafka_publish_timeout_ms = 5_000;
+    config.kafka.publish_timeout_ms = Some(5_000);
     config.routing_url = routing_url.to_owned();
     config.keys.keys_dir = keys_dir.to_path_buf();
     config.keys.default_signing_key_id = Some(GATEWAY_KEY_ID.to_owned());

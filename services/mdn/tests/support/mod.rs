@@ -32,8 +32,7 @@ pub const MEMORY_URL: &str = as2_common::redis::IN_MEMORY_URL;
 pub struct RunningMdn {
     pub url: String,
     pub admin_addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: as2_common::runtime::ServiceHandle,
 }
 
 impl RunningMdn {
@@ -41,13 +40,11 @@ impl RunningMdn {
         let server = MdnServer::bind(config).await.unwrap();
         let url = format!("http://{}", server.grpc_addr().unwrap());
         let admin_addr = server.admin_addr().unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        let service = as2_common::runtime::ServiceHandle::spawn("mdn", |stop| server.serve(stop));
         Self {
             url,
             admin_addr,
-            stop,
-            task,
+            service,
         }
     }
 
@@ -58,8 +55,10 @@ impl RunningMdn {
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
+        self.service
+            .stop()
+            .await
+            .expect("the mdn service stops cleanly");
     }
 }
 

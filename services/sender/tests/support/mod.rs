@@ -227,7 +227,7 @@ impl OutboundStack {
         config.sending.initial_backoff_ms = 200;
         config.sending.max_backoff_ms = 1_000;
         config.sending.sweep_interval_ms = 200;
-        config.kafka.kafka_options = vec![
+        config.kafka.client.options = vec![
             ("session.timeout.ms".to_owned(), "6000".to_owned()),
             ("heartbeat.interval.ms".to_owned(), "500".to_owned()),
         ];
