@@ -194,7 +194,7 @@ AS2_MDN_ATTEMPT_TIMEOUT_MS: {{ $settings.attemptTimeoutMs | int64 | quote }}
 AS2_MDN_RECLAIM_IDLE_MS: {{ $settings.reclaimIdleMs | int64 | quote }}
 AS2_MDN_POLL_INTERVAL_MS: {{ $settings.pollIntervalMs | int64 | quote }}
 AS2_MDN_STATUS_TTL_SECS: {{ $settings.statusTtlSecs | int64 | quote }}
-AS2_MDN_TRACKING_TOPIC: {{ $settings.tracking.topic | quote }}
+AS2_KAFKA_TRACKING_TOPIC: {{ $settings.tracking.topic | quote }}
 {{- if $settings.tlsCaSecret.name }}
 AS2_MDN_TLS_CA_FILE: {{ printf "/etc/as2/mdn-ca/%s" $settings.tlsCaSecret.key | quote }}
 {{- end }}

@@ -1,19 +1,22 @@
-//! Stopping an edge while a partner's message is still arriving: the request is finished
-//! (its MDN says processed), its document is in Kafka, and the edge reports not ready
-//! while it drains. The stop comes from the same trigger SIGTERM fires in the binary.
+//! SIGTERM to an `as2-edge` process while a partner's message is still arriving: the edge
+//! reports not ready, finishes the request (its MDN says processed), publishes the
+//! document, and exits 0. A real process, so that nothing in flight survives by accident
+//! once `main` returns.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod support;
 
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use as2_protocol::headers::MessageId;
-use support::{PARTNER_ID, Stack, consume, signed_encrypted_message};
+use support::{GATEWAY_KEY_ID, PARTNER_ID, Stack, consume, signed_encrypted_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-async fn readyz(admin: std::net::SocketAddr) -> Option<u16> {
+async fn readyz(admin: SocketAddr) -> Option<u16> {
     let mut stream = TcpStream::connect(admin).await.ok()?;
     stream
         .write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
@@ -24,12 +27,60 @@ async fn readyz(admin: std::net::SocketAddr) -> Option<u16> {
     std::str::from_utf8(raw.get(9..12)?).ok()?.parse().ok()
 }
 
+/// Polls `/readyz` until it answers `status` (or 10 s pass).
+async fn wait_for_readyz(admin: SocketAddr, status: u16) -> bool {
+    for _ in 0..200 {
+        if readyz(admin).await == Some(status) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The edge binary against the stack's Redis, broker and routing service.
+fn start_edge_process(stack: &Stack, as2: SocketAddr, admin: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_as2-edge"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AS2_EDGE_LISTEN", as2.to_string())
+        .env("AS2_HTTP_LISTEN", admin.to_string())
+        .env("AS2_REDIS_URL", stack.redis.url())
+        .env("AS2_REDIS_KEY_PREFIX", "e2e")
+        .env(
+            "AS2_KAFKA_BOOTSTRAP_SERVERS",
+            stack.broker.bootstrap_servers(),
+        )
+        .env("AS2_ROUTING_URL", &stack.routing.url)
+        .env("AS2_KEYS_DIR", stack.keys_dir.path())
+        .env("AS2_DEFAULT_SIGNING_KEY_ID", GATEWAY_KEY_ID)
+        .env("AS2_SHUTDOWN_DELAY_SECS", "1")
+        .env("AS2_SHUTDOWN_GRACE_SECS", "15")
+        .env("AS2_LOG_FILTER", "info")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_in_flight_when_the_edge_stops_is_finished_and_published() {
+async fn sigterm_with_a_message_in_flight_finishes_it_and_publishes_it() {
     let stack = Stack::start().await;
     stack
         .create_partnership(stack.partnership(PARTNER_ID, "drain"))
         .await;
+    let as2: SocketAddr = format!("127.0.0.1:{}", as2_testkit::free_port())
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", as2_testkit::free_port())
+        .parse()
+        .unwrap();
+    let mut edge = start_edge_process(&stack, as2, admin);
+    assert!(
+        wait_for_readyz(admin, 200).await,
+        "the edge did not become ready"
+    );
+
     let message_id = MessageId::parse("<drain-1@partner.example>").unwrap();
     let (headers, body) = signed_encrypted_message(
         &stack.gateway,
@@ -38,9 +89,8 @@ async fn a_message_in_flight_when_the_edge_stops_is_finished_and_published() {
         &message_id,
         b"UNB+UNOA:1+DRAIN'",
     );
-
     // The request line, the headers and half of the body go out first.
-    let mut stream = TcpStream::connect(stack.edge.addr).await.unwrap();
+    let mut stream = TcpStream::connect(as2).await.unwrap();
     let mut head = format!(
         "POST /as2 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -55,32 +105,24 @@ async fn a_message_in_flight_when_the_edge_stops_is_finished_and_published() {
     stream.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Stop the edge with the request in flight.
-    let admin = stack.edge.admin_addr;
-    let Stack {
-        edge,
-        broker,
-        routing,
-        redis,
-        keys_dir,
-        ..
-    } = stack;
-    let mut stopping = edge.begin_stop();
-    let mut not_ready = false;
-    for _ in 0..50 {
-        if readyz(admin).await == Some(503) {
-            not_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &edge.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
     assert!(
-        not_ready,
+        wait_for_readyz(admin, 503).await,
         "the edge did not report not ready while draining"
     );
+    // Past the shutdown delay the listener is closed: new connections are refused.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(
-        !stopping.is_finished(),
-        "the edge stopped with a request in flight"
+        TcpStream::connect(as2).await.is_err(),
+        "the edge still accepts connections while draining"
+    );
+    assert!(
+        edge.try_wait().unwrap().is_none(),
+        "the edge exited with a request in flight"
     );
 
     // The rest of the body arrives during the drain; the answer is the processed MDN.
@@ -96,13 +138,15 @@ async fn a_message_in_flight_when_the_edge_stops_is_finished_and_published() {
         response.contains("Disposition: automatic-action/MDN-sent-automatically; processed\r\n"),
         "the MDN does not say processed: {response}"
     );
-    tokio::time::timeout(Duration::from_secs(20), stopping.finished())
+
+    let status = tokio::task::spawn_blocking(move || edge.wait())
         .await
-        .expect("the edge finished its drain")
-        .expect("the edge stopped cleanly");
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the edge exited with {status}");
 
     let records = consume(
-        &broker.bootstrap_servers(),
+        &stack.broker.bootstrap_servers(),
         "drain",
         1,
         Duration::from_secs(2),
@@ -116,6 +160,4 @@ async fn a_message_in_flight_when_the_edge_stops_is_finished_and_published() {
         .find(|(name, _)| name == "as2-message-id")
         .map(|(_, value)| value.as_str());
     assert_eq!(id, Some("<drain-1@partner.example>"));
-    routing.stop().await;
-    drop((redis, keys_dir));
 }
