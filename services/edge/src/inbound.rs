@@ -26,18 +26,17 @@ use as2_protocol::mdn::{
 };
 use as2_protocol::unwrap::{Limits, UnwrapContext, UnwrappedMessage};
 use as2_protocol::{As2Error, unwrap_message};
-use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::mdn::v1::{
     EnqueueMdnDeliveryRequest, HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
 };
 use as2_rpc::routing::v1::{EncryptionCipher, SigningDigest};
-use as2_rpc::tonic::transport::Channel;
 use bytes::Bytes;
 use tracing::Instrument as _;
 
+use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::InboundConfig;
 use crate::dedup::{Claim, DedupStore, MessageKey, PendingAsyncMdn, StoredReceipt};
-use crate::kafka::{DocumentPublisher, OutgoingRecord, PublishError};
+use crate::kafka::{DocumentSink, OutgoingRecord, PublishError};
 use crate::keys::{KeyPair, KeyStore};
 use crate::metrics::{EdgeMetrics, Outcome};
 use crate::record;
@@ -109,15 +108,14 @@ pub struct InboundProcessor {
     pub default_signing_key_id: Option<String>,
     /// Duplicate detection.
     pub dedup: DedupStore,
-    /// Kafka.
-    pub publisher: DocumentPublisher,
+    /// Where documents are published (Kafka).
+    pub publisher: Arc<dyn DocumentSink>,
     /// The MDN service, for asynchronous MDNs.
-    pub mdn_delivery: Option<MdnDeliveryServiceClient<Channel>>,
+    pub mdn_delivery: Option<Arc<dyn MdnDeliveryQueue>>,
     /// Counters and histograms.
     pub metrics: Arc<EdgeMetrics>,
     /// The sender, which reconciles partners' MDNs for our outbound messages.
-    pub mdn_reconciler:
-        Option<as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient<Channel>>,
+    pub mdn_reconciler: Option<Arc<dyn MdnReconciler>>,
 }
 
 /// Why a message got the answer it got (for metrics and logs).
@@ -150,7 +148,7 @@ impl InboundProcessor {
         // A partner's MDN for one of our outbound messages goes to the sender.
         if crate::partner_mdn::is_mdn(&request) {
             let answer = crate::partner_mdn::reconcile(
-                self.mdn_reconciler.as_ref(),
+                self.mdn_reconciler.as_deref(),
                 &request,
                 self.settings.retry_after_secs,
             )
@@ -610,7 +608,7 @@ impl InboundProcessor {
             ));
         };
         let traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
-        let mut request = as2_rpc::tonic::Request::new(EnqueueMdnDeliveryRequest {
+        let request = EnqueueMdnDeliveryRequest {
             original_message_id: headers.message_id.original().to_owned(),
             partnership_id: route.partnership.id.clone(),
             // The original message's pair, as the contract asks (the MDN itself
@@ -630,9 +628,8 @@ impl InboundProcessor {
                     .collect(),
                 body: built.body.clone(),
             })),
-        });
-        as2_common::telemetry::inject_grpc(&mut request);
-        match client.clone().enqueue_mdn_delivery(request).await {
+        };
+        match client.enqueue(request).await {
             Ok(_) => Ok(()),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "async MDN hand-over failed");

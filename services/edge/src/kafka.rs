@@ -13,6 +13,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -233,6 +234,25 @@ impl DocumentPublisher {
             }
             Err(error) => tracing::error!(%error, "cannot create a new kafka producer"),
         }
+    }
+}
+
+/// Where the inbound path publishes documents: Kafka through [`DocumentPublisher`], or a
+/// stand-in in tests.
+pub trait DocumentSink: Send + Sync {
+    /// Publishes one record and resolves once it is stored (acknowledged).
+    fn publish<'a>(
+        &'a self,
+        record: OutgoingRecord<'a>,
+    ) -> BoxFuture<'a, Result<StoredRecord, PublishError>>;
+}
+
+impl DocumentSink for DocumentPublisher {
+    fn publish<'a>(
+        &'a self,
+        record: OutgoingRecord<'a>,
+    ) -> BoxFuture<'a, Result<StoredRecord, PublishError>> {
+        Box::pin(DocumentPublisher::publish(self, record))
     }
 }
 

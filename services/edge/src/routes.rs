@@ -15,15 +15,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
-use as2_rpc::routing::v1::{
-    CertificateUsage, Partnership, PartnershipEventKind, ResolvePartnershipRequest,
-    WatchPartnershipsRequest,
-};
-use as2_rpc::tonic::transport::{Channel, Endpoint};
-use as2_rpc::tonic::{Code, Status};
+use as2_rpc::routing::v1::{CertificateUsage, Partnership, PartnershipEventKind};
+use as2_rpc::tonic::Status;
+use as2_rpc::tonic::transport::Endpoint;
+use futures::TryStreamExt as _;
 use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::PartnershipRegistry;
 use crate::metrics::EdgeMetrics;
 
 /// The pair an inbound message is routed by: (AS2-From, AS2-To).
@@ -77,7 +76,7 @@ pub enum RouteError {
 
 /// Resolves (AS2-From, AS2-To) pairs to partnerships through the routing service.
 pub struct RouteCache {
-    client: RoutingServiceClient<Channel>,
+    registry: Arc<dyn PartnershipRegistry>,
     entries: RwLock<HashMap<Pair, CachedRoute>>,
     generation: AtomicU64,
     ttl: Duration,
@@ -96,13 +95,27 @@ impl RouteCache {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        Ok(Arc::new(Self {
-            client: RoutingServiceClient::new(channel),
+        Ok(Self::with_registry(
+            Arc::new(RoutingServiceClient::new(channel)),
+            ttl,
+            metrics,
+        ))
+    }
+
+    /// A cache in front of `registry` (the routing service or a stand-in for it),
+    /// counting hits and misses in `metrics`.
+    pub fn with_registry(
+        registry: Arc<dyn PartnershipRegistry>,
+        ttl: Duration,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
             entries: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ttl,
             metrics,
-        }))
+        })
     }
 
     /// The partnership for `(as2_from, as2_to)`, or `None` when there is none.
@@ -118,20 +131,12 @@ impl RouteCache {
         }
         self.metrics.route_cache_lookup(false);
         let generation = self.generation.load(Ordering::SeqCst);
-        let mut request = as2_rpc::tonic::Request::new(ResolvePartnershipRequest {
-            as2_from: pair.0.clone(),
-            as2_to: pair.1.clone(),
-        });
-        as2_common::telemetry::inject_grpc(&mut request);
-        let response = self.client.clone().resolve_partnership(request).await;
-        let route = match response {
-            Ok(response) => response
-                .into_inner()
-                .partnership
-                .map(|partnership| Arc::new(Route::new(partnership))),
-            Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => return Err(RouteError::Unavailable(Box::new(status))),
-        };
+        let route = self
+            .registry
+            .resolve(&pair.0, &pair.1)
+            .await
+            .map_err(|status| RouteError::Unavailable(Box::new(status)))?
+            .map(|partnership| Arc::new(Route::new(partnership)));
         if let Some(route) = &route {
             self.store(pair, route.clone(), generation);
         }
@@ -221,13 +226,8 @@ impl RouteCache {
     }
 
     async fn watch_once(&self, retry_delay: &mut Duration) -> Result<(), Status> {
-        let mut stream = self
-            .client
-            .clone()
-            .watch_partnerships(WatchPartnershipsRequest {})
-            .await?
-            .into_inner();
-        while let Some(event) = stream.message().await? {
+        let mut stream = self.registry.watch().await?;
+        while let Some(event) = stream.try_next().await? {
             *retry_delay = Duration::from_millis(100);
             match event.kind() {
                 PartnershipEventKind::Reset | PartnershipEventKind::Unspecified => self.clear(),

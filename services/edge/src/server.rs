@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::EdgeConfig;
 use crate::dedup::DedupStore;
 use crate::http::{HttpLimits, serve_as2};
@@ -101,29 +102,29 @@ impl EdgeServer {
         let watch_task = tokio::spawn(routes.clone().follow_changes(stop_watch.clone()));
         let publisher =
             DocumentPublisher::new(config.kafka.clone()).context("kafka producer setup failed")?;
-        let mdn_delivery = match &config.mdn_url {
+        let mdn_delivery: Option<Arc<dyn MdnDeliveryQueue>> = match &config.mdn_url {
             Some(url) => {
                 let channel = Endpoint::from_shared(url.clone())
                     .with_context(|| format!("invalid mdn url {url}"))?
                     .connect_timeout(Duration::from_secs(3))
                     .timeout(Duration::from_secs(10))
                     .connect_lazy();
-                Some(MdnDeliveryServiceClient::new(channel))
+                Some(Arc::new(MdnDeliveryServiceClient::new(channel)))
             }
             None => None,
         };
-        let mdn_reconciler = match &config.sender_url {
+        let mdn_reconciler: Option<Arc<dyn MdnReconciler>> = match &config.sender_url {
             Some(url) => {
                 let channel = Endpoint::from_shared(url.clone())
                     .with_context(|| format!("invalid sender url {url}"))?
                     .connect_timeout(Duration::from_secs(3))
                     .timeout(Duration::from_secs(10))
                     .connect_lazy();
-                Some(
+                Some(Arc::new(
                     as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient::new(
                         channel,
                     ),
-                )
+                ))
             }
             None => None,
         };
@@ -138,7 +139,7 @@ impl EdgeServer {
                 Duration::from_secs(inbound.dedup_in_flight_secs),
                 Duration::from_secs(inbound.dedup_retention_secs),
             ),
-            publisher: publisher.clone(),
+            publisher: Arc::new(publisher.clone()),
             mdn_delivery,
             mdn_reconciler,
             metrics,
