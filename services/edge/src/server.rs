@@ -143,6 +143,7 @@ impl EdgeServer {
             mdn_delivery,
             mdn_reconciler,
             metrics,
+            unwrap_message: as2_protocol::unwrap_message,
         });
         let limits = HttpLimits {
             max_body_bytes: inbound.max_body_bytes,
