@@ -560,3 +560,6 @@ impl InboundProcessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

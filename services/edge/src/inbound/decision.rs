@@ -676,3 +676,954 @@ fn explanation(
         (false, None) => format!("{subject} could not be processed ({status})."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use as2_protocol::ReceivedContentMic;
+    use as2_protocol::cms::SignatureScheme;
+    use as2_protocol::unwrap::{Payload, SecurityFacts, SignatureFacts, SignedContentForm};
+    use as2_rpc::routing::v1::{MdnPreferences, Partnership, SecurityPolicy};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    use super::*;
+
+    const MDN_URL: &str = "https://partner.example/as2/mdn";
+    const SYNC_MDN: (&str, &str) = ("Disposition-Notification-To", "mailto:as2@partner.example");
+    const ASYNC_MDN: (&str, &str) = ("Receipt-Delivery-Option", MDN_URL);
+    const SIGNED_RECEIPT: (&str, &str) = (
+        "Disposition-Notification-Options",
+        "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-384, sha256",
+    );
+    const SIGNED_RECEIPT_REQUIRED: (&str, &str) = (
+        "Disposition-Notification-Options",
+        "signed-receipt-protocol=required, pkcs7-signature; signed-receipt-micalg=optional, sha256",
+    );
+    const UNSUPPORTED_MICALG_REQUIRED: (&str, &str) = (
+        "Disposition-Notification-Options",
+        "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=required, whirlpool",
+    );
+    const RETRY_AFTER_SECS: u64 = 42;
+
+    /// The edge's settings in a row.
+    #[derive(Clone, Copy)]
+    enum Config {
+        /// Default keys configured, an MDN service configured.
+        Standard,
+        /// No MDN service.
+        NoMdnService,
+        /// No default keys.
+        NoDefaultKeys,
+    }
+
+    impl Config {
+        fn decisions(self) -> DecisionSettings<'static> {
+            DecisionSettings {
+                reporting_ua: "edge under test",
+                default_decryption_key_id: match self {
+                    Self::NoDefaultKeys => None,
+                    Self::Standard | Self::NoMdnService => Some("default-decryption"),
+                },
+                default_signing_key_id: match self {
+                    Self::NoDefaultKeys => None,
+                    Self::Standard | Self::NoMdnService => Some("default-signing"),
+                },
+                async_mdn_available: !matches!(self, Self::NoMdnService),
+            }
+        }
+    }
+
+    /// The partnership in a row.
+    #[derive(Clone, Copy)]
+    enum Partner {
+        /// Names its own keys, no policy.
+        Plain,
+        /// Names no keys (the defaults apply).
+        NoKeys,
+        /// Does not offer signed MDNs.
+        NoSignedMdn,
+        /// Allows SHA-256 signatures only.
+        Sha256Only,
+    }
+
+    fn route(partner: Partner) -> Arc<Route> {
+        let mut partnership = Partnership {
+            id: "p-1".to_owned(),
+            as2_from: "partner".to_owned(),
+            as2_to: "us".to_owned(),
+            kafka_topic: "inbound.p-1".to_owned(),
+            decryption_key_id: "p-decryption".to_owned(),
+            mdn_signing_key_id: "p-signing".to_owned(),
+            ..Partnership::default()
+        };
+        match partner {
+            Partner::Plain => {}
+            Partner::NoKeys => {
+                partnership.decryption_key_id.clear();
+                partnership.mdn_signing_key_id.clear();
+            }
+            Partner::NoSignedMdn => {
+                partnership.mdn_preferences = Some(MdnPreferences {
+                    offer_signed_mdn: Some(false),
+                    ..MdnPreferences::default()
+                });
+            }
+            Partner::Sha256Only => {
+                partnership.security_policy = Some(SecurityPolicy {
+                    allowed_signing_digests: vec![SigningDigest::Sha256 as i32],
+                    ..SecurityPolicy::default()
+                });
+            }
+        }
+        Arc::new(Route::new(partnership))
+    }
+
+    fn request(extra: &[(&str, &str)]) -> As2RequestHeaders {
+        let mut headers = vec![
+            ("AS2-From", "partner"),
+            ("AS2-To", "us"),
+            ("Message-ID", "<m-1@partner.example>"),
+            (
+                "Content-Type",
+                "application/pkcs7-mime; smime-type=enveloped-data",
+            ),
+        ];
+        headers.extend_from_slice(extra);
+        As2RequestHeaders::parse(headers).expect("test headers parse")
+    }
+
+    fn unwrapped(signature_digest: Option<MicAlgorithm>) -> UnwrappedMessage {
+        UnwrappedMessage {
+            payload: Payload {
+                content_type: "application/edi-x12".to_owned(),
+                filename: None,
+                data: b"ISA*00*~".to_vec(),
+            },
+            facts: SecurityFacts {
+                signature: signature_digest.map(|digest| SignatureFacts {
+                    digest,
+                    scheme: SignatureScheme::RsaPkcs1v15,
+                    certificate_index: 0,
+                    opaque: false,
+                    form: SignedContentForm::Exact,
+                }),
+                encryption: None,
+                compression: None,
+            },
+            mic: ReceivedContentMic {
+                digest: vec![7; 32],
+                algorithm: MicAlgorithm::Sha256,
+            },
+        }
+    }
+
+    /// The stand-in for a built MDN (building is the I/O part's).
+    fn built_mdn() -> BuiltMdn {
+        BuiltMdn {
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "multipart/report; report-type=disposition-notification; boundary=b".to_owned(),
+            )],
+            body: b"--b--\r\n".to_vec(),
+        }
+    }
+
+    fn stored(status: u16, pending: bool) -> StoredReceipt {
+        StoredReceipt {
+            status,
+            headers: vec![("Content-Type".to_owned(), "multipart/report".to_owned())],
+            body: b"the first MDN".to_vec(),
+            pending_async_mdn: pending.then(|| PendingAsyncMdn {
+                url: MDN_URL.to_owned(),
+                headers: Vec::new(),
+                body: b"the async MDN".to_vec(),
+            }),
+        }
+    }
+
+    /// What the partnership lookup found, in a row.
+    #[derive(Clone, Copy)]
+    enum Found {
+        Partnership(Partner),
+        Nothing,
+        Failure,
+    }
+
+    /// The step a row decides, with what the I/O found before it.
+    enum Step {
+        /// The request's headers are read.
+        Headers(&'static [(&'static str, &'static str)]),
+        /// The partnership lookup is done.
+        Lookup(&'static [(&'static str, &'static str)], Found),
+        /// The unwrap is done.
+        Unwrap {
+            headers: &'static [(&'static str, &'static str)],
+            partner: Partner,
+            unwrapped: fn() -> UnwrapOutcome,
+            decryption_key_error: Option<&'static str>,
+        },
+        /// The dedup claim is answered.
+        Claim(fn() -> Result<Claim, DedupError>),
+        /// The publish is answered.
+        Publish(
+            &'static [(&'static str, &'static str)],
+            fn() -> Result<StoredRecord, PublishError>,
+        ),
+        /// The document is published: the processed MDN, and what dedup keeps when the
+        /// asynchronous MDN could not be handed over.
+        Processed(&'static [(&'static str, &'static str)], Partner),
+    }
+
+    /// What comes after the step.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Next {
+        /// Answer the partner now.
+        Answer,
+        /// Look the partnership up.
+        Lookup,
+        /// Unwrap, decrypting with this key.
+        Unwrap(Option<String>),
+        /// Claim and publish.
+        Publish,
+    }
+
+    /// What a step decided, as the partner and our stores see it.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Decided {
+        next: Next,
+        /// HTTP status of the answer.
+        status: Option<u16>,
+        /// The Retry-After header of the answer.
+        retry_after: Option<String>,
+        /// The MDN's disposition (or the counted one of a 400 without MDN).
+        disposition: Option<String>,
+        /// Where the MDN goes: `None` (no MDN), `Some(None)` in the response,
+        /// `Some(Some(url))` to the MDN service.
+        mdn_to: Option<Option<&'static str>>,
+        /// The key that signs the MDN.
+        signing: Option<MdnSigning>,
+        /// What dedup keeps: status and whether an async MDN is still pending.
+        stored: Option<(u16, bool)>,
+    }
+
+    impl Decided {
+        fn next(next: Next) -> Self {
+            Self {
+                next,
+                status: None,
+                retry_after: None,
+                disposition: None,
+                mdn_to: None,
+                signing: None,
+                stored: None,
+            }
+        }
+
+        fn answer(answer: &Answer) -> Self {
+            Self {
+                status: Some(answer.status),
+                retry_after: answer
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == "Retry-After")
+                    .map(|(_, value)| value.clone()),
+                ..Self::next(Next::Answer)
+            }
+        }
+
+        fn unavailable(unavailable: Unavailable) -> Self {
+            Self::answer(&unavailable.answer(RETRY_AFTER_SECS))
+        }
+
+        fn rejection(rejection: Rejection) -> Self {
+            match rejection.reply {
+                RejectionReply::Plain(answer) => Self {
+                    disposition: Some(rejection.status.to_string()),
+                    ..Self::answer(&answer)
+                },
+                RejectionReply::Mdn(plan, signing) => {
+                    assert_eq!(plan.report.disposition.status, rejection.status);
+                    Self {
+                        signing: Some(signing),
+                        ..Self::mdn(&plan)
+                    }
+                }
+            }
+        }
+
+        fn mdn(plan: &MdnPlan) -> Self {
+            let reply = plan.reply(built_mdn());
+            assert_eq!(
+                reply.async_mdn.as_ref().map(|mdn| mdn.url.as_str()),
+                plan.async_url.as_deref()
+            );
+            Self {
+                disposition: Some(plan.report.disposition.status.to_string()),
+                mdn_to: Some(plan.async_url.as_ref().map(|_| MDN_URL)),
+                ..Self::answer(&reply.answer)
+            }
+        }
+    }
+
+    fn decide(config: Config, step: &Step) -> Decided {
+        let decisions = config.decisions();
+        match step {
+            Step::Headers(headers) => {
+                let headers: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                    .collect();
+                match read_headers(&headers) {
+                    Ok(_) => Decided::next(Next::Lookup),
+                    Err(answer) => Decided::answer(&answer),
+                }
+            }
+            Step::Lookup(headers, found) => {
+                let headers = request(headers);
+                let route = match found {
+                    Found::Partnership(partner) => Some(route(*partner)),
+                    Found::Nothing | Found::Failure => None,
+                };
+                let lookup = match (found, &route) {
+                    (Found::Partnership(_), Some(route)) => RouteLookup::Found(route),
+                    (Found::Failure, _) => RouteLookup::Failed,
+                    _ => RouteLookup::Unknown,
+                };
+                match decisions.admit(&headers, lookup) {
+                    Admission::Unwrap {
+                        decryption_key_id,
+                        route: admitted,
+                    } => {
+                        assert_eq!(admitted.partnership.id, "p-1");
+                        Decided::next(Next::Unwrap(decryption_key_id))
+                    }
+                    Admission::Reject(rejection) => Decided::rejection(*rejection),
+                    Admission::Unavailable(unavailable) => Decided::unavailable(unavailable),
+                }
+            }
+            Step::Unwrap {
+                headers,
+                partner,
+                unwrapped,
+                decryption_key_error,
+            } => {
+                let headers = request(headers);
+                let route = route(*partner);
+                match decisions.judge(&headers, &route, unwrapped(), *decryption_key_error) {
+                    Verdict::Accept(_) => Decided::next(Next::Publish),
+                    Verdict::Reject(rejection) => Decided::rejection(rejection),
+                    Verdict::Unavailable(unavailable) => Decided::unavailable(unavailable),
+                }
+            }
+            Step::Claim(claim) => match after_claim(claim()) {
+                AfterClaim::Proceed(_) => Decided::next(Next::Publish),
+                AfterClaim::Replay(replay) => Decided {
+                    // A pending MDN goes to the MDN service before the answer.
+                    mdn_to: replay.pending_async_mdn.as_ref().map(|_| Some(MDN_URL)),
+                    stored: Some((
+                        replay.handed_over.status,
+                        replay.handed_over.pending_async_mdn.is_some(),
+                    )),
+                    ..Decided::answer(&replay.answer)
+                },
+                AfterClaim::InFlight(unavailable) | AfterClaim::StoreUnavailable(unavailable) => {
+                    Decided::unavailable(unavailable)
+                }
+            },
+            Step::Publish(headers, published) => match after_publish(published()) {
+                AfterPublish::Published(_) => Decided::next(Next::Answer),
+                AfterPublish::Unavailable(unavailable) => Decided::unavailable(unavailable),
+                AfterPublish::Refused(error) => {
+                    match decisions.rejection(&request(headers), &route(Partner::Plain), &error) {
+                        Ok(rejection) => Decided::rejection(rejection),
+                        Err(unavailable) => Decided::unavailable(unavailable),
+                    }
+                }
+            },
+            Step::Processed(headers, partner) => {
+                let headers = request(headers);
+                let route = route(*partner);
+                let signing = match decisions.mdn_signing(&headers, &route) {
+                    Ok(signing) => signing,
+                    Err(unavailable) => return Decided::unavailable(unavailable),
+                };
+                let plan = decisions.processed_mdn(&headers, &unwrapped(None));
+                let receipt = plan.reply(built_mdn()).receipt(false);
+                Decided {
+                    signing: Some(signing),
+                    stored: Some((receipt.status, receipt.pending_async_mdn.is_some())),
+                    ..Decided::mdn(&plan)
+                }
+            }
+        }
+    }
+
+    struct Row {
+        name: &'static str,
+        config: Config,
+        step: Step,
+        expect: Decided,
+    }
+
+    fn answer(status: u16) -> Decided {
+        Decided {
+            status: Some(status),
+            ..Decided::next(Next::Answer)
+        }
+    }
+
+    fn retry_later() -> Decided {
+        Decided {
+            retry_after: Some(RETRY_AFTER_SECS.to_string()),
+            ..answer(503)
+        }
+    }
+
+    fn with_mdn(disposition: &str, to: Option<&'static str>, signing: MdnSigning) -> Decided {
+        Decided {
+            disposition: Some(disposition.to_owned()),
+            mdn_to: Some(to),
+            signing: Some(signing),
+            ..answer(200)
+        }
+    }
+
+    fn bad_request(disposition: &str) -> Decided {
+        Decided {
+            disposition: Some(disposition.to_owned()),
+            ..answer(400)
+        }
+    }
+
+    fn required(key_id: &str, digest: MicAlgorithm) -> MdnSigning {
+        MdnSigning::Required {
+            key_id: key_id.to_owned(),
+            digest,
+        }
+    }
+
+    macro_rules! unwrap_failure {
+        ($error:expr) => {{
+            fn outcome() -> UnwrapOutcome {
+                UnwrapOutcome::Finished(Err($error))
+            }
+            outcome as fn() -> UnwrapOutcome
+        }};
+    }
+
+    fn rows() -> Vec<Row> {
+        vec![
+            // The outcome table of the module docs, row by row.
+            Row {
+                name: "AS2-From missing: 400 without MDN",
+                config: Config::Standard,
+                step: Step::Headers(&[("AS2-To", "us"), ("Message-ID", "<m@p>"), SYNC_MDN]),
+                expect: answer(400),
+            },
+            Row {
+                name: "Message-ID malformed: 400 without MDN",
+                config: Config::Standard,
+                step: Step::Headers(&[
+                    ("AS2-From", "partner"),
+                    ("AS2-To", "us"),
+                    ("Message-ID", "<>"),
+                ]),
+                expect: answer(400),
+            },
+            Row {
+                name: "bad signature: error MDN in the response, nothing published",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::AuthenticationFailed(
+                        "bad signature".to_owned()
+                    )),
+                    decryption_key_error: None,
+                },
+                expect: with_mdn(
+                    "processed/error: authentication-failed",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "required MIC algorithms unsupported, async MDN: failed/Failure to the MDN service, signed with SHA-256",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN, ASYNC_MDN, UNSUPPORTED_MICALG_REQUIRED],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::UnsupportedMicAlgorithms(
+                        "whirlpool".to_owned()
+                    )),
+                    decryption_key_error: None,
+                },
+                expect: with_mdn(
+                    "failed/Failure: unsupported MIC-algorithms",
+                    Some(MDN_URL),
+                    required("p-signing", MicAlgorithm::Sha256),
+                ),
+            },
+            Row {
+                name: "unknown partner: unknown-trading-partner MDN in the response",
+                config: Config::Standard,
+                step: Step::Lookup(&[SYNC_MDN], Found::Nothing),
+                expect: with_mdn(
+                    "processed/error: unknown-trading-partner",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "unknown partner asking for an async signed MDN: in the response all the same, signed if the default key loads",
+                config: Config::Standard,
+                step: Step::Lookup(&[SYNC_MDN, ASYNC_MDN, SIGNED_RECEIPT], Found::Nothing),
+                expect: with_mdn(
+                    "processed/error: unknown-trading-partner",
+                    None,
+                    MdnSigning::IfAvailable {
+                        key_id: "default-signing".to_owned(),
+                        digest: MicAlgorithm::Sha384,
+                    },
+                ),
+            },
+            Row {
+                name: "processed, sync MDN: the MDN in the response, kept for resends",
+                config: Config::Standard,
+                step: Step::Processed(&[SYNC_MDN], Partner::Plain),
+                expect: Decided {
+                    stored: Some((200, false)),
+                    ..with_mdn("processed", None, MdnSigning::Unsigned)
+                },
+            },
+            Row {
+                name: "processed, async signed MDN: 200 and the MDN to the MDN service, pending until handed over",
+                config: Config::Standard,
+                step: Step::Processed(&[SYNC_MDN, ASYNC_MDN, SIGNED_RECEIPT], Partner::Plain),
+                expect: Decided {
+                    stored: Some((200, true)),
+                    ..with_mdn(
+                        "processed",
+                        Some(MDN_URL),
+                        required("p-signing", MicAlgorithm::Sha384),
+                    )
+                },
+            },
+            Row {
+                name: "processed before: the stored answer again, nothing published",
+                config: Config::Standard,
+                step: Step::Claim(|| Ok(Claim::Done(stored(200, false)))),
+                expect: Decided {
+                    stored: Some((200, false)),
+                    ..answer(200)
+                },
+            },
+            Row {
+                name: "processed before, async MDN not handed over then: hand it over, then the stored answer",
+                config: Config::Standard,
+                step: Step::Claim(|| Ok(Claim::Done(stored(200, true)))),
+                expect: Decided {
+                    mdn_to: Some(Some(MDN_URL)),
+                    stored: Some((200, false)),
+                    ..answer(200)
+                },
+            },
+            Row {
+                name: "being processed right now: 503 with Retry-After",
+                config: Config::Standard,
+                step: Step::Claim(|| Ok(Claim::InFlight)),
+                expect: retry_later(),
+            },
+            Row {
+                name: "dedup store unavailable: 503 with Retry-After",
+                config: Config::Standard,
+                step: Step::Claim(|| {
+                    Err(DedupError::Corrupt(
+                        serde_json::from_str::<u8>("not json").expect_err("not json"),
+                    ))
+                }),
+                expect: retry_later(),
+            },
+            Row {
+                name: "Kafka unavailable: 503 with Retry-After",
+                config: Config::Standard,
+                step: Step::Publish(&[SYNC_MDN], || {
+                    Err(PublishError::Unavailable(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageTimedOut,
+                    )))
+                }),
+                expect: retry_later(),
+            },
+            Row {
+                name: "routing service unavailable: 503 with Retry-After",
+                config: Config::Standard,
+                step: Step::Lookup(&[SYNC_MDN], Found::Failure),
+                expect: retry_later(),
+            },
+            Row {
+                name: "async MDN asked for without an MDN service: 503 with Retry-After",
+                config: Config::NoMdnService,
+                step: Step::Lookup(&[SYNC_MDN, ASYNC_MDN], Found::Partnership(Partner::Plain)),
+                expect: retry_later(),
+            },
+            Row {
+                name: "no MDN asked for, message bad: 400 with the reason",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::IntegrityCheckFailed(
+                        "digest mismatch".to_owned()
+                    )),
+                    decryption_key_error: None,
+                },
+                expect: bad_request("processed/error: integrity-check-failed"),
+            },
+            // Edge cases of the code.
+            Row {
+                name: "headers complete: go on",
+                config: Config::Standard,
+                step: Step::Headers(&[
+                    ("AS2-From", "partner"),
+                    ("AS2-To", "us"),
+                    ("Message-ID", "<m@p>"),
+                ]),
+                expect: Decided::next(Next::Lookup),
+            },
+            Row {
+                name: "unknown partner, no MDN asked for: 400",
+                config: Config::Standard,
+                step: Step::Lookup(&[], Found::Nothing),
+                expect: bad_request("processed/error: unknown-trading-partner"),
+            },
+            Row {
+                name: "unknown partner asking for a signed MDN without a default key: unsigned",
+                config: Config::NoDefaultKeys,
+                step: Step::Lookup(&[SYNC_MDN, SIGNED_RECEIPT], Found::Nothing),
+                expect: with_mdn(
+                    "processed/error: unknown-trading-partner",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "known partner: unwrap with the default decryption key",
+                config: Config::Standard,
+                step: Step::Lookup(&[SYNC_MDN], Found::Partnership(Partner::NoKeys)),
+                expect: Decided::next(Next::Unwrap(Some("default-decryption".to_owned()))),
+            },
+            Row {
+                name: "known partner naming its decryption key: unwrap with that key",
+                config: Config::Standard,
+                step: Step::Lookup(&[SYNC_MDN], Found::Partnership(Partner::Plain)),
+                expect: Decided::next(Next::Unwrap(Some("p-decryption".to_owned()))),
+            },
+            Row {
+                name: "known partner, no decryption key anywhere: unwrap without one",
+                config: Config::NoDefaultKeys,
+                step: Step::Lookup(&[], Found::Partnership(Partner::NoKeys)),
+                expect: Decided::next(Next::Unwrap(None)),
+            },
+            Row {
+                name: "async MDN asked for without an MDN service but no partnership: the unknown-partner MDN",
+                config: Config::NoMdnService,
+                step: Step::Lookup(&[SYNC_MDN, ASYNC_MDN], Found::Nothing),
+                expect: with_mdn(
+                    "processed/error: unknown-trading-partner",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "signed receipt required, not offered: failed/Failure unsigned, without unwrapping",
+                config: Config::Standard,
+                step: Step::Lookup(
+                    &[SYNC_MDN, SIGNED_RECEIPT_REQUIRED],
+                    Found::Partnership(Partner::NoSignedMdn),
+                ),
+                expect: with_mdn(
+                    "failed/Failure: unsupported format",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "signed receipt required, not offered, async: failed/Failure to the MDN service",
+                config: Config::Standard,
+                step: Step::Lookup(
+                    &[SYNC_MDN, ASYNC_MDN, SIGNED_RECEIPT_REQUIRED],
+                    Found::Partnership(Partner::NoSignedMdn),
+                ),
+                expect: with_mdn(
+                    "failed/Failure: unsupported format",
+                    Some(MDN_URL),
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "signed receipt optional, not offered: unwrap, the MDN goes unsigned",
+                config: Config::Standard,
+                step: Step::Lookup(
+                    &[SYNC_MDN, SIGNED_RECEIPT],
+                    Found::Partnership(Partner::NoSignedMdn),
+                ),
+                expect: Decided::next(Next::Unwrap(Some("p-decryption".to_owned()))),
+            },
+            Row {
+                name: "processed, signed receipt not offered: unsigned MDN",
+                config: Config::Standard,
+                step: Step::Processed(&[SYNC_MDN, SIGNED_RECEIPT], Partner::NoSignedMdn),
+                expect: Decided {
+                    stored: Some((200, false)),
+                    ..with_mdn("processed", None, MdnSigning::Unsigned)
+                },
+            },
+            Row {
+                name: "processed, signed receipt, partnership names no key: the default key",
+                config: Config::Standard,
+                step: Step::Processed(&[SYNC_MDN, SIGNED_RECEIPT], Partner::NoKeys),
+                expect: Decided {
+                    stored: Some((200, false)),
+                    ..with_mdn(
+                        "processed",
+                        None,
+                        required("default-signing", MicAlgorithm::Sha384),
+                    )
+                },
+            },
+            Row {
+                name: "processed, signed receipt, no signing key anywhere: 503",
+                config: Config::NoDefaultKeys,
+                step: Step::Processed(&[SYNC_MDN, SIGNED_RECEIPT], Partner::NoKeys),
+                expect: retry_later(),
+            },
+            Row {
+                name: "bad message, signed receipt, no signing key anywhere: 503 rather than an unsigned error MDN",
+                config: Config::NoDefaultKeys,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN, SIGNED_RECEIPT],
+                    partner: Partner::NoKeys,
+                    unwrapped: unwrap_failure!(As2Error::AuthenticationFailed(
+                        "bad signature".to_owned()
+                    )),
+                    decryption_key_error: None,
+                },
+                expect: retry_later(),
+            },
+            Row {
+                name: "decryption failed while our key is missing: 503, no MDN",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::DecryptionFailed(
+                        "no recipient matches".to_owned()
+                    )),
+                    decryption_key_error: Some("cannot read key"),
+                },
+                expect: retry_later(),
+            },
+            Row {
+                name: "decryption failed with our key loaded: decryption-failed MDN",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::DecryptionFailed(
+                        "no recipient matches".to_owned()
+                    )),
+                    decryption_key_error: None,
+                },
+                expect: with_mdn(
+                    "processed/error: decryption-failed",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "other failures while our key is missing: the message's fault, an error MDN",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Plain,
+                    unwrapped: unwrap_failure!(As2Error::MalformedMime("no boundary".to_owned())),
+                    decryption_key_error: Some("cannot read key"),
+                },
+                expect: with_mdn(
+                    "processed/error: unexpected-processing-error",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "unwrapped and within the policy: publish",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Sha256Only,
+                    unwrapped: || {
+                        UnwrapOutcome::Finished(Ok(unwrapped(Some(MicAlgorithm::Sha256))))
+                    },
+                    decryption_key_error: None,
+                },
+                expect: Decided::next(Next::Publish),
+            },
+            Row {
+                name: "signature digest outside the policy: insufficient-message-security MDN",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN],
+                    partner: Partner::Sha256Only,
+                    unwrapped: || UnwrapOutcome::Finished(Ok(unwrapped(Some(MicAlgorithm::Sha1)))),
+                    decryption_key_error: None,
+                },
+                expect: with_mdn(
+                    "processed/error: insufficient-message-security",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "Kafka refuses the record for good: error MDN, nothing published",
+                config: Config::Standard,
+                step: Step::Publish(&[SYNC_MDN], || {
+                    Err(PublishError::Rejected(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageSizeTooLarge,
+                    )))
+                }),
+                expect: with_mdn(
+                    "processed/error: unexpected-processing-error",
+                    None,
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "Kafka refuses the record, async MDN: the error MDN to the MDN service",
+                config: Config::Standard,
+                step: Step::Publish(&[SYNC_MDN, ASYNC_MDN], || {
+                    Err(PublishError::Rejected(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::TopicAuthorizationFailed,
+                    )))
+                }),
+                expect: with_mdn(
+                    "processed/error: unexpected-processing-error",
+                    Some(MDN_URL),
+                    MdnSigning::Unsigned,
+                ),
+            },
+            Row {
+                name: "published: answer with the processed MDN",
+                config: Config::Standard,
+                step: Step::Publish(&[SYNC_MDN], || {
+                    Ok(StoredRecord {
+                        partition: 0,
+                        offset: 7,
+                    })
+                }),
+                expect: Decided::next(Next::Answer),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_outcome_is_decided_as_the_module_docs_say() {
+        let mut failures = Vec::new();
+        for row in rows() {
+            let decided = decide(row.config, &row.step);
+            if decided != row.expect {
+                failures.push(format!(
+                    "{}:\n  expected {:?}\n  decided  {:?}",
+                    row.name, row.expect, decided
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn async_replies_say_what_follows_and_keep_the_mdn_until_handed_over() {
+        let decisions = Config::Standard.decisions();
+        let headers = request(&[SYNC_MDN, ASYNC_MDN]);
+        let plan = decisions.processed_mdn(&headers, &unwrapped(None));
+        let reply = plan.reply(built_mdn());
+        assert_eq!(
+            reply.answer,
+            Answer::text(200, "message received, the MDN follows asynchronously")
+        );
+        let pending = reply.async_mdn.clone().expect("an async MDN");
+        assert_eq!(pending.url, MDN_URL);
+        assert_eq!(pending.body, built_mdn().body);
+        assert_eq!(reply.receipt(false).pending_async_mdn, Some(pending));
+        assert_eq!(reply.receipt(true).pending_async_mdn, None);
+        assert_eq!(reply.receipt(true).body, reply.answer.body.to_vec());
+
+        let error = As2Error::AuthenticationFailed("bad signature".to_owned());
+        let rejection = decisions
+            .rejection(&headers, &route(Partner::Plain), &error)
+            .expect("a rejection");
+        let RejectionReply::Mdn(plan, _) = rejection.reply else {
+            panic!("an error MDN was asked for");
+        };
+        assert_eq!(
+            plan.reply(built_mdn()).answer,
+            Answer::text(200, "error MDN queued for asynchronous delivery")
+        );
+    }
+
+    #[test]
+    fn the_enqueue_request_names_the_original_message_and_carries_the_prepared_mdn() {
+        let headers = request(&[SYNC_MDN, ASYNC_MDN]);
+        let mdn = PendingAsyncMdn {
+            url: MDN_URL.to_owned(),
+            headers: vec![("AS2-From".to_owned(), "us".to_owned())],
+            body: b"mdn".to_vec(),
+        };
+        let request = enqueue_request(&headers, "p-1", &mdn, "00-trace".to_owned());
+        assert_eq!(request.original_message_id, "<m-1@partner.example>");
+        assert_eq!(request.partnership_id, "p-1");
+        assert_eq!(
+            (request.as2_from.as_str(), request.as2_to.as_str()),
+            ("partner", "us")
+        );
+        assert_eq!(request.delivery_url, MDN_URL);
+        assert_eq!(request.traceparent, "00-trace");
+        let Some(enqueue_mdn_delivery_request::Mdn::Prepared(prepared)) = request.mdn else {
+            panic!("a prepared MDN");
+        };
+        assert_eq!(prepared.body, b"mdn".to_vec());
+        assert_eq!(prepared.headers.len(), 1);
+        assert_eq!(prepared.headers[0].name, "AS2-From");
+    }
+
+    #[test]
+    fn partner_mdn_answers_are_counted_by_status() {
+        assert_eq!(
+            partner_mdn_outcome(&Answer::text(200, "")).label(),
+            "processed"
+        );
+        assert_eq!(
+            partner_mdn_outcome(&Answer::text(503, "")).label(),
+            "unavailable"
+        );
+        assert_eq!(
+            partner_mdn_outcome(&Answer::text(404, "")).label(),
+            "bad_request"
+        );
+        assert_eq!(
+            partner_mdn_outcome(&Answer::text(403, "")).label(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn cipher_names_map_to_the_policy_enum() {
+        assert_eq!(
+            encryption_cipher(ContentCipher::Aes256Cbc),
+            Some(EncryptionCipher::Aes256Cbc)
+        );
+        assert_eq!(
+            encryption_cipher(ContentCipher::TripleDesCbc),
+            Some(EncryptionCipher::DesEde3Cbc)
+        );
+        assert_eq!(encryption_cipher(ContentCipher::Aes192Gcm), None);
+    }
+}
