@@ -14,6 +14,7 @@
 //! | processed before (same Message-ID) | the stored answer again, nothing published |
 //! | the same Message-ID is being processed right now | 503 with Retry-After |
 //! | Redis, Kafka, the routing or MDN service unavailable | 503 with Retry-After, nothing acknowledged |
+//! | our own unwrap failed (the CMS/MIME task panicked) | 503 with Retry-After, no MDN: our fault, not the message's (logged at error level, counted as `unavailable`) |
 //! | no MDN asked for, message bad | 400 with the reason |
 //!
 //! ## Decision and I/O

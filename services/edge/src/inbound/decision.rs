@@ -339,9 +339,11 @@ impl DecisionSettings<'_> {
     ) -> Verdict {
         let unwrapped = match unwrapped {
             UnwrapOutcome::Finished(unwrapped) => unwrapped,
-            UnwrapOutcome::Crashed => Err(As2Error::InvalidArgument(
-                "internal failure while unwrapping".to_owned(),
-            )),
+            UnwrapOutcome::Crashed => {
+                return Verdict::Unavailable(Unavailable(
+                    "internal failure while unwrapping, please resend later",
+                ));
+            }
         };
         match unwrapped.and_then(|message| enforce_policy(route, message)) {
             Ok(message) => Verdict::Accept(message),
@@ -1453,6 +1455,28 @@ mod tests {
                     None,
                     MdnSigning::Unsigned,
                 ),
+            },
+            Row {
+                name: "our unwrap crashed: 503 with Retry-After, not an error MDN",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[SYNC_MDN, SIGNED_RECEIPT],
+                    partner: Partner::Plain,
+                    unwrapped: || UnwrapOutcome::Crashed,
+                    decryption_key_error: None,
+                },
+                expect: retry_later(),
+            },
+            Row {
+                name: "our unwrap crashed, no MDN asked for: 503 all the same, not 400",
+                config: Config::Standard,
+                step: Step::Unwrap {
+                    headers: &[],
+                    partner: Partner::Plain,
+                    unwrapped: || UnwrapOutcome::Crashed,
+                    decryption_key_error: None,
+                },
+                expect: retry_later(),
             },
             Row {
                 name: "unwrapped and within the policy: publish",

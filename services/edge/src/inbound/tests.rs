@@ -183,6 +183,14 @@ fn unwrap_finds_a_bad_signature(
     ))
 }
 
+fn unwrap_panics(
+    _headers: &As2RequestHeaders,
+    _body: &[u8],
+    _context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage, As2Error> {
+    panic!("a bug in our unwrap")
+}
+
 fn partnership() -> Partnership {
     Partnership {
         id: "p-1".to_owned(),
@@ -583,4 +591,39 @@ async fn partner_mdns_go_to_the_sender() {
 
     let edge_without_sender = edge(EdgeSetup::default());
     assert_retry_later(&edge_without_sender.processor.process(partner_mdn()).await);
+}
+
+#[tokio::test]
+async fn a_panic_in_our_unwrap_answers_503_with_retry_after_not_an_error_mdn() {
+    let edge = edge(EdgeSetup {
+        unwrap_message: unwrap_panics,
+        ..EdgeSetup::default()
+    });
+    let answer = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&answer);
+    assert!(body(&answer).contains("internal failure while unwrapping"));
+    assert!(!body(&answer).contains("processed/error"));
+    assert!(edge.sink.published().is_empty());
+    assert_eq!(
+        edge.metric(r#"as2_edge_messages_total{outcome="unavailable",disposition="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        edge.metric(
+            r#"as2_edge_messages_total{outcome="rejected",disposition="unexpected-processing-error"}"#
+        ),
+        0.0
+    );
+
+    // Not claimed: once the bug is gone, the resend is processed.
+    let fixed = Edge {
+        processor: InboundProcessor {
+            unwrap_message: unwrap_succeeds,
+            ..edge.processor
+        },
+        ..edge
+    };
+    let resend = fixed.processor.process(message(&[SYNC_MDN])).await;
+    assert_mdn(&resend, "processed");
+    assert_eq!(fixed.sink.published().len(), 1);
 }
