@@ -246,3 +246,133 @@ impl RouteCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use as2_rpc::routing::v1::PartnershipEvent;
+    use futures::StreamExt as _;
+    use futures::future::BoxFuture;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::clients::PartnershipEvents;
+
+    /// A routing service with two partnerships and one scripted change stream.
+    struct FakeRegistry {
+        lookups: AtomicUsize,
+        events: Mutex<Option<Vec<PartnershipEvent>>>,
+    }
+
+    impl PartnershipRegistry for FakeRegistry {
+        fn resolve(
+            &self,
+            as2_from: &str,
+            as2_to: &str,
+        ) -> BoxFuture<'_, Result<Option<Partnership>, Status>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let partnership = (as2_to == "us").then(|| Partnership {
+                id: format!("p-{as2_from}"),
+                as2_from: as2_from.to_owned(),
+                as2_to: as2_to.to_owned(),
+                ..Partnership::default()
+            });
+            Box::pin(async move { Ok(partnership) })
+        }
+
+        fn watch(&self) -> BoxFuture<'_, Result<PartnershipEvents, Status>> {
+            let events = self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            // The scripted events, then a stream that stays open.
+            let stream = futures::stream::iter(events.into_iter().map(Ok))
+                .chain(futures::stream::pending())
+                .boxed();
+            Box::pin(async move { Ok(stream) })
+        }
+    }
+
+    fn cache(events: Vec<PartnershipEvent>) -> (Arc<RouteCache>, Arc<FakeRegistry>) {
+        let registry = Arc::new(FakeRegistry {
+            lookups: AtomicUsize::new(0),
+            events: Mutex::new(Some(events)),
+        });
+        let metrics = Arc::new(EdgeMetrics::register(&mut Registry::default()));
+        let cache = RouteCache::with_registry(registry.clone(), Duration::from_secs(600), metrics);
+        (cache, registry)
+    }
+
+    #[tokio::test]
+    async fn lookups_are_cached_and_unknown_pairs_are_not() {
+        let (cache, registry) = cache(Vec::new());
+        let first = cache.resolve("a", "us").await.expect("resolved");
+        let again = cache.resolve("a", "us").await.expect("resolved");
+        assert_eq!(
+            first.map(|route| route.partnership.id.clone()).as_deref(),
+            Some("p-a")
+        );
+        assert_eq!(
+            again.map(|route| route.partnership.id.clone()).as_deref(),
+            Some("p-a")
+        );
+        assert_eq!(registry.lookups.load(Ordering::SeqCst), 1);
+        assert!(
+            cache
+                .resolve("a", "them")
+                .await
+                .expect("answered")
+                .is_none()
+        );
+        assert!(
+            cache
+                .resolve("a", "them")
+                .await
+                .expect("answered")
+                .is_none()
+        );
+        assert_eq!(registry.lookups.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_event_drops_only_the_changed_partnership() {
+        let event = PartnershipEvent {
+            kind: PartnershipEventKind::Upserted as i32,
+            id: "p-a".to_owned(),
+            as2_from: "a".to_owned(),
+            as2_to: "us".to_owned(),
+            ..PartnershipEvent::default()
+        };
+        let (cache, registry) = cache(vec![event]);
+        cache.resolve("a", "us").await.expect("resolved");
+        cache.resolve("b", "us").await.expect("resolved");
+        assert_eq!(cache.len(), 2);
+
+        let shutdown = CancellationToken::new();
+        let watch = tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.len() != 1 {
+            assert!(Instant::now() < deadline, "the event was not applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cache.resolve("b", "us").await.expect("resolved");
+        assert_eq!(
+            registry.lookups.load(Ordering::SeqCst),
+            2,
+            "b is still cached"
+        );
+        cache.resolve("a", "us").await.expect("resolved");
+        assert_eq!(
+            registry.lookups.load(Ordering::SeqCst),
+            3,
+            "a was asked again"
+        );
+        shutdown.cancel();
+        watch.await.expect("the watch task ends");
+    }
+}
