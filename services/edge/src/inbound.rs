@@ -29,10 +29,15 @@
 //!   [`decision::after_publish`], [`decision::MdnPlan::reply`] once the MDN is built).
 //! - [`InboundProcessor`] does the I/O around it: the partnership lookup ([`RouteCache`]
 //!   over a [`crate::clients::PartnershipRegistry`]), loading our keys, the unwrap on the
-//!   blocking pool, the dedup store, the publish ([`DocumentSink`]), building and signing
-//!   the MDN and handing asynchronous MDNs to the MDN service
-//!   ([`crate::clients::MdnDeliveryQueue`]). Every dependency is a trait object or has an
-//!   in-memory form, so the whole path runs in tests without a network.
+//!   blocking pool ([`InboundProcessor::unwrap_message`]), the dedup store, the publish
+//!   ([`DocumentSink`]), building and signing the MDN and handing asynchronous MDNs to
+//!   the MDN service ([`crate::clients::MdnDeliveryQueue`]). Every dependency is a trait
+//!   object, a function or has an in-memory form, so the whole path runs in tests
+//!   without a network.
+//!
+//! The decisions are tested by one table (a row per row above, plus the edge cases),
+//! the I/O part with fakes of its dependencies; the real Redis, Kafka and partner
+//! implementations are exercised by the integration tests under `tests/`.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,7 +1,8 @@
 //! The decisions of the inbound path: what to answer, with which status, which
 //! disposition or error MDN, what to publish and what to keep for duplicate detection.
 //!
-//! No I/O here: no network, no Redis, no Kafka, no key files, no clock, no randomness.
+//! No I/O here: no network, no Redis, no Kafka, no key files, no clock, no randomness
+//! (decisions are logged through `tracing`, nothing else leaves the function).
 //! The I/O around it ([`super::InboundProcessor`]) asks these functions at every step,
 //! hands them what it found (the partnership lookup, how the unwrap ended, the dedup
 //! claim, the publish) and does what they say. Building and signing an MDN is left to
