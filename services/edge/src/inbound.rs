@@ -14,34 +14,63 @@
 //! | processed before (same Message-ID) | the stored answer again, nothing published |
 //! | the same Message-ID is being processed right now | 503 with Retry-After |
 //! | Redis, Kafka, the routing or MDN service unavailable | 503 with Retry-After, nothing acknowledged |
+//! | our own unwrap failed (the CMS/MIME task panicked) | 503 with Retry-After, no MDN: our fault, not the message's (logged at error level, counted as `unavailable`) |
 //! | no MDN asked for, message bad | 400 with the reason |
+//!
+//! ## Decision and I/O
+//!
+//! The path is split in two, as the sender splits `message` and `outbound`:
+//!
+//! - [`decision`] decides, without any I/O: which answer, which status, which
+//!   disposition or error MDN, whether to publish, what to keep for duplicate detection.
+//!   Each of its functions takes what one step found and says what to do next
+//!   ([`decision::DecisionSettings::admit`] after the partnership lookup,
+//!   [`decision::DecisionSettings::judge`] after the unwrap, [`decision::after_claim`],
+//!   [`decision::after_publish`], [`decision::MdnPlan::reply`] once the MDN is built).
+//! - [`InboundProcessor`] does the I/O around it: the partnership lookup ([`RouteCache`]
+//!   over a [`crate::clients::PartnershipRegistry`]), loading our keys, the unwrap on the
+//!   blocking pool ([`InboundProcessor::unwrap_message`]), the dedup store, the publish
+//!   ([`DocumentSink`]), building and signing the MDN and handing asynchronous MDNs to
+//!   the MDN service ([`crate::clients::MdnDeliveryQueue`]). Every dependency is a trait
+//!   object, a function or has an in-memory form, so the whole path runs in tests
+//!   without a network.
+//!
+//! The decisions are tested by one table (a row per row above, plus the edge cases),
+//! the I/O part with fakes of its dependencies; the real Redis, Kafka and partner
+//! implementations are exercised by the integration tests under `tests/`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use as2_protocol::cms::{ContentCipher, Identity};
+use as2_protocol::cms::Identity;
 use as2_protocol::headers::{As2RequestHeaders, MessageId, MicAlgorithm};
-use as2_protocol::mdn::{
-    self, BuiltMdn, Disposition, DispositionStatus, MdnReport, MdnToSend, ProcessingError,
-};
+use as2_protocol::mdn::{self, BuiltMdn, MdnToSend};
 use as2_protocol::unwrap::{Limits, UnwrapContext, UnwrappedMessage};
-use as2_protocol::{As2Error, unwrap_message};
-use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
-use as2_rpc::mdn::v1::{
-    EnqueueMdnDeliveryRequest, HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
-};
-use as2_rpc::routing::v1::{EncryptionCipher, SigningDigest};
-use as2_rpc::tonic::transport::Channel;
 use bytes::Bytes;
 use tracing::Instrument as _;
 
+use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::InboundConfig;
-use crate::dedup::{Claim, DedupStore, MessageKey, PendingAsyncMdn, StoredReceipt};
-use crate::kafka::{DocumentPublisher, OutgoingRecord, PublishError};
+use crate::dedup::{ClaimToken, DedupStore, MessageKey, PendingAsyncMdn, StoredReceipt};
+use crate::kafka::{DocumentSink, OutgoingRecord};
 use crate::keys::{KeyPair, KeyStore};
 use crate::metrics::{EdgeMetrics, Outcome};
 use crate::record;
 use crate::routes::{Route, RouteCache};
+
+pub mod decision;
+
+use decision::{
+    Admission, AfterClaim, AfterPublish, DecisionSettings, MdnPlan, MdnSigning, Rejection,
+    RejectionReply, RouteLookup, Unavailable, UnwrapOutcome, Verdict,
+};
+
+/// The CMS/MIME unwrap: [`as2_protocol::unwrap_message`] in production.
+pub type UnwrapFn = fn(
+    &As2RequestHeaders,
+    &[u8],
+    &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage, as2_protocol::As2Error>;
 
 /// A request as the HTTP layer hands it over: headers (values as text) and the whole body.
 #[derive(Debug)]
@@ -85,14 +114,6 @@ impl Answer {
             .push(("Retry-After".to_owned(), retry_after_secs.to_string()));
         answer
     }
-
-    fn from_stored(receipt: &StoredReceipt) -> Self {
-        Self {
-            status: receipt.status,
-            headers: receipt.headers.clone(),
-            body: Bytes::from(receipt.body.clone()),
-        }
-    }
 }
 
 /// Everything the inbound path needs, shared by all requests.
@@ -109,15 +130,17 @@ pub struct InboundProcessor {
     pub default_signing_key_id: Option<String>,
     /// Duplicate detection.
     pub dedup: DedupStore,
-    /// Kafka.
-    pub publisher: DocumentPublisher,
+    /// Where documents are published (Kafka).
+    pub publisher: Arc<dyn DocumentSink>,
     /// The MDN service, for asynchronous MDNs.
-    pub mdn_delivery: Option<MdnDeliveryServiceClient<Channel>>,
+    pub mdn_delivery: Option<Arc<dyn MdnDeliveryQueue>>,
     /// Counters and histograms.
     pub metrics: Arc<EdgeMetrics>,
     /// The sender, which reconciles partners' MDNs for our outbound messages.
-    pub mdn_reconciler:
-        Option<as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient<Channel>>,
+    pub mdn_reconciler: Option<Arc<dyn MdnReconciler>>,
+    /// The CMS/MIME unwrap, run on the blocking pool: [`as2_protocol::unwrap_message`].
+    /// A panic in it is answered 503 with Retry-After (our fault, not the message's).
+    pub unwrap_message: UnwrapFn,
 }
 
 /// Why a message got the answer it got (for metrics and logs).
@@ -131,9 +154,6 @@ impl Handled {
         Self { answer, outcome }
     }
 }
-
-/// A fault of ours or of a dependency: the partner should resend later.
-struct Unavailable(&'static str);
 
 impl InboundProcessor {
     /// Handles one AS2 request and says what to answer.
@@ -150,29 +170,17 @@ impl InboundProcessor {
         // A partner's MDN for one of our outbound messages goes to the sender.
         if crate::partner_mdn::is_mdn(&request) {
             let answer = crate::partner_mdn::reconcile(
-                self.mdn_reconciler.as_ref(),
+                self.mdn_reconciler.as_deref(),
                 &request,
                 self.settings.retry_after_secs,
             )
             .await;
-            let outcome = match answer.status {
-                200 => Outcome::Processed,
-                503 => Outcome::Unavailable,
-                _ => Outcome::BadRequest,
-            };
+            let outcome = decision::partner_mdn_outcome(&answer);
             return Handled::new(answer, outcome);
         }
-        let headers = match As2RequestHeaders::parse(
-            request
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        ) {
+        let headers = match decision::read_headers(&request.headers) {
             Ok(headers) => headers,
-            Err(error) => {
-                tracing::info!(%error, "rejected a request without usable AS2 headers");
-                return Handled::new(Answer::text(400, error.to_string()), Outcome::BadRequest);
-            }
+            Err(answer) => return Handled::new(answer, Outcome::BadRequest),
         };
         let span = tracing::info_span!(
             "as2_message",
@@ -191,10 +199,10 @@ impl InboundProcessor {
         let handled = async {
             match self.handle_message(&headers, request.body).await {
                 Ok(handled) => handled,
-                Err(Unavailable(reason)) => {
-                    tracing::warn!(reason, "answering 503");
+                Err(unavailable) => {
+                    tracing::warn!(reason = unavailable.0, "answering 503");
                     Handled::new(
-                        Answer::unavailable(reason, self.settings.retry_after_secs),
+                        unavailable.answer(self.settings.retry_after_secs),
                         Outcome::Unavailable,
                     )
                 }
@@ -207,54 +215,71 @@ impl InboundProcessor {
         handled
     }
 
+    /// The settings the decisions depend on.
+    fn decisions(&self) -> DecisionSettings<'_> {
+        DecisionSettings {
+            reporting_ua: &self.settings.reporting_ua,
+            default_decryption_key_id: self.default_decryption_key_id.as_deref(),
+            default_signing_key_id: self.default_signing_key_id.as_deref(),
+            async_mdn_available: self.mdn_delivery.is_some(),
+        }
+    }
+
     async fn handle_message(
         &self,
         headers: &As2RequestHeaders,
         body: Bytes,
     ) -> Result<Handled, Unavailable> {
-        let route = match self
+        let decisions = self.decisions();
+        let resolved = self
             .routes
             .resolve(headers.as2_from.as_str(), headers.as2_to.as_str())
-            .await
-        {
-            Ok(Some(route)) => route,
-            Ok(None) => return Ok(self.unknown_partner(headers)),
+            .await;
+        let lookup = match &resolved {
+            Ok(Some(route)) => {
+                tracing::Span::current().record("partnership", route.partnership.id.as_str());
+                RouteLookup::Found(route)
+            }
+            Ok(None) => RouteLookup::Unknown,
             Err(error) => {
                 tracing::warn!(%error, "partnership lookup failed");
-                return Err(Unavailable(
-                    "the partnership registry is unavailable, please resend later",
-                ));
+                RouteLookup::Failed
             }
         };
-        tracing::Span::current().record("partnership", route.partnership.id.as_str());
-        if headers.receipt_delivery_option.is_some() && self.mdn_delivery.is_none() {
-            return Err(Unavailable(
-                "asynchronous MDNs are not available, please resend later",
-            ));
-        }
+        let (route, decryption_key_id) = match decisions.admit(headers, lookup) {
+            Admission::Unwrap {
+                route,
+                decryption_key_id,
+            } => (route, decryption_key_id),
+            Admission::Reject(rejection) => {
+                let route = match lookup {
+                    RouteLookup::Found(route) => Some(route.as_ref()),
+                    RouteLookup::Unknown | RouteLookup::Failed => None,
+                };
+                return self.deliver_rejection(headers, route, *rejection).await;
+            }
+            Admission::Unavailable(unavailable) => return Err(unavailable),
+        };
 
-        if let Some(refusal) = refused_receipt_signature(headers, &route) {
-            return self.reject(headers, &route, &refusal).await;
-        }
-
-        let decryption_key = self.decryption_key(&route);
+        let decryption_key = match decryption_key_id.as_deref() {
+            Some(id) => self.keys.get(id).map_err(|error| error.to_string()),
+            None => Err("no decryption key configured".to_owned()),
+        };
         let unwrapped = self
             .unwrap(&route, headers, body, decryption_key.as_ref().ok().cloned())
             .await;
-        let unwrapped = match unwrapped.and_then(|message| enforce_policy(&route, message)) {
-            Ok(message) => {
+        let key_error = decryption_key.as_ref().err().map(String::as_str);
+        match decisions.judge(headers, &route, unwrapped, key_error) {
+            Verdict::Accept(message) => {
                 tracing::Span::current().record("document_bytes", message.payload.data.len());
-                message
+                self.accept(headers, &route, message).await
             }
-            Err(As2Error::DecryptionFailed(reason)) if decryption_key.is_err() => {
-                tracing::error!(%reason, key_error = ?decryption_key.err(), "cannot decrypt: our decryption key is not available");
-                return Err(Unavailable(
-                    "our decryption key is not available, please resend later",
-                ));
+            Verdict::Reject(rejection) => {
+                self.deliver_rejection(headers, Some(&route), rejection)
+                    .await
             }
-            Err(error) => return self.reject(headers, &route, &error).await,
-        };
-        self.accept(headers, &route, unwrapped).await
+            Verdict::Unavailable(unavailable) => Err(unavailable),
+        }
     }
 
     /// Runs the CPU-heavy unwrap on the blocking pool.
@@ -264,13 +289,14 @@ impl InboundProcessor {
         headers: &As2RequestHeaders,
         body: Bytes,
         decryption_key: Option<Arc<KeyPair>>,
-    ) -> Result<UnwrappedMessage, As2Error> {
+    ) -> UnwrapOutcome {
         let route = route.clone();
         let headers = headers.clone();
         let limits = Limits {
             max_decompressed_size: self.settings.max_document_bytes,
             ..Limits::default()
         };
+        let unwrap_message = self.unwrap_message;
         // Created here, entered on the blocking thread: a child of the message's span.
         let span = tracing::info_span!("as2_unwrap", request_bytes = body.len());
         let outcome = tokio::task::spawn_blocking(move || {
@@ -294,73 +320,45 @@ impl InboundProcessor {
             unwrap_message(&headers, &body, &context)
         })
         .await;
-        outcome.unwrap_or_else(|join_error| {
-            tracing::error!(%join_error, "unwrap task failed");
-            Err(As2Error::InvalidArgument(
-                "internal failure while unwrapping".to_owned(),
-            ))
-        })
+        match outcome {
+            Ok(unwrapped) => UnwrapOutcome::Finished(unwrapped),
+            Err(join_error) => {
+                // Our bug, not the partner's message: no error MDN, the partner resends.
+                tracing::error!(%join_error, "unwrap task failed");
+                UnwrapOutcome::Crashed
+            }
+        }
     }
 
-    /// The answer for a message that cannot be processed.
-    async fn reject(
+    /// Answers a message that is not processed; `route` is `None` for unknown partners.
+    async fn deliver_rejection(
         &self,
         headers: &As2RequestHeaders,
-        route: &Route,
-        error: &As2Error,
+        route: Option<&Route>,
+        rejection: Rejection,
     ) -> Result<Handled, Unavailable> {
-        let status = error.disposition_status();
-        tracing::info!(%error, disposition = %status, "message rejected");
-        let outcome = Outcome::Rejected(status.clone());
-        if !headers.wants_mdn() {
-            return Ok(Handled::new(Answer::text(400, error.to_string()), outcome));
+        let outcome = rejection.outcome();
+        let (plan, signing) = match rejection.reply {
+            RejectionReply::Plain(answer) => return Ok(Handled::new(answer, outcome)),
+            RejectionReply::Mdn(plan, signing) => (plan, signing),
+        };
+        let built = self
+            .load_signing(&signing)
+            .and_then(|signing| self.build_mdn(headers, &plan, signing));
+        let built = match (built, route) {
+            (Ok(built), _) => built,
+            // A party we do not know is not asked to resend.
+            (Err(Unavailable(reason)), None) => {
+                return Ok(Handled::new(Answer::text(400, reason), outcome));
+            }
+            (Err(unavailable), Some(_)) => return Err(unavailable),
+        };
+        let reply = plan.reply(built);
+        if let Some(mdn) = &reply.async_mdn {
+            let partnership_id = route.map_or("", |route| route.partnership.id.as_str());
+            self.enqueue_async(headers, partnership_id, mdn).await?;
         }
-        let report = MdnReport::for_outcome(&self.settings.reporting_ua, headers, Err(error));
-        let text = explanation(headers, &status, Some(&error.to_string()));
-        let signing = self.mdn_signing(headers, Some(route))?;
-        let built = self.build_mdn(headers, &report, &text, signing)?;
-        if let Some(option) = &headers.receipt_delivery_option {
-            self.enqueue_async(headers, route, option.url(), &built)
-                .await?;
-            return Ok(Handled::new(
-                Answer::text(200, "error MDN queued for asynchronous delivery"),
-                outcome,
-            ));
-        }
-        Ok(Handled::new(mdn_answer(built), outcome))
-    }
-
-    /// The answer for a message from an unknown (AS2-From, AS2-To) pair.
-    fn unknown_partner(&self, headers: &As2RequestHeaders) -> Handled {
-        let status =
-            DispositionStatus::Error(ProcessingError::Other("unknown-trading-partner".to_owned()));
-        let outcome = Outcome::Rejected(status.clone());
-        tracing::info!("no partnership for this pair");
-        let reason = format!(
-            "no partnership for AS2-From {:?} and AS2-To {:?}",
-            headers.as2_from.as_str(),
-            headers.as2_to.as_str()
-        );
-        if !headers.wants_mdn() {
-            return Handled::new(Answer::text(400, reason), outcome);
-        }
-        let mut report = MdnReport::for_outcome(
-            &self.settings.reporting_ua,
-            headers,
-            Err(&As2Error::InvalidArgument(reason.clone())),
-        );
-        report.disposition = Disposition::automatic(status.clone());
-        let text = explanation(headers, &status, Some(&reason));
-        // Sign only when a default key is configured and usable; otherwise unsigned.
-        let signing = self
-            .default_signing_key_id
-            .as_deref()
-            .and_then(|id| self.keys.get(id).ok())
-            .zip(signed_receipt_digest(headers, false));
-        match self.build_mdn(headers, &report, &text, signing) {
-            Ok(built) => Handled::new(mdn_answer(built), outcome),
-            Err(Unavailable(reason)) => Handled::new(Answer::text(400, reason), outcome),
-        }
+        Ok(Handled::new(reply.answer, outcome))
     }
 
     /// Dedup, publish, answer.
@@ -370,34 +368,30 @@ impl InboundProcessor {
         route: &Route,
         message: UnwrappedMessage,
     ) -> Result<Handled, Unavailable> {
+        let decisions = self.decisions();
         let message_key = MessageKey {
             as2_from: headers.as2_from.as_str(),
             as2_to: headers.as2_to.as_str(),
             message_id: headers.message_id.original(),
         };
-        let claim = match self.dedup.claim(&message_key).await {
-            Ok(Claim::Claimed(claim)) => claim,
-            Ok(Claim::InFlight) => {
-                self.metrics.dedup_hit("in_flight");
-                return Err(Unavailable(
-                    "this message is being processed, please resend later",
-                ));
-            }
-            Ok(Claim::Done(receipt)) => {
+        let claim = match decision::after_claim(self.dedup.claim(&message_key).await) {
+            AfterClaim::Proceed(claim) => claim,
+            AfterClaim::Replay(replay) => {
                 self.metrics.dedup_hit("done");
-                tracing::info!("duplicate of a processed message, answering as before");
-                return self.replay(&message_key, headers, route, receipt).await;
+                return self.replay(&message_key, headers, route, *replay).await;
             }
-            Err(error) => {
-                tracing::warn!(%error, "dedup claim failed");
-                return Err(Unavailable(
-                    "the message store is unavailable, please resend later",
-                ));
+            AfterClaim::InFlight(unavailable) => {
+                self.metrics.dedup_hit("in_flight");
+                return Err(unavailable);
             }
+            AfterClaim::StoreUnavailable(unavailable) => return Err(unavailable),
         };
 
         // Everything that can fail for reasons of ours is settled before the publish.
-        let signing = match self.mdn_signing(headers, Some(route)) {
+        let signing = match decisions
+            .mdn_signing(headers, route)
+            .and_then(|signing| self.load_signing(&signing))
+        {
             Ok(signing) => signing,
             Err(unavailable) => {
                 self.release(claim).await;
@@ -422,8 +416,8 @@ impl InboundProcessor {
             message.payload.data.len(),
             published.is_ok(),
         );
-        match published {
-            Ok(stored) => {
+        match decision::after_publish(published) {
+            AfterPublish::Published(stored) => {
                 tracing::info!(
                     partition = stored.partition,
                     offset = stored.offset,
@@ -431,57 +425,34 @@ impl InboundProcessor {
                     "document published"
                 );
             }
-            Err(PublishError::Unavailable(error)) => {
-                tracing::warn!(%error, "publish failed");
+            AfterPublish::Unavailable(unavailable) => {
                 self.release(claim).await;
-                return Err(Unavailable(
-                    "the document store is unavailable, please resend later",
-                ));
+                return Err(unavailable);
             }
-            Err(PublishError::Rejected(error)) => {
-                tracing::error!(%error, "kafka refused the document");
+            AfterPublish::Refused(failure) => {
                 self.release(claim).await;
-                let failure =
-                    As2Error::InvalidArgument(format!("the document could not be stored: {error}"));
-                return self.reject(headers, route, &failure).await;
+                let rejection = decisions.rejection(headers, route, &failure)?;
+                return self
+                    .deliver_rejection(headers, Some(route), rejection)
+                    .await;
             }
         }
 
-        let report = MdnReport::for_outcome(&self.settings.reporting_ua, headers, Ok(&message));
-        let text = explanation(headers, &DispositionStatus::Processed, None);
-        let built = match self.build_mdn(headers, &report, &text, signing) {
-            Ok(built) => built,
-            Err(unavailable) => {
-                // Published but no receipt: keep the claim so a resend does not publish
-                // again; it expires and the resend then goes through dedup as new.
-                return Err(unavailable);
-            }
-        };
-        let (receipt, answer) = match &headers.receipt_delivery_option {
-            None => {
-                let answer = mdn_answer(built);
-                (stored_receipt(&answer, None), answer)
-            }
-            Some(option) => {
-                let answer = Answer::text(200, "message received, the MDN follows asynchronously");
-                let pending = PendingAsyncMdn {
-                    url: option.url().to_owned(),
-                    headers: built.headers.clone(),
-                    body: built.body.clone(),
-                };
-                if let Err(unavailable) = self
-                    .enqueue_async(headers, route, option.url(), &built)
-                    .await
-                {
-                    let receipt = stored_receipt(&answer, Some(pending));
-                    self.remember(claim, &receipt).await;
-                    return Err(unavailable);
-                }
-                (stored_receipt(&answer, None), answer)
-            }
-        };
-        self.remember(claim, &receipt).await;
-        Ok(Handled::new(answer, Outcome::Processed))
+        let plan = decisions.processed_mdn(headers, &message);
+        // Published but no receipt: keep the claim so a resend does not publish again; it
+        // expires and the resend then goes through dedup as new.
+        let built = self.build_mdn(headers, &plan, signing)?;
+        let reply = plan.reply(built);
+        if let Some(mdn) = &reply.async_mdn
+            && let Err(unavailable) = self
+                .enqueue_async(headers, &route.partnership.id, mdn)
+                .await
+        {
+            self.remember(claim, &reply.receipt(false)).await;
+            return Err(unavailable);
+        }
+        self.remember(claim, &reply.receipt(true)).await;
+        Ok(Handled::new(reply.answer, Outcome::Processed))
     }
 
     /// Answers a resend of a processed message as before, handing over an asynchronous
@@ -491,26 +462,23 @@ impl InboundProcessor {
         message_key: &MessageKey<'_>,
         headers: &As2RequestHeaders,
         route: &Route,
-        mut receipt: StoredReceipt,
+        replay: decision::Replay,
     ) -> Result<Handled, Unavailable> {
-        if let Some(pending) = receipt.pending_async_mdn.take() {
-            let built = BuiltMdn {
-                headers: pending.headers.clone(),
-                body: pending.body.clone(),
-            };
-            self.enqueue_async(headers, route, &pending.url, &built)
+        if let Some(pending) = &replay.pending_async_mdn {
+            self.enqueue_async(headers, &route.partnership.id, pending)
                 .await?;
-            if let Err(error) = self.dedup.update_receipt(message_key, &receipt).await {
+            if let Err(error) = self
+                .dedup
+                .update_receipt(message_key, &replay.handed_over)
+                .await
+            {
                 tracing::warn!(%error, "could not record the async MDN hand-over");
             }
         }
-        Ok(Handled::new(
-            Answer::from_stored(&receipt),
-            Outcome::Duplicate,
-        ))
+        Ok(Handled::new(replay.answer, Outcome::Duplicate))
     }
 
-    async fn remember(&self, claim: crate::dedup::ClaimToken, receipt: &StoredReceipt) {
+    async fn remember(&self, claim: ClaimToken, receipt: &StoredReceipt) {
         if let Err(error) = self.dedup.complete(claim, receipt).await {
             // The document is in Kafka and the partner gets its receipt; only a resend
             // within the claim's lifetime is still recognised.
@@ -518,62 +486,38 @@ impl InboundProcessor {
         }
     }
 
-    async fn release(&self, claim: crate::dedup::ClaimToken) {
+    async fn release(&self, claim: ClaimToken) {
         if let Err(error) = self.dedup.release(claim).await {
             tracing::warn!(%error, "could not release the dedup claim; it expires by itself");
         }
     }
 
-    fn decryption_key(&self, route: &Route) -> Result<Arc<KeyPair>, String> {
-        let id = non_empty(&route.partnership.decryption_key_id)
-            .or(self.default_decryption_key_id.as_deref())
-            .ok_or_else(|| "no decryption key configured".to_owned())?;
-        self.keys.get(id).map_err(|error| error.to_string())
-    }
-
-    /// The key and digest to sign the MDN with, or `None` for an unsigned MDN.
-    fn mdn_signing(
+    /// Loads the key the decision chose to sign an MDN with.
+    fn load_signing(
         &self,
-        headers: &As2RequestHeaders,
-        route: Option<&Route>,
+        signing: &MdnSigning,
     ) -> Result<Option<(Arc<KeyPair>, MicAlgorithm)>, Unavailable> {
-        let Some(route) = route else { return Ok(None) };
-        let allow_md5 = route
-            .partnership
-            .security_policy
-            .as_ref()
-            .is_some_and(|policy| policy.allow_md5);
-        let Some(digest) = signed_receipt_digest(headers, allow_md5) else {
-            return Ok(None);
-        };
-        let offered = signed_mdn_offered(route);
-        if !offered {
-            return Ok(None);
-        }
-        let id = non_empty(&route.partnership.mdn_signing_key_id)
-            .or(self.default_signing_key_id.as_deref());
-        let Some(id) = id else {
-            tracing::error!("a signed MDN was requested but no signing key is configured");
-            return Err(Unavailable(
-                "our MDN signing key is not available, please resend later",
-            ));
-        };
-        match self.keys.get(id) {
-            Ok(key) => Ok(Some((key, digest))),
-            Err(error) => {
-                tracing::error!(%error, "a signed MDN was requested but the signing key is unusable");
-                Err(Unavailable(
-                    "our MDN signing key is not available, please resend later",
-                ))
+        match signing {
+            MdnSigning::Unsigned => Ok(None),
+            MdnSigning::IfAvailable { key_id, digest } => {
+                Ok(self.keys.get(key_id).ok().map(|key| (key, *digest)))
             }
+            MdnSigning::Required { key_id, digest } => match self.keys.get(key_id) {
+                Ok(key) => Ok(Some((key, *digest))),
+                Err(error) => {
+                    tracing::error!(%error, "a signed MDN was requested but the signing key is unusable");
+                    Err(Unavailable(
+                        "our MDN signing key is not available, please resend later",
+                    ))
+                }
+            },
         }
     }
 
     fn build_mdn(
         &self,
         headers: &As2RequestHeaders,
-        report: &MdnReport,
-        text: &str,
+        plan: &MdnPlan,
         signing: Option<(Arc<KeyPair>, MicAlgorithm)>,
     ) -> Result<BuiltMdn, Unavailable> {
         let message_id =
@@ -585,8 +529,8 @@ impl InboundProcessor {
             as2_from: &headers.as2_to,
             as2_to: &headers.as2_from,
             message_id: &message_id,
-            text,
-            report,
+            text: &plan.text,
+            report: &plan.report,
             signing: signing
                 .as_ref()
                 .map(|(key, digest)| (&key.identity, *digest)),
@@ -597,42 +541,21 @@ impl InboundProcessor {
         })
     }
 
+    /// Hands an asynchronous MDN to the MDN service.
     async fn enqueue_async(
         &self,
         headers: &As2RequestHeaders,
-        route: &Route,
-        url: &str,
-        built: &BuiltMdn,
+        partnership_id: &str,
+        mdn: &PendingAsyncMdn,
     ) -> Result<(), Unavailable> {
-        let Some(client) = &self.mdn_delivery else {
+        let Some(queue) = &self.mdn_delivery else {
             return Err(Unavailable(
                 "asynchronous MDNs are not available, please resend later",
             ));
         };
         let traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
-        let mut request = as2_rpc::tonic::Request::new(EnqueueMdnDeliveryRequest {
-            original_message_id: headers.message_id.original().to_owned(),
-            partnership_id: route.partnership.id.clone(),
-            // The original message's pair, as the contract asks (the MDN itself
-            // carries the reverse pair in its prepared headers).
-            as2_from: headers.as2_from.as_str().to_owned(),
-            as2_to: headers.as2_to.as_str().to_owned(),
-            delivery_url: url.to_owned(),
-            traceparent,
-            mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
-                headers: built
-                    .headers
-                    .iter()
-                    .map(|(name, value)| HeaderField {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-                body: built.body.clone(),
-            })),
-        });
-        as2_common::telemetry::inject_grpc(&mut request);
-        match client.clone().enqueue_mdn_delivery(request).await {
+        let request = decision::enqueue_request(headers, partnership_id, mdn, traceparent);
+        match queue.enqueue(request).await {
             Ok(_) => Ok(()),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "async MDN hand-over failed");
@@ -644,149 +567,5 @@ impl InboundProcessor {
     }
 }
 
-/// The digest a signed receipt is asked for with, or `None` when no signed receipt is
-/// wanted. When the request's micalg list cannot be honoured the message fails anyway
-/// (failed/Failure); that MDN is signed with SHA-256.
-fn signed_receipt_digest(headers: &As2RequestHeaders, allow_md5: bool) -> Option<MicAlgorithm> {
-    let options = headers.disposition_notification_options.as_ref()?;
-    if !options.wants_signed_receipt() {
-        return None;
-    }
-    match mdn::receipt_signing_algorithm(Some(options), allow_md5) {
-        Ok(digest) => digest,
-        Err(_) => Some(MicAlgorithm::Sha256),
-    }
-}
-
-/// Whether the partnership signs MDNs when asked (the default).
-fn signed_mdn_offered(route: &Route) -> bool {
-    route
-        .partnership
-        .mdn_preferences
-        .as_ref()
-        .and_then(|preferences| preferences.offer_signed_mdn)
-        .unwrap_or(true)
-}
-
-/// A signed receipt requested as `required` from a partnership that does not offer
-/// signed MDNs cannot be honoured (RFC 4130 7.5.3: failed/Failure).
-fn refused_receipt_signature(headers: &As2RequestHeaders, route: &Route) -> Option<As2Error> {
-    let options = headers.disposition_notification_options.as_ref()?;
-    let protocol = options.signed_receipt_protocol.as_ref()?;
-    let required = protocol.importance == as2_protocol::headers::Importance::Required;
-    (required && options.wants_signed_receipt() && !signed_mdn_offered(route)).then(|| {
-        As2Error::UnsupportedFormat("signed receipts are not offered to this partner".to_owned())
-    })
-}
-
-/// Checks what the unwrap found against the partnership's allowed algorithms.
-fn enforce_policy(route: &Route, message: UnwrappedMessage) -> Result<UnwrappedMessage, As2Error> {
-    let Some(policy) = &route.partnership.security_policy else {
-        return Ok(message);
-    };
-    if let Some(signature) = &message.facts.signature {
-        let digest = signing_digest(signature.digest);
-        let listed: Vec<SigningDigest> = policy.allowed_signing_digests().collect();
-        if !listed.is_empty() && !listed.contains(&digest) {
-            return Err(As2Error::InsufficientMessageSecurity(format!(
-                "signature digest {} is not allowed for this partnership",
-                signature.digest
-            )));
-        }
-    }
-    if let Some(encryption) = &message.facts.encryption {
-        let listed: Vec<EncryptionCipher> = policy.allowed_encryption_ciphers().collect();
-        let cipher = encryption_cipher(encryption.cipher);
-        if !listed.is_empty() && !cipher.is_some_and(|cipher| listed.contains(&cipher)) {
-            return Err(As2Error::InsufficientMessageSecurity(format!(
-                "cipher {} is not allowed for this partnership",
-                encryption.cipher.as_str()
-            )));
-        }
-    }
-    Ok(message)
-}
-
-fn signing_digest(algorithm: MicAlgorithm) -> SigningDigest {
-    match algorithm {
-        MicAlgorithm::Md5 => SigningDigest::Md5,
-        MicAlgorithm::Sha1 => SigningDigest::Sha1,
-        MicAlgorithm::Sha224 => SigningDigest::Sha224,
-        MicAlgorithm::Sha256 => SigningDigest::Sha256,
-        MicAlgorithm::Sha384 => SigningDigest::Sha384,
-        MicAlgorithm::Sha512 => SigningDigest::Sha512,
-    }
-}
-
-/// The policy's name for a cipher; `None` for ciphers the policy cannot list.
-fn encryption_cipher(cipher: ContentCipher) -> Option<EncryptionCipher> {
-    Some(match cipher {
-        ContentCipher::TripleDesCbc => EncryptionCipher::DesEde3Cbc,
-        ContentCipher::Aes128Cbc => EncryptionCipher::Aes128Cbc,
-        ContentCipher::Aes192Cbc => EncryptionCipher::Aes192Cbc,
-        ContentCipher::Aes256Cbc => EncryptionCipher::Aes256Cbc,
-        ContentCipher::Aes128Gcm => EncryptionCipher::Aes128Gcm,
-        ContentCipher::Aes256Gcm => EncryptionCipher::Aes256Gcm,
-        ContentCipher::Aes192Gcm => return None,
-    })
-}
-
-fn non_empty(text: &str) -> Option<&str> {
-    (!text.is_empty()).then_some(text)
-}
-
-fn mdn_answer(built: BuiltMdn) -> Answer {
-    Answer {
-        status: 200,
-        headers: built.headers,
-        body: Bytes::from(built.body),
-    }
-}
-
-fn stored_receipt(answer: &Answer, pending_async_mdn: Option<PendingAsyncMdn>) -> StoredReceipt {
-    StoredReceipt {
-        status: answer.status,
-        headers: answer.headers.clone(),
-        body: answer.body.to_vec(),
-        pending_async_mdn,
-    }
-}
-
-/// The human-readable first part of an MDN.
-fn explanation(
-    headers: &As2RequestHeaders,
-    status: &DispositionStatus,
-    reason: Option<&str>,
-) -> String {
-    let subject = format!(
-        "The AS2 message {} sent by {} to {}",
-        headers.message_id.original(),
-        headers.as2_from.as_str(),
-        headers.as2_to.as_str()
-    );
-    match (status.is_processed(), reason) {
-        (true, _) => format!(
-            "{subject} was received and stored for processing. This receipt proves delivery; it says nothing about whether the content was read or understood."
-        ),
-        (false, Some(reason)) => format!("{subject} could not be processed: {reason}."),
-        (false, None) => format!("{subject} could not be processed ({status})."),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cipher_names_map_to_the_policy_enum() {
-        assert_eq!(
-            encryption_cipher(ContentCipher::Aes256Cbc),
-            Some(EncryptionCipher::Aes256Cbc)
-        );
-        assert_eq!(
-            encryption_cipher(ContentCipher::TripleDesCbc),
-            Some(EncryptionCipher::DesEde3Cbc)
-        );
-        assert_eq!(encryption_cipher(ContentCipher::Aes192Gcm), None);
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use as2_common::kafka::{IdempotentProducer, ProducerSettings, Record};
 pub use as2_common::kafka::{KafkaConfig, PublishError, StoredRecord};
+use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 
 /// The publish timeout of documents unless configured: a partner waits for the answer.
@@ -75,5 +76,24 @@ impl DocumentPublisher {
     /// Waits until everything queued has been delivered (or the timeout passes). Blocks.
     pub fn flush(&self, timeout: Duration) {
         self.producer.flush(timeout);
+    }
+}
+
+/// Where the inbound path publishes documents: Kafka through [`DocumentPublisher`], or a
+/// stand-in in tests.
+pub trait DocumentSink: Send + Sync {
+    /// Publishes one record and resolves once it is stored (acknowledged).
+    fn publish<'a>(
+        &'a self,
+        record: OutgoingRecord<'a>,
+    ) -> BoxFuture<'a, Result<StoredRecord, PublishError>>;
+}
+
+impl DocumentSink for DocumentPublisher {
+    fn publish<'a>(
+        &'a self,
+        record: OutgoingRecord<'a>,
+    ) -> BoxFuture<'a, Result<StoredRecord, PublishError>> {
+        Box::pin(DocumentPublisher::publish(self, record))
     }
 }

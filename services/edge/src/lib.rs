@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clients;
 pub mod config;
 pub mod dedup;
 pub mod http;

@@ -21,7 +21,8 @@ pub enum Outcome {
     Rejected(DispositionStatus),
     /// 4xx before any MDN could be considered (missing AS2 headers, too large, slow).
     BadRequest,
-    /// 503: a dependency or our own configuration failed; the partner should resend.
+    /// 503: a dependency, our own configuration or our own code (a panic while
+    /// unwrapping) failed; the partner should resend.
     Unavailable,
 }
 

@@ -16,11 +16,10 @@
 //! | sender not configured or unavailable | 503 with Retry-After |
 
 use as2_protocol::mime::{Entity, HeaderField, MimeLimits};
-use as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient;
 use as2_rpc::sender::v1::{self, ReconcileMdnRequest};
 use as2_rpc::tonic::Code;
-use as2_rpc::tonic::transport::Channel;
 
+use crate::clients::MdnReconciler;
 use crate::inbound::{Answer, InboundRequest};
 
 /// Whether the request carries an MDN rather than an AS2 message.
@@ -59,7 +58,7 @@ pub fn is_mdn(request: &InboundRequest) -> bool {
 
 /// Hands the MDN to the sender and says what to answer the partner.
 pub async fn reconcile(
-    sender: Option<&OutboundServiceClient<Channel>>,
+    sender: Option<&dyn MdnReconciler>,
     request: &InboundRequest,
     retry_after_secs: u64,
 ) -> Answer {
@@ -86,11 +85,8 @@ pub async fn reconcile(
         body: request.body.to_vec(),
         traceparent: as2_common::telemetry::current_traceparent().unwrap_or_default(),
     };
-    let mut message = as2_rpc::tonic::Request::new(message);
-    as2_common::telemetry::inject_grpc(&mut message);
-    match sender.clone().reconcile_mdn(message).await {
+    match sender.reconcile(message).await {
         Ok(response) => {
-            let response = response.into_inner();
             tracing::info!(
                 original_message_id = response.original_message_id,
                 partnership = response.partnership_id,

@@ -15,15 +15,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
-use as2_rpc::routing::v1::{
-    CertificateUsage, Partnership, PartnershipEventKind, ResolvePartnershipRequest,
-    WatchPartnershipsRequest,
-};
-use as2_rpc::tonic::transport::{Channel, Endpoint};
-use as2_rpc::tonic::{Code, Status};
+use as2_rpc::routing::v1::{CertificateUsage, Partnership, PartnershipEventKind};
+use as2_rpc::tonic::Status;
+use as2_rpc::tonic::transport::Endpoint;
+use futures::TryStreamExt as _;
 use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::PartnershipRegistry;
 use crate::metrics::EdgeMetrics;
 
 /// The pair an inbound message is routed by: (AS2-From, AS2-To).
@@ -77,7 +76,7 @@ pub enum RouteError {
 
 /// Resolves (AS2-From, AS2-To) pairs to partnerships through the routing service.
 pub struct RouteCache {
-    client: RoutingServiceClient<Channel>,
+    registry: Arc<dyn PartnershipRegistry>,
     entries: RwLock<HashMap<Pair, CachedRoute>>,
     generation: AtomicU64,
     ttl: Duration,
@@ -96,13 +95,27 @@ impl RouteCache {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        Ok(Arc::new(Self {
-            client: RoutingServiceClient::new(channel),
+        Ok(Self::with_registry(
+            Arc::new(RoutingServiceClient::new(channel)),
+            ttl,
+            metrics,
+        ))
+    }
+
+    /// A cache in front of `registry` (the routing service or a stand-in for it),
+    /// counting hits and misses in `metrics`.
+    pub fn with_registry(
+        registry: Arc<dyn PartnershipRegistry>,
+        ttl: Duration,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
             entries: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ttl,
             metrics,
-        }))
+        })
     }
 
     /// The partnership for `(as2_from, as2_to)`, or `None` when there is none.
@@ -118,20 +131,12 @@ impl RouteCache {
         }
         self.metrics.route_cache_lookup(false);
         let generation = self.generation.load(Ordering::SeqCst);
-        let mut request = as2_rpc::tonic::Request::new(ResolvePartnershipRequest {
-            as2_from: pair.0.clone(),
-            as2_to: pair.1.clone(),
-        });
-        as2_common::telemetry::inject_grpc(&mut request);
-        let response = self.client.clone().resolve_partnership(request).await;
-        let route = match response {
-            Ok(response) => response
-                .into_inner()
-                .partnership
-                .map(|partnership| Arc::new(Route::new(partnership))),
-            Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => return Err(RouteError::Unavailable(Box::new(status))),
-        };
+        let route = self
+            .registry
+            .resolve(&pair.0, &pair.1)
+            .await
+            .map_err(|status| RouteError::Unavailable(Box::new(status)))?
+            .map(|partnership| Arc::new(Route::new(partnership)));
         if let Some(route) = &route {
             self.store(pair, route.clone(), generation);
         }
@@ -221,13 +226,8 @@ impl RouteCache {
     }
 
     async fn watch_once(&self, retry_delay: &mut Duration) -> Result<(), Status> {
-        let mut stream = self
-            .client
-            .clone()
-            .watch_partnerships(WatchPartnershipsRequest {})
-            .await?
-            .into_inner();
-        while let Some(event) = stream.message().await? {
+        let mut stream = self.registry.watch().await?;
+        while let Some(event) = stream.try_next().await? {
             *retry_delay = Duration::from_millis(100);
             match event.kind() {
                 PartnershipEventKind::Reset | PartnershipEventKind::Unspecified => self.clear(),
@@ -244,5 +244,135 @@ impl RouteCache {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use as2_rpc::routing::v1::PartnershipEvent;
+    use futures::StreamExt as _;
+    use futures::future::BoxFuture;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::clients::PartnershipEvents;
+
+    /// A routing service with two partnerships and one scripted change stream.
+    struct FakeRegistry {
+        lookups: AtomicUsize,
+        events: Mutex<Option<Vec<PartnershipEvent>>>,
+    }
+
+    impl PartnershipRegistry for FakeRegistry {
+        fn resolve(
+            &self,
+            as2_from: &str,
+            as2_to: &str,
+        ) -> BoxFuture<'_, Result<Option<Partnership>, Status>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let partnership = (as2_to == "us").then(|| Partnership {
+                id: format!("p-{as2_from}"),
+                as2_from: as2_from.to_owned(),
+                as2_to: as2_to.to_owned(),
+                ..Partnership::default()
+            });
+            Box::pin(async move { Ok(partnership) })
+        }
+
+        fn watch(&self) -> BoxFuture<'_, Result<PartnershipEvents, Status>> {
+            let events = self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            // The scripted events, then a stream that stays open.
+            let stream = futures::stream::iter(events.into_iter().map(Ok))
+                .chain(futures::stream::pending())
+                .boxed();
+            Box::pin(async move { Ok(stream) })
+        }
+    }
+
+    fn cache(events: Vec<PartnershipEvent>) -> (Arc<RouteCache>, Arc<FakeRegistry>) {
+        let registry = Arc::new(FakeRegistry {
+            lookups: AtomicUsize::new(0),
+            events: Mutex::new(Some(events)),
+        });
+        let metrics = Arc::new(EdgeMetrics::register(&mut Registry::default()));
+        let cache = RouteCache::with_registry(registry.clone(), Duration::from_secs(600), metrics);
+        (cache, registry)
+    }
+
+    #[tokio::test]
+    async fn lookups_are_cached_and_unknown_pairs_are_not() {
+        let (cache, registry) = cache(Vec::new());
+        let first = cache.resolve("a", "us").await.expect("resolved");
+        let again = cache.resolve("a", "us").await.expect("resolved");
+        assert_eq!(
+            first.map(|route| route.partnership.id.clone()).as_deref(),
+            Some("p-a")
+        );
+        assert_eq!(
+            again.map(|route| route.partnership.id.clone()).as_deref(),
+            Some("p-a")
+        );
+        assert_eq!(registry.lookups.load(Ordering::SeqCst), 1);
+        assert!(
+            cache
+                .resolve("a", "them")
+                .await
+                .expect("answered")
+                .is_none()
+        );
+        assert!(
+            cache
+                .resolve("a", "them")
+                .await
+                .expect("answered")
+                .is_none()
+        );
+        assert_eq!(registry.lookups.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_event_drops_only_the_changed_partnership() {
+        let event = PartnershipEvent {
+            kind: PartnershipEventKind::Upserted as i32,
+            id: "p-a".to_owned(),
+            as2_from: "a".to_owned(),
+            as2_to: "us".to_owned(),
+            ..PartnershipEvent::default()
+        };
+        let (cache, registry) = cache(vec![event]);
+        cache.resolve("a", "us").await.expect("resolved");
+        cache.resolve("b", "us").await.expect("resolved");
+        assert_eq!(cache.len(), 2);
+
+        let shutdown = CancellationToken::new();
+        let watch = tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.len() != 1 {
+            assert!(Instant::now() < deadline, "the event was not applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cache.resolve("b", "us").await.expect("resolved");
+        assert_eq!(
+            registry.lookups.load(Ordering::SeqCst),
+            2,
+            "b is still cached"
+        );
+        cache.resolve("a", "us").await.expect("resolved");
+        assert_eq!(
+            registry.lookups.load(Ordering::SeqCst),
+            3,
+            "a was asked again"
+        );
+        shutdown.cancel();
+        watch.await.expect("the watch task ends");
     }
 }

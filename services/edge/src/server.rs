@@ -14,6 +14,7 @@ use as2_rpc::sender::v1::outbound_service_client::OutboundServiceClient;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::EdgeConfig;
 use crate::dedup::DedupStore;
 use crate::http::{HttpLimits, serve_as2};
@@ -93,20 +94,20 @@ impl EdgeServer {
         });
         let publisher =
             DocumentPublisher::new(config.kafka.clone()).context("kafka producer setup failed")?;
-        let mdn_delivery = match &config.mdn_url {
-            Some(url) => Some(MdnDeliveryServiceClient::new(grpc::channel(
+        let mdn_delivery: Option<Arc<dyn MdnDeliveryQueue>> = match &config.mdn_url {
+            Some(url) => Some(Arc::new(MdnDeliveryServiceClient::new(grpc::channel(
                 "mdn",
                 url,
                 ChannelSettings::default(),
-            )?)),
+            )?))),
             None => None,
         };
-        let mdn_reconciler = match &config.sender_url {
-            Some(url) => Some(OutboundServiceClient::new(grpc::channel(
+        let mdn_reconciler: Option<Arc<dyn MdnReconciler>> = match &config.sender_url {
+            Some(url) => Some(Arc::new(OutboundServiceClient::new(grpc::channel(
                 "sender",
                 url,
                 ChannelSettings::default(),
-            )?)),
+            )?))),
             None => None,
         };
         let processor = Arc::new(InboundProcessor {
@@ -120,10 +121,11 @@ impl EdgeServer {
                 Duration::from_secs(inbound.dedup_in_flight_secs),
                 Duration::from_secs(inbound.dedup_retention_secs),
             ),
-            publisher: publisher.clone(),
+            publisher: Arc::new(publisher.clone()),
             mdn_delivery,
             mdn_reconciler,
             metrics,
+            unwrap_message: as2_protocol::unwrap_message,
         });
         let limits = HttpLimits {
             max_body_bytes: inbound.max_body_bytes,

@@ -1,0 +1,629 @@
+//! The I/O part of the inbound path with fakes of its dependencies: no network, no
+//! Redis (the in-memory dedup store), no Kafka, a stand-in for the CMS/MIME unwrap.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use as2_common::redis::KeyNamespace;
+use as2_protocol::As2Error;
+use as2_protocol::ReceivedContentMic;
+use as2_protocol::unwrap::{Payload, SecurityFacts};
+use as2_rpc::mdn::v1::{EnqueueMdnDeliveryRequest, EnqueueMdnDeliveryResponse};
+use as2_rpc::routing::v1::Partnership;
+use as2_rpc::sender::v1::{ReconcileMdnRequest, ReconcileMdnResponse};
+use as2_rpc::tonic::Status;
+use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::*;
+use crate::clients::{PartnershipEvents, PartnershipRegistry};
+use crate::kafka::{PublishError, StoredRecord};
+
+const RETRY_AFTER_SECS: u64 = 42;
+const MDN_URL: &str = "https://partner.example/as2/mdn";
+
+/// The routing service: one partnership, or down.
+struct FakeRegistry {
+    partnership: Option<Partnership>,
+    down: bool,
+    lookups: AtomicUsize,
+}
+
+impl PartnershipRegistry for FakeRegistry {
+    fn resolve(
+        &self,
+        _as2_from: &str,
+        _as2_to: &str,
+    ) -> BoxFuture<'_, Result<Option<Partnership>, Status>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let answer = if self.down {
+            Err(Status::unavailable("routing is down"))
+        } else {
+            Ok(self.partnership.clone())
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn watch(&self) -> BoxFuture<'_, Result<PartnershipEvents, Status>> {
+        Box::pin(async { Err(Status::unimplemented("no change stream in tests")) })
+    }
+}
+
+/// Kafka: records what it is given; refuses while `down`.
+#[derive(Default)]
+struct FakeSink {
+    down: AtomicBool,
+    published: Mutex<Vec<(String, String, Vec<u8>)>>,
+}
+
+impl FakeSink {
+    fn published(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl DocumentSink for FakeSink {
+    fn publish<'a>(
+        &'a self,
+        record: OutgoingRecord<'a>,
+    ) -> BoxFuture<'a, Result<StoredRecord, PublishError>> {
+        let answer = if self.down.load(Ordering::SeqCst) {
+            Err(PublishError::Unavailable(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            )))
+        } else {
+            let mut published = self
+                .published
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            published.push((
+                record.topic.to_owned(),
+                record.key.to_owned(),
+                record.payload.to_vec(),
+            ));
+            let offset = i64::try_from(published.len()).unwrap_or(i64::MAX) - 1;
+            Ok(StoredRecord {
+                partition: 0,
+                offset,
+            })
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// The MDN service: records the hand-overs; refuses while `down`.
+#[derive(Default)]
+struct FakeMdnQueue {
+    down: AtomicBool,
+    enqueued: Mutex<Vec<EnqueueMdnDeliveryRequest>>,
+}
+
+impl FakeMdnQueue {
+    fn enqueued(&self) -> Vec<EnqueueMdnDeliveryRequest> {
+        self.enqueued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl MdnDeliveryQueue for FakeMdnQueue {
+    fn enqueue(
+        &self,
+        request: EnqueueMdnDeliveryRequest,
+    ) -> BoxFuture<'_, Result<EnqueueMdnDeliveryResponse, Status>> {
+        let answer = if self.down.load(Ordering::SeqCst) {
+            Err(Status::unavailable("mdn service is down"))
+        } else {
+            self.enqueued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(request);
+            Ok(EnqueueMdnDeliveryResponse {
+                delivery_id: "d-1".to_owned(),
+                already_enqueued: false,
+            })
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// The sender: answers every MDN with `answer`.
+struct FakeReconciler {
+    answer: fn() -> Result<ReconcileMdnResponse, Status>,
+    calls: AtomicUsize,
+}
+
+impl MdnReconciler for FakeReconciler {
+    fn reconcile(
+        &self,
+        _request: ReconcileMdnRequest,
+    ) -> BoxFuture<'_, Result<ReconcileMdnResponse, Status>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = (self.answer)();
+        Box::pin(async move { answer })
+    }
+}
+
+fn unwrapped() -> UnwrappedMessage {
+    UnwrappedMessage {
+        payload: Payload {
+            content_type: "application/edi-x12".to_owned(),
+            filename: Some("order.edi".to_owned()),
+            data: b"ISA*00*~".to_vec(),
+        },
+        facts: SecurityFacts::default(),
+        mic: ReceivedContentMic {
+            digest: vec![7; 32],
+            algorithm: MicAlgorithm::Sha256,
+        },
+    }
+}
+
+fn unwrap_succeeds(
+    _headers: &As2RequestHeaders,
+    _body: &[u8],
+    _context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage, As2Error> {
+    Ok(unwrapped())
+}
+
+fn unwrap_finds_a_bad_signature(
+    _headers: &As2RequestHeaders,
+    _body: &[u8],
+    _context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage, As2Error> {
+    Err(As2Error::AuthenticationFailed(
+        "the signature does not verify".to_owned(),
+    ))
+}
+
+fn unwrap_panics(
+    _headers: &As2RequestHeaders,
+    _body: &[u8],
+    _context: &UnwrapContext<'_>,
+) -> Result<UnwrappedMessage, As2Error> {
+    panic!("a bug in our unwrap")
+}
+
+fn partnership() -> Partnership {
+    Partnership {
+        id: "p-1".to_owned(),
+        as2_from: "partner".to_owned(),
+        as2_to: "us".to_owned(),
+        kafka_topic: "inbound.p-1".to_owned(),
+        ..Partnership::default()
+    }
+}
+
+struct Edge {
+    processor: InboundProcessor,
+    registry: Arc<FakeRegistry>,
+    sink: Arc<FakeSink>,
+    mdn_service: Arc<FakeMdnQueue>,
+    metrics: Registry,
+}
+
+struct EdgeSetup {
+    partnership: Option<Partnership>,
+    routing_down: bool,
+    mdn_service: bool,
+    reconciler: Option<Arc<FakeReconciler>>,
+    unwrap_message: UnwrapFn,
+}
+
+impl Default for EdgeSetup {
+    fn default() -> Self {
+        Self {
+            partnership: Some(partnership()),
+            routing_down: false,
+            mdn_service: true,
+            reconciler: None,
+            unwrap_message: unwrap_succeeds,
+        }
+    }
+}
+
+fn edge(setup: EdgeSetup) -> Edge {
+    let mut metrics = Registry::default();
+    let edge_metrics = Arc::new(EdgeMetrics::register(&mut metrics));
+    let registry = Arc::new(FakeRegistry {
+        partnership: setup.partnership,
+        down: setup.routing_down,
+        lookups: AtomicUsize::new(0),
+    });
+    let sink = Arc::new(FakeSink::default());
+    let mdn_service = Arc::new(FakeMdnQueue::default());
+    let mut settings = InboundConfig::defaults();
+    settings.retry_after_secs = RETRY_AFTER_SECS;
+    let namespace = KeyNamespace::new("edge-test").expect("a valid namespace");
+    let processor = InboundProcessor {
+        settings,
+        routes: RouteCache::with_registry(
+            registry.clone(),
+            Duration::from_secs(60),
+            edge_metrics.clone(),
+        ),
+        // No keys: the tests ask for unsigned MDNs and decryption is faked.
+        keys: Arc::new(KeyStore::new("/nonexistent/edge-test-keys")),
+        default_decryption_key_id: None,
+        default_signing_key_id: None,
+        dedup: DedupStore::in_memory(namespace, Duration::from_secs(60), Duration::from_secs(600)),
+        publisher: sink.clone(),
+        mdn_delivery: setup
+            .mdn_service
+            .then(|| mdn_service.clone() as Arc<dyn MdnDeliveryQueue>),
+        metrics: edge_metrics,
+        mdn_reconciler: setup
+            .reconciler
+            .map(|reconciler| reconciler as Arc<dyn MdnReconciler>),
+        unwrap_message: setup.unwrap_message,
+    };
+    Edge {
+        processor,
+        registry,
+        sink,
+        mdn_service,
+        metrics,
+    }
+}
+
+impl Edge {
+    fn metric(&self, series: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.metrics)
+            .expect("metrics encode");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn message(extra: &[(&str, &str)]) -> InboundRequest {
+    let mut headers = vec![
+        ("AS2-From", "partner"),
+        ("AS2-To", "us"),
+        ("Message-ID", "<m-1@partner.example>"),
+        (
+            "Content-Type",
+            "application/pkcs7-mime; smime-type=enveloped-data",
+        ),
+    ];
+    headers.extend_from_slice(extra);
+    InboundRequest {
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        body: Bytes::from_static(b"the encrypted message"),
+    }
+}
+
+const SYNC_MDN: (&str, &str) = ("Disposition-Notification-To", "mailto:as2@partner.example");
+const ASYNC_MDN: (&str, &str) = ("Receipt-Delivery-Option", MDN_URL);
+
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer
+        .headers
+        .iter()
+        .find(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+}
+
+fn body(answer: &Answer) -> String {
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
+fn assert_retry_later(answer: &Answer) {
+    assert_eq!(answer.status, 503, "{}", body(answer));
+    assert_eq!(
+        header(answer, "Retry-After"),
+        Some(RETRY_AFTER_SECS.to_string().as_str())
+    );
+}
+
+fn assert_mdn(answer: &Answer, disposition: &str) {
+    assert_eq!(answer.status, 200, "{}", body(answer));
+    let content_type = header(answer, "Content-Type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("multipart/report"),
+        "not an MDN: {content_type}"
+    );
+    assert!(
+        body(answer).contains(disposition),
+        "the MDN does not say {disposition}: {}",
+        body(answer)
+    );
+}
+
+#[tokio::test]
+async fn routing_unavailable_answers_503_with_retry_after_and_publishes_nothing() {
+    let edge = edge(EdgeSetup {
+        routing_down: true,
+        ..EdgeSetup::default()
+    });
+    let answer = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&answer);
+    assert!(body(&answer).contains("partnership registry is unavailable"));
+    assert_eq!(edge.registry.lookups.load(Ordering::SeqCst), 1);
+    assert!(edge.sink.published().is_empty());
+    assert_eq!(
+        edge.metric(r#"as2_edge_messages_total{outcome="unavailable",disposition="none"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_processed_message_is_published_once_and_a_resend_gets_the_same_mdn() {
+    let edge = edge(EdgeSetup::default());
+    let first = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_mdn(&first, "automatic-action/MDN-sent-automatically; processed");
+    assert_eq!(
+        edge.sink.published(),
+        vec![(
+            "inbound.p-1".to_owned(),
+            "p-1".to_owned(),
+            b"ISA*00*~".to_vec()
+        )]
+    );
+    let resend = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_eq!(resend, first);
+    assert_eq!(edge.sink.published().len(), 1);
+    // Cached: the second message did not ask the routing service again.
+    assert_eq!(edge.registry.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        edge.metric(r#"as2_edge_messages_total{outcome="duplicate",disposition="processed"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_processed_message_without_an_mdn_request_is_answered_200_and_published() {
+    let edge = edge(EdgeSetup::default());
+    let answer = edge.processor.process(message(&[])).await;
+    // The receipt is built all the same: it is what a resend gets.
+    assert_eq!(answer.status, 200, "{}", body(&answer));
+    assert_eq!(edge.sink.published().len(), 1);
+}
+
+#[tokio::test]
+async fn mdn_enqueue_failing_answers_503_and_the_resend_hands_it_over_without_publishing_again() {
+    let edge = edge(EdgeSetup::default());
+    edge.mdn_service.down.store(true, Ordering::SeqCst);
+    let first = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_retry_later(&first);
+    assert!(body(&first).contains("MDN service is unavailable"));
+    assert_eq!(edge.sink.published().len(), 1, "published before the MDN");
+
+    edge.mdn_service.down.store(false, Ordering::SeqCst);
+    let resend = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_eq!(resend.status, 200, "{}", body(&resend));
+    assert!(body(&resend).contains("the MDN follows asynchronously"));
+    assert_eq!(
+        edge.sink.published().len(),
+        1,
+        "the resend publishes nothing"
+    );
+    let enqueued = edge.mdn_service.enqueued();
+    assert_eq!(enqueued.len(), 1);
+    assert_eq!(enqueued[0].delivery_url, MDN_URL);
+    assert_eq!(enqueued[0].partnership_id, "p-1");
+    assert_eq!(enqueued[0].original_message_id, "<m-1@partner.example>");
+
+    // Handed over: a third send is answered from the store without the MDN service.
+    edge.mdn_service.down.store(true, Ordering::SeqCst);
+    let third = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_eq!(third, resend);
+    assert_eq!(edge.mdn_service.enqueued().len(), 1);
+}
+
+#[tokio::test]
+async fn an_async_mdn_without_an_mdn_service_answers_503_before_anything_is_published() {
+    let edge = edge(EdgeSetup {
+        mdn_service: false,
+        ..EdgeSetup::default()
+    });
+    let answer = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_retry_later(&answer);
+    assert!(edge.sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn kafka_unavailable_answers_503_and_releases_the_claim_for_the_resend() {
+    let edge = edge(EdgeSetup::default());
+    edge.sink.down.store(true, Ordering::SeqCst);
+    let first = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&first);
+    assert!(body(&first).contains("document store is unavailable"));
+
+    edge.sink.down.store(false, Ordering::SeqCst);
+    let resend = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_mdn(&resend, "processed");
+    assert_eq!(edge.sink.published().len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_message_gets_an_error_mdn_and_nothing_is_published() {
+    let edge = edge(EdgeSetup {
+        unwrap_message: unwrap_finds_a_bad_signature,
+        ..EdgeSetup::default()
+    });
+    let answer = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_mdn(&answer, "processed/error: authentication-failed");
+    assert!(edge.sink.published().is_empty());
+
+    let without_mdn = edge.processor.process(message(&[])).await;
+    assert_eq!(without_mdn.status, 400);
+    assert!(body(&without_mdn).contains("the signature does not verify"));
+    assert_eq!(
+        edge.metric(
+            r#"as2_edge_messages_total{outcome="rejected",disposition="authentication-failed"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_message_asking_for_an_async_mdn_gets_the_error_mdn_enqueued() {
+    let edge = edge(EdgeSetup {
+        unwrap_message: unwrap_finds_a_bad_signature,
+        ..EdgeSetup::default()
+    });
+    let answer = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(body(&answer).contains("error MDN queued"));
+    let enqueued = edge.mdn_service.enqueued();
+    assert_eq!(enqueued.len(), 1);
+    assert!(edge.sink.published().is_empty());
+
+    edge.mdn_service.down.store(true, Ordering::SeqCst);
+    let refused = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_retry_later(&refused);
+}
+
+#[tokio::test]
+async fn an_unknown_partner_gets_the_error_mdn_in_the_response_even_when_async_is_asked() {
+    let edge = edge(EdgeSetup {
+        partnership: None,
+        ..EdgeSetup::default()
+    });
+    let answer = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_mdn(&answer, "processed/error: unknown-trading-partner");
+    assert!(edge.mdn_service.enqueued().is_empty());
+    assert!(edge.sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn missing_as2_headers_answer_400_without_asking_anyone() {
+    let edge = edge(EdgeSetup::default());
+    let mut request = message(&[SYNC_MDN]);
+    request
+        .headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("AS2-From"));
+    let answer = edge.processor.process(request).await;
+    assert_eq!(answer.status, 400);
+    assert!(body(&answer).contains("AS2-From"));
+    assert_eq!(edge.registry.lookups.load(Ordering::SeqCst), 0);
+}
+
+fn partner_mdn() -> InboundRequest {
+    InboundRequest {
+        headers: vec![
+            ("AS2-From".to_owned(), "partner".to_owned()),
+            ("AS2-To".to_owned(), "us".to_owned()),
+            (
+                "Content-Type".to_owned(),
+                "multipart/report; report-type=disposition-notification; boundary=b".to_owned(),
+            ),
+        ],
+        body: Bytes::from_static(b"--b--\r\n"),
+    }
+}
+
+#[tokio::test]
+async fn partner_mdns_go_to_the_sender() {
+    let reconciler = Arc::new(FakeReconciler {
+        answer: || Ok(ReconcileMdnResponse::default()),
+        calls: AtomicUsize::new(0),
+    });
+    let edge_with_sender = edge(EdgeSetup {
+        reconciler: Some(reconciler.clone()),
+        ..EdgeSetup::default()
+    });
+    let answer = edge_with_sender.processor.process(partner_mdn()).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(reconciler.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(edge_with_sender.registry.lookups.load(Ordering::SeqCst), 0);
+
+    let not_awaited = Arc::new(FakeReconciler {
+        answer: || Err(Status::not_found("no message awaits this MDN")),
+        calls: AtomicUsize::new(0),
+    });
+    let edge_not_awaited = edge(EdgeSetup {
+        reconciler: Some(not_awaited),
+        ..EdgeSetup::default()
+    });
+    assert_eq!(
+        edge_not_awaited
+            .processor
+            .process(partner_mdn())
+            .await
+            .status,
+        404
+    );
+
+    let sender_down = Arc::new(FakeReconciler {
+        answer: || Err(Status::unavailable("sender is down")),
+        calls: AtomicUsize::new(0),
+    });
+    let edge_sender_down = edge(EdgeSetup {
+        reconciler: Some(sender_down),
+        ..EdgeSetup::default()
+    });
+    assert_retry_later(&edge_sender_down.processor.process(partner_mdn()).await);
+
+    let edge_without_sender = edge(EdgeSetup::default());
+    assert_retry_later(&edge_without_sender.processor.process(partner_mdn()).await);
+}
+
+#[tokio::test]
+async fn a_panic_in_our_unwrap_answers_503_with_retry_after_not_an_error_mdn() {
+    let edge = edge(EdgeSetup {
+        unwrap_message: unwrap_panics,
+        ..EdgeSetup::default()
+    });
+    let answer = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&answer);
+    assert!(body(&answer).contains("internal failure while unwrapping"));
+    assert!(!body(&answer).contains("processed/error"));
+    assert!(edge.sink.published().is_empty());
+    assert_eq!(
+        edge.metric(r#"as2_edge_messages_total{outcome="unavailable",disposition="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        edge.metric(
+            r#"as2_edge_messages_total{outcome="rejected",disposition="unexpected-processing-error"}"#
+        ),
+        0.0
+    );
+
+    // Not claimed: once the bug is gone, the resend is processed.
+    let fixed = Edge {
+        processor: InboundProcessor {
+            unwrap_message: unwrap_succeeds,
+            ..edge.processor
+        },
+        ..edge
+    };
+    let resend = fixed.processor.process(message(&[SYNC_MDN])).await;
+    assert_mdn(&resend, "processed");
+    assert_eq!(fixed.sink.published().len(), 1);
+}
