@@ -38,7 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, serve_admin};
-use crate::config::ShutdownConfig;
+use crate::config::{AdminServerConfig, GrpcServerConfig, ShutdownConfig};
 use crate::grpc::GrpcRouter;
 use crate::health::{Health, HealthServer};
 use crate::shutdown::Readiness;
@@ -48,6 +48,36 @@ pub async fn bind(address: SocketAddr, purpose: &str) -> anyhow::Result<TcpListe
     TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen for {purpose} on {address}"))
+}
+
+/// The two listeners of a gRPC service, bound before it serves: its API and its admin
+/// endpoints.
+#[derive(Debug)]
+pub struct GrpcListeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl GrpcListeners {
+    /// Binds both (port 0 allowed).
+    pub async fn bind(grpc: &GrpcServerConfig, admin: &AdminServerConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: bind(grpc.grpc_listen, "grpc").await?,
+            admin: bind(admin.http_listen, "http").await?,
+        })
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The address the admin HTTP server listens on.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
 }
 
 /// One step of the drain, in the order [`Runtime::serve`] takes them.

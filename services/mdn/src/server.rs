@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
-use as2_common::runtime::{self, Runtime};
+use as2_common::runtime::{GrpcListeners, Runtime};
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
-use tokio::net::TcpListener;
 
 use crate::config::MdnConfig;
 use crate::metrics::MdnMetrics;
@@ -29,8 +28,7 @@ const EVENT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// ports (port 0).
 pub struct MdnServer {
     config: MdnConfig,
-    grpc_listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: GrpcListeners,
     store: DeliveryStore,
 }
 
@@ -65,24 +63,22 @@ impl MdnServer {
                 DeliveryStore::in_memory(namespace, status_ttl_secs)
             }
         };
-        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
-        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
+        let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             store,
         })
     }
 
     /// The address the gRPC server listens on.
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc_listener.local_addr()
+        self.listeners.grpc_addr()
     }
 
     /// The address the admin HTTP server listens on.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin_listener.local_addr()
+        self.listeners.admin_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in the runtime's order
@@ -93,16 +89,14 @@ impl MdnServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             store,
         } = self;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
+        let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
 
         let mut registry = Registry::default();
         let metrics = MdnMetrics::register(&mut registry);
-        let mut runtime = Runtime::start("mdn", admin_listener, registry, &config.shutdown);
+        let mut runtime = Runtime::start("mdn", listeners.admin, registry, &config.shutdown);
 
         let delivery = &config.delivery;
         store
@@ -146,7 +140,7 @@ impl MdnServer {
             grpc::server()
                 .add_service(health_service)
                 .add_service(MdnDeliveryServiceServer::new(api)),
-            grpc_listener,
+            listeners.grpc,
         );
         runtime.on_drain_flush("status events", move || events.flush(EVENT_FLUSH_TIMEOUT));
         tracing::info!(

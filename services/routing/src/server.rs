@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
-use as2_common::runtime::{self, Runtime};
+use as2_common::runtime::{GrpcListeners, Runtime};
 use as2_rpc::routing::v1::routing_service_server::{RoutingServiceServer, SERVICE_NAME};
-use tokio::net::TcpListener;
 
 use crate::config::RoutingConfig;
 use crate::events::EventHub;
@@ -28,8 +27,7 @@ const EVENT_SUBSCRIPTION_WAIT: Duration = Duration::from_secs(5);
 /// the actual ports (port 0).
 pub struct RoutingServer {
     config: RoutingConfig,
-    grpc_listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: GrpcListeners,
     state: StateBackend,
 }
 
@@ -40,24 +38,22 @@ impl RoutingServer {
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
-        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
-        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
+        let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             state,
         })
     }
 
     /// The address the gRPC server listens on.
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc_listener.local_addr()
+        self.listeners.grpc_addr()
     }
 
     /// The address the admin HTTP server listens on.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin_listener.local_addr()
+        self.listeners.admin_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in the runtime's order
@@ -68,16 +64,14 @@ impl RoutingServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             state,
         } = self;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
+        let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
 
         let mut registry = Registry::default();
         let metrics = RoutingMetrics::register(&mut registry);
-        let mut runtime = Runtime::start("routing", admin_listener, registry, &config.shutdown);
+        let mut runtime = Runtime::start("routing", listeners.admin, registry, &config.shutdown);
 
         let (store, events) = match &state {
             StateBackend::Redis(redis) => {
@@ -131,7 +125,7 @@ impl RoutingServer {
             grpc::server()
                 .add_service(health_service)
                 .add_service(RoutingServiceServer::new(api)),
-            grpc_listener,
+            listeners.grpc,
         );
         tracing::info!(
             %grpc_addr,

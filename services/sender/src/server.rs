@@ -8,11 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use as2_common::grpc::{self, ChannelSettings};
 use as2_common::prometheus_client::registry::Registry;
-use as2_common::runtime::{self, Runtime};
+use as2_common::runtime::{GrpcListeners, Runtime};
 use as2_edge::keys::KeyStore;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SenderConfig;
@@ -30,8 +29,7 @@ const RECEIPT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A sender with its listeners bound and Redis connected, not yet serving.
 pub struct SenderServer {
     config: SenderConfig,
-    grpc_listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: GrpcListeners,
     redis: as2_common::redis::Redis,
 }
 
@@ -46,24 +44,22 @@ impl SenderServer {
         let redis = as2_common::redis::connect(&config.redis)
             .await
             .context("redis setup failed")?;
-        let grpc_listener = runtime::bind(config.grpc.grpc_listen, "grpc").await?;
-        let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
+        let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
         Ok(Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             redis,
         })
     }
 
     /// The address the gRPC server listens on.
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc_listener.local_addr()
+        self.listeners.grpc_addr()
     }
 
     /// The address the admin HTTP server listens on.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin_listener.local_addr()
+        self.listeners.admin_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in the runtime's order
@@ -74,16 +70,14 @@ impl SenderServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             config,
-            grpc_listener,
-            admin_listener,
+            listeners,
             redis,
         } = self;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
+        let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
 
         let mut registry = Registry::default();
         let metrics = SenderMetrics::register(&mut registry);
-        let mut runtime = Runtime::start("sender", admin_listener, registry, &config.shutdown);
+        let mut runtime = Runtime::start("sender", listeners.admin, registry, &config.shutdown);
 
         let sending = &config.sending;
         let routing_channel =
@@ -134,7 +128,7 @@ impl SenderServer {
             grpc::server()
                 .add_service(health_service)
                 .add_service(OutboundServiceServer::new(OutboundApi::new(sender))),
-            grpc_listener,
+            listeners.grpc,
         );
         runtime.on_drain_flush("receipts", move || receipts.flush(RECEIPT_FLUSH_TIMEOUT));
         tracing::info!(
