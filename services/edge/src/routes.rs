@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{CertificateUsage, Partnership, PartnershipEventKind};
 use as2_rpc::tonic::Status;
-use as2_rpc::tonic::transport::Endpoint;
 use futures::TryStreamExt as _;
 use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
@@ -90,11 +89,12 @@ impl RouteCache {
         routing_url: &str,
         ttl: Duration,
         metrics: Arc<EdgeMetrics>,
-    ) -> Result<Arc<Self>, as2_rpc::tonic::transport::Error> {
-        let channel = Endpoint::from_shared(routing_url.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+    ) -> Result<Arc<Self>, as2_common::grpc::ChannelError> {
+        let channel = as2_common::grpc::channel(
+            "routing",
+            routing_url,
+            as2_common::grpc::ChannelSettings::default(),
+        )?;
         Ok(Self::with_registry(
             Arc::new(RoutingServiceClient::new(channel)),
             ttl,

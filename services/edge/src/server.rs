@@ -85,8 +85,7 @@ impl EdgeServer {
             &config.routing_url,
             Duration::from_secs(inbound.route_cache_ttl_secs),
             metrics.clone(),
-        )
-        .with_context(|| format!("invalid routing url {}", config.routing_url))?;
+        )?;
         let following = routes.clone();
         runtime.spawn_background("partnership change watch", move |stop| async move {
             following.follow_changes(stop).await;
