@@ -10,7 +10,8 @@ use as2_common::admin::{AdminState, serve_admin};
 use as2_common::health::GrpcHealth;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::shutdown::Readiness;
-use as2_edge::keys::KeyStore;
+use as2_partner::keys::KeyStore;
+use as2_partner::transport::PartnerTransport;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
 use as2_rpc::tonic::transport::{Endpoint, Server};
@@ -25,7 +26,6 @@ use crate::outbound::{Backoff, OutboundSender, SenderSettings};
 use crate::receipts::ReceiptPublisher;
 use crate::service::OutboundApi;
 use crate::store::MessageStore;
-use crate::transport::PartnerTransport;
 
 /// How long receipts get to be acknowledged when the service stops.
 const RECEIPT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
