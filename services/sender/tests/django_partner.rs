@@ -12,7 +12,7 @@ use std::time::Duration;
 use as2_rpc::routing::v1::{
     Compression, EncryptionCipher, MdnMode, OutboundSettings, SigningDigest,
 };
-use support::edge::KeyMaterial;
+use support::KeyMaterial;
 use support::{DjangoPartner, OutboundStack, RunningSender, eventually, signed_encrypted_sync};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
