@@ -169,6 +169,29 @@ pub fn message_parts(built: &serde_json::Value) -> (Vec<(String, String)>, Vec<u
     (headers, body)
 }
 
+/// The `mic` field of a message an interop script built or parsed: its text, or `None`
+/// when the field is null. A missing field fails the test, so a MIC check cannot vanish
+/// when a script stops printing it; so does a null one when `required` (pyas2lib
+/// computes a MIC for every message it signs).
+///
+/// # Panics
+///
+/// When the field is missing, not text or null, or null though `required`.
+pub fn interop_mic(message: &serde_json::Value, required: bool) -> Option<&str> {
+    let field = message
+        .get("mic")
+        .unwrap_or_else(|| panic!("the interop script printed no mic field: {message}"));
+    if field.is_null() {
+        assert!(!required, "the interop script computed no MIC: {message}");
+        return None;
+    }
+    Some(
+        field
+            .as_str()
+            .unwrap_or_else(|| panic!("the mic field is not text: {message}")),
+    )
+}
+
 /// A random number (for unique names: consumer groups, key prefixes).
 pub fn random_u32() -> u32 {
     let mut bytes = [0_u8; 4];
