@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 /// Every service library has `XServer::bind(config)` then `serve(shutdown)`; a test binds
 /// (to learn the ports) and hands the serving to this:
 ///
-/// ```ignore
+/// ```text
 /// let server = RoutingServer::bind(config).await?;
 /// let url = format!("http://{}", server.grpc_addr()?);
 /// let routing = RunningService::spawn(|shutdown| server.serve(shutdown));
