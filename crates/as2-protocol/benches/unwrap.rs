@@ -12,35 +12,19 @@ use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mdn::{self, MdnReport, MdnToSend};
 use as2_protocol::outbound::{self, Encryption, OutboundMessage, Signing};
 use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
+use as2_testkit::certificates::TestCertificate;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use openssl::asn1::Asn1Time;
 use openssl::encrypt::{Decrypter, Encrypter};
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::rsa::{Padding, Rsa};
 use openssl::sign::{Signer, Verifier};
-use openssl::x509::{X509, X509NameBuilder};
 
 fn identity(name: &str) -> Identity {
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut subject = X509NameBuilder::new().unwrap();
-    subject.append_entry_by_text("CN", name).unwrap();
-    let subject = subject.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&subject).unwrap();
-    builder.set_issuer_name(&subject).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
+    let material = TestCertificate::new(name).valid_days(0, 30).generate();
     Identity {
-        key,
-        certificate: builder.build(),
+        key: material.key,
+        certificate: material.certificate,
     }
 }
 

@@ -14,11 +14,7 @@ use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mdn::{self, MdnReport, MdnToSend};
 use as2_protocol::outbound::{self, CompressionOrder, Encryption, OutboundMessage, Signing};
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
-use openssl::x509::{X509, X509NameBuilder};
+use as2_testkit::certificates::TestCertificate;
 
 /// Selector bytes of the unwrap target's Content-Type table.
 const ENVELOPED: u8 = 0;
@@ -29,21 +25,10 @@ const PLAIN: u8 = 6;
 const REPORT: u8 = 7;
 
 fn identity(name: &str) -> Result<Identity, Box<dyn Error>> {
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let mut subject = X509NameBuilder::new()?;
-    subject.append_entry_by_text("CN", name)?;
-    let subject = subject.build();
-    let mut builder = X509::builder()?;
-    builder.set_subject_name(&subject)?;
-    builder.set_issuer_name(&subject)?;
-    builder.set_pubkey(&key)?;
-    let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(30)?);
-    builder.set_not_before(&not_before)?;
-    builder.set_not_after(&not_after)?;
-    builder.sign(&key, MessageDigest::sha256())?;
+    let material = TestCertificate::new(name).valid_days(0, 30).generate();
     Ok(Identity {
-        key,
-        certificate: builder.build(),
+        key: material.key,
+        certificate: material.certificate,
     })
 }
 

@@ -24,13 +24,10 @@ use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, b
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{CreatePartnershipRequest, PartnerCertificate, Partnership};
 use as2_system_tests::otlp_sink::{ReceivedSpan, RunningSink};
+use as2_testkit::certificates::TestCertificate;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
-use openssl::x509::{X509, X509Name};
+use openssl::x509::X509;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers as _, Message as _};
@@ -93,26 +90,10 @@ fn loopback() -> SocketAddr {
 
 /// A key and self-signed certificate valid for `days`.
 fn key_and_certificate(common_name: &str, days: u32) -> (String, String) {
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = X509Name::builder().unwrap();
-    name.append_entry_by_text("CN", common_name).unwrap();
-    let name = name.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(days).unwrap())
-        .unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
-    (
-        String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-        String::from_utf8(builder.build().to_pem().unwrap()).unwrap(),
-    )
+    let material = TestCertificate::new(common_name)
+        .valid_days(0, i64::from(days))
+        .generate();
+    (material.key_pem, material.cert_pem)
 }
 
 /// Accepts async MDNs with 200 and counts them.

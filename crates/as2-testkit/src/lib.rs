@@ -6,12 +6,16 @@
 //! dependency is missing the helpers panic with a message that names the command
 //! which installs it (`tests/run`, the README's test command).
 //!
-//! The helpers are synchronous (std only) so that both plain and `#[tokio::test]`
-//! tests can use them.
+//! The helpers are synchronous (std and OpenSSL only) so that both plain and
+//! `#[tokio::test]` tests can use them. Test keys and certificates come from
+//! [`certificates`].
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stderr)]
 
+pub mod certificates;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod process;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -122,6 +126,75 @@ pub fn interop_script(script: &str, command: &str, input: &[u8]) -> Vec<u8> {
     );
     written.unwrap_or_else(|error| panic!("writing to {script} {command}: {error}"));
     output.stdout
+}
+
+/// Runs `tests/interop/<script> <command>` ([`interop_script`]) with `input` as JSON and
+/// parses its output as JSON.
+///
+/// # Panics
+///
+/// As [`interop_script`] does, and when the output is not JSON.
+pub fn interop_json(script: &str, command: &str, input: &serde_json::Value) -> serde_json::Value {
+    let input = serde_json::to_vec(input).expect("a json value serialises");
+    let output = interop_script(script, command, &input);
+    serde_json::from_slice(&output)
+        .unwrap_or_else(|error| panic!("{script} {command} printed no json: {error}"))
+}
+
+/// Headers and body of an AS2 message an interop script built (`headers`: a list of
+/// `[name, value]` pairs, `body_b64`: the body, base64).
+///
+/// # Panics
+///
+/// When `built` does not have that shape.
+pub fn message_parts(built: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
+    use base64::Engine as _;
+    let text = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("expected text in {built}"))
+            .to_owned()
+    };
+    let headers = built["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no headers in {built}"))
+        .iter()
+        .map(|pair| (text(&pair[0]), text(&pair[1])))
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(text(&built["body_b64"]))
+        .expect("body_b64 is base64");
+    (headers, body)
+}
+
+/// The `mic` field of a message an interop script built or parsed: its text, or `None`
+/// when the field is null. A missing field fails the test, so a MIC check cannot vanish
+/// when a script stops printing it; so does a null one when `required` (pyas2lib
+/// computes a MIC for every message it signs).
+///
+/// # Panics
+///
+/// When the field is missing, not text or null, or null though `required`.
+pub fn interop_mic(message: &serde_json::Value, required: bool) -> Option<&str> {
+    let field = message
+        .get("mic")
+        .unwrap_or_else(|| panic!("the interop script printed no mic field: {message}"));
+    if field.is_null() {
+        assert!(!required, "the interop script computed no MIC: {message}");
+        return None;
+    }
+    Some(
+        field
+            .as_str()
+            .unwrap_or_else(|| panic!("the mic field is not text: {message}")),
+    )
+}
+
+/// A random number (for unique names: consumer groups, key prefixes).
+pub fn random_u32() -> u32 {
+    let mut bytes = [0_u8; 4];
+    openssl::rand::rand_bytes(&mut bytes).expect("openssl's random generator works");
+    u32::from_le_bytes(bytes) >> 1
 }
 
 /// The Tansu broker binary.

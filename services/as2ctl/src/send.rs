@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use as2_partner::algorithms::{compression_order, content_cipher, mic_algorithm};
+use as2_partner::transport::PartnerTransport;
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::ReceiptDeliveryOption;
 use as2_protocol::mdn::{MdnVerification, ParsedMdn, parse_mdn};
@@ -14,7 +16,7 @@ use as2_protocol::outbound::{
     CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing, build_message,
 };
 use as2_protocol::{As2Id, MessageId, MicAlgorithm, ReceivedContentMic};
-use as2_sender::transport::PartnerTransport;
+use as2_rpc::routing::v1::{Compression, EncryptionCipher, SigningDigest};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -25,7 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::cli::{CipherArg, CompressionArg, DigestArg, MdnModeArg, SendArgs};
+use crate::cli::{CompressionArg, MdnModeArg, SendArgs};
 use crate::commands::CtlError;
 
 /// Largest asynchronous MDN accepted.
@@ -360,14 +362,10 @@ impl Plan {
             as2_to,
             payload,
             signer,
-            digest: digest(args.digest),
+            digest: mic_algorithm(SigningDigest::from(args.digest)),
             recipient,
-            cipher: cipher(args.cipher),
-            compression: match args.compress {
-                CompressionArg::None => None,
-                CompressionArg::BeforeSigning => Some(CompressionOrder::BeforeSigning),
-                CompressionArg::AfterSigning => Some(CompressionOrder::AfterSigning),
-            },
+            cipher: content_cipher(EncryptionCipher::from(args.cipher)),
+            compression: compression_order(Compression::from(args.compress)),
             mdn_certificates,
         })
     }
@@ -388,28 +386,6 @@ fn load_certificate(path: &Path) -> Result<X509, CtlError> {
                 path.display()
             ))
         })
-}
-
-fn digest(digest: DigestArg) -> MicAlgorithm {
-    match digest {
-        DigestArg::Md5 => MicAlgorithm::Md5,
-        DigestArg::Sha1 => MicAlgorithm::Sha1,
-        DigestArg::Sha224 => MicAlgorithm::Sha224,
-        DigestArg::Sha256 => MicAlgorithm::Sha256,
-        DigestArg::Sha384 => MicAlgorithm::Sha384,
-        DigestArg::Sha512 => MicAlgorithm::Sha512,
-    }
-}
-
-fn cipher(cipher: CipherArg) -> ContentCipher {
-    match cipher {
-        CipherArg::DesEde3Cbc => ContentCipher::TripleDesCbc,
-        CipherArg::Aes128Cbc => ContentCipher::Aes128Cbc,
-        CipherArg::Aes192Cbc => ContentCipher::Aes192Cbc,
-        CipherArg::Aes256Cbc => ContentCipher::Aes256Cbc,
-        CipherArg::Aes128Gcm => ContentCipher::Aes128Gcm,
-        CipherArg::Aes256Gcm => ContentCipher::Aes256Gcm,
-    }
 }
 
 /// A local HTTP endpoint the partner POSTs the asynchronous MDN to.

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use as2_routing::testing::{TestCertificate, certificate_der, certificate_pem};
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_testkit::RedisServer;
+use as2_testkit::certificates::{TestCertificate, certificate_der, certificate_pem};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
-use as2_rpc::routing::v1::{CertificateUsage, Partnership, PartnershipEventKind};
+use as2_rpc::routing::v1::{Partnership, PartnershipEventKind};
 use as2_rpc::tonic::Status;
 use futures::TryStreamExt as _;
 use openssl::x509::X509;
@@ -42,22 +42,11 @@ pub struct Route {
 }
 
 impl Route {
-    /// Parses the partnership's certificates. The routing service validated them when
-    /// they were stored, so one that fails here is skipped with a warning rather than
-    /// failing every message of the partnership.
+    /// Parses the partnership's signing certificates
+    /// ([`as2_partner::certificates::signing_certificates`]: one that does not parse is
+    /// skipped with a warning).
     pub fn new(partnership: Partnership) -> Self {
-        let signing_certificates = partnership
-            .partner_certificates
-            .iter()
-            .filter(|certificate| certificate.usage() != CertificateUsage::Encryption)
-            .filter_map(|certificate| match X509::from_pem(certificate.pem.as_bytes()) {
-                Ok(parsed) => Some(parsed),
-                Err(error) => {
-                    tracing::warn!(partnership = %partnership.id, fingerprint = %certificate.sha256_fingerprint, %error, "skipping unparsable partner certificate");
-                    None
-                }
-            })
-            .collect();
+        let signing_certificates = as2_partner::certificates::signing_certificates(&partnership);
         Self {
             partnership,
             signing_certificates,

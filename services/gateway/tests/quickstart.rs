@@ -386,7 +386,7 @@ async fn the_readme_quick_start_receives_from_as2ctl_and_pyas2lib() {
         })
         .collect();
     let body = b64.decode(built["body_b64"].as_str().unwrap()).unwrap();
-    let transport = as2_sender::transport::PartnerTransport::new(None).unwrap();
+    let transport = as2_partner::transport::PartnerTransport::new(None).unwrap();
     let response = transport
         .post(&as2_url, &headers, &body, Duration::from_secs(30))
         .await

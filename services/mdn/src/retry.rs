@@ -1,6 +1,10 @@
-//! When to try again: exponential backoff with jitter, bounded by attempts and age.
+//! When to try again: exponential backoff with jitter ([`as2_partner::retry`]), bounded
+//! by attempts and age.
 
 use std::time::Duration;
+
+use as2_partner::retry::Backoff;
+pub use as2_partner::retry::random_jitter;
 
 use crate::config::DeliveryConfig;
 
@@ -11,10 +15,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// How long after the enqueue attempts may still start.
     pub max_age: Duration,
-    /// Delay before the second attempt.
-    pub initial_backoff: Duration,
-    /// Longest delay.
-    pub max_backoff: Duration,
+    /// Delays between attempts.
+    pub backoff: Backoff,
 }
 
 /// What follows a failed attempt.
@@ -32,20 +34,11 @@ impl RetryPolicy {
         Self {
             max_attempts: config.max_attempts.max(1),
             max_age: Duration::from_secs(config.max_age_secs),
-            initial_backoff: Duration::from_millis(config.initial_backoff_ms),
-            max_backoff: Duration::from_millis(
-                config.max_backoff_ms.max(config.initial_backoff_ms),
-            ),
+            backoff: Backoff {
+                initial: Duration::from_millis(config.initial_backoff_ms),
+                max: Duration::from_millis(config.max_backoff_ms.max(config.initial_backoff_ms)),
+            },
         }
-    }
-
-    /// The delay after attempt number `attempts` (1-based) failed, before jitter:
-    /// `initial * 2^(attempts - 1)`, at most `max_backoff`.
-    pub fn base_delay(&self, attempts: u32) -> Duration {
-        let doublings = attempts.saturating_sub(1).min(32);
-        self.initial_backoff
-            .saturating_mul(1_u32 << doublings.min(31))
-            .min(self.max_backoff)
     }
 
     /// What follows when attempt number `attempts` failed at `now_ms` for a delivery
@@ -62,9 +55,7 @@ impl RetryPolicy {
         if attempts >= self.max_attempts {
             return NextStep::GiveUp;
         }
-        let base = self.base_delay(attempts);
-        let jitter = jitter.clamp(0.0, 1.0);
-        let delay = base.mul_f64(0.5 + 0.5 * jitter);
+        let delay = self.backoff.delay(attempts, jitter);
         let due_ms = now_ms.saturating_add(millis(delay));
         let deadline_ms = enqueued_at_ms.saturating_add(millis(self.max_age));
         if due_ms > deadline_ms {
@@ -83,15 +74,6 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A random number in `[0, 1)` from OpenSSL's generator (0.5 should it fail).
-pub fn random_jitter() -> f64 {
-    let mut bytes = [0_u8; 4];
-    if openssl::rand::rand_bytes(&mut bytes).is_err() {
-        return 0.5;
-    }
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,19 +82,11 @@ mod tests {
         RetryPolicy {
             max_attempts: 5,
             max_age: Duration::from_secs(3600),
-            initial_backoff: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(60),
+            backoff: Backoff {
+                initial: Duration::from_secs(10),
+                max: Duration::from_secs(60),
+            },
         }
-    }
-
-    #[test]
-    fn delays_double_up_to_the_maximum() {
-        let policy = policy();
-        assert_eq!(policy.base_delay(1), Duration::from_secs(10));
-        assert_eq!(policy.base_delay(2), Duration::from_secs(20));
-        assert_eq!(policy.base_delay(3), Duration::from_secs(40));
-        assert_eq!(policy.base_delay(4), Duration::from_secs(60));
-        assert_eq!(policy.base_delay(400), Duration::from_secs(60));
     }
 
     #[test]
@@ -126,10 +100,6 @@ mod tests {
             policy.after_failure(1, 0, 1_000, 0.999_999),
             NextStep::RetryAt(10_999)
         );
-        for _ in 0..100 {
-            let jitter = random_jitter();
-            assert!((0.0..1.0).contains(&jitter));
-        }
     }
 
     #[test]

@@ -3,30 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_openssl::client::legacy::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use openssl::ssl::{SslConnector, SslMethod};
+pub use as2_partner::transport::TransportSetupError;
+use as2_partner::transport::{PartnerTransport, SendError, TransportLimits};
 
 use crate::job::PreparedMdn;
 
 /// Most of a partner's response body that is read (and then discarded).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// How long idle connections to partners are kept for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest error text that is recorded.
-const MAX_ERROR_CHARS: usize = 300;
-
-/// Why the HTTP client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportSetupError {
-    /// OpenSSL refused the TLS setup (for example an unreadable CA file).
-    #[error("tls setup failed: {0}")]
-    Tls(#[from] openssl::error::ErrorStack),
-}
 
 /// How one attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,84 +73,52 @@ impl AttemptOutcome {
     }
 }
 
-/// Posts MDNs over HTTP/1.1, plain or TLS (OpenSSL, the system's CA certificates plus
-/// an optional extra CA file). Cheap to clone; connections are pooled.
+/// Posts MDNs over HTTP/1.1, plain or TLS ([`PartnerTransport`]: OpenSSL, the system's
+/// CA certificates plus an optional extra CA file). Cheap to clone; connections are
+/// pooled.
 #[derive(Clone)]
 pub struct MdnTransport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    transport: PartnerTransport,
     attempt_timeout: Duration,
 }
 
 impl MdnTransport {
-    /// A transport whose attempts give up after `attempt_timeout`.
+    /// A transport whose attempts (the connect included) give up after
+    /// `attempt_timeout`.
     pub fn new(
         attempt_timeout: Duration,
         extra_ca_file: Option<&Path>,
     ) -> Result<Self, TransportSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(attempt_timeout));
-        http.set_nodelay(true);
-        let mut tls = SslConnector::builder(SslMethod::tls_client())?;
-        if let Some(file) = extra_ca_file {
-            tls.set_ca_file(file)?;
-        }
-        let connector = HttpsConnector::with_connector(http, tls)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+        let limits = TransportLimits {
+            connect_timeout: attempt_timeout,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+        };
         Ok(Self {
-            client,
+            transport: PartnerTransport::with_limits(limits, extra_ca_file)?,
             attempt_timeout,
         })
     }
 
     /// POSTs `mdn` to `url` and reports how it went; never fails otherwise.
     pub async fn post(&self, url: &str, mdn: &PreparedMdn) -> AttemptOutcome {
-        let mut request = http::Request::post(url);
-        for (name, value) in &mdn.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let request = match request.body(Full::new(Bytes::copy_from_slice(&mdn.body))) {
-            Ok(request) => request,
-            Err(error) => {
-                return AttemptOutcome::NoResponse {
-                    error: bounded(format!("cannot build the request: {error}")),
-                };
-            }
-        };
-        let exchange =
-            async {
-                let response = self.client.request(request).await.map_err(|error| {
-                    AttemptOutcome::NoResponse {
-                        error: bounded(as2_common::error_chain(&error)),
-                    }
-                })?;
-                let status = response.status();
-                // Read (a bounded part of) the body so the connection can be reused.
-                let _ = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                    .collect()
-                    .await;
-                Ok::<_, AttemptOutcome>(status)
-            };
-        match tokio::time::timeout(self.attempt_timeout, exchange).await {
-            Err(_elapsed) => AttemptOutcome::TimedOut,
-            Ok(Err(outcome)) => outcome,
-            Ok(Ok(status)) if status.is_success() => AttemptOutcome::Accepted {
+        let answer = self
+            .transport
+            .post_for_status(url, &mdn.headers, &mdn.body, self.attempt_timeout)
+            .await;
+        match answer {
+            Ok(status) if status.is_success() => AttemptOutcome::Accepted {
                 status: status.as_u16(),
             },
-            Ok(Ok(status)) => AttemptOutcome::Refused {
+            Ok(status) => AttemptOutcome::Refused {
                 status: status.as_u16(),
             },
+            Err(SendError::Timeout(_)) => AttemptOutcome::TimedOut,
+            Err(error @ SendError::Request(_)) => AttemptOutcome::NoResponse {
+                error: as2_partner::transport::bounded(error.to_string()),
+            },
+            Err(SendError::Connection(error)) => AttemptOutcome::NoResponse { error },
         }
     }
-}
-
-fn bounded(text: String) -> String {
-    if text.chars().count() <= MAX_ERROR_CHARS {
-        return text;
-    }
-    text.chars().take(MAX_ERROR_CHARS).collect()
 }
 
 #[cfg(test)]
@@ -183,7 +134,6 @@ mod tests {
             "the partner answered 500 Internal Server Error"
         );
         assert_eq!(AttemptOutcome::TimedOut.http_status(), 0);
-        assert_eq!(bounded("x".repeat(1000)).len(), MAX_ERROR_CHARS);
     }
 
     #[tokio::test]

@@ -158,8 +158,12 @@ async fn a_receiver_that_is_down_for_a_while_gets_the_mdn_when_it_is_up(redis_ur
     let port = as2_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}/mdn");
     let id = support::enqueue(&mut client, enqueue_request("later", &url)).await;
-    // Let a few attempts fail against the closed port.
-    let failing = wait_for_status(&mut client, &id, WAIT, |current| current.attempts >= 3).await;
+    // Let a few attempts fail against the closed port; the third one has finished (a
+    // retry is scheduled) before the receiver starts, or it could be the one to deliver.
+    let failing = wait_for_status(&mut client, &id, WAIT, |current| {
+        current.attempts >= 3 && current.state == DeliveryState::RetryScheduled as i32
+    })
+    .await;
     assert_eq!(failing.last_http_status, 0);
     assert!(!failing.last_error.is_empty());
     let receiver = Receiver::start_on_port(port).await;

@@ -5,22 +5,35 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../edge/tests/support/mod.rs"]
-mod edge_stack;
 mod support;
 
+use as2_common::runtime::ServiceHandle;
 use std::time::Duration;
 
+use as2_edge::{EdgeConfig, EdgeServer};
+use as2_partner::transport::PartnerTransport;
 use as2_protocol::mdn::{MdnVerification, parse_mdn};
+use as2_routing::{RoutingConfig, RoutingServer};
 use as2_rpc::mdn::v1::{DeliveryState, ListDeliveriesRequest};
-use base64::Engine as _;
-use edge_stack::{
-    GATEWAY_KEY_ID, KeyMaterial, PARTNER_ID, RunningEdge, RunningRouting, Stack, edge_config,
-    message_parts, post, python,
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{
+    CreatePartnershipRequest, InteropSwitches, MdnPreferences, PartnerCertificate, Partnership,
+    SecurityPolicy,
 };
+use as2_testkit::certificates::KeyMaterial;
+use as2_testkit::{interop_json as python, message_parts};
+use base64::Engine as _;
+use clap::Parser as _;
 use openssl::x509::X509;
 use serde_json::json;
 use support::{Receiver, RunningMdn, fast_config};
+
+/// Our AS2 id.
+const GATEWAY_ID: &str = "as2-gateway";
+/// The pyas2lib partner's AS2 id.
+const PARTNER_ID: &str = "pyas2lib partner";
+/// Our key id.
+const GATEWAY_KEY_ID: &str = "gateway-key";
 
 struct Case {
     name: &'static str,
@@ -55,40 +68,76 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let redis = as2_testkit::RedisServer::start();
     let broker = as2_testkit::KafkaBroker::start();
-    let routing = RunningRouting::start(&redis.url(), "e2e").await;
+    let routing_server = RoutingServer::bind(RoutingConfig::local(redis.url(), "e2e"))
+        .await
+        .unwrap();
+    let routing_url = format!("http://{}", routing_server.grpc_addr().unwrap());
+    let routing = ServiceHandle::spawn("routing", |stop| routing_server.serve(stop));
     let mdn_service = RunningMdn::start(fast_config(&redis.url(), "e2e")).await;
     let keys_dir = tempfile::tempdir().unwrap();
     let gateway = KeyMaterial::generate("as2 gateway test");
     gateway.write_key_dir(keys_dir.path(), GATEWAY_KEY_ID);
     let partner = KeyMaterial::generate("pyas2lib partner test");
-    let mut config = edge_config(
-        &redis.url(),
-        "e2e",
-        &broker.bootstrap_servers(),
-        &routing.url,
-        keys_dir.path(),
-    );
+
+    // The real edge, handing the MDNs it builds to this MDN service.
+    let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+    config.as2_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.redis = as2_common::config::RedisConfig::new(redis.url(), "e2e");
+    config.kafka = as2_edge::kafka::KafkaConfig::new(broker.bootstrap_servers());
+    config.kafka.publish_timeout_ms = Some(5_000);
+    config.routing_url = routing_url.clone();
+    config.keys.keys_dir = keys_dir.path().to_path_buf();
+    config.keys.default_signing_key_id = Some(GATEWAY_KEY_ID.to_owned());
+    config.shutdown.shutdown_grace_secs = 2;
+    config.inbound.max_body_bytes = 4 * 1024 * 1024;
     config.mdn_url = Some(mdn_service.url.clone());
-    let edge = RunningEdge::start(config).await;
-    let stack = Stack {
-        redis,
-        broker,
-        routing,
-        edge,
-        keys_dir,
-        gateway,
-        partner,
+    let edge_server = EdgeServer::bind(config).await.unwrap();
+    let edge_url = format!("http://{}/as2", edge_server.as2_addr().unwrap());
+    let edge = ServiceHandle::spawn("edge", |stop| edge_server.serve(stop));
+
+    let partnership = RoutingServiceClient::connect(routing_url)
+        .await
+        .unwrap()
+        .create_partnership(CreatePartnershipRequest {
+            partnership: Some(Partnership {
+                as2_from: PARTNER_ID.to_owned(),
+                as2_to: GATEWAY_ID.to_owned(),
+                kafka_topic: "inbound-async".to_owned(),
+                partner_certificates: vec![PartnerCertificate {
+                    pem: partner.cert_pem.clone(),
+                    ..Default::default()
+                }],
+                decryption_key_id: GATEWAY_KEY_ID.to_owned(),
+                mdn_signing_key_id: GATEWAY_KEY_ID.to_owned(),
+                security_policy: Some(SecurityPolicy::default()),
+                mdn_preferences: Some(MdnPreferences::default()),
+                interop: Some(InteropSwitches::default()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .partnership
+        .unwrap();
+    // Request fields for pyas2lib_sender.py: the partner sends to us.
+    let pyas2lib_request = || {
+        json!({
+            "sender_id": PARTNER_ID,
+            "sender_key_pem": partner.key_pem,
+            "sender_cert_pem": partner.cert_pem,
+            "receiver_id": GATEWAY_ID,
+            "receiver_cert_pem": gateway.cert_pem,
+        })
     };
-    let partnership = stack
-        .create_partnership(stack.partnership(PARTNER_ID, "inbound-async"))
-        .await;
     let receiver = Receiver::start().await;
 
     let requests: Vec<serde_json::Value> = CASES
         .iter()
         .enumerate()
         .map(|(index, case)| {
-            let mut request = stack.pyas2lib_request(PARTNER_ID);
+            let mut request = pyas2lib_request();
             let fields = request.as_object_mut().unwrap();
             let payload = format!(
                 "UNB+UNOA:2+PARTNER:ZZ+GATEWAY:ZZ+{index}'\r\nFTX+{}'\r\n",
@@ -112,6 +161,7 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
     let built = python("pyas2lib_sender.py", "build", &json!(requests));
     let built = built.as_array().unwrap().clone();
 
+    let transport = PartnerTransport::new(None).unwrap();
     for (case, message) in CASES.iter().zip(&built) {
         let (headers, body) = message_parts(message);
         assert!(
@@ -121,8 +171,17 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
             "{}: pyas2lib asks for an async MDN",
             case.name
         );
-        let response = post(&stack.edge.url(), &headers, body).await;
-        assert_eq!(response.status, 200, "{}: {}", case.name, response.text());
+        let response = transport
+            .post(&edge_url, &headers, &body, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status,
+            200,
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&response.body)
+        );
     }
 
     receiver
@@ -133,7 +192,7 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
     let received = receiver.accepted();
     assert_eq!(received.len(), CASES.len(), "one MDN per message");
 
-    let gateway_cert = X509::from_pem(stack.gateway.cert_pem.as_bytes()).unwrap();
+    let gateway_cert = X509::from_pem(gateway.cert_pem.as_bytes()).unwrap();
     let mut verify_requests = Vec::new();
     for (case, message) in CASES.iter().zip(&built) {
         let message_id = message["message_id"]
@@ -183,7 +242,7 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
             case.name
         );
 
-        let mut verify = stack.pyas2lib_request(PARTNER_ID);
+        let mut verify = pyas2lib_request();
         let fields = verify.as_object_mut().unwrap();
         fields.insert("original_message_id".into(), message["message_id"].clone());
         fields.insert("original_mic".into(), message["mic"].clone());
@@ -228,7 +287,7 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
                 && delivery.delivery_url == receiver.url())
     );
 
-    stack.edge.stop().await;
-    stack.routing.stop().await;
+    edge.stop().await.unwrap();
+    routing.stop().await.unwrap();
     mdn_service.stop().await;
 }

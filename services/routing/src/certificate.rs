@@ -152,7 +152,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::testing::{TestCertificate, certificate_pem};
+    use as2_testkit::certificates::{TestCertificate, certificate_pem};
 
     #[test]
     fn describes_a_valid_certificate() {

@@ -22,7 +22,6 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod testing;
 pub mod validation;
 
 pub use config::RoutingConfig;

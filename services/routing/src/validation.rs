@@ -395,7 +395,7 @@ mod tests {
     use as2_rpc::routing::v1::{OutboundSettings, PartnerCertificate, SecurityPolicy};
 
     use super::*;
-    use crate::testing::{TestCertificate, certificate_pem};
+    use as2_testkit::certificates::{TestCertificate, certificate_pem};
 
     fn minimal() -> Partnership {
         Partnership {

@@ -10,13 +10,13 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use as2_routing::testing::{TestCertificate, certificate_der, certificate_pem};
 use as2_rpc::routing::v1::{
     ListPartnershipsRequest, MdnMode, OutboundSettings, PartnershipEventKind, SecurityPolicy,
     SigningDigest,
 };
 use as2_rpc::tonic::Code;
 use as2_testkit::RedisServer;
+use as2_testkit::certificates::{TestCertificate, certificate_der, certificate_pem};
 use support::{
     Replica, assert_status, certificate, create, delete, get, http_get, list_page, next_event,
     partnership, resolve, update, watch,

@@ -26,7 +26,6 @@ pub mod receipts;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod transport;
 
 pub use config::SenderConfig;
 pub use server::{SenderServer, run};

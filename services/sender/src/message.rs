@@ -4,19 +4,17 @@
 
 use std::sync::Arc;
 
-use as2_edge::keys::{KeyError, KeyPair, KeyStore};
-use as2_protocol::cms::{ContentCipher, KeyTransport, SignatureScheme};
+use as2_partner::algorithms::{compression_order, content_cipher, mic_algorithm};
+use as2_partner::certificates::encryption_certificate;
+use as2_partner::keys::{KeyError, KeyPair, KeyStore};
+use as2_protocol::cms::{KeyTransport, SignatureScheme};
 use as2_protocol::headers::ReceiptDeliveryOption;
 use as2_protocol::mdn::{self, DispositionStatus, MdnVerification, ParsedMdn};
 use as2_protocol::outbound::{
-    self, BuiltMessage, CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing,
+    self, BuiltMessage, Encryption, MdnRequest, OutboundMessage, Signing,
 };
 use as2_protocol::{As2Error, As2Id, MessageId, MicAlgorithm, ReceivedContentMic};
-use as2_rpc::routing::v1::{
-    CertificateUsage, Compression, EncryptionCipher, MdnMode, OutboundSettings, PartnerCertificate,
-    Partnership, SigningDigest,
-};
-use openssl::asn1::Asn1Time;
+use as2_rpc::routing::v1::{MdnMode, OutboundSettings, Partnership, SigningDigest};
 use openssl::sha::Sha256;
 use openssl::x509::X509;
 
@@ -279,11 +277,7 @@ pub fn plan(
             cipher: content_cipher(settings.encryption_cipher()),
             key_transport: KeyTransport::RsaPkcs1v15,
         }),
-        compression: match settings.compression() {
-            Compression::Unspecified => None,
-            Compression::BeforeSigning => Some(CompressionOrder::BeforeSigning),
-            Compression::AfterSigning => Some(CompressionOrder::AfterSigning),
-        },
+        compression: compression_order(settings.compression()),
         mdn: mdn_request,
     })?;
     Ok(SendPlan {
@@ -327,58 +321,15 @@ fn signing_key(
     Ok(keys.get(id)?)
 }
 
+/// The digest to sign with; MD5 is accepted on receipt (where a policy allows it) but
+/// never sent.
 fn signing_digest(digest: SigningDigest) -> Result<MicAlgorithm, PlanError> {
-    Ok(match digest {
-        SigningDigest::Unspecified | SigningDigest::Sha256 => MicAlgorithm::Sha256,
-        SigningDigest::Sha1 => MicAlgorithm::Sha1,
-        SigningDigest::Sha224 => MicAlgorithm::Sha224,
-        SigningDigest::Sha384 => MicAlgorithm::Sha384,
-        SigningDigest::Sha512 => MicAlgorithm::Sha512,
-        SigningDigest::Md5 => {
-            return Err(PlanError::Unsupported(
-                "md5 signatures are not sent".to_owned(),
-            ));
-        }
-    })
-}
-
-fn content_cipher(cipher: EncryptionCipher) -> ContentCipher {
-    match cipher {
-        EncryptionCipher::Unspecified | EncryptionCipher::Aes256Cbc => ContentCipher::Aes256Cbc,
-        EncryptionCipher::DesEde3Cbc => ContentCipher::TripleDesCbc,
-        EncryptionCipher::Aes128Cbc => ContentCipher::Aes128Cbc,
-        EncryptionCipher::Aes192Cbc => ContentCipher::Aes192Cbc,
-        EncryptionCipher::Aes128Gcm => ContentCipher::Aes128Gcm,
-        EncryptionCipher::Aes256Gcm => ContentCipher::Aes256Gcm,
+    match digest {
+        SigningDigest::Md5 => Err(PlanError::Unsupported(
+            "md5 signatures are not sent".to_owned(),
+        )),
+        digest => Ok(mic_algorithm(digest)),
     }
-}
-
-fn usable_for(certificate: &PartnerCertificate, usage: CertificateUsage) -> bool {
-    matches!(certificate.usage(), CertificateUsage::Unspecified) || certificate.usage() == usage
-}
-
-/// The partner's certificate to encrypt for: valid now, for encryption, expiring last.
-pub fn encryption_certificate(certificates: &[PartnerCertificate]) -> Option<X509> {
-    let now = Asn1Time::days_from_now(0).ok()?;
-    certificates
-        .iter()
-        .filter(|certificate| usable_for(certificate, CertificateUsage::Encryption))
-        .filter_map(|certificate| X509::from_pem(certificate.pem.as_bytes()).ok())
-        .filter(|certificate| certificate.not_before() <= now && certificate.not_after() >= now)
-        .max_by(|a, b| {
-            a.not_after()
-                .compare(b.not_after())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-}
-
-/// The partner's certificates that may sign its MDNs.
-pub fn signing_certificates(certificates: &[PartnerCertificate]) -> Vec<X509> {
-    certificates
-        .iter()
-        .filter(|certificate| usable_for(certificate, CertificateUsage::Signing))
-        .filter_map(|certificate| X509::from_pem(certificate.pem.as_bytes()).ok())
-        .collect()
 }
 
 /// What a partner's MDN says about our message.

@@ -13,7 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use as2_edge::keys::KeyStore;
+use as2_partner::certificates::signing_certificates;
+use as2_partner::keys::KeyStore;
+pub use as2_partner::retry::Backoff;
+use as2_partner::retry::random_jitter;
+use as2_partner::transport::{PartnerResponse, PartnerTransport, SendError};
 use as2_protocol::{As2Id, ReceivedContentMic};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{GetPartnershipRequest, Partnership};
@@ -27,41 +31,9 @@ use crate::message::{
 use crate::metrics::SenderMetrics;
 use crate::receipts::ReceiptPublisher;
 use crate::store::{MessageRecord, MessageState, MessageStore, NewMessage, Outcome, SendFacts};
-use crate::transport::{PartnerResponse, PartnerTransport, SendError};
 
 /// Pause before a dependency (Redis, routing) is asked again.
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
-
-/// Retry timing of sends.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    /// Delay after the first failed send.
-    pub initial: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay after send number `attempts` (1-based) failed: `initial * 2^(attempts-1)`
-    /// capped at `max`, then scaled by `0.5 + jitter / 2` (`jitter` in `[0, 1)`).
-    pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
-        let doublings = attempts.saturating_sub(1).min(31);
-        let base = self
-            .initial
-            .saturating_mul(1_u32 << doublings)
-            .min(self.max.max(self.initial));
-        base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-    }
-}
-
-/// A random number in `[0, 1)` (0.5 should OpenSSL's generator fail).
-fn jitter() -> f64 {
-    let mut bytes = [0_u8; 4];
-    if openssl::rand::rand_bytes(&mut bytes).is_err() {
-        return 0.5;
-    }
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -286,7 +258,7 @@ impl OutboundSender {
                     format!("no success after {attempts} attempts, the last one: {reason}");
                 return Ok(Err((reason, http_status)));
             }
-            let delay = self.settings.backoff.delay(attempts, jitter());
+            let delay = self.settings.backoff.delay(attempts, random_jitter());
             tracing::info!(
                 message_id = id,
                 attempts,
@@ -336,7 +308,7 @@ impl OutboundSender {
                     .header("content-type")
                     .unwrap_or_default()
                     .to_owned();
-                let certificates = message::signing_certificates(&partnership.partner_certificates);
+                let certificates = signing_certificates(partnership);
                 let verdict = message::judge_mdn(
                     &content_type,
                     &response.body,
@@ -481,7 +453,7 @@ impl OutboundSender {
         let expected = ReceivedContentMic::parse(&record.expected_mic).map_err(|_| {
             ReconcileError::Rejected(format!("message {original} has not been sent yet"))
         })?;
-        let certificates = message::signing_certificates(&partnership.partner_certificates);
+        let certificates = signing_certificates(&partnership);
         let verdict = message::judge_mdn(
             content_type,
             body,
@@ -751,19 +723,6 @@ async fn wait(stop: &CancellationToken, delay: Duration) -> Result<(), Interrupt
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_with_jitter() {
-        let backoff = Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(backoff.delay(1, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff.delay(2, 1.0), Duration::from_secs(2));
-        assert_eq!(backoff.delay(3, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff.delay(4, 1.0), Duration::from_secs(5));
-        assert_eq!(backoff.delay(400, 0.0), Duration::from_millis(2500));
-    }
 
     #[test]
     fn server_errors_and_timeouts_are_retried_client_errors_are_not() {

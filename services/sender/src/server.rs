@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use as2_common::grpc::{self, ChannelSettings};
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::runtime::{GrpcListeners, Runtime};
-use as2_edge::keys::KeyStore;
+use as2_partner::keys::KeyStore;
+use as2_partner::transport::PartnerTransport;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,6 @@ use crate::outbound::{Backoff, OutboundSender, SenderSettings};
 use crate::receipts::ReceiptPublisher;
 use crate::service::OutboundApi;
 use crate::store::MessageStore;
-use crate::transport::PartnerTransport;
 
 /// How long receipts get to be acknowledged when the service stops.
 const RECEIPT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);

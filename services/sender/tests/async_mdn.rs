@@ -8,23 +8,16 @@ mod support;
 use std::time::Duration;
 
 use as2_rpc::routing::v1::{Compression, MdnMode, OutboundSettings};
-use support::edge::{GATEWAY_KEY_ID, KeyMaterial, RunningEdge, edge_config};
-use support::{DjangoPartner, OutboundStack, RunningSender, eventually, signed_encrypted_sync};
+use support::{
+    DjangoPartner, KeyMaterial, OutboundStack, RunningEdge, RunningSender, eventually,
+    signed_encrypted_sync,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn django_pyas2_async_mdns_come_back_through_the_edge_and_are_reconciled() {
     let stack = OutboundStack::start().await;
     let sender = RunningSender::start(stack.sender_config()).await;
-    let mut config = edge_config(
-        &stack.redis.url(),
-        "out",
-        &stack.broker.bootstrap_servers(),
-        &stack.routing.url,
-        stack.keys_dir.path(),
-    );
-    config.keys.default_signing_key_id = Some(GATEWAY_KEY_ID.to_owned());
-    config.sender_url = Some(sender.grpc_url.clone());
-    let edge = RunningEdge::start(config).await;
+    let edge = RunningEdge::start(&stack, &sender.grpc_url).await;
     let partner = DjangoPartner::start(
         &["django async"],
         KeyMaterial::generate("django partner"),
@@ -38,7 +31,7 @@ async fn django_pyas2_async_mdns_come_back_through_the_edge_and_are_reconciled()
             &partner.url(),
             OutboundSettings {
                 mdn_mode: MdnMode::Async.into(),
-                async_mdn_url: edge.url(),
+                async_mdn_url: edge.url.clone(),
                 compression: Compression::BeforeSigning.into(),
                 ..signed_encrypted_sync()
             },

@@ -12,7 +12,7 @@ use std::time::Duration;
 use as2_rpc::routing::v1::{
     Compression, EncryptionCipher, MdnMode, OutboundSettings, SigningDigest,
 };
-use support::edge::KeyMaterial;
+use support::KeyMaterial;
 use support::{DjangoPartner, OutboundStack, RunningSender, eventually, signed_encrypted_sync};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -225,6 +225,31 @@ async fn a_partner_that_stays_down_is_a_failed_receipt_after_the_retries() {
             .contains("no success after 3 attempts"),
         "{receipt:#}"
     );
-    assert!(eventually(Duration::from_secs(1), || true).await);
+    // The outcome is on record in Redis and the receipt has left the outbox: nothing is
+    // left to resend or to publish again.
+    let message_id = receipt["message_id"].as_str().unwrap();
+    let record_id = as2_sender::store::MessageStore::record_id(message_id);
+    let mut redis = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let settled = eventually(Duration::from_secs(10), || {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(format!("out:sender:message:{record_id}"))
+            .arg("state")
+            .query(&mut redis)
+            .unwrap();
+        let in_outbox: Option<f64> = redis::cmd("ZSCORE")
+            .arg("out:sender:receipt-outbox")
+            .arg(&record_id)
+            .query(&mut redis)
+            .unwrap();
+        state.as_deref() == Some("failed") && in_outbox.is_none()
+    })
+    .await;
+    assert!(
+        settled,
+        "message {message_id} is not recorded as failed with its receipt published"
+    );
     sender.stop().await;
 }

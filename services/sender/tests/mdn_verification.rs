@@ -21,7 +21,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::edge::KeyMaterial;
+use support::KeyMaterial;
 use support::{OutboundStack, RunningSender};
 
 /// How the fake partner answers.
@@ -54,7 +54,7 @@ fn build_mdn(
     };
     let built = mdn::build_mdn(&MdnToSend {
         as2_from: &As2Id::new("fake partner").unwrap(),
-        as2_to: &As2Id::new(support::edge::GATEWAY_ID).unwrap(),
+        as2_to: &As2Id::new(support::GATEWAY_ID).unwrap(),
         message_id: &MessageId::generate("fake.partner").unwrap(),
         text: "received",
         report: &report,

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use as2_rpc::routing::v1::OutboundSettings;
-use support::edge::KeyMaterial;
+use support::KeyMaterial;
 use support::{DjangoPartner, OutboundStack, eventually, sender_binary, signed_encrypted_sync};
 
 fn spawn_sender(stack: &OutboundStack, log: &std::path::Path) -> Child {

@@ -3,57 +3,19 @@
 #![allow(dead_code)]
 
 use as2_protocol::cms::Identity;
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, SubjectKeyIdentifier};
-use openssl::x509::{X509, X509NameBuilder};
+use as2_testkit::certificates::TestCertificate;
 
-/// A fresh RSA-2048 identity whose certificate is valid from `from_days` to `to_days`
-/// relative to now.
+/// A fresh RSA-2048 identity whose certificate (a CA, as `openssl smime -verify` wants of
+/// a trust anchor) is valid from `from_days` to `to_days` relative to now.
 pub fn identity_valid(common_name: &str, from_days: i64, to_days: i64) -> Identity {
-    let rsa = Rsa::generate(2048).unwrap();
-    let key = PKey::from_rsa(rsa).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", common_name).unwrap();
-    name.append_entry_by_text("O", "as2-protocol tests")
-        .unwrap();
-    let name = name.build();
-    let mut builder = X509::builder().unwrap();
-    builder.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial
-        .rand(64, openssl::bn::MsbOption::MAYBE_ZERO, false)
-        .unwrap();
-    builder
-        .set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    builder
-        .set_not_before(&Asn1Time::from_unix(now + from_days * 86_400).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::from_unix(now + to_days * 86_400).unwrap())
-        .unwrap();
-    builder
-        .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&builder.x509v3_context(None, None))
-        .unwrap();
-    builder.append_extension(ski).unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
+    let material = TestCertificate::new(common_name)
+        .organisation("as2-protocol tests")
+        .valid_days(from_days, to_days)
+        .certificate_authority()
+        .generate();
     Identity {
-        key,
-        certificate: builder.build(),
+        key: material.key,
+        certificate: material.certificate,
     }
 }
 

@@ -2,11 +2,11 @@
 //! the routing service and the edge (both started through their library entry points),
 //! our key on disk, and a partnership for a pyas2lib partner.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Each test binary uses a part of this module, re-exports included.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use as2_common::runtime::ServiceHandle;
 use as2_edge::{EdgeConfig, EdgeServer};
@@ -20,6 +20,9 @@ use as2_rpc::routing::v1::{
     SecurityPolicy,
 };
 use as2_rpc::tonic::transport::Channel;
+pub use as2_testkit::certificates::KeyMaterial;
+pub use as2_testkit::kafka::{ConsumedRecord, consume};
+pub use as2_testkit::message_parts;
 use bytes::Bytes;
 use clap::Parser as _;
 use http_body_util::{BodyExt, Full};
@@ -42,57 +45,6 @@ pub const GATEWAY_ID: &str = "as2-gateway";
 pub const PARTNER_ID: &str = "pyas2lib partner";
 /// Our key id.
 pub const GATEWAY_KEY_ID: &str = "gateway-key";
-
-/// A private key and its self-signed certificate, PEM encoded.
-#[derive(Clone)]
-pub struct KeyMaterial {
-    pub key_pem: String,
-    pub cert_pem: String,
-}
-
-impl KeyMaterial {
-    pub fn generate(common_name: &str) -> Self {
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut name = X509Name::builder().unwrap();
-        name.append_entry_by_text("CN", common_name).unwrap();
-        let name = name.build();
-        let mut builder = X509::builder().unwrap();
-        builder.set_version(2).unwrap();
-        let serial = BigNum::from_u32(rand_u32())
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap();
-        builder.set_serial_number(&serial).unwrap();
-        builder.set_subject_name(&name).unwrap();
-        builder.set_issuer_name(&name).unwrap();
-        builder.set_pubkey(&key).unwrap();
-        builder
-            .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        builder
-            .set_not_after(&Asn1Time::days_from_now(365).unwrap())
-            .unwrap();
-        builder.sign(&key, MessageDigest::sha256()).unwrap();
-        let cert = builder.build();
-        Self {
-            key_pem: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-            cert_pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
-        }
-    }
-
-    pub fn write_key_dir(&self, keys_dir: &Path, key_id: &str) {
-        let directory = keys_dir.join(key_id);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("tls.key"), &self.key_pem).unwrap();
-        std::fs::write(directory.join("tls.crt"), &self.cert_pem).unwrap();
-    }
-}
-
-fn rand_u32() -> u32 {
-    let mut bytes = [0_u8; 4];
-    openssl::rand::rand_bytes(&mut bytes).unwrap();
-    u32::from_le_bytes(bytes) >> 1
-}
 
 /// A running routing service.
 pub struct RunningRouting {
@@ -371,104 +323,8 @@ pub async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> Htt
 
 /// Runs `tests/interop/<script> <command>` with `input` as JSON on stdin.
 pub fn python(script: &str, command: &str, input: &serde_json::Value) -> serde_json::Value {
-    let output = as2_testkit::interop_script(script, command, &serde_json::to_vec(input).unwrap());
-    serde_json::from_slice(&output).unwrap()
+    as2_testkit::interop_json(script, command, input)
 }
 
 /// An AS2 request: its headers and body.
 pub type As2Request = (Vec<(String, String)>, Vec<u8>);
-
-/// Headers and body of a message pyas2lib built.
-pub fn message_parts(built: &serde_json::Value) -> As2Request {
-    use base64::Engine as _;
-    let headers = built["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pair| {
-            (
-                pair[0].as_str().unwrap().to_owned(),
-                pair[1].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(built["body_b64"].as_str().unwrap())
-        .unwrap();
-    (headers, body)
-}
-
-/// One consumed record.
-#[derive(Debug)]
-pub struct ConsumedRecord {
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
-impl ConsumedRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads `count` records from `topic`, then waits `quiet` for any extra record (which
-/// is returned too, so callers can assert exact counts).
-pub async fn consume(
-    bootstrap: &str,
-    topic: &str,
-    count: usize,
-    quiet: Duration,
-) -> Vec<ConsumedRecord> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("e2e-{}", rand_u32()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut records = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let wait = if records.len() >= count {
-            quiet
-        } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(message)) => records.push(ConsumedRecord {
-                key: message.key().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    String::from_utf8_lossy(header.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                payload: message.payload().unwrap_or_default().to_vec(),
-            }),
-            Ok(Err(error)) => panic!("consuming {topic} failed: {error}"),
-            Err(_elapsed) => break,
-        }
-    }
-    consumer.unsubscribe();
-    assert!(
-        records.len() >= count,
-        "expected {count} records in {topic}, got {}",
-        records.len()
-    );
-    records
-}

@@ -4,22 +4,26 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../edge/tests/support/mod.rs"]
-pub mod edge;
-
+use as2_common::runtime::ServiceHandle;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use as2_edge::{EdgeConfig, EdgeServer};
+use as2_routing::{RoutingConfig, RoutingServer};
 use as2_rpc::routing::v1::{OutboundSettings, PartnerCertificate, Partnership};
 use as2_sender::{SenderConfig, SenderServer};
+pub use as2_testkit::certificates::KeyMaterial;
 use base64::Engine as _;
-use edge::{GATEWAY_ID, GATEWAY_KEY_ID, KeyMaterial, RunningRouting};
+use clap::Parser as _;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 
+/// Our AS2 id in the tests.
+pub const GATEWAY_ID: &str = "as2-gateway";
+/// Our key id.
+pub const GATEWAY_KEY_ID: &str = "gateway-key";
 pub const OUTBOUND_TOPIC: &str = "as2.outbound";
 pub const RECEIPTS_TOPIC: &str = "as2.outbound.receipts";
 
@@ -308,7 +312,7 @@ impl OutboundStack {
 
     /// Reads `count` receipts (plus any extra arriving within `quiet`).
     pub async fn receipts(&self, count: usize, quiet: Duration) -> Vec<serde_json::Value> {
-        edge::consume(
+        as2_testkit::kafka::consume(
             &self.broker.bootstrap_servers(),
             RECEIPTS_TOPIC,
             count,
@@ -321,29 +325,84 @@ impl OutboundStack {
     }
 }
 
+/// A running routing service.
+pub struct RunningRouting {
+    pub url: String,
+    service: ServiceHandle,
+}
+
+impl RunningRouting {
+    pub async fn start(redis_url: &str, prefix: &str) -> Self {
+        let server = RoutingServer::bind(RoutingConfig::local(redis_url, prefix))
+            .await
+            .unwrap();
+        let url = format!("http://{}", server.grpc_addr().unwrap());
+        let service = ServiceHandle::spawn("routing", |stop| server.serve(stop));
+        Self { url, service }
+    }
+
+    pub async fn client(
+        &self,
+    ) -> as2_rpc::routing::v1::routing_service_client::RoutingServiceClient<
+        as2_rpc::tonic::transport::Channel,
+    > {
+        as2_rpc::routing::v1::routing_service_client::RoutingServiceClient::connect(
+            self.url.clone(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The real edge, for asynchronous MDNs that come back through it.
+pub struct RunningEdge {
+    pub url: String,
+    service: ServiceHandle,
+}
+
+impl RunningEdge {
+    /// Starts the edge against `stack`, handing asynchronous MDNs to the sender at
+    /// `sender_url`.
+    pub async fn start(stack: &OutboundStack, sender_url: &str) -> Self {
+        let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+        config.as2_listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
+        config.redis = as2_common::config::RedisConfig::new(stack.redis.url(), "out");
+        config.kafka = as2_edge::kafka::KafkaConfig::new(stack.broker.bootstrap_servers());
+        config.kafka.publish_timeout_ms = Some(5_000);
+        config.routing_url = stack.routing.url.clone();
+        config.keys.keys_dir = stack.keys_dir.path().to_path_buf();
+        config.keys.default_signing_key_id = Some(GATEWAY_KEY_ID.to_owned());
+        config.shutdown.shutdown_grace_secs = 2;
+        config.inbound.max_body_bytes = 4 * 1024 * 1024;
+        config.sender_url = Some(sender_url.to_owned());
+        let server = EdgeServer::bind(config).await.unwrap();
+        let url = format!("http://{}/as2", server.as2_addr().unwrap());
+        let service = ServiceHandle::spawn("edge", |stop| server.serve(stop));
+        Self { url, service }
+    }
+
+    pub async fn stop(self) {
+        self.service.stop().await.unwrap();
+    }
+}
+
 /// The sender running in this process.
 pub struct RunningSender {
     pub grpc_url: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: ServiceHandle,
 }
 
 impl RunningSender {
     pub async fn start(config: SenderConfig) -> Self {
         let server = SenderServer::bind(config).await.unwrap();
         let grpc_url = format!("http://{}", server.grpc_addr().unwrap());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
-        Self {
-            grpc_url,
-            stop,
-            task,
-        }
+        let service = ServiceHandle::spawn("sender", |stop| server.serve(stop));
+        Self { grpc_url, service }
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
+        self.service.stop().await.expect("the sender stops cleanly");
     }
 }
 

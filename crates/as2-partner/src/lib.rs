@@ -1,0 +1,21 @@
+//! What both directions of partner traffic need.
+//!
+//! The edge (inbound), the sender (outbound), the MDN service and `as2ctl` all talk to
+//! trading partners; what they share lives here rather than in one of them:
+//!
+//! - [`keys`]: our private keys and certificates, read from a directory of
+//!   `kubernetes.io/tls` Secrets;
+//! - [`transport`]: the HTTP(S) client that POSTs to partners;
+//! - [`certificates`]: which of a partnership's certificates verify the partner's
+//!   signatures and which one we encrypt for;
+//! - [`algorithms`]: the routing service's enums (`SigningDigest`, `EncryptionCipher`,
+//!   `Compression`) in `as2-protocol` terms and back;
+//! - [`retry`]: exponential backoff with jitter.
+
+#![forbid(unsafe_code)]
+
+pub mod algorithms;
+pub mod certificates;
+pub mod keys;
+pub mod retry;
+pub mod transport;

@@ -1,0 +1,262 @@
+//! POSTing to a partner and reading the answer: AS2 messages (the sender, `as2ctl send`)
+//! and asynchronous MDNs (the MDN service) go out through the same client.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_openssl::client::legacy::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use openssl::ssl::{SslConnector, SslMethod};
+
+/// How long idle connections to partners are kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest error text kept.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportSetupError {
+    /// OpenSSL refused the TLS setup (for example an unreadable CA file).
+    #[error("tls setup failed: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+}
+
+/// Limits of a [`PartnerTransport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// Largest response body read (a synchronous MDN is a few KiB).
+    pub max_response_bytes: usize,
+}
+
+impl Default for TransportLimits {
+    /// A 30 s connect timeout and response bodies up to 1 MiB.
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            max_response_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The partner's answer.
+#[derive(Clone, Debug)]
+pub struct PartnerResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers (values that are not text are dropped).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl PartnerResponse {
+    /// The value of the named header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A send that got no (complete) answer.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// Connection refused or reset, TLS failure, a body over the limit.
+    #[error("{0}")]
+    Connection(String),
+    /// No answer within the timeout.
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// The request could not be built (a header that is not valid HTTP, a bad URL).
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+/// Posts to partners over HTTP/1.1, plain or TLS (OpenSSL, the system's CA certificates
+/// plus an optional extra CA file). Cheap to clone; connections are pooled.
+#[derive(Clone)]
+pub struct PartnerTransport {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    max_response_bytes: usize,
+}
+
+impl PartnerTransport {
+    /// A transport with the default [`TransportLimits`] trusting the system's CA
+    /// certificates plus `extra_ca_file`.
+    pub fn new(extra_ca_file: Option<&Path>) -> Result<Self, TransportSetupError> {
+        Self::with_limits(TransportLimits::default(), extra_ca_file)
+    }
+
+    /// A transport with `limits` trusting the system's CA certificates plus
+    /// `extra_ca_file`.
+    pub fn with_limits(
+        limits: TransportLimits,
+        extra_ca_file: Option<&Path>,
+    ) -> Result<Self, TransportSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(limits.connect_timeout));
+        http.set_nodelay(true);
+        let mut tls = SslConnector::builder(SslMethod::tls_client())?;
+        if let Some(file) = extra_ca_file {
+            tls.set_ca_file(file)?;
+        }
+        let connector = HttpsConnector::with_connector(http, tls)?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Self {
+            client,
+            max_response_bytes: limits.max_response_bytes,
+        })
+    }
+
+    /// POSTs `body` with `headers` to `url` and reads the answer within `timeout`; a
+    /// body over the limit is a [`SendError::Connection`].
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<PartnerResponse, SendError> {
+        let request = build_request(url, headers, body)?;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                })
+                .collect();
+            let body = Limited::new(response.into_body(), self.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|error| {
+                    SendError::Connection(bounded(format!("reading the answer: {error}")))
+                })?
+                .to_bytes()
+                .to_vec();
+            Ok(PartnerResponse {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout(timeout.as_secs())))
+    }
+
+    /// POSTs `body` with `headers` to `url` and returns the answer's HTTP status within
+    /// `timeout`. Up to the limit of the body is read (so the connection can be reused)
+    /// and discarded; a body that cannot be read does not change the status.
+    pub async fn post_for_status(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<http::StatusCode, SendError> {
+        let request = build_request(url, headers, body)?;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let _ = Limited::new(response.into_body(), self.max_response_bytes)
+                .collect()
+                .await;
+            Ok(status)
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout(timeout.as_secs())))
+    }
+
+    async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        self.client
+            .request(request)
+            .await
+            .map_err(|error| SendError::Connection(bounded(as2_common::error_chain(&error))))
+    }
+}
+
+fn build_request(
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<http::Request<Full<Bytes>>, SendError> {
+    let mut request = http::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    request
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|error| SendError::Request(bounded(error.to_string())))
+}
+
+/// `text`, cut to the longest error text kept (300 characters).
+pub fn bounded(text: String) -> String {
+    if text.chars().count() <= MAX_ERROR_CHARS {
+        return text;
+    }
+    text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connection_error() {
+        let transport = PartnerTransport::new(None).unwrap();
+        let port = as2_testkit::free_port();
+        let url = format!("http://127.0.0.1:{port}/as2");
+        let headers = [("Content-Type".to_owned(), "text/plain".to_owned())];
+        let outcome = transport
+            .post(&url, &headers, b"x", Duration::from_secs(2))
+            .await;
+        assert!(
+            matches!(outcome, Err(SendError::Connection(_))),
+            "{outcome:?}"
+        );
+        let outcome = transport
+            .post_for_status(&url, &headers, b"x", Duration::from_secs(2))
+            .await;
+        assert!(
+            matches!(outcome, Err(SendError::Connection(_))),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn error_texts_are_bounded() {
+        assert_eq!(bounded("x".repeat(1000)).len(), MAX_ERROR_CHARS);
+        assert_eq!(bounded("short".to_owned()), "short");
+    }
+
+    #[tokio::test]
+    async fn a_header_that_is_not_http_is_a_request_error() {
+        let transport = PartnerTransport::new(None).unwrap();
+        let outcome = transport
+            .post(
+                "http://127.0.0.1:1/as2",
+                &[("Bad Name".to_owned(), "x".to_owned())],
+                b"x",
+                Duration::from_secs(2),
+            )
+            .await;
+        assert!(matches!(outcome, Err(SendError::Request(_))), "{outcome:?}");
+    }
+}
