@@ -8,11 +8,13 @@
 //!
 //! The helpers are synchronous (std and OpenSSL only) so that both plain and
 //! `#[tokio::test]` tests can use them. Test keys and certificates come from
-//! [`certificates`].
+//! [`certificates`]; [`admin`] asks a service under test whether it is ready (with the
+//! services' own `as2_common::runtime::ServiceHandle`, that is the services harness).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stderr)]
 
+pub mod admin;
 pub mod certificates;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -16,21 +16,10 @@ use support::{GATEWAY_KEY_ID, PARTNER_ID, Stack, consume, signed_encrypted_messa
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-async fn readyz(admin: SocketAddr) -> Option<u16> {
-    let mut stream = TcpStream::connect(admin).await.ok()?;
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    std::str::from_utf8(raw.get(9..12)?).ok()?.parse().ok()
-}
-
-/// Polls `/readyz` until it answers `status` (or 10 s pass).
 async fn wait_for_readyz(admin: SocketAddr, status: u16) -> bool {
-    for _ in 0..200 {
-        if readyz(admin).await == Some(status) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if as2_testkit::admin::readyz(admin).await == Some(status) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -99,10 +99,15 @@ impl MdnServer {
         let mut runtime = Runtime::start("mdn", listeners.admin, registry, &config.shutdown);
 
         let delivery = &config.delivery;
-        store
-            .ensure_consumer_group()
-            .await
-            .context("cannot create the mdn job stream's consumer group")?;
+        // A Redis that is briefly away (restarting) must not stop the service from
+        // starting: the job reader creates the stream and its group again when it finds
+        // them missing.
+        if let Err(error) = store.ensure_consumer_group().await {
+            tracing::warn!(
+                error = %as2_common::error_chain(&error),
+                "cannot create the mdn job stream's consumer group yet; the job reader retries"
+            );
+        }
         let events = StatusEvents::new(&config.kafka, &config.tracking, metrics.clone())
             .context("kafka producer setup failed")?;
         if config.kafka.configured_bootstrap_servers().is_none() {

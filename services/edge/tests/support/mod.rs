@@ -87,6 +87,7 @@ impl RunningEdge {
         let addr = server.as2_addr().unwrap();
         let admin_addr = server.admin_addr().unwrap();
         let service = ServiceHandle::spawn("edge", |stop| server.serve(stop));
+        as2_testkit::admin::wait_until_ready("edge", admin_addr).await;
         Self {
             addr,
             admin_addr,

@@ -41,6 +41,7 @@ impl RunningMdn {
         let url = format!("http://{}", server.grpc_addr().unwrap());
         let admin_addr = server.admin_addr().unwrap();
         let service = as2_common::runtime::ServiceHandle::spawn("mdn", |stop| server.serve(stop));
+        as2_testkit::admin::wait_until_ready("mdn", admin_addr).await;
         Self {
             url,
             admin_addr,

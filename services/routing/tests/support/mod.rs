@@ -52,13 +52,7 @@ impl Replica {
 
     /// Polls `/readyz` until it answers 200.
     pub async fn wait_until_ready(&self) {
-        for _ in 0..500 {
-            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("routing service not ready within 10 s");
+        as2_testkit::admin::wait_until_ready("routing", self.admin_addr).await;
     }
 
     /// A gRPC client of this replica.
@@ -225,16 +219,5 @@ pub async fn next_event(stream: &mut Streaming<PartnershipEvent>) -> Partnership
 
 /// GET `path` on the admin server; returns status and body.
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    as2_testkit::admin::get(address, path).await.unwrap()
 }
