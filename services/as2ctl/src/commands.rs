@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use as2_common::error_chain;
+use as2_common::grpc::ChannelSettings;
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
@@ -11,7 +13,7 @@ use as2_rpc::routing::v1::{
     Partnership, ResolvePartnershipRequest, SecurityPolicy, SigningDigest,
     UpdatePartnershipRequest,
 };
-use as2_rpc::tonic::transport::{Channel, Endpoint};
+use as2_rpc::tonic::transport::Channel;
 use as2_rpc::tonic::{Code, Status};
 
 use crate::certificates::{
@@ -99,14 +101,17 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
 
 /// Connects to the gRPC endpoint of `service` at `url`.
 async fn connect(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, CtlError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|error| CtlError::InvalidUrl {
+    let settings = ChannelSettings {
+        connect_timeout: CONNECT_TIMEOUT,
+        request_timeout: timeout,
+    };
+    let endpoint = as2_common::grpc::endpoint(service, url, settings).map_err(|error| {
+        CtlError::InvalidUrl {
             service,
             url: url.to_owned(),
-            reason: error_chain(&error),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout);
+            reason: error_chain(&error.source),
+        }
+    })?;
     let channel = endpoint
         .connect()
         .await
@@ -116,21 +121,6 @@ async fn connect(service: &'static str, url: &str, timeout: Duration) -> Result<
             reason: error_chain(&error),
         })?;
     Ok(channel)
-}
-
-/// An error with its sources, "outer: inner: innermost".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Turns a refusal into words; a complaint about `partner_certificates[N]`

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
+use as2_partner::algorithms::{encryption_cipher, signing_digest};
 use as2_protocol::As2Error;
-use as2_protocol::cms::ContentCipher;
 use as2_protocol::headers::{As2RequestHeaders, Importance, MicAlgorithm};
 use as2_protocol::mdn::{
     self, BuiltMdn, Disposition, DispositionStatus, MdnReport, ProcessingError,
@@ -629,30 +629,6 @@ fn enforce_policy(route: &Route, message: UnwrappedMessage) -> Result<UnwrappedM
         }
     }
     Ok(message)
-}
-
-fn signing_digest(algorithm: MicAlgorithm) -> SigningDigest {
-    match algorithm {
-        MicAlgorithm::Md5 => SigningDigest::Md5,
-        MicAlgorithm::Sha1 => SigningDigest::Sha1,
-        MicAlgorithm::Sha224 => SigningDigest::Sha224,
-        MicAlgorithm::Sha256 => SigningDigest::Sha256,
-        MicAlgorithm::Sha384 => SigningDigest::Sha384,
-        MicAlgorithm::Sha512 => SigningDigest::Sha512,
-    }
-}
-
-/// The policy's name for a cipher; `None` for ciphers the policy cannot list.
-fn encryption_cipher(cipher: ContentCipher) -> Option<EncryptionCipher> {
-    Some(match cipher {
-        ContentCipher::TripleDesCbc => EncryptionCipher::DesEde3Cbc,
-        ContentCipher::Aes128Cbc => EncryptionCipher::Aes128Cbc,
-        ContentCipher::Aes192Cbc => EncryptionCipher::Aes192Cbc,
-        ContentCipher::Aes256Cbc => EncryptionCipher::Aes256Cbc,
-        ContentCipher::Aes128Gcm => EncryptionCipher::Aes128Gcm,
-        ContentCipher::Aes256Gcm => EncryptionCipher::Aes256Gcm,
-        ContentCipher::Aes192Gcm => return None,
-    })
 }
 
 fn non_empty(text: &str) -> Option<&str> {
@@ -1637,18 +1613,5 @@ mod tests {
             partner_mdn_outcome(&Answer::text(403, "")).label(),
             "bad_request"
         );
-    }
-
-    #[test]
-    fn cipher_names_map_to_the_policy_enum() {
-        assert_eq!(
-            encryption_cipher(ContentCipher::Aes256Cbc),
-            Some(EncryptionCipher::Aes256Cbc)
-        );
-        assert_eq!(
-            encryption_cipher(ContentCipher::TripleDesCbc),
-            Some(EncryptionCipher::DesEde3Cbc)
-        );
-        assert_eq!(encryption_cipher(ContentCipher::Aes192Gcm), None);
     }
 }
