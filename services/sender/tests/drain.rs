@@ -42,7 +42,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::edge::KeyMaterial;
+use support::KeyMaterial;
 use support::{OUTBOUND_TOPIC, OutboundStack, RECEIPTS_TOPIC, signed_encrypted_sync};
 
 const PARTNERSHIP: &str = "drain";
