@@ -207,8 +207,10 @@ AS2_MDN_TLS_CA_FILE: {{ printf "/etc/as2/mdn-ca/%s" $settings.tlsCaSecret.key | 
 {{- range $component := include "as2-gateway.components" . | fromJsonArray }}
 {{- $settings := index $values $component }}
 {{- if $settings.enabled }}
-{{- if le (int $settings.terminationGracePeriodSeconds) (add $values.config.shutdownDelaySecs $values.config.shutdownGraceSecs | int) }}
-{{- fail (printf "%s.terminationGracePeriodSeconds (%v) must exceed config.shutdownDelaySecs + config.shutdownGraceSecs (%v), or pods are killed while draining" $component $settings.terminationGracePeriodSeconds (add $values.config.shutdownDelaySecs $values.config.shutdownGraceSecs)) }}
+{{- /* The runtime gives front ends 2 s beyond the grace period to commit what they finished. */ -}}
+{{- $drain := add $values.config.shutdownDelaySecs $values.config.shutdownGraceSecs 2 | int }}
+{{- if le (int $settings.terminationGracePeriodSeconds) $drain }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%v) must exceed config.shutdownDelaySecs + config.shutdownGraceSecs + 2 s of clean-up (%v), or pods are killed while draining" $component $settings.terminationGracePeriodSeconds $drain) }}
 {{- end }}
 {{- if and (not (kindIs "invalid" $settings.pdb.minAvailable)) (not (kindIs "invalid" $settings.pdb.maxUnavailable)) }}
 {{- fail (printf "%s.pdb: set minAvailable or maxUnavailable, not both" $component) }}
