@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -649,20 +650,38 @@ def test_the_image_holds_every_service_binary() -> None:
 
 def run_with_rendered_env(command: list[str], env: dict[str, str]) -> tuple[int | None, str]:
     """Runs a binary with exactly this environment; (exit code or None if still running, output)."""
-    executable = Path(BINARIES or "") / command[0]
-    assert executable.is_file(), f"{executable} is not built: run cargo test (tests/run does) or set AS2_CHART_TEST_BINARIES"
-    try:
-        done = subprocess.run(
-            [str(executable), *command[1:]],
-            env={"PATH": "/usr/bin:/bin", **env},
-            capture_output=True,
-            text=True,
-            timeout=10,
+    return run_all_with_rendered_env([(command, env)])[0]
+
+
+def run_all_with_rendered_env(
+    runs: list[tuple[list[str], dict[str, str]]], seconds: float = 10
+) -> list[tuple[int | None, str]]:
+    """Runs binaries side by side, each with exactly its environment, for at most `seconds`
+    together; (exit code or None if still running, output) of each, in order."""
+    processes = []
+    for command, env in runs:
+        executable = Path(BINARIES or "") / command[0]
+        assert executable.is_file(), f"{executable} is not built: run cargo test (tests/run does) or set AS2_CHART_TEST_BINARIES"
+        processes.append(
+            subprocess.Popen(
+                [str(executable), *command[1:]],
+                env={"PATH": "/usr/bin:/bin", **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
-        return done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as running:
-        output = (running.stdout or b"") + (running.stderr or b"")
-        return None, output.decode(errors="replace") if isinstance(output, bytes) else output
+    deadline = time.monotonic() + seconds
+    results: list[tuple[int | None, str]] = []
+    for process in processes:
+        try:
+            output, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            results.append((process.returncode, output))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            results.append((None, output))
+    return results
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -676,6 +695,7 @@ def test_the_services_accept_the_rendered_configuration(scenario: str) -> None:
         "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=as2,"
         "sasl.password=secret,ssl.ca.location=/etc/as2/kafka-tls/ca.crt"
     )
+    runs = []
     for component, deployment in deployments(documents).items():
         if not (REPO / SERVICE_SOURCES[component]).is_dir():
             continue  # a service that is not in this checkout yet
@@ -692,7 +712,11 @@ def test_the_services_accept_the_rendered_configuration(scenario: str) -> None:
             elif variable["name"] == "AS2_KAFKA_OPTIONS":
                 env["AS2_KAFKA_OPTIONS"] = kafka_options
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # no exporter start-up in this check
-        code, output = run_with_rendered_env(container["command"] + container.get("args", []), env)
+        runs.append((component, container["command"] + container.get("args", []), env))
+    # The components start side by side: each waits on its Redis for the whole time.
+    results = run_all_with_rendered_env([(command, env) for _, command, env in runs])
+    assert results, "no component was run"
+    for (component, _, _), (code, output) in zip(runs, results):
         assert code != 2 and "Usage:" not in output, f"{component} refused its configuration:\n{output}"
         assert code is None or "redis" in output.lower(), f"{component} stopped before Redis:\n{output}"
 

@@ -165,8 +165,13 @@ pub struct SendArgs {
 /// `as2ctl consume`
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    /// Kafka bootstrap servers, `host:port,...`.
-    #[arg(long, env = "AS2_KAFKA_BOOTSTRAP_SERVERS")]
+    /// Kafka bootstrap servers, `host:port,...` (the services' flag and variable;
+    /// `--bootstrap-servers` is its old name and still works).
+    #[arg(
+        long = "kafka-bootstrap-servers",
+        alias = "bootstrap-servers",
+        env = "AS2_KAFKA_BOOTSTRAP_SERVERS"
+    )]
     pub bootstrap_servers: String,
 
     /// The topic to read.
@@ -189,18 +194,16 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
-    /// Extra librdkafka properties, `key=value` (TLS, SASL), repeatable.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    /// Extra librdkafka properties, `key=value` (TLS, SASL), repeatable (comma-separated
+    /// in the variable), as for the services.
+    #[arg(
+        long = "kafka-option",
+        env = "AS2_KAFKA_OPTIONS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = as2_common::config::parse_key_value
+    )]
     pub kafka_options: Vec<(String, String)>,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err(format!("expected key=value, got {text:?}")),
-    }
 }
 
 /// `as2ctl mdn ...`

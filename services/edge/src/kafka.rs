@@ -21,18 +21,9 @@ use rdkafka::error::KafkaError;
 /// The publish timeout of documents unless configured: a partner waits for the answer.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One Kafka record: the document and its headers.
-#[derive(Clone, Debug)]
-pub struct OutgoingRecord<'a> {
-    /// Destination topic.
-    pub topic: &'a str,
-    /// Record key (the partnership id, so one partner's documents stay in order).
-    pub key: &'a str,
-    /// Record headers, in order.
-    pub headers: Vec<(&'static str, String)>,
-    /// Record value (the document).
-    pub payload: &'a [u8],
-}
+/// One Kafka record: the document (value), the partnership id (key, so one partner's
+/// documents stay in order) and the headers of docs/kafka-records.md.
+pub type OutgoingRecord<'a> = Record<'a>;
 
 /// The producer that publishes received documents. Cheap to clone.
 #[derive(Clone)]
@@ -58,14 +49,7 @@ impl DocumentPublisher {
 
     /// Publishes one record and waits for the acknowledgement of all in-sync replicas.
     pub async fn publish(&self, record: OutgoingRecord<'_>) -> Result<StoredRecord, PublishError> {
-        self.producer
-            .send(Record {
-                topic: record.topic,
-                key: record.key,
-                headers: record.headers,
-                payload: record.payload,
-            })
-            .await
+        self.producer.send(record).await
     }
 
     /// How many times the producer has been replaced after its state broke.

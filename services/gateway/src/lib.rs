@@ -362,7 +362,7 @@ pub fn banner(
              --from {from} --to {to} \\\n      \
              --sign-key {key} --sign-cert {cert} \\\n      \
              --encrypt-cert {gateway_cert} --mdn sync\n  \
-             cargo run -p as2ctl -- consume --bootstrap-servers {bootstrap} --topic {topic} --count 1\n  \
+             cargo run -p as2ctl -- consume --kafka-bootstrap-servers {bootstrap} --topic {topic} --count 1\n  \
              cargo run -p as2ctl -- --routing-url {routing} partnership list\n  \
              cargo run -p as2ctl -- --mdn-url {mdn} mdn list",
             url = endpoints.as2_url,

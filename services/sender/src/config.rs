@@ -343,6 +343,59 @@ mod tests {
     }
 
     #[test]
+    fn kafka_topics_answer_to_their_old_names() {
+        let kafka = |args: &[&str]| SenderConfig::try_parse_from(args).unwrap().kafka;
+        let defaults = kafka(&["as2-sender"]);
+        assert_eq!(
+            (
+                defaults.outbound_topic(),
+                defaults.consumer_group(),
+                defaults.receipts_topic(),
+                defaults.bootstrap_servers()
+            ),
+            (
+                "as2.outbound".to_owned(),
+                "as2-sender".to_owned(),
+                "as2.outbound.receipts".to_owned(),
+                "127.0.0.1:9092"
+            )
+        );
+        let old = kafka(&[
+            "as2-sender",
+            "--outbound-topic",
+            "old-out",
+            "--consumer-group",
+            "old-group",
+            "--receipts-topic",
+            "old-receipts",
+        ]);
+        assert_eq!(old.outbound_topic(), "old-out");
+        assert_eq!(old.consumer_group(), "old-group");
+        assert_eq!(old.receipts_topic(), "old-receipts");
+        let both = kafka(&[
+            "as2-sender",
+            "--legacy-outbound-topic",
+            "old-out",
+            "--kafka-outbound-topic",
+            "new-out",
+        ]);
+        assert_eq!(both.outbound_topic(), "new-out");
+        // The old variables feed the hidden arguments resolved above.
+        let command = SenderConfig::command();
+        for (variable, id) in [
+            ("AS2_SENDER_OUTBOUND_TOPIC", "legacy_outbound_topic"),
+            ("AS2_SENDER_CONSUMER_GROUP", "legacy_consumer_group"),
+            ("AS2_SENDER_RECEIPTS_TOPIC", "legacy_receipts_topic"),
+        ] {
+            let found = command
+                .get_arguments()
+                .find(|arg| arg.get_env().is_some_and(|env| env == variable))
+                .map(|arg| arg.get_id().to_string());
+            assert_eq!(found.as_deref(), Some(id), "{variable}");
+        }
+    }
+
+    #[test]
     fn inconsistent_values_are_refused() {
         let mut config = SendingConfig::defaults();
         config.record_ttl_secs = config.async_mdn_timeout_secs;
