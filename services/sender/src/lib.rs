@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clients;
 pub mod config;
 pub mod consumer;
 pub mod message;

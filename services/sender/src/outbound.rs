@@ -19,12 +19,10 @@ pub use as2_partner::retry::Backoff;
 use as2_partner::retry::random_jitter;
 use as2_partner::transport::{PartnerResponse, PartnerTransport, SendError};
 use as2_protocol::{As2Id, ReceivedContentMic};
-use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
-use as2_rpc::routing::v1::{GetPartnershipRequest, Partnership};
-use as2_rpc::tonic::transport::Channel;
-use as2_rpc::tonic::{Code, Request};
+use as2_rpc::routing::v1::Partnership;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::PartnershipDirectory;
 use crate::message::{
     self, MdnDelivery, MdnError, MdnVerdict, OutboundDocument, PlanError, SendPlan,
 };
@@ -94,8 +92,8 @@ pub struct SenderSettings {
 pub struct OutboundSender {
     /// Redis records.
     pub store: MessageStore,
-    /// Partnerships.
-    pub routing: RoutingServiceClient<Channel>,
+    /// Partnerships (the routing service).
+    pub routing: Arc<dyn PartnershipDirectory>,
     /// Our keys.
     pub keys: Arc<KeyStore>,
     /// HTTP to partners.
@@ -556,19 +554,9 @@ impl OutboundSender {
     }
 
     async fn partnership(&self, id: &str) -> PartnershipLookup {
-        let mut client = self.routing.clone();
-        let mut request = Request::new(GetPartnershipRequest { id: id.to_owned() });
-        request.set_timeout(Duration::from_secs(10));
-        match client.get_partnership(request).await {
-            Ok(response) => match response.into_inner().partnership {
-                Some(partnership) => PartnershipLookup::Found(Box::new(partnership)),
-                None => PartnershipLookup::Missing,
-            },
-            Err(status)
-                if status.code() == Code::NotFound || status.code() == Code::InvalidArgument =>
-            {
-                PartnershipLookup::Missing
-            }
+        match self.routing.partnership(id).await {
+            Ok(Some(partnership)) => PartnershipLookup::Found(Box::new(partnership)),
+            Ok(None) => PartnershipLookup::Missing,
             Err(status) => {
                 PartnershipLookup::Unavailable(format!("routing service: {}", status.message()))
             }

@@ -90,7 +90,7 @@ impl SenderServer {
                 redis.namespace.clone(),
                 sending.record_ttl_secs,
             ),
-            routing: RoutingServiceClient::new(routing_channel),
+            routing: Arc::new(RoutingServiceClient::new(routing_channel)),
             keys: Arc::new(KeyStore::new(&sending.keys_dir)),
             transport: PartnerTransport::new(sending.tls_ca_file.as_deref())
                 .context("https client setup failed")?,
