@@ -124,6 +124,10 @@ pub struct Runtime {
     flushes: Vec<Flush>,
     admin: (JoinHandle<()>, CancellationToken),
     observer: Option<StepObserver>,
+    /// Cancel accepting, the background tasks and the admin server when the runtime is
+    /// dropped without [`serve`](Self::serve) (a start-up step failed after `start`), so
+    /// that nothing it spawned outlives it.
+    cancel_on_drop: Vec<tokio_util::sync::DropGuard>,
 }
 
 impl Runtime {
@@ -142,17 +146,23 @@ impl Runtime {
             AdminState::new(readiness.clone(), Arc::new(registry)),
             stop_admin.clone().cancelled_owned(),
         ));
+        let accepting = CancellationToken::new();
+        let cancel_on_drop = vec![
+            accepting.clone().drop_guard(),
+            stop_admin.clone().drop_guard(),
+        ];
         Self {
             service,
             shutdown: shutdown.clone(),
             readiness,
             health: None,
-            accepting: CancellationToken::new(),
+            accepting,
             frontends: Vec::new(),
             background: Vec::new(),
             flushes: Vec::new(),
             admin: (admin, stop_admin),
             observer: None,
+            cancel_on_drop,
         }
     }
 
@@ -213,6 +223,7 @@ impl Runtime {
     {
         let stop = CancellationToken::new();
         let task = tokio::spawn(task(stop.clone()));
+        self.cancel_on_drop.push(stop.clone().drop_guard());
         self.background.push((NamedTask { name, task }, stop));
     }
 
@@ -241,6 +252,7 @@ impl Runtime {
             flushes,
             admin: (admin_task, stop_admin),
             observer,
+            cancel_on_drop,
         } = self;
         let step = |step: DrainStep| {
             tracing::debug!(service, ?step, "drain step");
@@ -315,6 +327,7 @@ impl Runtime {
         }
         step(DrainStep::TelemetryFlushed);
 
+        drop(cancel_on_drop);
         for error in failures.iter().skip(1) {
             tracing::error!(
                 service,
@@ -600,6 +613,25 @@ mod tests {
             format!("{error:#}").contains("the sweeper panicked"),
             "{error:#}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_runtime_dropped_before_serving_stops_what_it_started() {
+        let mut runtime = runtime(5).await;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        runtime.spawn_background("feed", move |stop| async move {
+            stop.cancelled().await;
+            let _sent = stopped_tx.send(());
+            Ok(())
+        });
+        let accepting = runtime.accepting();
+        // A start-up step after `start` failed: the runtime is dropped, never served.
+        drop(runtime);
+        tokio::time::timeout(Duration::from_secs(5), stopped_rx)
+            .await
+            .expect("the background task was stopped")
+            .unwrap();
+        assert!(accepting.is_cancelled());
     }
 
     #[tokio::test]
