@@ -6,19 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use as2_common::runtime::ServiceHandle;
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_testkit::RedisServer;
 use as2_testkit::certificates::{TestCertificate, certificate_der, certificate_pem};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Redis, a routing service and a scratch directory for certificate files.
 struct Stack {
     _redis: RedisServer,
     routing_url: String,
-    stop: CancellationToken,
-    routing: JoinHandle<anyhow::Result<()>>,
+    routing: ServiceHandle,
     files: tempfile::TempDir,
 }
 
@@ -29,12 +27,10 @@ impl Stack {
             .await
             .unwrap();
         let routing_url = format!("http://{}", server.grpc_addr().unwrap());
-        let stop = CancellationToken::new();
-        let routing = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        let routing = ServiceHandle::spawn("routing", |stop| server.serve(stop));
         Self {
             _redis: redis,
             routing_url,
-            stop,
             routing,
             files: tempfile::tempdir().unwrap(),
         }
@@ -59,8 +55,7 @@ impl Stack {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        self.routing.await.unwrap().unwrap();
+        self.routing.stop().await.unwrap();
     }
 }
 

@@ -5,13 +5,13 @@
 
 use std::process::Output;
 
+use as2_common::runtime::ServiceHandle;
 use as2_mdn::{MdnConfig, MdnServer};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::mdn::v1::{
     EnqueueMdnDeliveryRequest, HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
 };
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 async fn as2ctl(mdn_url: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_as2ctl"))
@@ -60,8 +60,7 @@ async fn mdn_status_and_list_show_deliveries() {
     config.delivery.reclaim_idle_ms = 5_000;
     let server = MdnServer::bind(config).await.unwrap();
     let url = format!("http://{}", server.grpc_addr().unwrap());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+    let service = ServiceHandle::spawn("mdn", |stop| server.serve(stop));
     let mut client = MdnDeliveryServiceClient::connect(url.clone())
         .await
         .unwrap();
@@ -130,6 +129,5 @@ async fn mdn_status_and_list_show_deliveries() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    service.stop().await.unwrap();
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use as2_common::runtime::ServiceHandle;
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
@@ -14,15 +15,12 @@ use as2_rpc::routing::v1::{
 };
 use as2_rpc::tonic::transport::Channel;
 use as2_rpc::tonic::{Code, Status, Streaming};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// One routing service replica running in this process.
 pub struct Replica {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    service: ServiceHandle,
 }
 
 impl Replica {
@@ -38,13 +36,11 @@ impl Replica {
             .expect("routing service binds");
         let grpc_addr = server.grpc_addr().unwrap();
         let admin_addr = server.admin_addr().unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.serve(stop.clone().cancelled_owned()));
+        let service = ServiceHandle::spawn("routing", |stop| server.serve(stop));
         let replica = Self {
             grpc_addr,
             admin_addr,
-            stop,
-            task,
+            service,
         };
         replica.wait_until_ready().await;
         replica
@@ -64,16 +60,14 @@ impl Replica {
 
     /// Triggers shutdown without waiting for it.
     pub fn request_stop(&self) {
-        self.stop.cancel();
+        self.service.request_stop();
     }
 
     /// Stops the replica and waits until it has stopped.
     pub async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
+        tokio::time::timeout(Duration::from_secs(15), self.service.stop())
             .await
             .expect("routing service stops within 15 s")
-            .expect("routing task does not panic")
             .expect("routing service stops cleanly");
     }
 }
