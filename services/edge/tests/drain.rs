@@ -16,17 +16,6 @@ use support::{GATEWAY_KEY_ID, PARTNER_ID, Stack, consume, signed_encrypted_messa
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-async fn wait_for_readyz(admin: SocketAddr, status: u16) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if as2_testkit::admin::readyz(admin).await == Some(status) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// The edge binary against the stack's Redis, broker and routing service.
 fn start_edge_process(stack: &Stack, as2: SocketAddr, admin: SocketAddr) -> Child {
     Command::new(env!("CARGO_BIN_EXE_as2-edge"))
@@ -65,10 +54,7 @@ async fn sigterm_with_a_message_in_flight_finishes_it_and_publishes_it() {
         .parse()
         .unwrap();
     let mut edge = start_edge_process(&stack, as2, admin);
-    assert!(
-        wait_for_readyz(admin, 200).await,
-        "the edge did not become ready"
-    );
+    as2_testkit::admin::wait_until_ready("edge", admin).await;
 
     let message_id = MessageId::parse("<drain-1@partner.example>").unwrap();
     let (headers, body) = signed_encrypted_message(
@@ -99,10 +85,8 @@ async fn sigterm_with_a_message_in_flight_finishes_it_and_publishes_it() {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(
-        wait_for_readyz(admin, 503).await,
-        "the edge did not report not ready while draining"
-    );
+    // While draining, the edge reports not ready.
+    as2_testkit::admin::wait_for_readyz("edge", admin, 503, Duration::from_secs(10)).await;
     // Past the shutdown delay the listener is closed: new connections are refused.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(

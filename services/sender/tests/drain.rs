@@ -24,7 +24,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,9 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::KeyMaterial;
-use support::{OUTBOUND_TOPIC, OutboundStack, RECEIPTS_TOPIC, signed_encrypted_sync};
+use support::{
+    OUTBOUND_TOPIC, OutboundStack, RECEIPTS_TOPIC, sender_process, signed_encrypted_sync,
+};
 
 const PARTNERSHIP: &str = "drain";
 const GROUP: &str = "drain-senders";
@@ -335,38 +337,16 @@ fn committed_offsets(bootstrap: &str) -> Vec<i64> {
 }
 
 fn spawn_sender(stack: &OutboundStack, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_as2-sender"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AS2_GRPC_LISTEN", "127.0.0.1:0")
-        .env("AS2_HTTP_LISTEN", "127.0.0.1:0")
-        .env("AS2_REDIS_URL", stack.redis.url())
-        .env("AS2_REDIS_KEY_PREFIX", "out")
-        .env(
-            "AS2_KAFKA_BOOTSTRAP_SERVERS",
-            stack.broker.bootstrap_servers(),
-        )
-        .env(
-            "AS2_KAFKA_OPTIONS",
-            "session.timeout.ms=6000,heartbeat.interval.ms=500",
-        )
+    sender_process(stack, log)
         .env("AS2_KAFKA_OUTBOUND_TOPIC", OUTBOUND_TOPIC)
         .env("AS2_KAFKA_CONSUMER_GROUP", GROUP)
         .env("AS2_KAFKA_RECEIPTS_TOPIC", RECEIPTS_TOPIC)
-        .env("AS2_ROUTING_URL", &stack.routing.url)
-        .env("AS2_KEYS_DIR", stack.keys_dir.path())
         .env("AS2_MESSAGE_ID_DOMAIN", MESSAGE_ID_DOMAIN)
         .env("AS2_SENDER_MAX_IN_FLIGHT", MAX_IN_FLIGHT.to_string())
-        .env("AS2_SENDER_INITIAL_BACKOFF_MS", "200")
-        .env("AS2_SENDER_MAX_BACKOFF_MS", "1000")
         .env("AS2_SENDER_SWEEP_INTERVAL_MS", "200")
         .env("AS2_SHUTDOWN_DELAY_SECS", "0")
         .env("AS2_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
         .env("AS2_LOG_FILTER", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
         .spawn()
         .unwrap()
 }

@@ -6,37 +6,16 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use as2_rpc::routing::v1::OutboundSettings;
 use support::KeyMaterial;
-use support::{DjangoPartner, OutboundStack, eventually, sender_binary, signed_encrypted_sync};
+use support::{DjangoPartner, OutboundStack, eventually, sender_process, signed_encrypted_sync};
 
 fn spawn_sender(stack: &OutboundStack, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(sender_binary())
-        .env_clear()
-        .env("AS2_GRPC_LISTEN", "127.0.0.1:0")
-        .env("AS2_HTTP_LISTEN", "127.0.0.1:0")
-        .env("AS2_REDIS_URL", stack.redis.url())
-        .env("AS2_REDIS_KEY_PREFIX", "out")
-        .env(
-            "AS2_KAFKA_BOOTSTRAP_SERVERS",
-            stack.broker.bootstrap_servers(),
-        )
-        .env(
-            "AS2_KAFKA_OPTIONS",
-            "session.timeout.ms=6000,heartbeat.interval.ms=500",
-        )
-        .env("AS2_ROUTING_URL", &stack.routing.url)
-        .env("AS2_KEYS_DIR", stack.keys_dir.path())
-        .env("AS2_SENDER_INITIAL_BACKOFF_MS", "200")
-        .env("AS2_SENDER_MAX_BACKOFF_MS", "1000")
+    sender_process(stack, log)
         .env("AS2_SENDER_MAX_IN_FLIGHT", "2")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
         .spawn()
         .unwrap()
 }

@@ -665,10 +665,8 @@ mod tests {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
     use super::*;
+    use crate::inbound::tests::{ASYNC_MDN, MDN_URL, REQUEST_HEADERS, RETRY_AFTER_SECS, SYNC_MDN};
 
-    const MDN_URL: &str = "https://partner.example/as2/mdn";
-    const SYNC_MDN: (&str, &str) = ("Disposition-Notification-To", "mailto:as2@partner.example");
-    const ASYNC_MDN: (&str, &str) = ("Receipt-Delivery-Option", MDN_URL);
     const SIGNED_RECEIPT: (&str, &str) = (
         "Disposition-Notification-Options",
         "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-384, sha256",
@@ -681,7 +679,6 @@ mod tests {
         "Disposition-Notification-Options",
         "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=required, whirlpool",
     );
-    const RETRY_AFTER_SECS: u64 = 42;
 
     /// The edge's settings in a row.
     #[derive(Clone, Copy)]
@@ -757,15 +754,7 @@ mod tests {
     }
 
     fn request(extra: &[(&str, &str)]) -> As2RequestHeaders {
-        let mut headers = vec![
-            ("AS2-From", "partner"),
-            ("AS2-To", "us"),
-            ("Message-ID", "<m-1@partner.example>"),
-            (
-                "Content-Type",
-                "application/pkcs7-mime; smime-type=enveloped-data",
-            ),
-        ];
+        let mut headers = REQUEST_HEADERS.to_vec();
         headers.extend_from_slice(extra);
         As2RequestHeaders::parse(headers).expect("test headers parse")
     }

@@ -21,8 +21,19 @@ use super::*;
 use crate::clients::{PartnershipEvents, PartnershipRegistry};
 use crate::kafka::{PublishError, StoredRecord};
 
-const RETRY_AFTER_SECS: u64 = 42;
-const MDN_URL: &str = "https://partner.example/as2/mdn";
+// Shared with the decision tests (`decision::tests`).
+pub(super) const RETRY_AFTER_SECS: u64 = 42;
+pub(super) const MDN_URL: &str = "https://partner.example/as2/mdn";
+/// The AS2 headers of every test message; a test adds the MDN options it needs.
+pub(super) const REQUEST_HEADERS: [(&str, &str); 4] = [
+    ("AS2-From", "partner"),
+    ("AS2-To", "us"),
+    ("Message-ID", "<m-1@partner.example>"),
+    (
+        "Content-Type",
+        "application/pkcs7-mime; smime-type=enveloped-data",
+    ),
+];
 
 /// The routing service: one partnership, or down.
 struct FakeRegistry {
@@ -286,15 +297,7 @@ impl Edge {
 }
 
 fn message(extra: &[(&str, &str)]) -> InboundRequest {
-    let mut headers = vec![
-        ("AS2-From", "partner"),
-        ("AS2-To", "us"),
-        ("Message-ID", "<m-1@partner.example>"),
-        (
-            "Content-Type",
-            "application/pkcs7-mime; smime-type=enveloped-data",
-        ),
-    ];
+    let mut headers = REQUEST_HEADERS.to_vec();
     headers.extend_from_slice(extra);
     InboundRequest {
         headers: headers
@@ -305,8 +308,9 @@ fn message(extra: &[(&str, &str)]) -> InboundRequest {
     }
 }
 
-const SYNC_MDN: (&str, &str) = ("Disposition-Notification-To", "mailto:as2@partner.example");
-const ASYNC_MDN: (&str, &str) = ("Receipt-Delivery-Option", MDN_URL);
+pub(super) const SYNC_MDN: (&str, &str) =
+    ("Disposition-Notification-To", "mailto:as2@partner.example");
+pub(super) const ASYNC_MDN: (&str, &str) = ("Receipt-Delivery-Option", MDN_URL);
 
 fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
     answer

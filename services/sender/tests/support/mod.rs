@@ -426,6 +426,38 @@ pub fn sender_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_as2-sender"))
 }
 
+/// The `as2-sender` binary against `stack`, its output going to the file `log`: only the
+/// environment set here (listeners on ephemeral ports, the stack's Redis, broker and
+/// routing service, fast consumer-group failover, short backoffs); a test adds its own
+/// variables and spawns it.
+pub fn sender_process(stack: &OutboundStack, log: &Path) -> Command {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(sender_binary());
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AS2_GRPC_LISTEN", "127.0.0.1:0")
+        .env("AS2_HTTP_LISTEN", "127.0.0.1:0")
+        .env("AS2_REDIS_URL", stack.redis.url())
+        .env("AS2_REDIS_KEY_PREFIX", "out")
+        .env(
+            "AS2_KAFKA_BOOTSTRAP_SERVERS",
+            stack.broker.bootstrap_servers(),
+        )
+        .env(
+            "AS2_KAFKA_OPTIONS",
+            "session.timeout.ms=6000,heartbeat.interval.ms=500",
+        )
+        .env("AS2_ROUTING_URL", &stack.routing.url)
+        .env("AS2_KEYS_DIR", stack.keys_dir.path())
+        .env("AS2_SENDER_INITIAL_BACKOFF_MS", "200")
+        .env("AS2_SENDER_MAX_BACKOFF_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    command
+}
+
 /// Waits until `check` holds, for at most `timeout`.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
