@@ -92,7 +92,9 @@ pub struct InboundConfig {
     )]
     pub header_read_timeout_secs: u64,
 
-    /// Seconds a client has to send the whole request body.
+    /// Seconds the request body may go without a byte arriving (408 beyond it); a big
+    /// body on a slow line takes as long as it needs. The name is kept from when this
+    /// bounded the whole body.
     #[arg(
         long = "body-read-timeout-secs",
         env = "AS2_BODY_READ_TIMEOUT_SECS",
@@ -170,8 +172,8 @@ impl InboundConfig {
         Duration::from_secs(self.header_read_timeout_secs)
     }
 
-    /// Body read timeout.
-    pub fn body_read_timeout(&self) -> Duration {
+    /// Body idle timeout.
+    pub fn body_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
     }
 }

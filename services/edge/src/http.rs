@@ -1,8 +1,14 @@
 //! The AS2 HTTP endpoint: HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on one port.
 //!
-//! Requests are read completely before processing, bounded in size (413 beyond the
-//! limit, decided from Content-Length before any body is read when it is declared) and
-//! in time (header and body read timeouts, 408 for a body that is too slow).
+//! The request headers are judged first ([`InboundProcessor::preflight`]): a request
+//! with missing AS2 headers, from an unknown (AS2-From, AS2-To) pair or that needs a
+//! dependency that is down is answered without its body being read (a small body is
+//! read and discarded first, so that the client sees the answer rather than a reset
+//! connection; a client that sent `Expect: 100-continue` is never asked for it).
+//! Otherwise the body is read, bounded in size (413 beyond the limit, decided from
+//! Content-Length before any body is read when it is declared) and in time: a header
+//! read timeout, and a body idle timeout (408 when no body bytes arrive for that long;
+//! a big body on a slow line is not cut off for its size).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +25,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbound::{Answer, InboundProcessor, InboundRequest};
+use crate::inbound::{Answer, InboundProcessor, InboundRequest, Preflight};
 
 /// Limits of the HTTP layer.
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +34,8 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Time to receive the request headers (HTTP/1.1).
     pub header_read_timeout: Duration,
-    /// Time to receive the whole body.
-    pub body_read_timeout: Duration,
+    /// Longest time without any body bytes arriving (408 beyond it).
+    pub body_idle_timeout: Duration,
 }
 
 /// Serves AS2 requests on `listener` until `stop_accepting` is cancelled, then waits up
@@ -96,6 +102,10 @@ pub async fn serve_as2(
 /// at once and the connection closed.
 const OVERSIZE_DRAIN_LIMIT: usize = 32 * 1024 * 1024;
 
+/// How much of the body of a request answered from its headers alone is read and
+/// discarded before the answer (the same purpose, for a request that is not oversize).
+const PREFLIGHT_DRAIN_LIMIT: usize = 1024 * 1024;
+
 async fn handle(
     request: Request<Incoming>,
     processor: &InboundProcessor,
@@ -109,37 +119,10 @@ async fn handle(
         return response;
     }
     let declared = declared_length(&request);
+    let expects_continue = expects_continue(&request);
     let (parts, body) = request.into_parts();
-    if let Some(declared) = declared.filter(|&declared| declared > limits.max_body_bytes) {
-        if declared <= OVERSIZE_DRAIN_LIMIT {
-            drain(body, limits.body_read_timeout).await;
-        }
-        return to_response(too_large(limits.max_body_bytes));
-    }
-    let mut body = body;
-    let collected = tokio::time::timeout(
-        limits.body_read_timeout,
-        collect(&mut body, limits.max_body_bytes),
-    )
-    .await;
-    let body = match collected {
-        Ok(Ok(body)) => body,
-        Ok(Err(BodyError::TooLarge)) => {
-            drain(body, limits.body_read_timeout).await;
-            return to_response(too_large(limits.max_body_bytes));
-        }
-        Ok(Err(BodyError::Read(error))) => {
-            tracing::debug!(%error, "reading the request body failed");
-            return to_response(Answer::text(
-                400,
-                format!("the request body could not be read: {error}"),
-            ));
-        }
-        Err(_elapsed) => {
-            return to_response(Answer::text(408, "the request body arrived too slowly"));
-        }
-    };
-    let headers = parts
+    // The partnership is judged before the size: the limit will be the partnership's.
+    let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .map(|(name, value)| {
@@ -149,18 +132,77 @@ async fn handle(
             )
         })
         .collect();
-    to_response(processor.process(InboundRequest { headers, body }).await)
+    let span = match processor.preflight(&headers).await {
+        Preflight::ReadBody(span) => span,
+        Preflight::Answered(answer) => {
+            // With `Expect: 100-continue` the body is never asked for: hyper sends the
+            // 100 only when the body is first read.
+            if !expects_continue
+                && declared.is_none_or(|declared| declared <= PREFLIGHT_DRAIN_LIMIT)
+            {
+                drain(body, limits.body_idle_timeout, PREFLIGHT_DRAIN_LIMIT).await;
+            }
+            return to_response(answer);
+        }
+    };
+    if let Some(declared) = declared.filter(|&declared| declared > limits.max_body_bytes) {
+        if declared <= OVERSIZE_DRAIN_LIMIT {
+            drain(body, limits.body_idle_timeout, OVERSIZE_DRAIN_LIMIT).await;
+        }
+        return to_response(too_large(limits.max_body_bytes));
+    }
+    let mut body = body;
+    let body = match collect(&mut body, limits.max_body_bytes, limits.body_idle_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            drain(body, limits.body_idle_timeout, OVERSIZE_DRAIN_LIMIT).await;
+            return to_response(too_large(limits.max_body_bytes));
+        }
+        Err(BodyError::Read(error)) => {
+            tracing::debug!(%error, "reading the request body failed");
+            return to_response(Answer::text(
+                400,
+                format!("the request body could not be read: {error}"),
+            ));
+        }
+        Err(BodyError::Idle) => {
+            return to_response(Answer::text(
+                408,
+                format!(
+                    "no part of the request body arrived for {} s",
+                    limits.body_idle_timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    to_response(
+        processor
+            .process(InboundRequest {
+                headers,
+                body,
+                span,
+            })
+            .await,
+    )
 }
 
 enum BodyError {
     TooLarge,
     Read(hyper::Error),
+    /// No frame arrived within the idle timeout.
+    Idle,
 }
 
-/// Reads the whole body into one buffer, failing once it grows beyond `limit` bytes.
-async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
+/// Reads the whole body into one buffer, failing once it grows beyond `limit` bytes or
+/// when no frame arrives for `idle`.
+async fn collect(body: &mut Incoming, limit: usize, idle: Duration) -> Result<Bytes, BodyError> {
     let mut buffer = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_elapsed) => return Err(BodyError::Idle),
+        };
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
             continue;
         };
@@ -172,20 +214,26 @@ async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> 
     Ok(buffer.freeze())
 }
 
-/// Reads and discards what remains of a body, up to [`OVERSIZE_DRAIN_LIMIT`] bytes.
-async fn drain(mut body: Incoming, timeout: Duration) {
-    let discard = async {
-        let mut discarded = 0_usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                discarded += data.len();
-                if discarded > OVERSIZE_DRAIN_LIMIT {
-                    break;
-                }
+/// Reads and discards what remains of a body, up to `limit` bytes, giving up when no
+/// frame arrives for `idle`.
+async fn drain(mut body: Incoming, idle: Duration, limit: usize) {
+    let mut discarded = 0_usize;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            discarded += data.len();
+            if discarded > limit {
+                break;
             }
         }
-    };
-    let _ = tokio::time::timeout(timeout, discard).await;
+    }
+}
+
+fn expects_continue(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 fn declared_length(request: &Request<Incoming>) -> Option<usize> {

@@ -79,6 +79,18 @@ pub struct InboundRequest {
     pub headers: Vec<(String, String)>,
     /// The exact body bytes.
     pub body: Bytes,
+    /// The message's span, when [`InboundProcessor::preflight`] started it (one span,
+    /// hence one trace, per message); `None` starts a new one.
+    pub span: Option<tracing::Span>,
+}
+
+/// What [`InboundProcessor::preflight`] decided from the headers.
+#[derive(Debug)]
+pub enum Preflight {
+    /// Answered without the body.
+    Answered(Answer),
+    /// Read the body and hand it to [`InboundProcessor::process`] with this span.
+    ReadBody(Option<tracing::Span>),
 }
 
 /// What to answer: status, headers and body.
@@ -155,6 +167,33 @@ impl Handled {
     }
 }
 
+/// What the partnership lookup decided.
+enum Admitted {
+    /// Read (if not yet read) and unwrap the body.
+    Unwrap {
+        route: Arc<Route>,
+        decryption_key_id: Option<String>,
+    },
+    /// Answered without the body.
+    Answered(Result<Handled, Unavailable>),
+}
+
+/// The span of one AS2 message; `request_bytes` is `None` before the body is read.
+fn message_span(headers: &As2RequestHeaders, request_bytes: Option<usize>) -> tracing::Span {
+    tracing::info_span!(
+        "as2_message",
+        otel.kind = "server",
+        as2_from = headers.as2_from.as_str(),
+        as2_to = headers.as2_to.as_str(),
+        message_id = headers.message_id.original(),
+        request_bytes,
+        document_bytes = tracing::field::Empty,
+        partnership = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        disposition = tracing::field::Empty,
+    )
+}
+
 impl InboundProcessor {
     /// Handles one AS2 request and says what to answer.
     pub async fn process(&self, request: InboundRequest) -> Answer {
@@ -182,37 +221,76 @@ impl InboundProcessor {
             Ok(headers) => headers,
             Err(answer) => return Handled::new(answer, Outcome::BadRequest),
         };
-        let span = tracing::info_span!(
-            "as2_message",
-            otel.kind = "server",
-            as2_from = headers.as2_from.as_str(),
-            as2_to = headers.as2_to.as_str(),
-            message_id = headers.message_id.original(),
-            request_bytes = request.body.len(),
-            document_bytes = tracing::field::Empty,
-            partnership = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            disposition = tracing::field::Empty,
-        );
+        let span = match request.span {
+            Some(span) => {
+                span.record("request_bytes", request.body.len());
+                span
+            }
+            None => message_span(&headers, Some(request.body.len())),
+        };
         // The span is attached to the future, not entered: a guard held across `.await`
         // leaks into other requests on the same worker thread and corrupts the span stack.
         let handled = async {
-            match self.handle_message(&headers, request.body).await {
-                Ok(handled) => handled,
-                Err(unavailable) => {
-                    tracing::warn!(reason = unavailable.0, "answering 503");
-                    Handled::new(
-                        unavailable.answer(self.settings.retry_after_secs),
-                        Outcome::Unavailable,
-                    )
-                }
-            }
+            let handled = self.handle_message(&headers, request.body).await;
+            self.settle(handled)
         }
         .instrument(span.clone())
         .await;
         span.record("outcome", handled.outcome.label());
         span.record("disposition", handled.outcome.disposition());
         handled
+    }
+
+    /// Decides from the request headers alone, before the body is read, whether the
+    /// message can be answered without it: AS2 headers missing or malformed (400), an
+    /// unknown (AS2-From, AS2-To) pair (the `unknown-trading-partner` error MDN), a
+    /// signed receipt the partnership cannot give, or a dependency that is down (503).
+    /// [`Preflight::ReadBody`] means: read the body and [`Self::process`] the request
+    /// with the span given (the message's one span).
+    ///
+    /// A request that may be a partner's MDN (`multipart/report`, or `multipart/signed`
+    /// whose signed part only the body shows) always has its body read: it goes to the
+    /// sender, whatever the pair. The answer given here is counted in the metrics like
+    /// any other; [`Self::process`] decides again on the same headers, so a partnership
+    /// that appears between the two calls is honoured.
+    pub async fn preflight(&self, headers: &[(String, String)]) -> Preflight {
+        if crate::partner_mdn::may_be_mdn(headers) {
+            return Preflight::ReadBody(None);
+        }
+        let started = Instant::now();
+        let handled = match decision::read_headers(headers) {
+            Err(answer) => Handled::new(answer, Outcome::BadRequest),
+            Ok(headers) => {
+                let span = message_span(&headers, None);
+                let answered = async {
+                    match self.admit(&headers).await {
+                        Admitted::Unwrap { .. } => None,
+                        Admitted::Answered(handled) => Some(self.settle(handled)),
+                    }
+                }
+                .instrument(span.clone())
+                .await;
+                let Some(handled) = answered else {
+                    return Preflight::ReadBody(Some(span));
+                };
+                span.record("outcome", handled.outcome.label());
+                span.record("disposition", handled.outcome.disposition());
+                handled
+            }
+        };
+        self.metrics.observe(&handled.outcome, 0, started.elapsed());
+        Preflight::Answered(handled.answer)
+    }
+
+    /// A handled message, or the 503 for a dependency that is unavailable.
+    fn settle(&self, handled: Result<Handled, Unavailable>) -> Handled {
+        handled.unwrap_or_else(|unavailable| {
+            tracing::warn!(reason = unavailable.0, "answering 503");
+            Handled::new(
+                unavailable.answer(self.settings.retry_after_secs),
+                Outcome::Unavailable,
+            )
+        })
     }
 
     /// The settings the decisions depend on.
@@ -230,36 +308,14 @@ impl InboundProcessor {
         headers: &As2RequestHeaders,
         body: Bytes,
     ) -> Result<Handled, Unavailable> {
-        let decisions = self.decisions();
-        let resolved = self
-            .routes
-            .resolve(headers.as2_from.as_str(), headers.as2_to.as_str())
-            .await;
-        let lookup = match &resolved {
-            Ok(Some(route)) => {
-                tracing::Span::current().record("partnership", route.partnership.id.as_str());
-                RouteLookup::Found(route)
-            }
-            Ok(None) => RouteLookup::Unknown,
-            Err(error) => {
-                tracing::warn!(%error, "partnership lookup failed");
-                RouteLookup::Failed
-            }
-        };
-        let (route, decryption_key_id) = match decisions.admit(headers, lookup) {
-            Admission::Unwrap {
+        let (route, decryption_key_id) = match self.admit(headers).await {
+            Admitted::Unwrap {
                 route,
                 decryption_key_id,
             } => (route, decryption_key_id),
-            Admission::Reject(rejection) => {
-                let route = match lookup {
-                    RouteLookup::Found(route) => Some(route.as_ref()),
-                    RouteLookup::Unknown | RouteLookup::Failed => None,
-                };
-                return self.deliver_rejection(headers, route, *rejection).await;
-            }
-            Admission::Unavailable(unavailable) => return Err(unavailable),
+            Admitted::Answered(handled) => return handled,
         };
+        let decisions = self.decisions();
 
         let decryption_key = match decryption_key_id.as_deref() {
             Some(id) => self.keys.get(id).map_err(|error| error.to_string()),
@@ -279,6 +335,43 @@ impl InboundProcessor {
                     .await
             }
             Verdict::Unavailable(unavailable) => Err(unavailable),
+        }
+    }
+
+    /// Looks the partnership up and decides whether the message is unwrapped; a
+    /// message that is not gets its answer here (it needs no body).
+    async fn admit(&self, headers: &As2RequestHeaders) -> Admitted {
+        let resolved = self
+            .routes
+            .resolve(headers.as2_from.as_str(), headers.as2_to.as_str())
+            .await;
+        let lookup = match &resolved {
+            Ok(Some(route)) => {
+                tracing::Span::current().record("partnership", route.partnership.id.as_str());
+                RouteLookup::Found(route)
+            }
+            Ok(None) => RouteLookup::Unknown,
+            Err(error) => {
+                tracing::warn!(%error, "partnership lookup failed");
+                RouteLookup::Failed
+            }
+        };
+        match self.decisions().admit(headers, lookup) {
+            Admission::Unwrap {
+                route,
+                decryption_key_id,
+            } => Admitted::Unwrap {
+                route,
+                decryption_key_id,
+            },
+            Admission::Reject(rejection) => {
+                let route = match lookup {
+                    RouteLookup::Found(route) => Some(route.as_ref()),
+                    RouteLookup::Unknown | RouteLookup::Failed => None,
+                };
+                Admitted::Answered(self.deliver_rejection(headers, route, *rejection).await)
+            }
+            Admission::Unavailable(unavailable) => Admitted::Answered(Err(unavailable)),
         }
     }
 

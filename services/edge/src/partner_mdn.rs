@@ -3,7 +3,8 @@
 //! A partner returns the MDN for a message the sender sent by POSTing it to our AS2 URL
 //! (the Receipt-Delivery-Option we gave). Such a request is an MDN, not an AS2 message:
 //! its Content-Type is `multipart/report`, or `multipart/signed` whose first part is
-//! `multipart/report`. The edge recognises it before anything else and hands it to the
+//! `multipart/report`. The edge recognises it before anything else (a request whose
+//! Content-Type is one of the two always has its body read, [`may_be_mdn`]) and hands it to the
 //! sender's `ReconcileMdn` (`as2.sender.v1`), which matches it to the message by
 //! Original-Message-ID, verifies it and records the outcome. The answer:
 //!
@@ -15,12 +16,25 @@
 //! | no message awaits it | 404 |
 //! | sender not configured or unavailable | 503 with Retry-After |
 
-use as2_protocol::mime::{Entity, HeaderField, MimeLimits};
+use as2_protocol::mime::{ContentType, Entity, HeaderField, MimeLimits};
 use as2_rpc::sender::v1::{self, ReconcileMdnRequest};
 use as2_rpc::tonic::Code;
 
 use crate::clients::MdnReconciler;
 use crate::inbound::{Answer, InboundRequest};
+
+/// Whether the request may carry an MDN, judged from its headers alone: its
+/// Content-Type is `multipart/report` or `multipart/signed` (whose first part only the
+/// body shows). Anything else is an AS2 message.
+pub fn may_be_mdn(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .is_some_and(|(_, value)| {
+            let content_type = ContentType::parse(value);
+            content_type.is("multipart/report") || content_type.is("multipart/signed")
+        })
+}
 
 /// Whether the request carries an MDN rather than an AS2 message.
 pub fn is_mdn(request: &InboundRequest) -> bool {
@@ -115,6 +129,7 @@ mod tests {
 
     fn request(content_type: &str, body: &'static [u8]) -> InboundRequest {
         InboundRequest {
+            span: None,
             headers: vec![("Content-Type".to_owned(), content_type.to_owned())],
             body: Bytes::from_static(body),
         }
@@ -141,6 +156,7 @@ mod tests {
             b"x"
         )));
         assert!(!is_mdn(&InboundRequest {
+            span: None,
             headers: Vec::new(),
             body: Bytes::new()
         }));

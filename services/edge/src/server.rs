@@ -129,7 +129,7 @@ impl EdgeServer {
         let limits = HttpLimits {
             max_body_bytes: inbound.max_body_bytes,
             header_read_timeout: inbound.header_read_timeout(),
-            body_read_timeout: inbound.body_read_timeout(),
+            body_idle_timeout: inbound.body_idle_timeout(),
         };
         let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
         runtime.spawn_frontend("as2 listener", async move {

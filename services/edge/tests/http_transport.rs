@@ -13,7 +13,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use support::{PARTNER_ID, RunningEdge, Stack, edge_config, message_parts, python};
+use support::{GATEWAY_ID, PARTNER_ID, RunningEdge, Stack, edge_config, message_parts, python};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn signed_message(stack: &Stack) -> (Vec<(String, String)>, Vec<u8>) {
@@ -119,6 +119,9 @@ async fn h2c_and_chunked_requests_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
     let stack = Stack::start().await;
+    stack
+        .create_partnership(stack.partnership(PARTNER_ID, "transport"))
+        .await;
     let mut config = edge_config(
         &stack.redis.url(),
         "e2e",
@@ -143,17 +146,103 @@ async fn slow_clients_are_cut_off() {
         "the edge kept a connection with unfinished headers open"
     );
 
-    // A body that stops half way: 408.
+    // A body from a known partner that stops half way: 408 once nothing has arrived
+    // for the idle timeout.
+    let head = format!(
+        "POST /as2 HTTP/1.1\r\nHost: x\r\nAS2-From: \"{PARTNER_ID}\"\r\nAS2-To: {GATEWAY_ID}\r\n\
+         Message-ID: <m@x>\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: 100\r\n\r\n"
+    );
     let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    stream
-        .write_all(b"POST /as2 HTTP/1.1\r\nHost: x\r\nAS2-From: a\r\nAS2-To: b\r\nMessage-ID: <m@x>\r\nContent-Length: 100\r\n\r\nonly part")
-        .await
-        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"only part").await.unwrap();
     let mut buffer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
     let answer = String::from_utf8_lossy(&buffer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body that keeps coming, slower than the idle timeout in total but never idle
+    // for that long: it is read to the end (and answered as the bad message it is).
+    let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..5 {
+        stream.write_all(&[b'x'; 20]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let mut buffer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    let answer = String::from_utf8_lossy(&buffer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 408"),
+        "a body that kept arriving got 408: {answer}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 "), "no answer: {answer}");
     edge.stop().await;
+    stack.edge.stop().await;
+    stack.routing.stop().await;
+}
+
+/// Requests the edge can refuse from their headers are answered without their body:
+/// the client that announced a 1 GiB body with `Expect: 100-continue` gets the answer
+/// without being asked for a byte, and one that sends a small body still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_partners_and_missing_headers_are_answered_before_the_body() {
+    let stack = Stack::start().await;
+    let refusals = [
+        // An unknown pair.
+        (
+            "AS2-From: stranger\r\nAS2-To: as2-gateway\r\nMessage-ID: <s@x>\r\n",
+            "400",
+            "no partnership",
+        ),
+        // No AS2-From at all.
+        (
+            "AS2-To: as2-gateway\r\nMessage-ID: <s@x>\r\n",
+            "400",
+            "AS2-From",
+        ),
+    ];
+    for (as2_headers, status, reason) in refusals {
+        let mut stream = tokio::net::TcpStream::connect(stack.edge.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /as2 HTTP/1.1\r\nHost: x\r\n{as2_headers}Content-Type: application/pkcs7-mime\r\n\
+             Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("the answer came without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buffer[..read]);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "asked for the body or answered wrongly: {answer}"
+        );
+        assert!(answer.contains(reason), "{answer}");
+
+        // Without Expect, a small body is read and discarded first: the whole answer
+        // arrives, not a reset.
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut request = http::Request::post(stack.edge.url());
+        for line in as2_headers.split("\r\n").filter(|line| !line.is_empty()) {
+            let (name, value) = line.split_once(": ").unwrap();
+            request = request.header(name, value);
+        }
+        let response = client
+            .request(
+                request
+                    .header("Content-Type", "application/pkcs7-mime")
+                    .body(Full::new(Bytes::from(vec![7u8; 300_000])))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_str(), status);
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&text).contains(reason));
+    }
     stack.edge.stop().await;
     stack.routing.stop().await;
 }

@@ -300,6 +300,7 @@ fn message(extra: &[(&str, &str)]) -> InboundRequest {
     let mut headers = REQUEST_HEADERS.to_vec();
     headers.extend_from_slice(extra);
     InboundRequest {
+        span: None,
         headers: headers
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -539,6 +540,7 @@ async fn missing_as2_headers_answer_400_without_asking_anyone() {
 
 fn partner_mdn() -> InboundRequest {
     InboundRequest {
+        span: None,
         headers: vec![
             ("AS2-From".to_owned(), "partner".to_owned()),
             ("AS2-To".to_owned(), "us".to_owned()),
@@ -630,4 +632,77 @@ async fn a_panic_in_our_unwrap_answers_503_with_retry_after_not_an_error_mdn() {
     let resend = fixed.processor.process(message(&[SYNC_MDN])).await;
     assert_mdn(&resend, "processed");
     assert_eq!(fixed.sink.published().len(), 1);
+}
+
+#[tokio::test]
+async fn preflight_answers_what_the_headers_decide_and_leaves_the_rest_to_the_body() {
+    // Unknown pair: the error MDN, without a body.
+    let unknown = edge(EdgeSetup {
+        partnership: None,
+        ..EdgeSetup::default()
+    });
+    let request = message(&[SYNC_MDN]);
+    let Preflight::Answered(answer) = unknown.processor.preflight(&request.headers).await else {
+        panic!("an unknown pair is answered from the headers");
+    };
+    assert_mdn(&answer, "processed/error: unknown-trading-partner");
+    assert!(unknown.sink.published().is_empty());
+
+    // Routing down: 503 before the body.
+    let down = edge(EdgeSetup {
+        routing_down: true,
+        ..EdgeSetup::default()
+    });
+    let Preflight::Answered(answer) = down.processor.preflight(&request.headers).await else {
+        panic!("routing down is answered from the headers");
+    };
+    assert_retry_later(&answer);
+
+    // Missing AS2 headers: 400 without a lookup.
+    let known = edge(EdgeSetup::default());
+    let mut headers = request.headers.clone();
+    headers.retain(|(name, _)| !name.eq_ignore_ascii_case("AS2-To"));
+    let Preflight::Answered(answer) = known.processor.preflight(&headers).await else {
+        panic!("missing AS2 headers are answered from the headers");
+    };
+    assert_eq!(answer.status, 400);
+    assert_eq!(known.registry.lookups.load(Ordering::SeqCst), 0);
+
+    // A known partnership: the body is needed, and then processed as before.
+    let Preflight::ReadBody(span) = known.processor.preflight(&request.headers).await else {
+        panic!("a known partnership needs the body");
+    };
+    assert!(
+        span.is_some(),
+        "the message's span goes on to the processing"
+    );
+    let processed = known
+        .processor
+        .process(InboundRequest { span, ..request })
+        .await;
+    assert_mdn(
+        &processed,
+        "automatic-action/MDN-sent-automatically; processed",
+    );
+    assert_eq!(known.sink.published().len(), 1);
+
+    // What may be a partner's MDN is never judged from its headers.
+    let mdn = partner_mdn();
+    assert!(matches!(
+        unknown.processor.preflight(&mdn.headers).await,
+        Preflight::ReadBody(None)
+    ));
+    let mut signed = REQUEST_HEADERS.to_vec();
+    signed.retain(|(name, _)| *name != "Content-Type");
+    signed.push(("Content-Type", "multipart/signed; boundary=x"));
+    let signed: Vec<(String, String)> = signed
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    let lookups = unknown.registry.lookups.load(Ordering::SeqCst);
+    assert!(matches!(
+        unknown.processor.preflight(&signed).await,
+        Preflight::ReadBody(None)
+    ));
+    assert_eq!(unknown.registry.lookups.load(Ordering::SeqCst), lookups);
 }
