@@ -132,8 +132,8 @@ async fn handle(
             )
         })
         .collect();
-    let span = match processor.preflight(&headers).await {
-        Preflight::ReadBody(span) => span,
+    let admitted = match processor.preflight(&headers).await {
+        Preflight::ReadBody(admitted) => admitted,
         Preflight::Answered(answer) => {
             // With `Expect: 100-continue` the body is never asked for: hyper sends the
             // 100 only when the body is first read.
@@ -180,7 +180,7 @@ async fn handle(
             .process(InboundRequest {
                 headers,
                 body,
-                span,
+                admitted,
             })
             .await,
     )

@@ -79,9 +79,10 @@ pub struct InboundRequest {
     pub headers: Vec<(String, String)>,
     /// The exact body bytes.
     pub body: Bytes,
-    /// The message's span, when [`InboundProcessor::preflight`] started it (one span,
-    /// hence one trace, per message); `None` starts a new one.
-    pub span: Option<tracing::Span>,
+    /// What [`InboundProcessor::preflight`] found from the headers, when it admitted the
+    /// message: [`InboundProcessor::process`] goes on from there (no second lookup, and
+    /// one span, hence one trace, per message). `None` starts from the headers.
+    pub admitted: Option<Box<AdmittedMessage>>,
 }
 
 /// What [`InboundProcessor::preflight`] decided from the headers.
@@ -89,8 +90,27 @@ pub struct InboundRequest {
 pub enum Preflight {
     /// Answered without the body.
     Answered(Answer),
-    /// Read the body and hand it to [`InboundProcessor::process`] with this span.
-    ReadBody(Option<tracing::Span>),
+    /// Read the body and hand it to [`InboundProcessor::process`] with this (`None`: a
+    /// request that may be a partner's MDN, judged with its body).
+    ReadBody(Option<Box<AdmittedMessage>>),
+}
+
+/// A message admitted from its headers: parsed, its partnership found and its
+/// decryption key chosen, inside the message's span.
+pub struct AdmittedMessage {
+    span: tracing::Span,
+    headers: As2RequestHeaders,
+    route: Arc<Route>,
+    decryption_key_id: Option<String>,
+}
+
+impl std::fmt::Debug for AdmittedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmittedMessage")
+            .field("message_id", &self.headers.message_id.original())
+            .field("partnership", &self.route.partnership.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to answer: status, headers and body.
@@ -165,15 +185,18 @@ impl Handled {
     fn new(answer: Answer, outcome: Outcome) -> Self {
         Self { answer, outcome }
     }
+
+    /// Records the outcome on the message's span.
+    fn record_on(&self, span: &tracing::Span) {
+        span.record("outcome", self.outcome.label());
+        span.record("disposition", self.outcome.disposition());
+    }
 }
 
 /// What the partnership lookup decided.
 enum Admitted {
-    /// Read (if not yet read) and unwrap the body.
-    Unwrap {
-        route: Arc<Route>,
-        decryption_key_id: Option<String>,
-    },
+    /// Read (if not yet read) and unwrap the body with this partnership and key.
+    Unwrap(Arc<Route>, Option<String>),
     /// Answered without the body.
     Answered(Result<Handled, Unavailable>),
 }
@@ -217,27 +240,34 @@ impl InboundProcessor {
             let outcome = decision::partner_mdn_outcome(&answer);
             return Handled::new(answer, outcome);
         }
-        let headers = match decision::read_headers(&request.headers) {
-            Ok(headers) => headers,
-            Err(answer) => return Handled::new(answer, Outcome::BadRequest),
-        };
-        let span = match request.span {
-            Some(span) => {
+        let (headers, span, admitted) = match request.admitted {
+            Some(admitted) => {
+                let AdmittedMessage {
+                    span,
+                    headers,
+                    route,
+                    decryption_key_id,
+                } = *admitted;
                 span.record("request_bytes", request.body.len());
-                span
+                (headers, span, Some((route, decryption_key_id)))
             }
-            None => message_span(&headers, Some(request.body.len())),
+            None => match decision::read_headers(&request.headers) {
+                Ok(headers) => {
+                    let span = message_span(&headers, Some(request.body.len()));
+                    (headers, span, None)
+                }
+                Err(answer) => return Handled::new(answer, Outcome::BadRequest),
+            },
         };
         // The span is attached to the future, not entered: a guard held across `.await`
         // leaks into other requests on the same worker thread and corrupts the span stack.
         let handled = async {
-            let handled = self.handle_message(&headers, request.body).await;
+            let handled = self.handle_message(&headers, admitted, request.body).await;
             self.settle(handled)
         }
         .instrument(span.clone())
         .await;
-        span.record("outcome", handled.outcome.label());
-        span.record("disposition", handled.outcome.disposition());
+        handled.record_on(&span);
         handled
     }
 
@@ -251,8 +281,7 @@ impl InboundProcessor {
     /// A request that may be a partner's MDN (`multipart/report`, or `multipart/signed`
     /// whose signed part only the body shows) always has its body read: it goes to the
     /// sender, whatever the pair. The answer given here is counted in the metrics like
-    /// any other; [`Self::process`] decides again on the same headers, so a partnership
-    /// that appears between the two calls is honoured.
+    /// any other.
     pub async fn preflight(&self, headers: &[(String, String)]) -> Preflight {
         if crate::partner_mdn::may_be_mdn(headers) {
             return Preflight::ReadBody(None);
@@ -262,19 +291,19 @@ impl InboundProcessor {
             Err(answer) => Handled::new(answer, Outcome::BadRequest),
             Ok(headers) => {
                 let span = message_span(&headers, None);
-                let answered = async {
-                    match self.admit(&headers).await {
-                        Admitted::Unwrap { .. } => None,
-                        Admitted::Answered(handled) => Some(self.settle(handled)),
+                let admitted = self.admit(&headers).instrument(span.clone()).await;
+                let handled = match admitted {
+                    Admitted::Unwrap(route, decryption_key_id) => {
+                        return Preflight::ReadBody(Some(Box::new(AdmittedMessage {
+                            span,
+                            headers,
+                            route,
+                            decryption_key_id,
+                        })));
                     }
-                }
-                .instrument(span.clone())
-                .await;
-                let Some(handled) = answered else {
-                    return Preflight::ReadBody(Some(span));
+                    Admitted::Answered(handled) => self.settle(handled),
                 };
-                span.record("outcome", handled.outcome.label());
-                span.record("disposition", handled.outcome.disposition());
+                handled.record_on(&span);
                 handled
             }
         };
@@ -306,15 +335,17 @@ impl InboundProcessor {
     async fn handle_message(
         &self,
         headers: &As2RequestHeaders,
+        admitted: Option<(Arc<Route>, Option<String>)>,
         body: Bytes,
     ) -> Result<Handled, Unavailable> {
-        let (route, decryption_key_id) = match self.admit(headers).await {
-            Admitted::Unwrap {
-                route,
-                decryption_key_id,
-            } => (route, decryption_key_id),
-            Admitted::Answered(handled) => return handled,
+        let admitted = match admitted {
+            Some(admitted) => admitted,
+            None => match self.admit(headers).await {
+                Admitted::Unwrap(route, decryption_key_id) => (route, decryption_key_id),
+                Admitted::Answered(handled) => return handled,
+            },
         };
+        let (route, decryption_key_id) = admitted;
         let decisions = self.decisions();
 
         let decryption_key = match decryption_key_id.as_deref() {
@@ -360,10 +391,7 @@ impl InboundProcessor {
             Admission::Unwrap {
                 route,
                 decryption_key_id,
-            } => Admitted::Unwrap {
-                route,
-                decryption_key_id,
-            },
+            } => Admitted::Unwrap(route, decryption_key_id),
             Admission::Reject(rejection) => {
                 let route = match lookup {
                     RouteLookup::Found(route) => Some(route.as_ref()),

@@ -129,7 +129,7 @@ mod tests {
 
     fn request(content_type: &str, body: &'static [u8]) -> InboundRequest {
         InboundRequest {
-            span: None,
+            admitted: None,
             headers: vec![("Content-Type".to_owned(), content_type.to_owned())],
             body: Bytes::from_static(body),
         }
@@ -156,7 +156,7 @@ mod tests {
             b"x"
         )));
         assert!(!is_mdn(&InboundRequest {
-            span: None,
+            admitted: None,
             headers: Vec::new(),
             body: Bytes::new()
         }));

@@ -300,7 +300,7 @@ fn message(extra: &[(&str, &str)]) -> InboundRequest {
     let mut headers = REQUEST_HEADERS.to_vec();
     headers.extend_from_slice(extra);
     InboundRequest {
-        span: None,
+        admitted: None,
         headers: headers
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -540,7 +540,7 @@ async fn missing_as2_headers_answer_400_without_asking_anyone() {
 
 fn partner_mdn() -> InboundRequest {
     InboundRequest {
-        span: None,
+        admitted: None,
         headers: vec![
             ("AS2-From".to_owned(), "partner".to_owned()),
             ("AS2-To".to_owned(), "us".to_owned()),
@@ -669,17 +669,25 @@ async fn preflight_answers_what_the_headers_decide_and_leaves_the_rest_to_the_bo
     assert_eq!(known.registry.lookups.load(Ordering::SeqCst), 0);
 
     // A known partnership: the body is needed, and then processed as before.
-    let Preflight::ReadBody(span) = known.processor.preflight(&request.headers).await else {
+    let Preflight::ReadBody(admitted) = known.processor.preflight(&request.headers).await else {
         panic!("a known partnership needs the body");
     };
     assert!(
-        span.is_some(),
-        "the message's span goes on to the processing"
+        admitted.is_some(),
+        "what was found goes on to the processing"
     );
     let processed = known
         .processor
-        .process(InboundRequest { span, ..request })
+        .process(InboundRequest {
+            admitted,
+            ..request
+        })
         .await;
+    assert_eq!(
+        known.registry.lookups.load(Ordering::SeqCst),
+        1,
+        "the partnership is looked up once per message"
+    );
     assert_mdn(
         &processed,
         "automatic-action/MDN-sent-automatically; processed",
