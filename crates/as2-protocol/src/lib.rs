@@ -20,6 +20,7 @@ pub mod mdn;
 pub mod mic;
 pub mod mime;
 pub mod outbound;
+mod stream;
 pub mod unwrap;
 
 pub use error::{As2Error, Result};

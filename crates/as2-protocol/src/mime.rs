@@ -12,6 +12,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use memchr::memmem;
 
 use crate::error::{As2Error, Result};
+use crate::stream::transfer::TransferDecoder;
 
 /// Bounds on hostile MIME input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,16 +199,16 @@ impl<'a> Multipart<'a> {
     }
 }
 
-struct DelimiterKind {
-    closing: bool,
+pub(crate) struct DelimiterKind {
+    pub(crate) closing: bool,
     /// Bytes from the end of `--boundary` through the line break.
-    line_length: usize,
+    pub(crate) line_length: usize,
 }
 
 /// Classifies what follows `--boundary`: `--` for the closing delimiter, then optional
 /// transport padding and a line break (or the end of input). Anything else means the
 /// match was only a prefix of a longer line.
-fn delimiter_kind(rest: &[u8]) -> Option<DelimiterKind> {
+pub(crate) fn delimiter_kind(rest: &[u8]) -> Option<DelimiterKind> {
     let closing = rest.starts_with(b"--");
     let mut index = if closing { 2 } else { 0 };
     while matches!(rest.get(index), Some(b' ' | b'\t')) {
@@ -254,7 +255,10 @@ fn strip_line_break_before(body: &[u8], line_start: usize) -> usize {
 }
 
 /// Returns the header fields and the offset where the body starts.
-fn parse_header_block(raw: &[u8], limits: &MimeLimits) -> Result<(Vec<HeaderField>, usize)> {
+pub(crate) fn parse_header_block(
+    raw: &[u8],
+    limits: &MimeLimits,
+) -> Result<(Vec<HeaderField>, usize)> {
     let mut headers: Vec<HeaderField> = Vec::new();
     let mut offset = 0;
     loop {
@@ -300,7 +304,7 @@ fn next_line(data: &[u8]) -> (&[u8], usize) {
     }
 }
 
-fn parse_field(line: &[u8]) -> Option<HeaderField> {
+pub(crate) fn parse_field(line: &[u8]) -> Option<HeaderField> {
     let colon = memchr::memchr(b':', line)?;
     let name = line.get(..colon)?;
     let name_is_valid = !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic() && *b != b':');
@@ -426,7 +430,7 @@ fn percent_decode(value: &str) -> Vec<u8> {
     out
 }
 
-fn hex_pair(pair: &[u8]) -> Option<u8> {
+pub(crate) fn hex_pair(pair: &[u8]) -> Option<u8> {
     let text = std::str::from_utf8(pair).ok()?;
     u8::from_str_radix(text, 16).ok()
 }
@@ -436,18 +440,26 @@ pub fn decode_transfer_encoding<'b>(
     encoding: Option<&str>,
     body: &'b [u8],
 ) -> Result<Cow<'b, [u8]>> {
-    let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("" | "binary" | "7bit" | "8bit") => Ok(Cow::Borrowed(body)),
-        Some("base64") => decode_base64(body).map(Cow::Owned),
-        Some("quoted-printable") => Ok(Cow::Owned(decode_quoted_printable(body))),
-        Some(other) => Err(As2Error::UnsupportedFormat(format!(
-            "Content-Transfer-Encoding {other}"
-        ))),
+    let mut decoder = TransferDecoder::new(encoding)?;
+    if let TransferDecoder::Identity = decoder {
+        return Ok(Cow::Borrowed(body));
     }
+    Ok(Cow::Owned(decode_whole(&mut decoder, body)?))
 }
 
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+/// Runs a whole buffer through a streaming decoder.
+fn decode_whole(decoder: &mut TransferDecoder, data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut collect = |piece: &[u8]| {
+        out.extend_from_slice(piece);
+        Ok(())
+    };
+    decoder.push(data, &mut collect)?;
+    decoder.finish(&mut collect)?;
+    Ok(out)
+}
+
+pub(crate) const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
@@ -456,14 +468,7 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// Decodes base64, ignoring line breaks and other whitespace.
 pub fn decode_base64(encoded: &[u8]) -> Result<Vec<u8>> {
-    let compact: Vec<u8> = encoded
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    LENIENT_BASE64
-        .decode(compact)
-        .map_err(|e| As2Error::mime(format!("invalid base64: {e}")))
+    decode_whole(&mut TransferDecoder::base64(), encoded)
 }
 
 /// Encodes base64 in lines of 76 characters with CRLF, as MIME bodies carry it.
@@ -479,42 +484,8 @@ pub fn encode_base64_lines(data: &[u8]) -> Vec<u8> {
 
 /// Decodes quoted-printable; malformed escapes are kept literally.
 pub fn decode_quoted_printable(encoded: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded.len());
-    let mut index = 0;
-    while let Some(&b) = encoded.get(index) {
-        if b != b'=' {
-            out.push(b);
-            index += 1;
-            continue;
-        }
-        let rest = encoded.get(index + 1..).unwrap_or_default();
-        if let Some(skip) = soft_line_break_length(rest) {
-            index += 1 + skip;
-        } else if let Some(decoded) = rest.get(..2).and_then(hex_pair) {
-            out.push(decoded);
-            index += 3;
-        } else {
-            out.push(b'=');
-            index += 1;
-        }
-    }
-    out
-}
-
-/// Length of a soft line break after `=` (trailing whitespace, then CRLF or LF).
-fn soft_line_break_length(rest: &[u8]) -> Option<usize> {
-    let spaces = rest
-        .iter()
-        .take_while(|b| matches!(b, b' ' | b'\t'))
-        .count();
-    let after = rest.get(spaces..).unwrap_or_default();
-    if after.starts_with(b"\r\n") {
-        Some(spaces + 2)
-    } else if after.starts_with(b"\n") {
-        Some(spaces + 1)
-    } else {
-        None
-    }
+    // The quoted-printable decoder never fails.
+    decode_whole(&mut TransferDecoder::quoted_printable(), encoded).unwrap_or_default()
 }
 
 /// Converts bare LF line breaks to CRLF (the canonical form of text MIME content).

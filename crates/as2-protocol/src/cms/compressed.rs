@@ -1,10 +1,9 @@
 //! CompressedData (RFC 3274) with zlib, in Rust (flate2), with a decompressed-size limit.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use flate2::Compression;
-use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
+use flate2::{Compression, Decompress, FlushDecompress, Status};
 
 use super::oid;
 use crate::der;
@@ -13,49 +12,90 @@ use crate::error::{As2Error, Result};
 /// Decompresses a DER ContentInfo holding CompressedData; fails cleanly (with
 /// [`As2Error::DecompressionFailed`]) when the output would exceed `max_size` bytes.
 pub fn decompress(data: &[u8], max_size: usize) -> Result<Vec<u8>> {
-    let info = super::parse_content_info(data)?;
-    if info.content_type != oid::COMPRESSED_DATA {
-        return Err(As2Error::UnsupportedFormat(
-            "CMS content is not CompressedData".into(),
-        ));
-    }
-    let mut fields = info.content.children();
-    fields.expect(der::TAG_INTEGER, "version")?;
-    let (algorithm, _) = super::read_algorithm(&mut fields, "compressionAlgorithm")?;
-    if algorithm != oid::ZLIB {
-        return Err(As2Error::DecompressionFailed(
-            "compression algorithm other than zlib".into(),
-        ));
-    }
-    let encapsulated = fields.expect(der::TAG_SEQUENCE, "encapContentInfo")?;
-    let mut encapsulated_fields = encapsulated.children();
-    encapsulated_fields.expect(der::TAG_OID, "eContentType")?;
-    let explicit = encapsulated_fields
-        .optional(0xa0)?
-        .ok_or_else(|| As2Error::DecompressionFailed("CompressedData without content".into()))?;
-    let compressed = explicit
-        .children()
-        .next()?
-        .ok_or_else(|| As2Error::DecompressionFailed("empty compressed content".into()))?
-        .octets()?;
-    inflate(&compressed, max_size)
+    super::stream::read_compressed(data, max_size as u64)
 }
 
-fn inflate(compressed: &[u8], max_size: usize) -> Result<Vec<u8>> {
-    let limit = u64::try_from(max_size)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    let mut output = Vec::with_capacity(compressed.len().saturating_mul(4).min(max_size));
-    ZlibDecoder::new(compressed)
-        .take(limit)
-        .read_to_end(&mut output)
-        .map_err(|e| As2Error::DecompressionFailed(format!("invalid zlib data: {e}")))?;
-    if output.len() > max_size {
-        return Err(As2Error::DecompressionFailed(format!(
-            "decompressed content exceeds the limit of {max_size} bytes"
-        )));
+/// Decompressed output may exceed this before the ratio cap applies (small documents
+/// compress well without being bombs).
+const RATIO_GRACE: u64 = 1024 * 1024;
+
+/// Inflates zlib data as it streams, within a size limit and a compression-ratio cap.
+pub(crate) struct Inflater {
+    zlib: Decompress,
+    buffer: Vec<u8>,
+    max_size: u64,
+    max_ratio: u64,
+    ended: bool,
+}
+
+impl Inflater {
+    /// `max_size`: most output bytes; `max_ratio`: most output bytes per input byte once
+    /// past the first MiB.
+    pub(crate) fn new(max_size: u64, max_ratio: u64) -> Self {
+        Self {
+            zlib: Decompress::new(true),
+            buffer: vec![0; 64 * 1024],
+            max_size,
+            max_ratio,
+            ended: false,
+        }
     }
-    Ok(output)
+
+    pub(crate) fn push(
+        &mut self,
+        mut input: &[u8],
+        out: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        while !self.ended {
+            let (read_before, written_before) = (self.zlib.total_in(), self.zlib.total_out());
+            let status = self
+                .zlib
+                .decompress(input, &mut self.buffer, FlushDecompress::None)
+                .map_err(|e| As2Error::DecompressionFailed(format!("invalid zlib data: {e}")))?;
+            let read = usize::try_from(self.zlib.total_in() - read_before).unwrap_or(usize::MAX);
+            let written =
+                usize::try_from(self.zlib.total_out() - written_before).unwrap_or(usize::MAX);
+            input = input.get(read..).unwrap_or_default();
+            self.check_limits()?;
+            if written > 0 {
+                out(self.buffer.get(..written).unwrap_or_default())?;
+            }
+            if status == Status::StreamEnd {
+                self.ended = true;
+            }
+            // Done with this input once it is used up and the output buffer did not fill.
+            if (input.is_empty() && written < self.buffer.len()) || (read == 0 && written == 0) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self) -> Result<()> {
+        let (read, written) = (self.zlib.total_in(), self.zlib.total_out());
+        if written > self.max_size {
+            return Err(As2Error::DecompressionFailed(format!(
+                "decompressed content exceeds the limit of {} bytes",
+                self.max_size
+            )));
+        }
+        if written > RATIO_GRACE && written / read.max(1) >= self.max_ratio {
+            return Err(As2Error::DecompressionFailed(format!(
+                "compression ratio above {}:1 (a decompression bomb?)",
+                self.max_ratio
+            )));
+        }
+        Ok(())
+    }
+
+    /// The compressed stream must have ended.
+    pub(crate) fn finish(&mut self, out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.push(&[], out)?;
+        if !self.ended {
+            return Err(As2Error::DecompressionFailed("truncated zlib data".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Compresses `content` into a DER ContentInfo holding CompressedData.

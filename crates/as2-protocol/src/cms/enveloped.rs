@@ -3,6 +3,7 @@
 use openssl::encrypt::{Decrypter, Encrypter};
 use openssl::pkey::{HasPrivate, HasPublic, PKeyRef};
 use openssl::rsa::Padding;
+use openssl::symm::{Crypter, Mode};
 use openssl::x509::X509;
 
 use super::{ContentCipher, Identity, KeyTransport, oid};
@@ -41,16 +42,6 @@ pub struct Decrypted {
     pub identity_index: usize,
 }
 
-struct Envelope<'a> {
-    recipients: Vec<RecipientInfo<'a>>,
-    cipher: ContentCipher,
-    /// IV (CBC) or nonce (GCM).
-    iv: Vec<u8>,
-    encrypted_content: Vec<u8>,
-    /// GCM only: the additional authenticated data and the tag.
-    authentication: Option<(Vec<u8>, Vec<u8>)>,
-}
-
 struct RecipientInfo<'a> {
     identifier: Element<'a>,
     key_transport: KeyTransport,
@@ -60,26 +51,7 @@ struct RecipientInfo<'a> {
 /// Decrypts a DER ContentInfo holding EnvelopedData or AuthEnvelopedData with the first
 /// of `identities` that can open it.
 pub fn decrypt(data: &[u8], identities: &[Identity]) -> Result<Decrypted> {
-    let envelope = parse_envelope(data)?;
-    let mut last_error = As2Error::DecryptionFailed("no decryption key configured".into());
-    for (identity_index, identity) in identities.iter().enumerate() {
-        for recipient in ordered_recipients(&envelope.recipients, &identity.certificate) {
-            let attempt = decrypt_key(&identity.key, recipient)
-                .and_then(|key| decrypt_content(&envelope, &key));
-            match attempt {
-                Ok(content) => {
-                    return Ok(Decrypted {
-                        content,
-                        cipher: envelope.cipher,
-                        key_transport: recipient.key_transport,
-                        identity_index,
-                    });
-                }
-                Err(error) => last_error = error,
-            }
-        }
-    }
-    Err(last_error)
+    super::stream::read_enveloped(data, identities)
 }
 
 /// Most recipients not naming our certificate that are tried with our key (a partner
@@ -99,55 +71,45 @@ fn ordered_recipients<'e, 'a>(
     named
 }
 
-fn parse_envelope(data: &[u8]) -> Result<Envelope<'_>> {
-    let info = super::parse_content_info(data)?;
-    let authenticated = match info.content_type {
-        t if t == oid::ENVELOPED_DATA => false,
-        t if t == oid::AUTH_ENVELOPED_DATA => true,
-        _ => {
-            return Err(As2Error::UnsupportedFormat(
-                "CMS content is not (Auth)EnvelopedData".into(),
-            ));
-        }
-    };
-    let mut fields = info.content.children();
-    fields.expect(der::TAG_INTEGER, "version")?;
-    fields.optional(0xa0)?; // originatorInfo
-    let recipient_set = fields.expect(der::TAG_SET, "recipientInfos")?;
-    let recipients = parse_recipients(&recipient_set)?;
-    let content_info = fields.expect(der::TAG_SEQUENCE, "encryptedContentInfo")?;
-    let (cipher, iv, encrypted_content, tag_length) = parse_encrypted_content_info(&content_info)?;
-    let authentication = if authenticated {
-        let aad = fields.optional(0xa1)?.map(|attributes| {
-            let mut bytes = attributes.raw.to_vec();
-            if let Some(first) = bytes.first_mut() {
-                *first = der::TAG_SET;
+/// The content-encryption key, and who opened it.
+pub(crate) struct OpenedKey {
+    pub key: Vec<u8>,
+    pub key_transport: KeyTransport,
+    pub identity_index: usize,
+}
+
+/// Opens the content-encryption key from the recipientInfos SET (raw bytes) with the
+/// first of `identities` that can: the content is decrypted once, as it streams, so the
+/// key is chosen before it (a key that does not fit the cipher is passed over).
+pub(crate) fn open_content_key(
+    recipient_set: &[u8],
+    identities: &[Identity],
+    cipher: ContentCipher,
+) -> Result<OpenedKey> {
+    let set = der::parse_single(recipient_set)?;
+    let recipients = parse_recipients(&set)?;
+    let key_length = cipher.openssl().key_len();
+    let mut last_error = As2Error::DecryptionFailed("no decryption key configured".into());
+    for (identity_index, identity) in identities.iter().enumerate() {
+        for recipient in ordered_recipients(&recipients, &identity.certificate) {
+            match decrypt_key(&identity.key, recipient) {
+                Ok(key) if key.len() == key_length => {
+                    return Ok(OpenedKey {
+                        key,
+                        key_transport: recipient.key_transport,
+                        identity_index,
+                    });
+                }
+                Ok(_) => {
+                    last_error = As2Error::DecryptionFailed(
+                        "content-encryption key has the wrong length".into(),
+                    );
+                }
+                Err(error) => last_error = error,
             }
-            bytes
-        });
-        let mac = fields
-            .expect(der::TAG_OCTET_STRING, "mac")?
-            .octets()?
-            .into_owned();
-        if tag_length.is_some_and(|length| length != mac.len()) {
-            return Err(As2Error::cms("GCM tag length differs from its parameters"));
         }
-        Some((aad.unwrap_or_default(), mac))
-    } else {
-        None
-    };
-    if cipher.is_authenticated() != authenticated {
-        return Err(As2Error::UnsupportedAlgorithm(
-            "cipher does not fit the content type".into(),
-        ));
     }
-    Ok(Envelope {
-        recipients,
-        cipher,
-        iv,
-        encrypted_content,
-        authentication,
-    })
+    Err(last_error)
 }
 
 fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
@@ -206,12 +168,19 @@ fn key_transport(algorithm: &[u8], parameters: Option<&Element<'_>>) -> Result<K
     Ok(KeyTransport::RsaOaep(parameters.hash))
 }
 
-type EncryptedContent = (ContentCipher, Vec<u8>, Vec<u8>, Option<usize>);
+/// The contentEncryptionAlgorithm of an (auth)encryptedContentInfo.
+pub(crate) struct ContentEncryption {
+    pub cipher: ContentCipher,
+    /// IV (CBC) or nonce (GCM).
+    pub iv: Vec<u8>,
+    /// GCM only: the tag length its parameters give.
+    pub tag_length: Option<usize>,
+}
 
-fn parse_encrypted_content_info(element: &Element<'_>) -> Result<EncryptedContent> {
-    let mut fields = element.children();
-    fields.expect(der::TAG_OID, "contentType")?;
-    let (algorithm, parameters) = super::read_algorithm(&mut fields, "contentEncryptionAlgorithm")?;
+/// Reads a contentEncryptionAlgorithm AlgorithmIdentifier (raw bytes).
+pub(crate) fn parse_content_encryption(raw: &[u8]) -> Result<ContentEncryption> {
+    let mut reader = der::Reader::new(raw);
+    let (algorithm, parameters) = super::read_algorithm(&mut reader, "contentEncryptionAlgorithm")?;
     let cipher = cipher_from_oid(algorithm)?;
     let parameters = parameters.ok_or_else(|| As2Error::cms("cipher without parameters"))?;
     let (iv, tag_length) = if cipher.is_authenticated() {
@@ -228,11 +197,96 @@ fn parse_encrypted_content_info(element: &Element<'_>) -> Result<EncryptedConten
     } else {
         (parameters.octets()?.into_owned(), None)
     };
-    let content = fields
-        .next()?
-        .filter(|e| e.tag & !0x20 == 0x80)
-        .ok_or_else(|| As2Error::UnsupportedFormat("detached encrypted content".into()))?;
-    Ok((cipher, iv, content.octets()?.into_owned(), tag_length))
+    Ok(ContentEncryption {
+        cipher,
+        iv,
+        tag_length,
+    })
+}
+
+/// Decrypts content as it streams.
+pub(crate) struct ContentDecryptor {
+    crypter: Crypter,
+    cipher: ContentCipher,
+    block_size: usize,
+    buffer: Vec<u8>,
+}
+
+impl ContentDecryptor {
+    pub(crate) fn new(encryption: &ContentEncryption, key: &[u8]) -> Result<Self> {
+        let cipher = encryption.cipher.openssl();
+        if key.len() != cipher.key_len() {
+            return Err(As2Error::DecryptionFailed(
+                "content-encryption key has the wrong length".into(),
+            ));
+        }
+        if encryption.cipher.is_authenticated() {
+            if encryption.iv.is_empty() {
+                return Err(As2Error::DecryptionFailed(
+                    "bad GCM nonce or tag length".into(),
+                ));
+            }
+        } else if Some(encryption.iv.len()) != cipher.iv_len() {
+            return Err(As2Error::DecryptionFailed("IV has the wrong length".into()));
+        }
+        let crypter = Crypter::new(cipher, Mode::Decrypt, key, Some(&encryption.iv))
+            .map_err(|_| As2Error::DecryptionFailed("the cipher does not accept the key".into()))?;
+        Ok(Self {
+            crypter,
+            cipher: encryption.cipher,
+            block_size: cipher.block_size(),
+            buffer: Vec::new(),
+        })
+    }
+
+    pub(crate) fn update(
+        &mut self,
+        data: &[u8],
+        out: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for piece in data.chunks(64 * 1024) {
+            self.buffer.resize(piece.len() + self.block_size, 0);
+            let written = self
+                .crypter
+                .update(piece, &mut self.buffer)
+                .map_err(|_| As2Error::DecryptionFailed("content does not decrypt".into()))?;
+            if written > 0 {
+                out(self.buffer.get(..written).unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the padding (CBC) or the tag (GCM) and hands on the last bytes.
+    pub(crate) fn finish(
+        &mut self,
+        tag: Option<&[u8]>,
+        out: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if self.cipher.is_authenticated() {
+            let tag = tag.ok_or_else(|| As2Error::cms("missing mac"))?;
+            if tag.len() < 12 || tag.len() > GCM_TAG_LENGTH {
+                return Err(As2Error::DecryptionFailed(
+                    "bad GCM nonce or tag length".into(),
+                ));
+            }
+            self.crypter
+                .set_tag(tag)
+                .map_err(|_| As2Error::DecryptionFailed("GCM authentication failed".into()))?;
+        }
+        self.buffer.resize(2 * self.block_size.max(16), 0);
+        let written = self.crypter.finalize(&mut self.buffer).map_err(|_| {
+            As2Error::DecryptionFailed(if self.cipher.is_authenticated() {
+                "GCM authentication failed".into()
+            } else {
+                "content does not decrypt (bad key or padding)".into()
+            })
+        })?;
+        if written > 0 {
+            out(self.buffer.get(..written).unwrap_or_default())?;
+        }
+        Ok(())
+    }
 }
 
 fn cipher_from_oid(algorithm: &[u8]) -> Result<ContentCipher> {
@@ -282,44 +336,6 @@ fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -
         .map_err(failed)?;
     plain.truncate(written);
     Ok(plain)
-}
-
-fn decrypt_content(envelope: &Envelope<'_>, key: &[u8]) -> Result<Vec<u8>> {
-    let cipher = envelope.cipher.openssl();
-    if key.len() != cipher.key_len() {
-        return Err(As2Error::DecryptionFailed(
-            "content-encryption key has the wrong length".into(),
-        ));
-    }
-    match &envelope.authentication {
-        Some((aad, tag)) => {
-            if envelope.iv.is_empty() || tag.len() < 12 || tag.len() > GCM_TAG_LENGTH {
-                return Err(As2Error::DecryptionFailed(
-                    "bad GCM nonce or tag length".into(),
-                ));
-            }
-            openssl::symm::decrypt_aead(
-                cipher,
-                key,
-                Some(&envelope.iv),
-                aad,
-                &envelope.encrypted_content,
-                tag,
-            )
-            .map_err(|_| As2Error::DecryptionFailed("GCM authentication failed".into()))
-        }
-        None => {
-            if Some(envelope.iv.len()) != cipher.iv_len() {
-                return Err(As2Error::DecryptionFailed("IV has the wrong length".into()));
-            }
-            openssl::symm::decrypt(cipher, key, Some(&envelope.iv), &envelope.encrypted_content)
-                .map_err(|_| {
-                    As2Error::DecryptionFailed(
-                        "content does not decrypt (bad key or padding)".into(),
-                    )
-                })
-        }
-    }
 }
 
 /// Encrypts `content` for `recipient`; returns the DER ContentInfo (EnvelopedData for

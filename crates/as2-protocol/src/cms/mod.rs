@@ -9,7 +9,8 @@
 mod compressed;
 mod enveloped;
 pub(crate) mod oid;
-mod signed;
+pub(crate) mod signed;
+pub(crate) mod stream;
 
 use std::fmt;
 
@@ -162,30 +163,6 @@ impl fmt::Display for SignatureScheme {
             Self::RsaPss => "rsa-pss",
         })
     }
-}
-
-/// The outer ContentInfo: its content type and the content inside `[0] EXPLICIT`.
-pub(crate) struct ContentInfo<'a> {
-    pub content_type: &'a [u8],
-    pub content: Element<'a>,
-}
-
-pub(crate) fn parse_content_info(data: &[u8]) -> Result<ContentInfo<'_>> {
-    let outer = der::parse_single(data)?;
-    if outer.tag != der::TAG_SEQUENCE {
-        return Err(As2Error::cms("ContentInfo is not a SEQUENCE"));
-    }
-    let mut fields = outer.children();
-    let content_type = fields.expect(der::TAG_OID, "contentType")?.content;
-    let explicit = fields.expect(0xa0, "content")?;
-    let content = explicit
-        .children()
-        .next()?
-        .ok_or_else(|| As2Error::cms("empty content"))?;
-    Ok(ContentInfo {
-        content_type,
-        content,
-    })
 }
 
 pub(crate) fn content_info(content_type: &[u8], content: &[u8]) -> Vec<u8> {

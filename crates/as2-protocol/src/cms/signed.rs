@@ -1,14 +1,17 @@
 //! SignedData: detached and opaque, RSA PKCS #1 v1.5 and RSA-PSS.
 
+use openssl::md::{Md, MdRef};
 use openssl::pkey::{PKey, Public};
+use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
-use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
+use openssl::sign::{RsaPssSaltlen, Signer};
 use openssl::x509::X509;
 
 use super::{Identity, SignatureScheme, oid};
 use crate::der::{self, Element};
 use crate::error::{As2Error, Result};
 use crate::headers::MicAlgorithm;
+use crate::stream::digests::ContentDigests;
 
 /// Which partner certificates to try and how strictly.
 #[derive(Clone, Copy, Debug)]
@@ -45,12 +48,7 @@ pub struct SignOptions<'a> {
     pub detached: bool,
 }
 
-struct SignedData<'a> {
-    content: Option<std::borrow::Cow<'a, [u8]>>,
-    signer_infos: Vec<SignerInfo<'a>>,
-}
-
-struct SignerInfo<'a> {
+pub(crate) struct SignerInfo<'a> {
     identifier: Element<'a>,
     digest: Option<MicAlgorithm>,
     signed_attributes: Option<Element<'a>>,
@@ -59,44 +57,26 @@ struct SignerInfo<'a> {
     signature: std::borrow::Cow<'a, [u8]>,
 }
 
-fn parse_signed_data(data: &[u8]) -> Result<SignedData<'_>> {
-    let info = super::parse_content_info(data)?;
-    if info.content_type != oid::SIGNED_DATA {
-        return Err(As2Error::UnsupportedFormat(
-            "CMS content is not SignedData".into(),
-        ));
-    }
-    let mut fields = info.content.children();
-    fields.expect(der::TAG_INTEGER, "version")?;
-    fields.expect(der::TAG_SET, "digestAlgorithms")?;
-    let encapsulated = fields.expect(der::TAG_SEQUENCE, "encapContentInfo")?;
-    let mut encapsulated_fields = encapsulated.children();
-    encapsulated_fields.expect(der::TAG_OID, "eContentType")?;
-    let content = match encapsulated_fields.optional(0xa0)? {
-        Some(explicit) => {
-            let octets = explicit
-                .children()
-                .next()?
-                .ok_or_else(|| As2Error::cms("empty eContent"))?;
-            Some(octets.octets()?)
-        }
-        None => None,
-    };
-    fields.optional(0xa0)?; // certificates: we trust only the configured partner certificates
-    fields.optional(0xa1)?; // crls
-    let signer_set = fields.expect(der::TAG_SET, "signerInfos")?;
+/// Most SignerInfos read from one SignedData.
+const MAX_SIGNERS: usize = 16;
+
+/// Reads the signerInfos SET (its raw bytes, as the streaming reader captured them).
+pub(crate) fn parse_signer_set(raw: &[u8]) -> Result<Vec<SignerInfo<'_>>> {
+    let set = der::parse_single(raw)?;
     let mut signer_infos = Vec::new();
-    let mut signers = signer_set.children();
+    let mut signers = set.children();
     while let Some(signer) = signers.next()? {
-        signer_infos.push(parse_signer_info(&signer)?);
-        if signer_infos.len() > 16 {
+        if signer_infos.len() >= MAX_SIGNERS {
             return Err(As2Error::LimitExceeded("too many SignerInfos".into()));
         }
+        signer_infos.push(parse_signer_info(&signer)?);
     }
-    Ok(SignedData {
-        content,
-        signer_infos,
-    })
+    Ok(signer_infos)
+}
+
+/// The digest algorithms the signers used (those we know).
+pub(crate) fn signer_digests(signer_infos: &[SignerInfo<'_>]) -> Vec<MicAlgorithm> {
+    signer_infos.iter().filter_map(|s| s.digest).collect()
 }
 
 fn parse_signer_info<'a>(element: &Element<'a>) -> Result<SignerInfo<'a>> {
@@ -135,8 +115,14 @@ pub fn verify_detached(
     candidates: &[&[u8]],
     options: &VerifyOptions<'_>,
 ) -> Result<(VerifiedSignature, usize)> {
-    let signed_data = parse_signed_data(signature)?;
-    verify_signer_infos(&signed_data.signer_infos, candidates, options)
+    let (signer_set, _) = super::stream::read_signed_data(signature, None, false)?;
+    let signer_infos = parse_signer_set(&signer_set)?;
+    let algorithms = signer_digests(&signer_infos);
+    let digests = candidates
+        .iter()
+        .map(|candidate| ContentDigests::of(candidate, algorithms.iter().copied()))
+        .collect::<Result<Vec<_>>>()?;
+    verify_signers(&signer_infos, &digests, options)
 }
 
 /// Verifies an opaque (enveloping) SignedData and returns the facts and the content.
@@ -144,18 +130,20 @@ pub fn verify_opaque(
     data: &[u8],
     options: &VerifyOptions<'_>,
 ) -> Result<(VerifiedSignature, Vec<u8>)> {
-    let signed_data = parse_signed_data(data)?;
-    let content = signed_data
-        .content
-        .as_deref()
+    let (signer_set, content) = super::stream::read_signed_data(data, None, true)?;
+    let (content, digests) = content
         .ok_or_else(|| As2Error::UnsupportedFormat("opaque SignedData without content".into()))?;
-    let (verified, _) = verify_signer_infos(&signed_data.signer_infos, &[content], options)?;
-    Ok((verified, content.to_vec()))
+    let signer_infos = parse_signer_set(&signer_set)?;
+    let (verified, _) = verify_signers(&signer_infos, &[digests], options)?;
+    Ok((verified, content))
 }
 
-fn verify_signer_infos(
+/// Verifies the signers against the digests of the candidate contents (computed as the
+/// content streamed past); returns the facts and the index of the candidate that
+/// verified.
+pub(crate) fn verify_signers(
     signer_infos: &[SignerInfo<'_>],
-    candidates: &[&[u8]],
+    candidates: &[ContentDigests],
     options: &VerifyOptions<'_>,
 ) -> Result<(VerifiedSignature, usize)> {
     let mut last_error = As2Error::AuthenticationFailed("no SignerInfo".into());
@@ -170,7 +158,7 @@ fn verify_signer_infos(
 
 fn verify_signer(
     signer: &SignerInfo<'_>,
-    candidates: &[&[u8]],
+    candidates: &[ContentDigests],
     options: &VerifyOptions<'_>,
 ) -> Result<(VerifiedSignature, usize)> {
     let digest = signer.digest.ok_or_else(|| {
@@ -204,15 +192,21 @@ fn verify_signer(
             continue;
         }
         let public_key = certificate.public_key()?;
-        let verified = |data: &[u8]| verify_with_key(&public_key, scheme, digest, signer, data);
         let facts = VerifiedSignature {
             digest,
             scheme,
             certificate_index: index,
         };
         let found = match &covered {
-            Some((attributes, index)) => verified(attributes)?.then_some(*index),
-            None => candidates.iter().position(|c| verified(c).unwrap_or(false)),
+            Some((attributes, index)) => {
+                verify_with_key(&public_key, scheme, digest, signer, attributes)?.then_some(*index)
+            }
+            None => candidates.iter().position(|candidate| {
+                candidate.get(digest).is_some_and(|value| {
+                    verify_digest_with_key(&public_key, scheme, digest, signer, value)
+                        .unwrap_or(false)
+                })
+            }),
         };
         if let Some(index) = found {
             return Ok((facts, index));
@@ -250,6 +244,7 @@ fn signature_scheme(signer: &SignerInfo<'_>) -> Result<SignatureScheme> {
     ))
 }
 
+/// Verifies a signature over `data` (the DER signed attributes).
 fn verify_with_key(
     key: &PKey<Public>,
     scheme: SignatureScheme,
@@ -257,17 +252,42 @@ fn verify_with_key(
     signer: &SignerInfo<'_>,
     data: &[u8],
 ) -> Result<bool> {
-    let mut verifier = Verifier::new(digest.message_digest(), key)?;
+    verify_digest_with_key(key, scheme, digest, signer, &digest.digest(data)?)
+}
+
+/// Verifies a signature over a digest: the content's, when the signer used no signed
+/// attributes.
+fn verify_digest_with_key(
+    key: &PKey<Public>,
+    scheme: SignatureScheme,
+    digest: MicAlgorithm,
+    signer: &SignerInfo<'_>,
+    value: &[u8],
+) -> Result<bool> {
+    let mut context = PkeyCtx::new(key)?;
+    context.verify_init()?;
+    context.set_signature_md(md(digest))?;
     if scheme == SignatureScheme::RsaPss {
         let (mgf1_hash, salt_length) = pss_parameters(signer, digest)?;
-        verifier.set_rsa_padding(Padding::PKCS1_PSS)?;
-        verifier.set_rsa_pss_saltlen(RsaPssSaltlen::custom(salt_length))?;
-        verifier.set_rsa_mgf1_md(mgf1_hash.message_digest())?;
+        context.set_rsa_padding(Padding::PKCS1_PSS)?;
+        context.set_rsa_pss_saltlen(RsaPssSaltlen::custom(salt_length))?;
+        context.set_rsa_mgf1_md(md(mgf1_hash))?;
+    } else {
+        context.set_rsa_padding(Padding::PKCS1)?;
     }
     // A malformed signature is a failed verification, not an internal error.
-    Ok(verifier
-        .verify_oneshot(&signer.signature, data)
-        .unwrap_or(false))
+    Ok(context.verify(value, &signer.signature).unwrap_or(false))
+}
+
+fn md(algorithm: MicAlgorithm) -> &'static MdRef {
+    match algorithm {
+        MicAlgorithm::Md5 => Md::md5(),
+        MicAlgorithm::Sha1 => Md::sha1(),
+        MicAlgorithm::Sha224 => Md::sha224(),
+        MicAlgorithm::Sha256 => Md::sha256(),
+        MicAlgorithm::Sha384 => Md::sha384(),
+        MicAlgorithm::Sha512 => Md::sha512(),
+    }
 }
 
 /// The MGF1 hash and salt length of a PSS signature. Absent parameters would mean the
@@ -313,14 +333,20 @@ fn set_tagged(attributes: &Element<'_>) -> Vec<u8> {
 fn matching_candidate(
     attributes: &Element<'_>,
     digest: MicAlgorithm,
-    candidates: &[&[u8]],
+    candidates: &[ContentDigests],
 ) -> Result<usize> {
     let expected = attribute_value(attributes, oid::ATTR_MESSAGE_DIGEST)?.ok_or_else(|| {
         As2Error::AuthenticationFailed("signed attributes lack messageDigest".into())
     })?;
     let expected = expected.octets()?;
+    if candidates.iter().all(|c| c.get(digest).is_none()) {
+        return Err(As2Error::IntegrityCheckFailed(format!(
+            "the content was not digested with the signer's algorithm {digest} (the micalg \
+             parameter names others)"
+        )));
+    }
     for (index, candidate) in candidates.iter().enumerate() {
-        if digest.digest(candidate)? == *expected {
+        if candidate.get(digest) == Some(&*expected) {
             return Ok(index);
         }
     }
