@@ -1,5 +1,7 @@
-//! The unwrap pipeline with real keys: the first byte picks a Content-Type, the rest is
-//! the body. Seeds should include valid messages so the fuzzer reaches the CMS layers.
+//! The streaming unwrap with real keys: the first byte picks a Content-Type, the second
+//! how the body is cut into chunks, the rest is the body, pushed chunk by chunk; the
+//! result must equal the whole-buffer unwrap's. Seeds should include valid messages so
+//! the fuzzer reaches the CMS layers.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -7,7 +9,7 @@ use std::sync::OnceLock;
 use as2_protocol::cms::Identity;
 use as2_protocol::headers::As2RequestHeaders;
 use as2_protocol::mdn::{self, MdnVerification};
-use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
+use as2_protocol::unwrap::{StreamingUnwrap, UnwrapContext, unwrap_message};
 use libfuzzer_sys::fuzz_target;
 use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
@@ -52,7 +54,10 @@ fn identity() -> &'static Identity {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((selector, body)) = data.split_first() else {
+    let Some((selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((split, body)) = rest.split_first() else {
         return;
     };
     let content_type = CONTENT_TYPES[usize::from(*selector) % CONTENT_TYPES.len()];
@@ -69,7 +74,28 @@ fuzz_target!(|data: &[u8]| {
     let certificates = std::slice::from_ref(&identity.certificate);
     let mut context = UnwrapContext::new(identities, certificates);
     context.limits.max_decompressed_size = 1 << 20;
-    let _ = unwrap_message(&headers, body, &context);
+    let whole = unwrap_message(&headers, body, &context);
+    let streamed = StreamingUnwrap::new(&headers, &context, Vec::new()).and_then(|mut unwrap| {
+        // Chunk sizes from 1 to 256 bytes, varying along the body.
+        let mut rest = body;
+        let mut size = usize::from(*split) + 1;
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            unwrap.push(piece)?;
+            rest = after;
+            size = (size * 7 + 3) % 256 + 1;
+        }
+        unwrap.finish()
+    });
+    match (&whole, &streamed) {
+        (Ok(whole), Ok((message, data))) => {
+            assert_eq!(&whole.payload.data, data);
+            assert_eq!(whole.mic, message.mic);
+            assert_eq!(whole.facts, message.facts);
+        }
+        (Err(a), Err(b)) => assert_eq!(a.disposition_status(), b.disposition_status()),
+        _ => panic!("whole {:?} and streamed {:?} differ", whole.is_ok(), streamed.is_ok()),
+    }
     let verification = MdnVerification {
         partner_certificates: certificates,
         allow_md5: false,
