@@ -43,6 +43,12 @@ const COPY_BUFFER: usize = 256 * 1024;
 /// object and, where the backend honours the abort, no stored parts remain. Parts of an
 /// upload whose process died are not cleaned up by anyone here: give the bucket a
 /// lifecycle rule that aborts incomplete multipart uploads after a day.
+///
+/// # Errors
+///
+/// A part that failed (after the backend client's own retries) fails the next write or
+/// the complete. The upload cannot go on after an error: abort or drop it, and start
+/// again from the beginning.
 pub struct Upload {
     inner: Arc<StoreInner>,
     key: String,
@@ -260,8 +266,10 @@ impl Upload {
         let multipart = match self.multipart.take() {
             Some(multipart) => multipart,
             None => {
+                // Cloned, not taken: a write cancelled while this request is out
+                // starts the multipart upload again on the next write.
                 let options = PutMultipartOptions {
-                    attributes: std::mem::take(&mut self.attributes),
+                    attributes: self.attributes.clone(),
                     ..PutMultipartOptions::default()
                 };
                 self.inner
