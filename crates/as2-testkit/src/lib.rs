@@ -1,8 +1,9 @@
 //! Test support shared by the integration tests of every crate.
 //!
-//! Integration tests run against the real things: a `redis-server` process and a
-//! Kafka-protocol broker (Tansu, in-memory storage), each started on a free loopback
-//! port and killed when its handle is dropped. Nothing here skips a test: when a
+//! Integration tests run against the real things: a `redis-server` process, a
+//! Kafka-protocol broker (Tansu, in-memory storage) and an S3-protocol server (s3s-fs,
+//! objects as files in a temporary directory), each started on a free loopback port and
+//! killed when its handle is dropped. Nothing here skips a test: when a
 //! dependency is missing the helpers panic with a message that names the command
 //! which installs it (`tests/run`, the README's test command).
 //!
@@ -24,7 +25,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use process::{KafkaBroker, RedisServer};
+pub use process::{KafkaBroker, RedisServer, S3Server};
 
 /// How long a server may take to accept connections after it was spawned.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,6 +37,9 @@ pub const PYTHON_ENV: &str = "AS2_TEST_PYTHON";
 pub const TANSU_ENV: &str = "AS2_TEST_TANSU";
 /// Environment variable naming the `redis-server` binary (default: found on `PATH`).
 pub const REDIS_SERVER_ENV: &str = "AS2_TEST_REDIS_SERVER";
+/// Environment variable naming the `s3s-fs` binary (the S3-protocol test server).
+/// `tests/run` sets it.
+pub const S3S_FS_ENV: &str = "AS2_TEST_S3S_FS";
 
 /// The message every "missing dependency" panic ends with.
 const HOW_TO_INSTALL: &str = "run the README's test command (tests/run), which installs and configures every test dependency";
@@ -63,6 +67,22 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The path the environment variable `variable` names, if it is set.
+///
+/// # Panics
+///
+/// When it names nothing that exists: a misconfigured test run must not look like a
+/// missing tool.
+fn path_from_env(variable: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(variable)?);
+    assert!(
+        path.exists(),
+        "{variable}={} does not exist; {HOW_TO_INSTALL}",
+        path.display()
+    );
+    Some(path)
+}
+
 /// The Python interpreter of the interop virtualenv (pyas2lib, django-pyas2).
 ///
 /// Looks at `AS2_TEST_PYTHON`, then `<workspace>/.venv-test/bin/python`.
@@ -71,13 +91,7 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// When no such interpreter exists: the test must not silently skip.
 pub fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os(PYTHON_ENV) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.exists(),
-            "{PYTHON_ENV}={} does not exist; {HOW_TO_INSTALL}",
-            path.display()
-        );
+    if let Some(path) = path_from_env(PYTHON_ENV) {
         return path;
     }
     let venv_python = workspace_root().join(".venv-test/bin/python");
@@ -207,13 +221,7 @@ pub fn random_u32() -> u32 {
 ///
 /// When the binary cannot be found.
 pub fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os(TANSU_ENV) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.exists(),
-            "{TANSU_ENV}={} does not exist; {HOW_TO_INSTALL}",
-            path.display()
-        );
+    if let Some(path) = path_from_env(TANSU_ENV) {
         return path;
     }
     let lib = workspace_root().join(".venv-test/lib");
@@ -242,6 +250,30 @@ pub fn redis_server_binary() -> PathBuf {
     }
     find_on_path("redis-server")
         .unwrap_or_else(|| panic!("redis-server is not installed; {HOW_TO_INSTALL}"))
+}
+
+/// The `s3s-fs` binary (an S3-protocol server over a directory).
+///
+/// Looks at `AS2_TEST_S3S_FS`, then `<workspace>/.tools/bin/s3s-fs` (where
+/// `deploy/local/install-deps` builds it), then `PATH`.
+///
+/// # Panics
+///
+/// When the binary cannot be found.
+pub fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = path_from_env(S3S_FS_ENV) {
+        return path;
+    }
+    let installed = workspace_root().join(".tools/bin/s3s-fs");
+    if installed.is_file() {
+        return installed;
+    }
+    find_on_path("s3s-fs").unwrap_or_else(|| {
+        panic!(
+            "s3s-fs is not installed ({S3S_FS_ENV} unset, {} missing); {HOW_TO_INSTALL}",
+            installed.display()
+        )
+    })
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

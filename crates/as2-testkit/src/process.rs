@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{STARTUP_TIMEOUT, free_port, redis_server_binary, tansu_binary, wait_for_port};
+use crate::{
+    STARTUP_TIMEOUT, free_port, redis_server_binary, s3s_fs_binary, tansu_binary, wait_for_port,
+};
 
 /// How many fresh ports to try when a chosen port turns out to be taken.
 const PORT_ATTEMPTS: usize = 5;
@@ -256,4 +258,129 @@ fn tansu_command(port: u16) -> Command {
         .args(["--storage-engine", "memory://tansu/"])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     command
+}
+
+/// An S3-protocol server (`s3s-fs`, objects as files in a temporary directory) on a free
+/// loopback port, with one bucket created and credentials of its own.
+///
+/// s3s-fs keeps each bucket as a directory under its root, so the bucket is made before
+/// the server starts. The process is killed and the directory removed on drop.
+///
+/// ```no_run
+/// let s3 = as2_testkit::S3Server::start();
+/// let endpoint = s3.endpoint(); // http://127.0.0.1:PORT
+/// let url = format!("s3://{}/some/prefix", s3.bucket());
+/// # drop((endpoint, url));
+/// ```
+pub struct S3Server {
+    process: OwnedProcess,
+    port: u16,
+    root: PathBuf,
+}
+
+/// The bucket every [`S3Server`] has.
+const S3_BUCKET: &str = "as2-test";
+/// The access key id of every [`S3Server`].
+const S3_ACCESS_KEY_ID: &str = "as2-test-access-key";
+/// The secret access key of every [`S3Server`].
+const S3_SECRET_ACCESS_KEY: &str = "as2-test-secret-key";
+
+impl S3Server {
+    /// Starts a server with an empty bucket ([`S3Server::bucket`]); panics with its log
+    /// when it cannot start.
+    pub fn start() -> Self {
+        let root = std::env::temp_dir().join(format!("as2-testkit-s3-{}", unique_suffix()));
+        std::fs::create_dir_all(root.join(S3_BUCKET))
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", root.display()));
+        let make_command = |port: u16| s3s_fs_command(&root, port);
+        let (process, port) = start_on_free_port("s3s-fs", make_command, answers_http);
+        Self {
+            process,
+            port,
+            root,
+        }
+    }
+
+    /// The endpoint URL, `http://127.0.0.1:PORT` (path-style requests, plain HTTP).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket that exists from the start.
+    pub fn bucket(&self) -> &'static str {
+        S3_BUCKET
+    }
+
+    /// Creates another (empty) bucket and returns its name.
+    pub fn create_bucket(&self, name: &str) -> String {
+        std::fs::create_dir_all(self.root.join(name))
+            .unwrap_or_else(|error| panic!("cannot create bucket {name}: {error}"));
+        name.to_owned()
+    }
+
+    /// The access key id the server accepts.
+    pub fn access_key_id(&self) -> &'static str {
+        S3_ACCESS_KEY_ID
+    }
+
+    /// The secret access key the server accepts.
+    pub fn secret_access_key(&self) -> &'static str {
+        S3_SECRET_ACCESS_KEY
+    }
+
+    /// The region to sign requests for (s3s-fs accepts any).
+    pub fn region(&self) -> &'static str {
+        "us-east-1"
+    }
+
+    /// The directory holding the buckets (one subdirectory each).
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn s3s_fs_command(root: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(s3s_fs_binary());
+    command
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--access-key",
+            S3_ACCESS_KEY_ID,
+            "--secret-key",
+            S3_SECRET_ACCESS_KEY,
+        ])
+        .arg(root);
+    command
+}
+
+/// Whether an HTTP server answers on `addr` (any status: an unsigned request to an S3
+/// server is refused, which still shows it is serving).
+fn answers_http(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut reply = [0_u8; 9];
+    stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.")
 }
