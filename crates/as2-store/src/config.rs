@@ -234,8 +234,9 @@ impl StoreConfig {
         Ok(())
     }
 
-    /// The location for logs and `Debug` output: the URL without credentials.
-    pub fn describe(&self) -> String {
+    /// The URL of the store's root: scheme, bucket or directory, and prefix (no
+    /// endpoint, no credentials).
+    pub fn base_url(&self) -> String {
         let with_prefix = |scheme: &str, bucket: &str, prefix: &str| {
             if prefix.is_empty() {
                 format!("{scheme}://{bucket}")
@@ -245,15 +246,22 @@ impl StoreConfig {
         };
         match &self.backend {
             Backend::LocalFileSystem { root } => format!("file://{}", root.display()),
-            Backend::S3(s3) => {
-                let url = with_prefix("s3", &s3.bucket, &s3.prefix);
-                match &s3.endpoint {
-                    Some(endpoint) => format!("{url} at {endpoint}"),
-                    None => url,
-                }
-            }
+            Backend::S3(s3) => with_prefix("s3", &s3.bucket, &s3.prefix),
             Backend::Gcs { bucket, prefix } => with_prefix("gs", bucket, prefix),
             Backend::Azure { container, prefix } => with_prefix("az", container, prefix),
+        }
+    }
+
+    /// The location for logs and `Debug` output: [`StoreConfig::base_url`] and, for S3,
+    /// the endpoint.
+    pub fn describe(&self) -> String {
+        let url = self.base_url();
+        match &self.backend {
+            Backend::S3(S3Config {
+                endpoint: Some(endpoint),
+                ..
+            }) => format!("{url} at {endpoint}"),
+            _ => url,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Store {
 pub(crate) struct StoreInner {
     pub(crate) backend: Arc<dyn ObjectStore>,
     pub(crate) description: String,
+    /// The URL of the store's root (scheme, bucket and prefix; no endpoint).
+    pub(crate) base_url: String,
     pub(crate) keeps_attributes: bool,
     pub(crate) part_size: usize,
     pub(crate) max_concurrent_parts: usize,
@@ -270,6 +272,7 @@ impl Store {
             inner: Arc::new(StoreInner {
                 backend,
                 description,
+                base_url: config.base_url(),
                 keeps_attributes,
                 part_size: config.part_size,
                 max_concurrent_parts: config.max_concurrent_parts,
@@ -280,6 +283,21 @@ impl Store {
     /// Where the objects are, for logs (no credentials).
     pub fn location(&self) -> &str {
         &self.inner.description
+    }
+
+    /// The URL of the object under `key` (`s3://bucket/prefix/key`, `file:///root/key`):
+    /// what a record that references it carries, readable by any client of the store.
+    pub fn object_url(&self, key: &str) -> String {
+        format!("{}/{key}", self.inner.base_url.trim_end_matches('/'))
+    }
+
+    /// The key of an object given by its [`Store::object_url`], when the URL is inside
+    /// this store.
+    pub fn key_of_url<'u>(&self, url: &'u str) -> Option<&'u str> {
+        let base = self.inner.base_url.trim_end_matches('/');
+        url.strip_prefix(base)?
+            .strip_prefix('/')
+            .filter(|key| !key.is_empty())
     }
 
     /// Whether the backend keeps [`ObjectAttributes`] (the local filesystem does not).

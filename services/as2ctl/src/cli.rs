@@ -405,6 +405,11 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub require_encryption: Option<bool>,
 
+    /// Largest message and document accepted from this partner, in bytes (0: the
+    /// edge's global limit).
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<u64>,
+
     /// Digests accepted in signatures (comma-separated); empty list: all
     /// supported.
     #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "DIGESTS")]

@@ -47,6 +47,7 @@ struct CertificateView {
 struct SecurityPolicyView {
     require_signature: bool,
     require_encryption: bool,
+    max_message_bytes: Option<u64>,
     allowed_signing_digests: Vec<&'static str>,
     allowed_encryption_ciphers: Vec<&'static str>,
     allow_md5: bool,
@@ -103,6 +104,7 @@ impl From<&Partnership> for PartnershipView {
             security_policy: SecurityPolicyView {
                 require_signature: policy.require_signature,
                 require_encryption: policy.require_encryption,
+                max_message_bytes: policy.max_message_bytes,
                 allowed_signing_digests: policy
                     .allowed_signing_digests
                     .iter()
@@ -243,6 +245,12 @@ pub fn render_detail(view: &PartnershipView) -> String {
     let policy = &view.security_policy;
     line("require signature:", yes_no(policy.require_signature));
     line("require encryption:", yes_no(policy.require_encryption));
+    line(
+        "max message bytes:",
+        &policy
+            .max_message_bytes
+            .map_or_else(|| "(edge default)".to_owned(), |limit| limit.to_string()),
+    );
     line(
         "signing digests:",
         &list_or_default(&policy.allowed_signing_digests),

@@ -60,6 +60,12 @@ pub struct EdgeConfig {
     #[command(flatten)]
     pub kafka: KafkaConfig,
 
+    /// The object store for documents too large for their Kafka record. Without
+    /// `AS2_OBJECT_STORE_URL` there is none, and messages are limited to what a record
+    /// holds (16 MiB bodies, 15 MiB documents).
+    #[command(flatten)]
+    pub object_store: as2_store::ObjectStoreArgs,
+
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -69,20 +75,59 @@ pub struct EdgeConfig {
     pub shutdown: ShutdownConfig,
 }
 
+/// The default limit on message and document size: 4 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Limits without an object store: what one Kafka record holds.
+pub const INLINE_ONLY_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// See [`INLINE_ONLY_MAX_BODY_BYTES`].
+pub const INLINE_ONLY_MAX_DOCUMENT_BYTES: usize = 15 * 1024 * 1024;
+
 /// Limits, timeouts and retention of the inbound path.
 #[derive(Args, Clone, Debug)]
 pub struct InboundConfig {
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long = "max-body-bytes", env = "AS2_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest request body accepted, in bytes, from partnerships that set no limit of
+    /// their own; larger ones get 413. (Without an object store: at most 16 MiB.)
+    #[arg(long = "max-body-bytes", env = "AS2_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_body_bytes: u64,
 
-    /// Largest document after decompression, in bytes (decompression bombs stop here).
+    /// Largest document after decompression, in bytes, for partnerships that set no
+    /// limit of their own (decompression bombs stop here). (Without an object store: at
+    /// most 15 MiB.)
     #[arg(
         long = "max-document-bytes",
         env = "AS2_MAX_DOCUMENT_BYTES",
-        default_value_t = 15 * 1024 * 1024
+        default_value_t = DEFAULT_MAX_BYTES as usize
     )]
     pub max_document_bytes: usize,
+
+    /// Most decompressed bytes per compressed byte (past the first MiB): a
+    /// decompression bomb fails long before it reaches the size limit.
+    #[arg(
+        long = "max-compression-ratio",
+        env = "AS2_MAX_COMPRESSION_RATIO",
+        default_value_t = as2_protocol::unwrap::DEFAULT_MAX_COMPRESSION_RATIO
+    )]
+    pub max_compression_ratio: u64,
+
+    /// Documents larger than this go to the object store, and their Kafka record
+    /// carries a reference (claim check); smaller ones stay in the record.
+    #[arg(
+        long = "claim-check-threshold-bytes",
+        env = "AS2_CLAIM_CHECK_THRESHOLD_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub claim_check_threshold_bytes: usize,
+
+    /// Memory budget, in MiB, for the bytes all requests together hold: body chunks in
+    /// flight, inline documents (and the Kafka producer's copy), object-store upload
+    /// parts. A request that finds it spent gets 503 with Retry-After.
+    #[arg(
+        long = "memory-budget-mib",
+        env = "AS2_MEMORY_BUDGET_MIB",
+        default_value_t = 256
+    )]
+    pub memory_budget_mib: usize,
 
     /// Seconds a client has to send the request headers.
     #[arg(
@@ -154,8 +199,11 @@ impl InboundConfig {
     /// Defaults as the flags have them.
     pub fn defaults() -> Self {
         Self {
-            max_body_bytes: 10 * 1024 * 1024,
-            max_document_bytes: 15 * 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BYTES,
+            max_document_bytes: DEFAULT_MAX_BYTES as usize,
+            max_compression_ratio: as2_protocol::unwrap::DEFAULT_MAX_COMPRESSION_RATIO,
+            claim_check_threshold_bytes: 1024 * 1024,
+            memory_budget_mib: 256,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 300,
             dedup_in_flight_secs: 120,

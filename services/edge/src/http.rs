@@ -5,10 +5,13 @@
 //! dependency that is down is answered without its body being read (a small body is
 //! read and discarded first, so that the client sees the answer rather than a reset
 //! connection; a client that sent `Expect: 100-continue` is never asked for it).
-//! Otherwise the body is read, bounded in size (413 beyond the limit, decided from
+//! Otherwise the body streams into the unwrap as it arrives (never held whole), bounded
+//! in size (the partnership's limit or the global one: 413, decided from
 //! Content-Length before any body is read when it is declared) and in time: a header
 //! read timeout, and a body idle timeout (408 when no body bytes arrive for that long;
-//! a big body on a slow line is not cut off for its size).
+//! a big body on a slow line is not cut off for its size). A `multipart/signed` or
+//! `multipart/report` request first has the start of its body read: a partner's MDN
+//! (read whole, it is small) goes to the sender.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,13 +28,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbound::{Answer, InboundProcessor, InboundRequest, Preflight};
+use crate::inbound::{
+    Answer, BodyChunks, BodyFailure, InboundProcessor, InboundRequest, Preflight, RequestBody,
+};
 
 /// Limits of the HTTP layer.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
-    /// Largest body, in bytes.
-    pub max_body_bytes: usize,
+    /// Largest body, in bytes, for partnerships that set no limit of their own.
+    pub max_body_bytes: u64,
     /// Time to receive the request headers (HTTP/1.1).
     pub header_read_timeout: Duration,
     /// Longest time without any body bytes arriving (408 beyond it).
@@ -106,6 +111,13 @@ const OVERSIZE_DRAIN_LIMIT: usize = 32 * 1024 * 1024;
 /// discarded before the answer (the same purpose, for a request that is not oversize).
 const PREFLIGHT_DRAIN_LIMIT: usize = 1024 * 1024;
 
+/// How much of a `multipart/signed` or `multipart/report` body is read to tell a
+/// partner's MDN from a signed message (the first part's header block must be in it).
+const MDN_PEEK_BYTES: usize = 64 * 1024;
+
+/// The largest partner's MDN read (MDNs are a few KiB).
+const MAX_MDN_BYTES: usize = 1024 * 1024;
+
 async fn handle(
     request: Request<Incoming>,
     processor: &InboundProcessor,
@@ -120,8 +132,7 @@ async fn handle(
     }
     let declared = declared_length(&request);
     let expects_continue = expects_continue(&request);
-    let (parts, body) = request.into_parts();
-    // The partnership is judged before the size: the limit will be the partnership's.
+    let (parts, mut body) = request.into_parts();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -132,86 +143,185 @@ async fn handle(
             )
         })
         .collect();
+    // A partner's MDN and a signed message share a Content-Type: the start of the body
+    // tells them apart. An MDN goes to the sender whatever the pair.
+    let mut prefix = Peeked::default();
+    if crate::partner_mdn::may_be_mdn(&headers) {
+        prefix = match peek(&mut body, MDN_PEEK_BYTES, limits.body_idle_timeout).await {
+            Ok(peeked) => peeked,
+            Err(failure) => return to_response(failure.answer()),
+        };
+        if crate::partner_mdn::is_mdn(&headers, &prefix.bytes) {
+            let whole = if prefix.ended {
+                Ok(prefix.bytes)
+            } else {
+                collect(&mut body, prefix.bytes, MAX_MDN_BYTES, limits.body_idle_timeout).await
+            };
+            let answer = match whole {
+                Ok(whole) => {
+                    processor
+                        .process(InboundRequest {
+                            headers,
+                            body: RequestBody::Whole(whole),
+                            admitted: None,
+                        })
+                        .await
+                }
+                Err(failure) => failure.answer(),
+            };
+            return to_response(answer);
+        }
+    }
+    // The partnership is judged before the size: the limit is the partnership's.
     let admitted = match processor.preflight(&headers).await {
         Preflight::ReadBody(admitted) => admitted,
         Preflight::Answered(answer) => {
             // With `Expect: 100-continue` the body is never asked for: hyper sends the
             // 100 only when the body is first read.
             if !expects_continue
-                && declared.is_none_or(|declared| declared <= PREFLIGHT_DRAIN_LIMIT)
+                && declared.is_none_or(|declared| declared <= PREFLIGHT_DRAIN_LIMIT as u64)
+                && !prefix.ended
             {
                 drain(body, limits.body_idle_timeout, PREFLIGHT_DRAIN_LIMIT).await;
             }
             return to_response(answer);
         }
     };
-    if let Some(declared) = declared.filter(|&declared| declared > limits.max_body_bytes) {
-        if declared <= OVERSIZE_DRAIN_LIMIT {
+    let limit = admitted.max_body_bytes(limits.max_body_bytes);
+    if let Some(declared) = declared.filter(|&declared| declared > limit) {
+        if declared <= OVERSIZE_DRAIN_LIMIT as u64 && !prefix.ended {
             drain(body, limits.body_idle_timeout, OVERSIZE_DRAIN_LIMIT).await;
         }
-        return to_response(too_large(limits.max_body_bytes));
+        return to_response(BodyFailure::TooLarge { limit }.answer());
     }
-    let mut body = body;
-    let body = match collect(&mut body, limits.max_body_bytes, limits.body_idle_timeout).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            drain(body, limits.body_idle_timeout, OVERSIZE_DRAIN_LIMIT).await;
-            return to_response(too_large(limits.max_body_bytes));
-        }
-        Err(BodyError::Read(error)) => {
-            tracing::debug!(%error, "reading the request body failed");
-            return to_response(Answer::text(
-                400,
-                format!("the request body could not be read: {error}"),
-            ));
-        }
-        Err(BodyError::Idle) => {
-            return to_response(Answer::text(
-                408,
-                format!(
-                    "no part of the request body arrived for {} s",
-                    limits.body_idle_timeout.as_secs()
-                ),
-            ));
-        }
-    };
+    let body = (!prefix.ended).then_some(body);
+    let chunks = body_chunks(prefix.bytes, body, limit, limits.body_idle_timeout);
     to_response(
         processor
             .process(InboundRequest {
                 headers,
-                body,
-                admitted,
+                body: RequestBody::Streaming(chunks),
+                admitted: Some(admitted),
             })
             .await,
     )
 }
 
-enum BodyError {
-    TooLarge,
-    Read(hyper::Error),
-    /// No frame arrived within the idle timeout.
-    Idle,
+/// The first bytes of a body.
+#[derive(Default)]
+struct Peeked {
+    bytes: Bytes,
+    /// The body ended within them.
+    ended: bool,
 }
 
-/// Reads the whole body into one buffer, failing once it grows beyond `limit` bytes or
-/// when no frame arrives for `idle`.
-async fn collect(body: &mut Incoming, limit: usize, idle: Duration) -> Result<Bytes, BodyError> {
+/// Reads at least `wanted` bytes of the body (fewer when it ends first).
+async fn peek(body: &mut Incoming, wanted: usize, idle: Duration) -> Result<Peeked, BodyFailure> {
     let mut buffer = bytes::BytesMut::new();
+    while buffer.len() < wanted {
+        match next_data(body, idle).await? {
+            Some(data) => buffer.extend_from_slice(&data),
+            None => {
+                return Ok(Peeked {
+                    bytes: buffer.freeze(),
+                    ended: true,
+                });
+            }
+        }
+    }
+    Ok(Peeked {
+        bytes: buffer.freeze(),
+        ended: false,
+    })
+}
+
+/// The next data frame of the body, `None` at its end.
+async fn next_data(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>, BodyFailure> {
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_elapsed) => return Err(BodyError::Idle),
+            Ok(None) => return Ok(None),
+            Err(_elapsed) => {
+                return Err(BodyFailure::Idle {
+                    secs: idle.as_secs(),
+                });
+            }
         };
-        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
-            continue;
-        };
+        let frame = frame.map_err(|error| {
+            tracing::debug!(%error, "reading the request body failed");
+            BodyFailure::Read(error.to_string())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
+    }
+}
+
+/// Reads the rest of a body after `start` into one buffer, failing once the whole grows
+/// beyond `limit` bytes or when no frame arrives for `idle`.
+async fn collect(
+    body: &mut Incoming,
+    start: Bytes,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, BodyFailure> {
+    let mut buffer = bytes::BytesMut::from(start.as_ref());
+    while let Some(data) = next_data(body, idle).await? {
         if buffer.len() + data.len() > limit {
-            return Err(BodyError::TooLarge);
+            return Err(BodyFailure::TooLarge {
+                limit: limit as u64,
+            });
         }
         buffer.extend_from_slice(&data);
     }
     Ok(buffer.freeze())
+}
+
+struct ChunkState {
+    prefix: Option<Bytes>,
+    body: Option<Incoming>,
+    received: u64,
+    limit: u64,
+    idle: Duration,
+}
+
+/// The body as it arrives, after the bytes already read (`prefix`): each chunk as hyper
+/// hands it over, with the size limit (413, after discarding a bounded tail so the
+/// client sees the answer) and the idle timeout (408) applied.
+fn body_chunks(prefix: Bytes, body: Option<Incoming>, limit: u64, idle: Duration) -> BodyChunks {
+    let state = ChunkState {
+        prefix: Some(prefix),
+        body,
+        received: 0,
+        limit,
+        idle,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        let chunk = match state.prefix.take().filter(|prefix| !prefix.is_empty()) {
+            Some(prefix) => Ok(prefix),
+            None => match next_data(state.body.as_mut()?, state.idle).await {
+                Ok(Some(data)) => Ok(data),
+                Ok(None) => return None,
+                Err(failure) => Err(failure),
+            },
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(failure) => {
+                state.body = None;
+                return Some((Err(failure), state));
+            }
+        };
+        state.received += chunk.len() as u64;
+        if state.received > state.limit {
+            if let Some(body) = state.body.take() {
+                drain(body, state.idle, OVERSIZE_DRAIN_LIMIT).await;
+            }
+            let failure = BodyFailure::TooLarge { limit: state.limit };
+            return Some((Err(failure), state));
+        }
+        Some((Ok(chunk), state))
+    }))
 }
 
 /// Reads and discards what remains of a body, up to `limit` bytes, giving up when no
@@ -236,7 +346,7 @@ fn expects_continue(request: &Request<Incoming>) -> bool {
         .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"))
 }
 
-fn declared_length(request: &Request<Incoming>) -> Option<usize> {
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
     request
         .headers()
         .get(header::CONTENT_LENGTH)?
@@ -245,13 +355,6 @@ fn declared_length(request: &Request<Incoming>) -> Option<usize> {
         .trim()
         .parse()
         .ok()
-}
-
-fn too_large(limit: usize) -> Answer {
-    Answer::text(
-        413,
-        format!("the message is larger than the limit of {limit} bytes"),
-    )
 }
 
 fn to_response(answer: Answer) -> Response<Full<Bytes>> {

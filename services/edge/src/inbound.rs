@@ -45,9 +45,16 @@ use std::time::Instant;
 use as2_protocol::cms::Identity;
 use as2_protocol::headers::{As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::mdn::{self, BuiltMdn, MdnToSend};
-use as2_protocol::unwrap::{Limits, UnwrapContext, UnwrappedMessage};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use as2_protocol::unwrap::{
+    Limits, Payload, StreamedMessage, StreamingUnwrap, UnwrapContext, UnwrappedMessage,
+};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use tracing::Instrument as _;
+
+use crate::document::{DocumentSpool, DocumentStorage, Reservation, SpoolFailure, SpooledDocument};
 
 use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::InboundConfig;
@@ -65,20 +72,110 @@ use decision::{
     RejectionReply, RouteLookup, Unavailable, UnwrapOutcome, Verdict,
 };
 
-/// The CMS/MIME unwrap: [`as2_protocol::unwrap_message`] in production.
+/// The CMS/MIME unwrap over a body arriving in chunks, handing the document to the
+/// spool: [`streaming_unwrap`] in production.
 pub type UnwrapFn = fn(
     &As2RequestHeaders,
-    &[u8],
+    &mut dyn Iterator<Item = Bytes>,
     &UnwrapContext<'_>,
-) -> Result<UnwrappedMessage, as2_protocol::As2Error>;
+    &mut DocumentSpool,
+) -> Result<StreamedMessage, as2_protocol::As2Error>;
 
-/// A request as the HTTP layer hands it over: headers (values as text) and the whole body.
+/// The production unwrap: [`as2_protocol::unwrap::StreamingUnwrap`] over the chunks.
+pub fn streaming_unwrap(
+    headers: &As2RequestHeaders,
+    chunks: &mut dyn Iterator<Item = Bytes>,
+    context: &UnwrapContext<'_>,
+    spool: &mut DocumentSpool,
+) -> Result<StreamedMessage, as2_protocol::As2Error> {
+    let mut unwrap = StreamingUnwrap::new(headers, context, spool)?;
+    for chunk in chunks {
+        unwrap.push(&chunk)?;
+    }
+    Ok(unwrap.finish()?.0)
+}
+
+/// Why a request body could not be read to its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// It grew beyond the limit (413).
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// No part of it arrived for too long (408).
+    Idle {
+        /// The idle timeout, in seconds.
+        secs: u64,
+    },
+    /// The connection failed (the client went away, or sent a broken body).
+    Read(String),
+}
+
+impl BodyFailure {
+    /// The answer to a request whose body failed so.
+    pub fn answer(&self) -> Answer {
+        match self {
+            Self::TooLarge { limit } => Answer::text(
+                413,
+                format!("the message is larger than the limit of {limit} bytes"),
+            ),
+            Self::Idle { secs } => Answer::text(
+                408,
+                format!("no part of the request body arrived for {secs} s"),
+            ),
+            Self::Read(error) => Answer::text(
+                400,
+                format!("the request body could not be read: {error}"),
+            ),
+        }
+    }
+}
+
+/// A body still arriving, chunk by chunk, with its size and idle limits applied.
+pub type BodyChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BodyFailure>> + Send>>;
+
+/// A request body: already read, or still arriving.
+pub enum RequestBody {
+    /// The whole body.
+    Whole(Bytes),
+    /// The body as it arrives; the unwrap reads it as it comes.
+    Streaming(BodyChunks),
+}
+
+impl RequestBody {
+    /// The bytes of a body read whole (empty for a streaming one).
+    pub fn whole(&self) -> &[u8] {
+        match self {
+            Self::Whole(bytes) => bytes,
+            Self::Streaming(_) => &[],
+        }
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::Whole(bytes)
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole(bytes) => write!(f, "Whole({} bytes)", bytes.len()),
+            Self::Streaming(_) => f.write_str("Streaming"),
+        }
+    }
+}
+
+/// A request as the HTTP layer hands it over: headers (values as text) and the body.
 #[derive(Debug)]
 pub struct InboundRequest {
     /// Header names and values in the order received.
     pub headers: Vec<(String, String)>,
-    /// The exact body bytes.
-    pub body: Bytes,
+    /// The exact body bytes, whole or arriving.
+    pub body: RequestBody,
     /// What [`InboundProcessor::preflight`] found from the headers, when it admitted the
     /// message: [`InboundProcessor::process`] goes on from there (no second lookup, and
     /// one span, hence one trace, per message). `None` starts from the headers.
@@ -90,18 +187,25 @@ pub struct InboundRequest {
 pub enum Preflight {
     /// Answered without the body.
     Answered(Answer),
-    /// Read the body and hand it to [`InboundProcessor::process`] with this (`None`: a
-    /// request that may be a partner's MDN, judged with its body).
-    ReadBody(Option<Box<AdmittedMessage>>),
+    /// Stream the body to [`InboundProcessor::process`] with this.
+    ReadBody(Box<AdmittedMessage>),
 }
 
-/// A message admitted from its headers: parsed, its partnership found and its
-/// decryption key chosen, inside the message's span.
+/// A message admitted from its headers: parsed, its partnership found, its decryption
+/// key chosen and its share of the memory budget reserved, inside the message's span.
 pub struct AdmittedMessage {
     span: tracing::Span,
     headers: As2RequestHeaders,
     route: Arc<Route>,
     decryption_key_id: Option<String>,
+    _reservation: Option<Reservation>,
+}
+
+impl AdmittedMessage {
+    /// The largest body the message's partnership accepts, in bytes.
+    pub fn max_body_bytes(&self, global: u64) -> u64 {
+        self.route.max_message_bytes().unwrap_or(global)
+    }
 }
 
 impl std::fmt::Debug for AdmittedMessage {
@@ -170,10 +274,18 @@ pub struct InboundProcessor {
     pub metrics: Arc<EdgeMetrics>,
     /// The sender, which reconciles partners' MDNs for our outbound messages.
     pub mdn_reconciler: Option<Arc<dyn MdnReconciler>>,
-    /// The CMS/MIME unwrap, run on the blocking pool: [`as2_protocol::unwrap_message`].
-    /// A panic in it is answered 503 with Retry-After (our fault, not the message's).
+    /// The CMS/MIME unwrap, run on the blocking pool: [`streaming_unwrap`]. A panic in
+    /// it is answered 503 with Retry-After (our fault, not the message's).
     pub unwrap_message: UnwrapFn,
+    /// Where documents go (inline, or the object store) and the memory budget.
+    pub documents: DocumentStorage,
 }
+
+/// Body chunks queued between the connection and the unwrap, at most.
+const BODY_CHANNEL: usize = 8;
+
+/// The largest body chunk the HTTP layer hands over (hyper's read buffer is 64 KiB).
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// Why a message got the answer it got (for metrics and logs).
 struct Handled {
@@ -221,19 +333,21 @@ impl InboundProcessor {
     /// Handles one AS2 request and says what to answer.
     pub async fn process(&self, request: InboundRequest) -> Answer {
         let started = Instant::now();
-        let received_bytes = request.body.len();
-        let handled = self.handle(request).await;
+        let received = Arc::new(AtomicU64::new(request.body.whole().len() as u64));
+        let handled = self.handle(request, &received).await;
+        let received_bytes = usize::try_from(received.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
         self.metrics
             .observe(&handled.outcome, received_bytes, started.elapsed());
         handled.answer
     }
 
-    async fn handle(&self, request: InboundRequest) -> Handled {
+    async fn handle(&self, request: InboundRequest, received: &Arc<AtomicU64>) -> Handled {
         // A partner's MDN for one of our outbound messages goes to the sender.
-        if crate::partner_mdn::is_mdn(&request) {
+        if crate::partner_mdn::is_mdn(&request.headers, request.body.whole()) {
             let answer = crate::partner_mdn::reconcile(
                 self.mdn_reconciler.as_deref(),
-                &request,
+                &request.headers,
+                request.body.whole(),
                 self.settings.retry_after_secs,
             )
             .await;
@@ -247,13 +361,13 @@ impl InboundProcessor {
                     headers,
                     route,
                     decryption_key_id,
+                    _reservation,
                 } = *admitted;
-                span.record("request_bytes", request.body.len());
-                (headers, span, Some((route, decryption_key_id)))
+                (headers, span, Some((route, decryption_key_id, _reservation)))
             }
             None => match decision::read_headers(&request.headers) {
                 Ok(headers) => {
-                    let span = message_span(&headers, Some(request.body.len()));
+                    let span = message_span(&headers, None);
                     (headers, span, None)
                 }
                 Err(answer) => return Handled::new(answer, Outcome::BadRequest),
@@ -262,11 +376,14 @@ impl InboundProcessor {
         // The span is attached to the future, not entered: a guard held across `.await`
         // leaks into other requests on the same worker thread and corrupts the span stack.
         let handled = async {
-            let handled = self.handle_message(&headers, admitted, request.body).await;
+            let handled = self
+                .handle_message(&headers, admitted, request.body, received)
+                .await;
             self.settle(handled)
         }
         .instrument(span.clone())
         .await;
+        span.record("request_bytes", received.load(Ordering::Relaxed));
         handled.record_on(&span);
         handled
     }
@@ -278,15 +395,14 @@ impl InboundProcessor {
     /// [`Preflight::ReadBody`] means: read the body and [`Self::process`] the request
     /// with the span given (the message's one span).
     ///
-    /// A request that may be a partner's MDN (`multipart/report`, or `multipart/signed`
-    /// whose signed part only the body shows) always has its body read: it goes to the
-    /// sender, whatever the pair. The answer given here is counted in the metrics like
+    /// The HTTP layer first tells a partner's MDN (which goes to the sender, whatever
+    /// the pair) from a message by the start of its body ([`crate::partner_mdn`]); this
+    /// is for messages. An admitted message also reserves its share of the memory budget
+    /// here (503 when it is spent). The answer given here is counted in the metrics like
     /// any other.
     pub async fn preflight(&self, headers: &[(String, String)]) -> Preflight {
-        if crate::partner_mdn::may_be_mdn(headers) {
-            return Preflight::ReadBody(None);
-        }
         let started = Instant::now();
+        let declared = declared_length(headers);
         let handled = match decision::read_headers(headers) {
             Err(answer) => Handled::new(answer, Outcome::BadRequest),
             Ok(headers) => {
@@ -294,12 +410,18 @@ impl InboundProcessor {
                 let admitted = self.admit(&headers).instrument(span.clone()).await;
                 let handled = match admitted {
                     Admitted::Unwrap(route, decryption_key_id) => {
-                        return Preflight::ReadBody(Some(Box::new(AdmittedMessage {
-                            span,
-                            headers,
-                            route,
-                            decryption_key_id,
-                        })));
+                        match self.reserve_for(declared) {
+                            Ok(reservation) => {
+                                return Preflight::ReadBody(Box::new(AdmittedMessage {
+                                    span,
+                                    headers,
+                                    route,
+                                    decryption_key_id,
+                                    _reservation: Some(reservation),
+                                }));
+                            }
+                            Err(unavailable) => self.settle(Err(unavailable)),
+                        }
                     }
                     Admitted::Answered(handled) => self.settle(handled),
                 };
@@ -309,6 +431,23 @@ impl InboundProcessor {
         };
         self.metrics.observe(&handled.outcome, 0, started.elapsed());
         Preflight::Answered(handled.answer)
+    }
+
+    /// Reserves the memory a streaming request holds outside the object store: its body
+    /// channel and its inline document (twice: ours, and the Kafka producer's copy).
+    fn reserve_for(&self, declared: Option<u64>) -> Result<Reservation, Unavailable> {
+        let threshold = self.documents.inline_threshold as u64;
+        let inline = declared.map_or(threshold, |length| length.min(threshold));
+        let bytes = BODY_CHANNEL * MAX_CHUNK + 2 * usize::try_from(inline).unwrap_or(usize::MAX);
+        self.documents.budget.try_reserve(bytes).ok_or_else(|| {
+            self.metrics.budget_exhausted();
+            tracing::warn!(
+                bytes,
+                available = self.documents.budget.available(),
+                "memory budget spent"
+            );
+            Unavailable("the gateway is at its memory limit, please resend later")
+        })
     }
 
     /// A handled message, or the 503 for a dependency that is unavailable.
@@ -335,37 +474,67 @@ impl InboundProcessor {
     async fn handle_message(
         &self,
         headers: &As2RequestHeaders,
-        admitted: Option<(Arc<Route>, Option<String>)>,
-        body: Bytes,
+        admitted: Option<(Arc<Route>, Option<String>, Option<Reservation>)>,
+        body: RequestBody,
+        received: &Arc<AtomicU64>,
     ) -> Result<Handled, Unavailable> {
         let admitted = match admitted {
             Some(admitted) => admitted,
             None => match self.admit(headers).await {
-                Admitted::Unwrap(route, decryption_key_id) => (route, decryption_key_id),
+                Admitted::Unwrap(route, decryption_key_id) => (route, decryption_key_id, None),
                 Admitted::Answered(handled) => return handled,
             },
         };
-        let (route, decryption_key_id) = admitted;
+        let (route, decryption_key_id, _reservation) = admitted;
         let decisions = self.decisions();
 
         let decryption_key = match decryption_key_id.as_deref() {
             Some(id) => self.keys.get(id).map_err(|error| error.to_string()),
             None => Err("no decryption key configured".to_owned()),
         };
-        let unwrapped = self
-            .unwrap(&route, headers, body, decryption_key.as_ref().ok().cloned())
+        let step = self
+            .unwrap(
+                &route,
+                headers,
+                body,
+                decryption_key.as_ref().ok().cloned(),
+                received,
+            )
             .await;
+        let (unwrapped, document) = match step {
+            UnwrapStep::BodyFailed(failure) => {
+                tracing::info!(?failure, "the request body could not be read");
+                return Ok(Handled::new(failure.answer(), Outcome::BadRequest));
+            }
+            UnwrapStep::SpoolFailed(failure) => {
+                tracing::warn!(?failure, "the document could not be spooled");
+                return Err(Unavailable(match failure {
+                    SpoolFailure::Budget => {
+                        self.metrics.budget_exhausted();
+                        "the gateway is at its memory limit, please resend later"
+                    }
+                    SpoolFailure::Store(_) => {
+                        "the object store is unavailable, please resend later"
+                    }
+                }));
+            }
+            UnwrapStep::Unwrapped(outcome, document) => (outcome, document),
+        };
         let key_error = decryption_key.as_ref().err().map(String::as_str);
         match decisions.judge(headers, &route, unwrapped, key_error) {
             Verdict::Accept(message) => {
-                tracing::Span::current().record("document_bytes", message.payload.data.len());
-                self.accept(headers, &route, message).await
+                tracing::Span::current().record("document_bytes", document.size());
+                self.accept(headers, &route, message, document).await
             }
             Verdict::Reject(rejection) => {
+                document.discard().await;
                 self.deliver_rejection(headers, Some(&route), rejection)
                     .await
             }
-            Verdict::Unavailable(unavailable) => Err(unavailable),
+            Verdict::Unavailable(unavailable) => {
+                document.discard().await;
+                Err(unavailable)
+            }
         }
     }
 
@@ -403,25 +572,45 @@ impl InboundProcessor {
         }
     }
 
-    /// Runs the CPU-heavy unwrap on the blocking pool.
+    /// Runs the CPU-heavy unwrap on the blocking pool while the body arrives: the
+    /// connection's chunks go over a bounded channel to the unwrap, which hands the
+    /// document to a [`DocumentSpool`]. The body is always read to its end (a message
+    /// found bad early is still answered with its MDN, not a reset connection).
     async fn unwrap(
         &self,
         route: &Arc<Route>,
         headers: &As2RequestHeaders,
-        body: Bytes,
+        body: RequestBody,
         decryption_key: Option<Arc<KeyPair>>,
-    ) -> UnwrapOutcome {
+        received: &Arc<AtomicU64>,
+    ) -> UnwrapStep {
         let route = route.clone();
         let headers = headers.clone();
         let limits = Limits {
-            max_decompressed_size: self.settings.max_document_bytes,
+            max_decompressed_size: route
+                .max_message_bytes()
+                .map_or(self.settings.max_document_bytes, |limit| {
+                    usize::try_from(limit).unwrap_or(usize::MAX)
+                }),
             ..Limits::default()
         };
         let unwrap_message = self.unwrap_message;
+        let key = document_key(&route.partnership.id);
+        let spool = match DocumentSpool::new(
+            self.documents.clone(),
+            key,
+            tokio::runtime::Handle::current(),
+        ) {
+            Ok(spool) => spool,
+            Err(error) => return UnwrapStep::SpoolFailed(SpoolFailure::Store(error.to_string())),
+        };
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(BODY_CHANNEL);
+        let reader = read_body(body, sender, received.clone());
         // Created here, entered on the blocking thread: a child of the message's span.
-        let span = tracing::info_span!("as2_unwrap", request_bytes = body.len());
-        let outcome = tokio::task::spawn_blocking(move || {
+        let span = tracing::info_span!("as2_unwrap");
+        let blocking = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            let mut spool = spool;
             let identities: Vec<Identity> = decryption_key
                 .iter()
                 .map(|key| key.identity.clone())
@@ -438,17 +627,54 @@ impl InboundProcessor {
             context.check_certificate_validity = !interop.skip_certificate_validity_check;
             context.require_signature = policy.require_signature;
             context.require_encryption = policy.require_encryption;
-            unwrap_message(&headers, &body, &context)
-        })
-        .await;
-        match outcome {
-            Ok(unwrapped) => UnwrapOutcome::Finished(unwrapped),
+            let mut chunks = std::iter::from_fn(|| receiver.blocking_recv());
+            let result = unwrap_message(&headers, &mut chunks, &context, &mut spool);
+            // The reader discards the rest of the body from here on.
+            drop(receiver);
+            (result, spool)
+        });
+        let (body_failure, joined) = tokio::join!(reader, blocking);
+        let (result, spool) = match joined {
+            Ok(joined) => joined,
             Err(join_error) => {
                 // Our bug, not the partner's message: no error MDN, the partner resends.
+                // (An upload the spool had started is aborted when it is dropped.)
                 tracing::error!(%join_error, "unwrap task failed");
-                UnwrapOutcome::Crashed
+                return UnwrapStep::Unwrapped(UnwrapOutcome::Crashed, SpooledDocument::empty());
             }
+        };
+        if let Some(failure) = body_failure {
+            spool.abandon().await;
+            return UnwrapStep::BodyFailed(failure);
         }
+        if let Some(failure) = spool.failure().cloned() {
+            spool.abandon().await;
+            return UnwrapStep::SpoolFailed(failure);
+        }
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                spool.abandon().await;
+                return UnwrapStep::Unwrapped(
+                    UnwrapOutcome::Finished(Err(error)),
+                    SpooledDocument::empty(),
+                );
+            }
+        };
+        let mut document = match spool.finish().await {
+            Ok(document) => document,
+            Err(failure) => return UnwrapStep::SpoolFailed(failure),
+        };
+        let unwrapped = UnwrappedMessage {
+            payload: Payload {
+                content_type: message.payload.content_type,
+                filename: message.payload.filename,
+                data: document.take_inline(),
+            },
+            facts: message.facts,
+            mic: message.mic,
+        };
+        UnwrapStep::Unwrapped(UnwrapOutcome::Finished(Ok(unwrapped)), document)
     }
 
     /// Answers a message that is not processed; `route` is `None` for unknown partners.
@@ -488,6 +714,7 @@ impl InboundProcessor {
         headers: &As2RequestHeaders,
         route: &Route,
         message: UnwrappedMessage,
+        document: SpooledDocument,
     ) -> Result<Handled, Unavailable> {
         let decisions = self.decisions();
         let message_key = MessageKey {
@@ -498,14 +725,19 @@ impl InboundProcessor {
         let claim = match decision::after_claim(self.dedup.claim(&message_key).await) {
             AfterClaim::Proceed(claim) => claim,
             AfterClaim::Replay(replay) => {
+                document.discard().await;
                 self.metrics.dedup_hit("done");
                 return self.replay(&message_key, headers, route, *replay).await;
             }
             AfterClaim::InFlight(unavailable) => {
+                document.discard().await;
                 self.metrics.dedup_hit("in_flight");
                 return Err(unavailable);
             }
-            AfterClaim::StoreUnavailable(unavailable) => return Err(unavailable),
+            AfterClaim::StoreUnavailable(unavailable) => {
+                document.discard().await;
+                return Err(unavailable);
+            }
         };
 
         // Everything that can fail for reasons of ours is settled before the publish.
@@ -515,13 +747,28 @@ impl InboundProcessor {
         {
             Ok(signing) => signing,
             Err(unavailable) => {
+                document.discard().await;
                 self.release(claim).await;
                 return Err(unavailable);
             }
         };
 
+        // A large document becomes visible in the store before its record is written:
+        // no record points at a partial object.
+        let document_size = document.size();
+        let (stored, sha256) = match document.complete().await {
+            Ok(completed) => completed,
+            Err(failure) => {
+                tracing::warn!(?failure, "completing the document's upload failed");
+                self.release(claim).await;
+                return Err(Unavailable(
+                    "the object store is unavailable, please resend later",
+                ));
+            }
+        };
         let received_at = record::now_rfc3339();
-        let record_headers = record::document_headers(headers, route, &message, &received_at);
+        let mut record_headers = record::document_headers(headers, route, &message, &received_at);
+        record::add_document_fields(&mut record_headers, document_size, &sha256, stored.as_ref());
         let publish_started = Instant::now();
         let published = self
             .publisher
@@ -537,12 +784,20 @@ impl InboundProcessor {
             message.payload.data.len(),
             published.is_ok(),
         );
+        if published.is_err()
+            && let Some(stored) = &stored
+        {
+            crate::document::delete_stored(&self.documents, stored).await;
+        }
         match decision::after_publish(published) {
-            AfterPublish::Published(stored) => {
+            AfterPublish::Published(record) => {
+                if stored.is_some() {
+                    self.metrics.document_stored();
+                }
                 tracing::info!(
-                    partition = stored.partition,
-                    offset = stored.offset,
-                    bytes = message.payload.data.len(),
+                    partition = record.partition,
+                    offset = record.offset,
+                    bytes = document_size,
                     "document published"
                 );
             }
@@ -686,6 +941,81 @@ impl InboundProcessor {
             }
         }
     }
+}
+
+/// What reading and unwrapping the body came to.
+enum UnwrapStep {
+    /// The body could not be read to its end (408, 413, 400).
+    BodyFailed(BodyFailure),
+    /// The document could not be kept: our side (503).
+    SpoolFailed(SpoolFailure),
+    /// The unwrap ended (or crashed), for the decisions to judge; the document as
+    /// spooled (empty unless it succeeded).
+    Unwrapped(UnwrapOutcome, SpooledDocument),
+}
+
+/// Reads the whole body, handing its chunks to the unwrap while it takes them and
+/// discarding the rest once it stops; returns why the body failed, if it did.
+async fn read_body(
+    body: RequestBody,
+    sender: tokio::sync::mpsc::Sender<Bytes>,
+    received: Arc<AtomicU64>,
+) -> Option<BodyFailure> {
+    let mut chunks = match body {
+        RequestBody::Whole(bytes) => {
+            // Counted already; one chunk.
+            let _ = sender.send(bytes).await;
+            return None;
+        }
+        RequestBody::Streaming(chunks) => chunks,
+    };
+    let mut sender = Some(sender);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(failure) => return Some(failure),
+        };
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(open) = &sender
+            && open.send(chunk).await.is_err()
+        {
+            sender = None;
+        }
+    }
+    None
+}
+
+/// The object-store key of a document too large for its record: by day and
+/// partnership, then a random name.
+fn document_key(partnership_id: &str) -> String {
+    let day = time::OffsetDateTime::now_utc().date();
+    let safe: String = partnership_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut random = [0u8; 16];
+    // A failure of the random source leaves zeros; the day and partnership still
+    // separate such keys, and the upload fails on a clash rather than overwriting.
+    let _ = openssl::rand::rand_bytes(&mut random);
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{DOCUMENT_PREFIX}/{day}/{safe}/{name}")
+}
+
+/// The key prefix under which documents referenced by records are stored.
+pub const DOCUMENT_PREFIX: &str = "documents";
+
+/// The declared Content-Length of a request, when it has one.
+fn declared_length(headers: &[(String, String)]) -> Option<u64> {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! service, unwraps the message (decrypt, decompress, verify), checks the partnership's
 //! policy, deduplicates on (AS2-From, AS2-To, Message-ID) in Redis (or in memory, see [`dedup`]), publishes the document
 //! to the partnership's Kafka topic and waits for the acknowledgement, and only then
-//! answers with an MDN. The order and the answers are documented in [`inbound`].
+//! answers with an MDN. The order and the answers are documented in [`inbound`]. The
+//! body streams through the unwrap as it arrives; documents too large for their record
+//! go to the object store and the record carries a reference ([`document`]).
 //!
 //! Start it with [`run`], or [`EdgeServer::bind`] then [`EdgeServer::serve`] when the
 //! bound ports are needed.
@@ -14,6 +16,7 @@
 pub mod clients;
 pub mod config;
 pub mod dedup;
+pub mod document;
 pub mod http;
 pub mod inbound;
 pub mod kafka;

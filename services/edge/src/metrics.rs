@@ -103,6 +103,8 @@ pub struct EdgeMetrics {
     dedup_hits: Family<DedupLabels, Counter>,
     published_bytes: Counter,
     route_cache_lookups: Family<RouteCacheLabels, Counter>,
+    budget_exhausted: Counter,
+    stored_documents: Counter,
 }
 
 impl EdgeMetrics {
@@ -118,6 +120,8 @@ impl EdgeMetrics {
             dedup_hits: Family::default(),
             published_bytes: Counter::default(),
             route_cache_lookups: Family::default(),
+            budget_exhausted: Counter::default(),
+            stored_documents: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_edge");
         registry.register(
@@ -154,6 +158,16 @@ impl EdgeMetrics {
             "route_cache_lookups",
             "partnership lookups answered from the cache (hit) or by the routing service (miss)",
             metrics.route_cache_lookups.clone(),
+        );
+        registry.register(
+            "memory_budget_exhausted",
+            "requests answered 503 because the memory budget of buffered bytes was spent",
+            metrics.budget_exhausted.clone(),
+        );
+        registry.register(
+            "stored_documents",
+            "documents too large for their record, stored in the object store (claim check)",
+            metrics.stored_documents.clone(),
         );
         // Series that alerts and dashboards rate() exist from the start, at zero.
         for state in ["done", "in_flight"] {
@@ -208,5 +222,15 @@ impl EdgeMetrics {
     /// Records a dedup hit.
     pub fn dedup_hit(&self, state: &'static str) {
         self.dedup_hits.get_or_create(&DedupLabels { state }).inc();
+    }
+
+    /// Counts a document stored in the object store for a reference record.
+    pub fn document_stored(&self) {
+        self.stored_documents.inc();
+    }
+
+    /// Counts a request answered 503 because the memory budget was spent.
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.inc();
     }
 }

@@ -3,9 +3,9 @@
 //! A partner returns the MDN for a message the sender sent by POSTing it to our AS2 URL
 //! (the Receipt-Delivery-Option we gave). Such a request is an MDN, not an AS2 message:
 //! its Content-Type is `multipart/report`, or `multipart/signed` whose first part is
-//! `multipart/report`. The edge recognises it before anything else (a request whose
-//! Content-Type is one of the two always has its body read, [`may_be_mdn`]) and hands it to the
-//! sender's `ReconcileMdn` (`as2.sender.v1`), which matches it to the message by
+//! `multipart/report`. The edge recognises it before anything else (for a request whose
+//! Content-Type is one of the two, [`may_be_mdn`], the start of the body is read and
+//! looked at, [`is_mdn`]) and hands it to the sender's `ReconcileMdn` (`as2.sender.v1`), which matches it to the message by
 //! Original-Message-ID, verifies it and records the outcome. The answer:
 //!
 //! | reconciliation | answer |
@@ -21,7 +21,7 @@ use as2_rpc::sender::v1::{self, ReconcileMdnRequest};
 use as2_rpc::tonic::Code;
 
 use crate::clients::MdnReconciler;
-use crate::inbound::{Answer, InboundRequest};
+use crate::inbound::Answer;
 
 /// Whether the request may carry an MDN, judged from its headers alone: its
 /// Content-Type is `multipart/report` or `multipart/signed` (whose first part only the
@@ -36,10 +36,10 @@ pub fn may_be_mdn(headers: &[(String, String)]) -> bool {
         })
 }
 
-/// Whether the request carries an MDN rather than an AS2 message.
-pub fn is_mdn(request: &InboundRequest) -> bool {
-    let Some(content_type) = request
-        .headers
+/// Whether a request with these headers and this body (or the start of it) carries an
+/// MDN rather than an AS2 message.
+pub fn is_mdn(headers: &[(String, String)], body: &[u8]) -> bool {
+    let Some(content_type) = headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
         .map(|(_, value)| value.as_str())
@@ -50,7 +50,7 @@ pub fn is_mdn(request: &InboundRequest) -> bool {
         name: "Content-Type".to_owned(),
         value: content_type.to_owned(),
     }];
-    let entity = Entity::from_parts(fields, &request.body);
+    let entity = Entity::from_parts(fields, body);
     let outer = entity.content_type();
     if outer.is("multipart/report") {
         return true;
@@ -73,7 +73,8 @@ pub fn is_mdn(request: &InboundRequest) -> bool {
 /// Hands the MDN to the sender and says what to answer the partner.
 pub async fn reconcile(
     sender: Option<&dyn MdnReconciler>,
-    request: &InboundRequest,
+    headers: &[(String, String)],
+    body: &[u8],
     retry_after_secs: u64,
 ) -> Answer {
     let unavailable = |text: &str| {
@@ -88,15 +89,14 @@ pub async fn reconcile(
         return unavailable("MDNs for outbound messages cannot be taken now, please resend later");
     };
     let message = ReconcileMdnRequest {
-        headers: request
-            .headers
+        headers: headers
             .iter()
             .map(|(name, value)| v1::HeaderField {
                 name: name.clone(),
                 value: value.clone(),
             })
             .collect(),
-        body: request.body.to_vec(),
+        body: body.to_vec(),
         traceparent: as2_common::telemetry::current_traceparent().unwrap_or_default(),
     };
     match sender.reconcile(message).await {
@@ -123,16 +123,21 @@ pub async fn reconcile(
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
 
-    use super::*;
+    struct Request {
+        headers: Vec<(String, String)>,
+        body: &'static [u8],
+    }
 
-    fn request(content_type: &str, body: &'static [u8]) -> InboundRequest {
-        InboundRequest {
-            admitted: None,
+    fn request(content_type: &str, body: &'static [u8]) -> Request {
+        Request {
             headers: vec![("Content-Type".to_owned(), content_type.to_owned())],
-            body: Bytes::from_static(body),
+            body,
         }
+    }
+
+    fn is_mdn(request: &Request) -> bool {
+        super::is_mdn(&request.headers, request.body)
     }
 
     #[test]
@@ -155,10 +160,6 @@ mod tests {
             "application/pkcs7-mime; smime-type=enveloped-data",
             b"x"
         )));
-        assert!(!is_mdn(&InboundRequest {
-            admitted: None,
-            headers: Vec::new(),
-            body: Bytes::new()
-        }));
+        assert!(!super::is_mdn(&[], b""));
     }
 }

@@ -8,8 +8,13 @@ use as2_protocol::unwrap::{CompressionPlacement, UnwrappedMessage};
 
 use crate::routes::Route;
 
-/// Version of the record contract, carried in [`HEADER_RECORD_VERSION`].
+/// Version of the record contract, carried in [`HEADER_RECORD_VERSION`], for a record
+/// that carries its document as its value.
 pub const RECORD_VERSION: &str = "1";
+
+/// [`HEADER_RECORD_VERSION`] of a record whose document is in the object store (claim
+/// check): the value is empty and [`HEADER_DOCUMENT_LOCATION`] says where it is.
+pub const RECORD_VERSION_REFERENCE: &str = "2";
 
 /// Contract version.
 pub const HEADER_RECORD_VERSION: &str = "as2-record-version";
@@ -44,6 +49,16 @@ pub const HEADER_ENCRYPTION_CIPHER: &str = "as2-encryption-cipher";
 pub const HEADER_COMPRESSION: &str = "as2-compression";
 /// When the edge received the message, RFC 3339 UTC.
 pub const HEADER_RECEIVED_AT: &str = "as2-received-at";
+/// The document's size in bytes.
+pub const HEADER_DOCUMENT_SIZE: &str = "as2-document-size";
+/// The document's SHA-256, lowercase hex.
+pub const HEADER_DOCUMENT_SHA256: &str = "as2-document-sha256";
+/// Reference records only: the URL of the document in the object store
+/// (`s3://bucket/prefix/key`, `file:///dir/key`).
+pub const HEADER_DOCUMENT_LOCATION: &str = "as2-document-location";
+/// Reference records only: the document's key in the object store (the location
+/// without the store's URL).
+pub const HEADER_DOCUMENT_KEY: &str = "as2-document-key";
 /// W3C trace context of the message's trace, when tracing is on.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 
@@ -101,6 +116,28 @@ pub fn document_headers(
         headers.push((HEADER_TRACEPARENT, traceparent));
     }
     headers
+}
+
+/// Adds the document's size and digest, and for a document in the object store its
+/// location (and the reference form's version).
+pub fn add_document_fields(
+    headers: &mut Vec<(&'static str, String)>,
+    size: u64,
+    sha256: &str,
+    stored: Option<&crate::document::StoredDocument>,
+) {
+    headers.push((HEADER_DOCUMENT_SIZE, size.to_string()));
+    headers.push((HEADER_DOCUMENT_SHA256, sha256.to_owned()));
+    if let Some(stored) = stored {
+        if let Some(version) = headers
+            .iter_mut()
+            .find(|(name, _)| *name == HEADER_RECORD_VERSION)
+        {
+            version.1 = RECORD_VERSION_REFERENCE.to_owned();
+        }
+        headers.push((HEADER_DOCUMENT_LOCATION, stored.url.clone()));
+        headers.push((HEADER_DOCUMENT_KEY, stored.key.clone()));
+    }
 }
 
 /// Now, RFC 3339 in UTC with millisecond precision.

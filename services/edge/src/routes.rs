@@ -42,6 +42,15 @@ pub struct Route {
 }
 
 impl Route {
+    /// The partnership's own limit on message and document size, when it has one.
+    pub fn max_message_bytes(&self) -> Option<u64> {
+        self.partnership
+            .security_policy
+            .as_ref()
+            .and_then(|policy| policy.max_message_bytes)
+            .filter(|limit| *limit > 0)
+    }
+
     /// Parses the partnership's signing certificates
     /// ([`as2_partner::certificates::signing_certificates`]: one that does not parse is
     /// skipped with a warning).

@@ -15,7 +15,12 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::clients::{MdnDeliveryQueue, MdnReconciler};
-use crate::config::EdgeConfig;
+use as2_store::Store;
+
+use crate::config::{
+    EdgeConfig, INLINE_ONLY_MAX_BODY_BYTES, INLINE_ONLY_MAX_DOCUMENT_BYTES, InboundConfig,
+};
+use crate::document::{ByteBudget, DocumentStorage};
 use crate::dedup::DedupStore;
 use crate::http::{HttpLimits, serve_as2};
 use crate::inbound::InboundProcessor;
@@ -109,8 +114,9 @@ impl EdgeServer {
             )?))),
             None => None,
         };
+        let (documents, settings) = document_storage(&config)?;
         let processor = Arc::new(InboundProcessor {
-            settings: inbound.clone(),
+            settings: settings.clone(),
             routes,
             keys: Arc::new(KeyStore::new(&config.keys.keys_dir)),
             default_decryption_key_id: config.keys.default_decryption_key_id.clone(),
@@ -124,10 +130,11 @@ impl EdgeServer {
             mdn_delivery,
             mdn_reconciler,
             metrics,
-            unwrap_message: as2_protocol::unwrap_message,
+            unwrap_message: crate::inbound::streaming_unwrap,
+            documents,
         });
         let limits = HttpLimits {
-            max_body_bytes: inbound.max_body_bytes,
+            max_body_bytes: settings.max_body_bytes,
             header_read_timeout: inbound.header_read_timeout(),
             body_idle_timeout: inbound.body_idle_timeout(),
         };
@@ -149,6 +156,42 @@ impl EdgeServer {
         );
         runtime.serve(shutdown).await
     }
+}
+
+/// The object store and the limits that follow from having one (or not).
+fn document_storage(config: &EdgeConfig) -> anyhow::Result<(DocumentStorage, InboundConfig)> {
+    let mut settings = config.inbound.clone();
+    let budget = ByteBudget::new(settings.memory_budget_mib.saturating_mul(1024 * 1024));
+    let store = match &config.object_store.object_store_url {
+        Some(_) => {
+            let store_config = config
+                .object_store
+                .store_config(std::path::Path::new("/var/lib/as2/objects"))
+                .context("invalid object store settings")?;
+            let store = Store::open(&store_config).context("cannot open the object store")?;
+            tracing::info!(store = store.location(), "documents over the claim-check threshold go to the object store");
+            Some(store)
+        }
+        None => {
+            settings.max_body_bytes = settings.max_body_bytes.min(INLINE_ONLY_MAX_BODY_BYTES);
+            settings.max_document_bytes = settings
+                .max_document_bytes
+                .min(INLINE_ONLY_MAX_DOCUMENT_BYTES);
+            settings.claim_check_threshold_bytes = settings.max_document_bytes;
+            tracing::info!(
+                max_body_bytes = settings.max_body_bytes,
+                "no object store (AS2_OBJECT_STORE_URL): every document goes inline in its record"
+            );
+            None
+        }
+    };
+    let documents = DocumentStorage {
+        store,
+        inline_threshold: settings.claim_check_threshold_bytes,
+        budget,
+        budget_wait: Duration::from_secs(settings.retry_after_secs.clamp(1, 10)),
+    };
+    Ok((documents, settings))
 }
 
 /// The dedup store on the configured state backend.

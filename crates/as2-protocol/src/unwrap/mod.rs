@@ -212,6 +212,16 @@ pub trait PayloadSink {
     fn write(&mut self, data: &[u8]) -> Result<()>;
 }
 
+impl<T: PayloadSink + ?Sized> PayloadSink for &mut T {
+    fn start(&mut self, info: &PayloadInfo) -> Result<()> {
+        (**self).start(info)
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        (**self).write(data)
+    }
+}
+
 impl PayloadSink for Vec<u8> {
     fn start(&mut self, _: &PayloadInfo) -> Result<()> {
         Ok(())
