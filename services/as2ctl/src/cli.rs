@@ -190,9 +190,16 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub from_end: bool,
 
-    /// Write each document to a file in this directory instead of printing it.
+    /// Write each document to a file in this directory instead of printing it; a
+    /// document the record references in the object store is fetched from there (and
+    /// its SHA-256 checked).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+
+    /// The object store of referenced documents: by default the one the record's
+    /// `as2-document-location` names, with these credentials.
+    #[command(flatten)]
+    pub object_store: as2_store::ObjectStoreArgs,
 
     /// Extra librdkafka properties, `key=value` (TLS, SASL), repeatable (comma-separated
     /// in the variable), as for the services.

@@ -438,10 +438,6 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
     flag(&mut policy.require_signature, settings.require_signature);
     flag(&mut policy.require_encryption, settings.require_encryption);
     flag(&mut policy.allow_md5, settings.allow_md5);
-    if let Some(limit) = settings.max_message_bytes {
-        policy.max_message_bytes = (limit > 0).then_some(limit);
-        changed = true;
-    }
     let mdn = partnership
         .mdn_preferences
         .get_or_insert_with(MdnPreferences::default);
@@ -493,6 +489,10 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
             .map(|mode| as2_rpc::routing::v1::MdnMode::from(mode) as i32),
     );
 
+    if let Some(limit) = settings.max_message_bytes {
+        policy.max_message_bytes = (limit > 0).then_some(limit);
+        changed = true;
+    }
     if let Some(digests) = &settings.signing_digests {
         policy.allowed_signing_digests = digests
             .iter()

@@ -54,7 +54,11 @@ pub async fn execute(args: ConsumeArgs, json: bool) -> Result<String, CtlError> 
     let (mut records, args) = records;
     if let Some(directory) = &args.output_dir {
         for record in &mut records {
-            record.saved_to = Some(save(directory, record)?);
+            let saved = match header(record, "as2-document-location") {
+                Some(_) => fetch(directory, record, &args.object_store).await?,
+                None => save(directory, record)?,
+            };
+            record.saved_to = Some(saved);
         }
     }
     if json {
@@ -159,6 +163,82 @@ fn read_records(args: &ConsumeArgs) -> Result<Vec<RecordView>, CtlError> {
 /// Writes the record's document to `directory`, named after its filename header when it
 /// has a safe one, and returns the path.
 fn save(directory: &Path, record: &RecordView) -> Result<String, CtlError> {
+    let path = output_path(directory, record)?;
+    std::fs::write(&path, &record.body)
+        .map_err(|error| CtlError::Usage(format!("cannot write {}: {error}", path.display())))?;
+    Ok(path.display().to_string())
+}
+
+/// Fetches a document the record references in the object store into `directory`,
+/// streaming it, and checks its size and SHA-256 against the record's.
+async fn fetch(
+    directory: &Path,
+    record: &RecordView,
+    store_args: &as2_store::ObjectStoreArgs,
+) -> Result<String, CtlError> {
+    let usage = |text: String| CtlError::Usage(text);
+    let location = header(record, "as2-document-location").unwrap_or_default();
+    let key = header(record, "as2-document-key")
+        .ok_or_else(|| usage(format!("record {} has a location but no key", record.offset)))?;
+    let mut store_args = store_args.clone();
+    if store_args.object_store_url.is_none() {
+        let root = location
+            .strip_suffix(key)
+            .map(|root| root.trim_end_matches('/'))
+            .filter(|root| !root.is_empty())
+            .ok_or_else(|| usage(format!("the location {location} does not end in the key {key}")))?;
+        store_args.object_store_url = Some(root.to_owned());
+    }
+    let config = store_args
+        .store_config(directory)
+        .map_err(|error| usage(format!("object store settings: {error}")))?;
+    let store = as2_store::Store::open(&config)
+        .map_err(|error| usage(format!("cannot open the object store: {error}")))?;
+    let object = store
+        .get(key)
+        .await
+        .map_err(|error| usage(format!("cannot read {location}: {error}")))?;
+    let path = output_path(directory, record)?;
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|error| usage(format!("cannot write {}: {error}", path.display())))?;
+    let mut hasher = openssl::hash::Hasher::new(openssl::hash::MessageDigest::sha256())
+        .map_err(|error| usage(error.to_string()))?;
+    let mut size = 0u64;
+    let mut chunks = object.into_stream();
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        let chunk = chunk.map_err(|error| usage(format!("reading {location} failed: {error}")))?;
+        hasher
+            .update(&chunk)
+            .map_err(|error| usage(error.to_string()))?;
+        size += chunk.len() as u64;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+            .await
+            .map_err(|error| usage(format!("cannot write {}: {error}", path.display())))?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(|error| usage(format!("cannot write {}: {error}", path.display())))?;
+    let digest: String = hasher
+        .finish()
+        .map_err(|error| usage(error.to_string()))?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let expected_size = header(record, "as2-document-size").and_then(|s| s.parse::<u64>().ok());
+    let expected_digest = header(record, "as2-document-sha256");
+    if expected_size.is_some_and(|expected| expected != size)
+        || expected_digest.is_some_and(|expected| !expected.eq_ignore_ascii_case(&digest))
+    {
+        return Err(usage(format!(
+            "{location} does not match its record ({size} bytes, SHA-256 {digest})"
+        )));
+    }
+    Ok(path.display().to_string())
+}
+
+/// Where the record's document is written in `directory`.
+fn output_path(directory: &Path, record: &RecordView) -> Result<std::path::PathBuf, CtlError> {
     std::fs::create_dir_all(directory).map_err(|error| {
         CtlError::Usage(format!("cannot create {}: {error}", directory.display()))
     })?;
@@ -171,10 +251,7 @@ fn save(directory: &Path, record: &RecordView) -> Result<String, CtlError> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         })
         .unwrap_or("document");
-    let path = directory.join(format!("{}-{}-{filename}", record.partition, record.offset));
-    std::fs::write(&path, &record.body)
-        .map_err(|error| CtlError::Usage(format!("cannot write {}: {error}", path.display())))?;
-    Ok(path.display().to_string())
+    Ok(directory.join(format!("{}-{}-{filename}", record.partition, record.offset)))
 }
 
 fn header<'a>(record: &'a RecordView, name: &str) -> Option<&'a str> {
@@ -201,6 +278,8 @@ fn render_text(records: &[RecordView], saved: bool) -> String {
         out.push('\n');
         if let Some(path) = &record.saved_to {
             out.push_str(&format!("(saved to {path})\n"));
+        } else if header(record, "as2-document-location").is_some() {
+            out.push_str("[the document is in the object store; use --output-dir to fetch it]\n");
         } else if !saved {
             let shown = &record.body[..record.body.len().min(MAX_PRINTED_BODY)];
             out.push_str(&String::from_utf8_lossy(shown));

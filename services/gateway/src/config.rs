@@ -23,6 +23,12 @@ pub struct GatewayConfig {
     )]
     pub data_dir: PathBuf,
 
+    /// Where documents too large for their Kafka record are stored: by default the
+    /// directory `objects` in the data directory (`AS2_OBJECT_STORE_URL` for another
+    /// store, S3 for instance).
+    #[command(flatten)]
+    pub object_store: as2_store::ObjectStoreArgs,
+
     /// Address of the AS2 endpoint.
     #[arg(
         long = "as2-listen",

@@ -188,6 +188,10 @@ async fn start_services(
     edge_config.redis = redis;
     edge_config.kafka = as2_common::kafka::KafkaConfig::new(bootstrap);
     edge_config.keys.keys_dir = identities.keys_dir.clone();
+    edge_config.object_store = config.object_store.clone();
+    if edge_config.object_store.object_store_url.is_none() {
+        edge_config.object_store.object_store_url = Some(local_objects_url(&config.data_dir)?);
+    }
     edge_config.keys.default_decryption_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
     edge_config.keys.default_signing_key_id = Some(demo::GATEWAY_KEY_ID.to_owned());
     edge_config.shutdown = shutdown_config();
@@ -199,6 +203,17 @@ async fn start_services(
     services.push(ServiceHandle::spawn("edge", |stop| edge.serve(stop)));
     wait_until_ready(edge_admin).await?;
     Ok((as2_addr, routing_url, mdn_url))
+}
+
+/// The quick start's object store: the directory `objects` in the data directory.
+fn local_objects_url(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let objects = data_dir.join("objects");
+    std::fs::create_dir_all(&objects)
+        .with_context(|| format!("cannot create {}", objects.display()))?;
+    let objects = objects
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", objects.display()))?;
+    Ok(format!("file://{}", objects.display()))
 }
 
 fn shutdown_config() -> ShutdownConfig {
@@ -335,6 +350,14 @@ pub fn banner(
         (
             "Kafka bootstrap",
             format!("{}{kafka_note}", endpoints.kafka_bootstrap_servers),
+        ),
+        (
+            "Large documents",
+            config
+                .object_store
+                .object_store_url
+                .clone()
+                .unwrap_or_else(|| format!("{data}/objects/")),
         ),
         ("Routing gRPC", endpoints.routing_url.clone()),
         ("MDN gRPC", endpoints.mdn_url.clone()),

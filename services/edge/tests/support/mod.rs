@@ -146,6 +146,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A stack whose edge configuration `customize` changes first.
+    pub async fn start_with(customize: impl FnOnce(&mut EdgeConfig)) -> Self {
         let redis = as2_testkit::RedisServer::start();
         let broker = as2_testkit::KafkaBroker::start();
         let routing = RunningRouting::start(&redis.url(), "e2e").await;
@@ -153,14 +158,15 @@ impl Stack {
         let gateway = KeyMaterial::generate("as2 gateway test");
         gateway.write_key_dir(keys_dir.path(), GATEWAY_KEY_ID);
         let partner = KeyMaterial::generate("pyas2lib partner test");
-        let edge = RunningEdge::start(edge_config(
+        let mut config = edge_config(
             &redis.url(),
             "e2e",
             &broker.bootstrap_servers(),
             &routing.url,
             keys_dir.path(),
-        ))
-        .await;
+        );
+        customize(&mut config);
+        let edge = RunningEdge::start(config).await;
         Self {
             redis,
             broker,
@@ -232,6 +238,18 @@ pub fn signed_encrypted_message(
     message_id: &MessageId,
     payload: &[u8],
 ) -> As2Request {
+    signed_encrypted_message_compressed(gateway, as2_from, signer, message_id, payload, None)
+}
+
+/// [`signed_encrypted_message`], compressed before or after signing when asked.
+pub fn signed_encrypted_message_compressed(
+    gateway: &KeyMaterial,
+    as2_from: &str,
+    signer: &KeyMaterial,
+    message_id: &MessageId,
+    payload: &[u8],
+    compression: Option<as2_protocol::outbound::CompressionOrder>,
+) -> As2Request {
     let identity =
         Identity::from_pem(signer.key_pem.as_bytes(), signer.cert_pem.as_bytes(), None).unwrap();
     let gateway = X509::from_pem(gateway.cert_pem.as_bytes()).unwrap();
@@ -253,7 +271,7 @@ pub fn signed_encrypted_message(
             cipher: ContentCipher::Aes256Cbc,
             key_transport: KeyTransport::RsaPkcs1v15,
         }),
-        compression: None,
+        compression,
         mdn: Some(MdnRequest {
             disposition_notification_to: "edi@partner.example".to_owned(),
             signed_receipt_algorithms: vec![MicAlgorithm::Sha256],
