@@ -383,6 +383,27 @@ pub struct ObjectStoreArgs {
 }
 
 impl ObjectStoreArgs {
+    /// The configuration for reading a document a record references by `location` (its
+    /// URL) and `key`: the store these options name, or, without a URL, the one the
+    /// location is in (its root is the location without the key), with these options'
+    /// credentials.
+    pub fn reference_config(&self, location: &str, key: &str) -> Result<StoreConfig> {
+        let mut args = self.clone();
+        if args.object_store_url.is_none() {
+            let root = location
+                .strip_suffix(key)
+                .map(|root| root.trim_end_matches('/'))
+                .filter(|root| !root.is_empty() && !key.is_empty())
+                .ok_or_else(|| {
+                    StoreError::Config(format!(
+                        "the location {location} does not end in the key {key}"
+                    ))
+                })?;
+            args.object_store_url = Some(root.to_owned());
+        }
+        args.store_config(Path::new("/nonexistent"))
+    }
+
     /// The configuration these options describe. Without a URL, objects go to the local
     /// directory `default_local_root` (the service's embedded default).
     ///

@@ -175,6 +175,24 @@ AS2_KAFKA_PUBLISH_TIMEOUT_MS: {{ $values.kafka.publishTimeoutMs | int64 | quote 
 AS2_KAFKA_MAX_RECORD_BYTES: {{ $values.kafka.maxRecordBytes | int64 | quote }}
 AS2_MAX_BODY_BYTES: {{ $settings.maxBodyBytes | int64 | quote }}
 AS2_MAX_DOCUMENT_BYTES: {{ $settings.maxDocumentBytes | int64 | quote }}
+AS2_MAX_COMPRESSION_RATIO: {{ $settings.maxCompressionRatio | int64 | quote }}
+AS2_CLAIM_CHECK_THRESHOLD_BYTES: {{ $settings.claimCheckThresholdBytes | int64 | quote }}
+AS2_MEMORY_BUDGET_MIB: {{ $settings.memoryBudgetMib | int64 | quote }}
+{{- with $values.objectStore }}
+{{- if .url }}
+AS2_OBJECT_STORE_URL: {{ .url | quote }}
+{{- with .endpoint }}
+AS2_OBJECT_STORE_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- with .region }}
+AS2_OBJECT_STORE_REGION: {{ . | quote }}
+{{- end }}
+AS2_OBJECT_STORE_ALLOW_HTTP: {{ .allowHttp | quote }}
+AS2_OBJECT_STORE_VIRTUAL_HOSTED_STYLE: {{ .virtualHostedStyle | quote }}
+AS2_OBJECT_STORE_PART_SIZE_MIB: {{ .partSizeMib | int64 | quote }}
+AS2_OBJECT_STORE_MAX_CONCURRENT_PARTS: {{ .maxConcurrentParts | int64 | quote }}
+{{- end }}
+{{- end }}
 AS2_HEADER_READ_TIMEOUT_SECS: {{ $settings.headerReadTimeoutSecs | int64 | quote }}
 AS2_BODY_READ_TIMEOUT_SECS: {{ $settings.bodyReadTimeoutSecs | int64 | quote }}
 AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
@@ -259,6 +277,18 @@ kafka-options: {{ .Values.kafka.options | b64enc | quote }}
     secretKeyRef:
       name: {{ $values.kafka.existingSecret | default (include "as2-gateway.connectionSecretName" .root) }}
       key: {{ ternary $values.kafka.existingSecretKey "kafka-options" (ne $values.kafka.existingSecret "") }}
+{{- end }}
+{{- if and (eq .component "edge") $values.objectStore.url $values.objectStore.existingSecret }}
+- name: AS2_OBJECT_STORE_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $values.objectStore.existingSecret }}
+      key: {{ $values.objectStore.accessKeyIdKey }}
+- name: AS2_OBJECT_STORE_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $values.objectStore.existingSecret }}
+      key: {{ $values.objectStore.secretAccessKeyKey }}
 {{- end }}
 {{- end }}
 

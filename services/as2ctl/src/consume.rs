@@ -178,19 +178,14 @@ async fn fetch(
 ) -> Result<String, CtlError> {
     let usage = |text: String| CtlError::Usage(text);
     let location = header(record, "as2-document-location").unwrap_or_default();
-    let key = header(record, "as2-document-key")
-        .ok_or_else(|| usage(format!("record {} has a location but no key", record.offset)))?;
-    let mut store_args = store_args.clone();
-    if store_args.object_store_url.is_none() {
-        let root = location
-            .strip_suffix(key)
-            .map(|root| root.trim_end_matches('/'))
-            .filter(|root| !root.is_empty())
-            .ok_or_else(|| usage(format!("the location {location} does not end in the key {key}")))?;
-        store_args.object_store_url = Some(root.to_owned());
-    }
+    let key = header(record, "as2-document-key").ok_or_else(|| {
+        usage(format!(
+            "record {} has a location but no key",
+            record.offset
+        ))
+    })?;
     let config = store_args
-        .store_config(directory)
+        .reference_config(location, key)
         .map_err(|error| usage(format!("object store settings: {error}")))?;
     let store = as2_store::Store::open(&config)
         .map_err(|error| usage(format!("cannot open the object store: {error}")))?;

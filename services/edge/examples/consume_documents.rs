@@ -2,7 +2,9 @@
 //! directory, named after its AS2 Message-ID, with its record headers beside it as JSON.
 //! Offsets are committed only after the files are written, so a crash re-delivers
 //! rather than loses a document; the Message-ID makes a re-delivered document easy to
-//! recognise.
+//! recognise. A reference record's document (`as2-record-version` 2) is streamed from
+//! the object store its `as2-document-location` names (credentials from the
+//! `AS2_OBJECT_STORE_*` variables), never held whole.
 //!
 //! ```text
 //! cargo run -p as2-edge --example consume_documents -- \
@@ -37,6 +39,9 @@ struct Options {
     /// Stop after this many documents (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     max: usize,
+    /// The object store of referenced documents (by default the one the record names).
+    #[command(flatten)]
+    object_store: as2_store::ObjectStoreArgs,
 }
 
 #[tokio::main]
@@ -79,10 +84,24 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
             .collect();
-        std::fs::write(
-            options.out.join(&name),
-            message.payload().unwrap_or_default(),
-        )?;
+        let path = options.out.join(&name);
+        match (
+            headers.get("as2-document-location"),
+            headers.get("as2-document-key"),
+        ) {
+            (Some(location), Some(key)) => {
+                // A reference: stream the object into the file.
+                let config = options.object_store.reference_config(location, key)?;
+                let store = as2_store::Store::open(&config)?;
+                let mut chunks = store.get(key).await?.into_stream();
+                let mut file = tokio::fs::File::create(&path).await?;
+                while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+                    tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut file).await?;
+            }
+            _ => std::fs::write(&path, message.payload().unwrap_or_default())?,
+        }
         std::fs::write(
             options.out.join(format!("{name}.json")),
             serde_json::to_vec_pretty(&headers)?,
@@ -91,7 +110,9 @@ async fn main() -> anyhow::Result<()> {
             "{} from {:?}: {} bytes ({})",
             message_id,
             headers.get("as2-from").map_or("?", String::as_str),
-            message.payload_len(),
+            headers
+                .get("as2-document-size")
+                .map_or(message.payload_len().to_string(), Clone::clone),
             headers
                 .get("as2-filename")
                 .map_or("no filename", String::as_str),

@@ -155,7 +155,13 @@ async fn handle(
             let whole = if prefix.ended {
                 Ok(prefix.bytes)
             } else {
-                collect(&mut body, prefix.bytes, MAX_MDN_BYTES, limits.body_idle_timeout).await
+                collect(
+                    &mut body,
+                    prefix.bytes,
+                    MAX_MDN_BYTES,
+                    limits.body_idle_timeout,
+                )
+                .await
             };
             let answer = match whole {
                 Ok(whole) => {

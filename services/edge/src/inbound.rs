@@ -124,10 +124,9 @@ impl BodyFailure {
                 408,
                 format!("no part of the request body arrived for {secs} s"),
             ),
-            Self::Read(error) => Answer::text(
-                400,
-                format!("the request body could not be read: {error}"),
-            ),
+            Self::Read(error) => {
+                Answer::text(400, format!("the request body could not be read: {error}"))
+            }
         }
     }
 }
@@ -335,7 +334,8 @@ impl InboundProcessor {
         let started = Instant::now();
         let received = Arc::new(AtomicU64::new(request.body.whole().len() as u64));
         let handled = self.handle(request, &received).await;
-        let received_bytes = usize::try_from(received.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        let received_bytes =
+            usize::try_from(received.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
         self.metrics
             .observe(&handled.outcome, received_bytes, started.elapsed());
         handled.answer
@@ -363,7 +363,11 @@ impl InboundProcessor {
                     decryption_key_id,
                     _reservation,
                 } = *admitted;
-                (headers, span, Some((route, decryption_key_id, _reservation)))
+                (
+                    headers,
+                    span,
+                    Some((route, decryption_key_id, _reservation)),
+                )
             }
             None => match decision::read_headers(&request.headers) {
                 Ok(headers) => {

@@ -20,8 +20,8 @@ use as2_store::Store;
 use crate::config::{
     EdgeConfig, INLINE_ONLY_MAX_BODY_BYTES, INLINE_ONLY_MAX_DOCUMENT_BYTES, InboundConfig,
 };
-use crate::document::{ByteBudget, DocumentStorage};
 use crate::dedup::DedupStore;
+use crate::document::{ByteBudget, DocumentStorage};
 use crate::http::{HttpLimits, serve_as2};
 use crate::inbound::InboundProcessor;
 use crate::kafka::DocumentPublisher;
@@ -169,7 +169,10 @@ fn document_storage(config: &EdgeConfig) -> anyhow::Result<(DocumentStorage, Inb
                 .store_config(std::path::Path::new("/var/lib/as2/objects"))
                 .context("invalid object store settings")?;
             let store = Store::open(&store_config).context("cannot open the object store")?;
-            tracing::info!(store = store.location(), "documents over the claim-check threshold go to the object store");
+            tracing::info!(
+                store = store.location(),
+                "documents over the claim-check threshold go to the object store"
+            );
             Some(store)
         }
         None => {

@@ -126,15 +126,29 @@ fn openssl_stream(
     };
     let (signer_pem, signer_key) = (format!("{signer}.pem"), format!("{signer}.key"));
     let mut sign = openssl(&[
-        "cms", "-sign", "-stream", "-binary", "-signer", &signer_pem, "-inkey", &signer_key,
-        "-md", "sha256",
+        "cms",
+        "-sign",
+        "-stream",
+        "-binary",
+        "-signer",
+        &signer_pem,
+        "-inkey",
+        &signer_key,
+        "-md",
+        "sha256",
     ])
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
     let mut encrypt = openssl(&[
-        "cms", "-encrypt", "-stream", "-binary", "-outform", "DER", "-aes-256-cbc",
+        "cms",
+        "-encrypt",
+        "-stream",
+        "-binary",
+        "-outform",
+        "DER",
+        "-aes-256-cbc",
         "gateway.pem",
     ])
     .stdin(Stdio::from(sign.stdout.take().unwrap()))
@@ -250,7 +264,13 @@ async fn post_stream(
             )
         })
         .collect();
-    let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
     HttpResponse {
         status,
         headers,
@@ -327,8 +347,14 @@ async fn a_256_mib_document_from_openssl_streams_into_s3_and_comes_back_identica
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(record.header("as2-record-version"), Some("2"));
-    assert!(record.payload.is_empty(), "the document is not in the record");
-    assert_eq!(record.header("as2-document-size"), Some(size.to_string().as_str()));
+    assert!(
+        record.payload.is_empty(),
+        "the document is not in the record"
+    );
+    assert_eq!(
+        record.header("as2-document-size"),
+        Some(size.to_string().as_str())
+    );
     let sha256 = sha256_hex(&generated.document);
     assert_eq!(record.header("as2-document-sha256"), Some(sha256.as_str()));
     assert_eq!(record.header("as2-filename"), Some("catalogue.bin"));
@@ -377,7 +403,10 @@ async fn assert_only_the_good_message_published(stack: &Stack, topic: &str) {
     )
     .await;
     assert_eq!(records.len(), 1, "only the good message is published");
-    assert_eq!(records[0].header("as2-message-id"), Some("<good@partner.test>"));
+    assert_eq!(
+        records[0].header("as2-message-id"),
+        Some("<good@partner.test>")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +430,12 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
     // A bad signature, found at the end of a 32 MiB body whose document already went
     // to the store.
     let (chunks, generator) = openssl_stream(directory.path(), 32 * MIB, "stranger");
-    let response = post_stream(&url, &as2_headers("<bad-signature@partner.test>", ENVELOPED), chunks).await;
+    let response = post_stream(
+        &url,
+        &as2_headers("<bad-signature@partner.test>", ENVELOPED),
+        chunks,
+    )
+    .await;
     generator.join().unwrap();
     let parsed = mdn(&stack, &response);
     assert_eq!(
@@ -426,18 +460,32 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
         // Drain what openssl still writes, so it ends.
         while chunks.recv().await.is_some() {}
     });
-    let response = post_stream(&url, &as2_headers("<truncated@partner.test>", ENVELOPED), truncated).await;
+    let response = post_stream(
+        &url,
+        &as2_headers("<truncated@partner.test>", ENVELOPED),
+        truncated,
+    )
+    .await;
     generator.join().unwrap();
     let parsed = mdn(&stack, &response);
     assert!(
-        parsed.report.disposition.to_string().contains("processed/error"),
+        parsed
+            .report
+            .disposition
+            .to_string()
+            .contains("processed/error"),
         "{}",
         parsed.report.disposition
     );
 
     // Larger than the partnership's 64 MiB, without a declared length: 413.
     let (chunks, generator) = openssl_stream(directory.path(), 80 * MIB, "partner");
-    let response = post_stream(&url, &as2_headers("<oversize@partner.test>", ENVELOPED), chunks).await;
+    let response = post_stream(
+        &url,
+        &as2_headers("<oversize@partner.test>", ENVELOPED),
+        chunks,
+    )
+    .await;
     generator.join().unwrap();
     assert_eq!(response.status, 413, "{}", response.text());
 
@@ -477,13 +525,22 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
         while chunks.recv().await.is_some() {}
         drop(sender);
     });
-    let response = post_stream(&url, &as2_headers("<stalled@partner.test>", ENVELOPED), stalled).await;
+    let response = post_stream(
+        &url,
+        &as2_headers("<stalled@partner.test>", ENVELOPED),
+        stalled,
+    )
+    .await;
     assert_eq!(response.status, 408, "{}", response.text());
     feeder.await.unwrap();
     generator.join().unwrap();
 
     assert_only_the_good_message_published(&stack, "hostile").await;
-    assert_eq!(store.documents().await, Vec::<String>::new(), "no object stays behind");
+    assert_eq!(
+        store.documents().await,
+        Vec::<String>::new(),
+        "no object stays behind"
+    );
     stack.edge.stop().await;
     stack.routing.stop().await;
 }

@@ -505,3 +505,77 @@ async fn the_readme_quick_start_receives_from_as2ctl_and_pyas2lib() {
         "the gateway exits cleanly on SIGTERM: {status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_takes_a_300_mib_document_and_gives_it_back_identical() {
+    let gateway = Gateway::start();
+    let work = gateway.data_dir.path();
+    // 300 MiB of pseudo-random bytes (incompressible, no line structure).
+    let size = 300 * 1024 * 1024;
+    let mut document = vec![0u8; size];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for chunk in document.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let bytes = state.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    let digest = openssl::sha::sha256(&document);
+    std::fs::write(work.join("catalogue.bin"), &document).unwrap();
+    drop(document);
+
+    // The banner's command, with the large file: signed, encrypted, signed sync MDN.
+    let mut command: Vec<String> = gateway.send_command.clone();
+    let file = command
+        .iter()
+        .position(|argument| argument == "order.edi")
+        .expect("the banner's send command names order.edi");
+    command[file] = "catalogue.bin".to_owned();
+    command.insert(0, "--json".to_owned());
+    let arguments: Vec<&str> = command.iter().map(String::as_str).collect();
+    let (delivered, report) = as2ctl(work, &arguments);
+    let report = json_of(&report);
+    assert!(delivered, "{report}");
+    assert_eq!(report["verdict"], "delivered");
+    assert_eq!(report["mdn_signature"], "verified (sha-256, rsa-pkcs1v15)");
+
+    let (consumed, records) = as2ctl(
+        work,
+        &[
+            "--json",
+            "consume",
+            "--bootstrap-servers",
+            gateway.bootstrap(),
+            "--topic",
+            "as2.quickstart.inbound",
+            "--count",
+            "1",
+            "--output-dir",
+            "received",
+        ],
+    );
+    assert!(consumed, "{records}");
+    let records = json_of(&records);
+    let record = &records.as_array().unwrap()[0];
+    let saved = record["saved_to"].as_str().unwrap();
+    let received =
+        std::fs::read(work.join(saved)).unwrap_or_else(|_| std::fs::read(saved).unwrap());
+    assert_eq!(received.len(), size);
+    assert_eq!(openssl::sha::sha256(&received), digest, "byte-identical");
+    let headers = record["headers"].as_array().unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(header("as2-record-version").as_deref(), Some("2"));
+    assert!(
+        header("as2-document-location")
+            .unwrap()
+            .starts_with("file://"),
+        "the quick start keeps large documents on the local disk"
+    );
+    assert!(gateway.stop().success());
+}
