@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use as2_protocol::cms::Identity;
+use as2_protocol::cms::{CompressedDataWriter, Identity};
 use as2_protocol::headers::{As2RequestHeaders, MicAlgorithm};
 use as2_protocol::unwrap::{PayloadInfo, PayloadSink, StreamingUnwrap, UnwrapContext};
 use cap::Cap;
@@ -254,79 +254,6 @@ fn a_gib_signed_and_encrypted_by_openssl_unwraps_in_the_heap_of_64_mib() {
     assert!(small < HEAP_BUDGET);
 }
 
-/// Writes a CompressedData ContentInfo the way a streaming encoder does: indefinite
-/// lengths, the zlib stream in OCTET STRING segments as the compressor produces them.
-struct CompressedWriter<W: Write> {
-    zlib: flate2::write::ZlibEncoder<Segments<W>>,
-}
-
-/// Wraps each write in a primitive OCTET STRING segment.
-struct Segments<W: Write>(W);
-
-impl<W: Write> Write for Segments<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        let length = u32::try_from(data.len()).unwrap().to_be_bytes();
-        self.0.write_all(&[0x04, 0x84])?;
-        self.0.write_all(&length)?;
-        self.0.write_all(data)?;
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-const COMPRESSED_DATA_OID: [u8; 11] = [
-    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x09,
-];
-const ZLIB_OID: [u8; 11] = [
-    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x03, 0x08,
-];
-const DATA_OID: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-
-impl<W: Write> CompressedWriter<W> {
-    fn new(mut out: W) -> Self {
-        let header = [
-            &[0x30, 0x80, 0x06, 0x0b][..],
-            &COMPRESSED_DATA_OID,
-            &[
-                0xa0, 0x80, 0x30, 0x80, 0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x0b,
-            ],
-            &ZLIB_OID,
-            &[0x30, 0x80, 0x06, 0x09],
-            &DATA_OID,
-            &[0xa0, 0x80, 0x24, 0x80],
-        ]
-        .concat();
-        out.write_all(&header).unwrap();
-        Self {
-            zlib: flate2::write::ZlibEncoder::new(Segments(out), flate2::Compression::fast()),
-        }
-    }
-
-    fn finish(self) -> W {
-        let mut segments = self.zlib.finish().unwrap();
-        // End the segments, the [0], the encapContentInfo, the CompressedData, the [0]
-        // and the ContentInfo.
-        segments.0.write_all(&[0; 12]).unwrap();
-        segments.0
-    }
-}
-
-impl<W: Write> Write for CompressedWriter<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.zlib.write(data)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Base64 in lines of 76 characters, each handed to the unwrap as it is written.
 struct Base64Lines<'u, 'c> {
     unwrap: &'u mut StreamingUnwrap<'c, DigestingSink>,
@@ -407,7 +334,7 @@ fn compressed_in_base64(size: u64) -> usize {
         encoded: Vec::new(),
         sent: 0,
     };
-    let mut writer = CompressedWriter::new(lines);
+    let mut writer = CompressedDataWriter::new(lines).unwrap();
     entity.update(header).unwrap();
     writer.write_all(header).unwrap();
     let mut batch = String::new();
@@ -429,7 +356,7 @@ fn compressed_in_base64(size: u64) -> usize {
         document_length += batch.len() as u64;
         writer.write_all(batch.as_bytes()).unwrap();
     }
-    let sent = writer.finish().finish();
+    let sent = writer.finish().unwrap().finish();
     let (unwrapped, mut sink) = unwrap.finish().unwrap();
     let peak = ALLOCATOR.max_allocated();
     ALLOCATOR.set_limit(usize::MAX).unwrap();

@@ -128,9 +128,11 @@ def config_map_env(documents: list[dict[str, Any]], component: str) -> dict[str,
 
 
 def env_variables_read_by(component: str) -> set[str]:
-    """The AS2_* (and OTEL_*) variables a service's flags read, from its Rust sources."""
+    """The AS2_* (and OTEL_*) variables a service's flags read, from its Rust sources and
+    those of the shared crates whose flag blocks the services flatten."""
     sources = list((REPO / SERVICE_SOURCES[component]).rglob("*.rs"))
-    sources += list((REPO / "crates/as2-common/src").rglob("*.rs"))
+    for shared in ("crates/as2-common/src", "crates/as2-store/src"):
+        sources += list((REPO / shared).rglob("*.rs"))
     names: set[str] = set()
     for source in sources:
         names.update(re.findall(r'env\s*=\s*"([A-Z][A-Z0-9_]*)"', source.read_text()))

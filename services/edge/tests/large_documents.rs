@@ -544,3 +544,145 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
     stack.edge.stop().await;
     stack.routing.stop().await;
 }
+
+/// The edge binary as its own process (so it can be killed).
+struct EdgeProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl EdgeProcess {
+    async fn start(stack: &Stack, store: &TestStore) -> Self {
+        let (port, admin) = (as2_testkit::free_port(), as2_testkit::free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_as2-edge"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("AS2_") && !name.starts_with("AS2_TEST_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("AS2_EDGE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AS2_HTTP_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("AS2_ROUTING_URL", &stack.routing.url)
+            .env("AS2_REDIS_URL", stack.redis.url())
+            .env("AS2_REDIS_KEY_PREFIX", "e2e")
+            .env(
+                "AS2_KAFKA_BOOTSTRAP_SERVERS",
+                stack.broker.bootstrap_servers(),
+            )
+            .env("AS2_KEYS_DIR", stack.keys_dir.path())
+            .env("AS2_DEFAULT_SIGNING_KEY_ID", support::GATEWAY_KEY_ID)
+            .env("AS2_OBJECT_STORE_URL", store.url())
+            .env("AS2_LOG_FILTER", "warn")
+            .stdout(Stdio::null());
+        let child = command.spawn().unwrap();
+        as2_testkit::admin::wait_until_ready("edge", format!("127.0.0.1:{admin}").parse().unwrap())
+            .await;
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/as2"),
+        }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no drain, no clean-up of any kind.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_killed_mid_upload_leaves_no_record_and_the_resend_goes_through() {
+    let store = TestStore::Local(tempfile::tempdir().unwrap());
+    let stack = Stack::start_with(|config| store.configure(config)).await;
+    stack
+        .create_partnership(stack.partnership(PARTNER_ID, "killed"))
+        .await;
+    let directory = tempfile::tempdir().unwrap();
+    write_keys(&stack, directory.path());
+    let headers = as2_headers("<killed-mid-upload@partner.test>", ENVELOPED);
+
+    // The first attempt: the edge dies with 24 MiB of a 64 MiB message received (its
+    // document's upload under way).
+    let edge = EdgeProcess::start(&stack, &store).await;
+    let (chunks, generator) = openssl_stream(directory.path(), 64 * MIB, "partner");
+    let (sender, partial) = tokio::sync::mpsc::channel(4);
+    let (reached, half_way) = tokio::sync::oneshot::channel();
+    let feeder = tokio::spawn(async move {
+        let (mut chunks, mut reached) = (chunks, Some(reached));
+        let mut sent = 0u64;
+        while let Some(chunk) = chunks.recv().await {
+            sent += chunk.len() as u64;
+            if sender.send(chunk).await.is_err() {
+                break;
+            }
+            if sent > 24 * MIB
+                && let Some(reached) = reached.take()
+            {
+                let _ = reached.send(());
+                // Hold the rest back so the upload is unfinished when the edge dies.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        while chunks.recv().await.is_some() {}
+    });
+    let url = edge.url.clone();
+    let attempt = tokio::spawn(async move {
+        let stream = Box::pin(futures::stream::unfold(partial, |mut chunks| async move {
+            let chunk = chunks.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), chunks))
+        }));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut request = http::Request::post(url);
+        for (name, value) in &as2_headers("<killed-mid-upload@partner.test>", ENVELOPED) {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        client
+            .request(request.body(StreamBody::new(stream)).unwrap())
+            .await
+    });
+    half_way.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.kill();
+    assert!(
+        attempt.await.unwrap().is_err(),
+        "the killed edge sent no answer"
+    );
+    feeder.await.unwrap();
+    generator.join().unwrap();
+    assert_eq!(
+        store.documents().await,
+        Vec::<String>::new(),
+        "no object of the unfinished upload is visible"
+    );
+
+    // The partner resends (it got no MDN) to an edge that runs: processed, once.
+    let edge = EdgeProcess::start(&stack, &store).await;
+    let (chunks, generator) = openssl_stream(directory.path(), 64 * MIB, "partner");
+    let response = post_stream(&edge.url, &headers, chunks).await;
+    generator.join().unwrap();
+    assert_eq!(
+        mdn(&stack, &response).report.disposition.to_string(),
+        "automatic-action/MDN-sent-automatically; processed"
+    );
+    let records = consume(
+        &stack.broker.bootstrap_servers(),
+        "killed",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(records.len(), 1, "one record, for the resend");
+    let key = records[0].header("as2-document-key").unwrap();
+    assert_eq!(store.documents().await, vec![key.to_owned()]);
+    drop(edge);
+    stack.edge.stop().await;
+    stack.routing.stop().await;
+}

@@ -98,6 +98,74 @@ impl Inflater {
     }
 }
 
+/// Writes a CompressedData ContentInfo as a stream, the way streaming encoders do: BER
+/// indefinite lengths, and the zlib stream in OCTET STRING segments as the compressor
+/// produces them, so that content of any size is compressed in constant memory.
+/// Write the content, then [`CompressedDataWriter::finish`].
+pub struct CompressedDataWriter<W: Write> {
+    zlib: ZlibEncoder<Segments<W>>,
+}
+
+/// Wraps each write in a primitive OCTET STRING segment.
+struct Segments<W: Write>(W);
+
+impl<W: Write> Write for Segments<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let taken = length as usize;
+        self.0.write_all(&[der::TAG_OCTET_STRING, 0x84])?;
+        self.0.write_all(&length.to_be_bytes())?;
+        self.0.write_all(data.get(..taken).unwrap_or_default())?;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> CompressedDataWriter<W> {
+    /// Writes the structure's start to `out`.
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        // ContentInfo, [0], CompressedData, version 0, zlib, encapContentInfo with data,
+        // [0], and the constructed OCTET STRING the segments go into: all indefinite.
+        let mut header = vec![0x30, 0x80];
+        header.extend(der::oid(oid::COMPRESSED_DATA));
+        header.extend([0xa0, 0x80, 0x30, 0x80]);
+        header.extend(der::small_integer(0));
+        header.extend(der::algorithm(oid::ZLIB, None));
+        header.extend([0x30, 0x80]);
+        header.extend(der::oid(oid::DATA));
+        header.extend([0xa0, 0x80, 0x24, 0x80]);
+        out.write_all(&header)?;
+        Ok(Self {
+            zlib: ZlibEncoder::new(Segments(out), Compression::default()),
+        })
+    }
+
+    /// Ends the zlib stream and the structure; returns the writer.
+    pub fn finish(self) -> std::io::Result<W> {
+        let mut segments = self.zlib.finish()?;
+        // End-of-contents for the OCTET STRING, the [0], the encapContentInfo, the
+        // CompressedData, the [0] and the ContentInfo.
+        segments.0.write_all(&[0; 12])?;
+        Ok(segments.0)
+    }
+}
+
+impl<W: Write> Write for CompressedDataWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.zlib.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.zlib.flush()
+    }
+}
+
 /// Compresses `content` into a DER ContentInfo holding CompressedData.
 pub fn compress(content: &[u8]) -> Result<Vec<u8>> {
     let mut encoder = ZlibEncoder::new(
@@ -125,6 +193,18 @@ pub fn compress(content: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_streaming_writer_reads_back_in_any_split() {
+        let content = b"Content-Type: text/plain\r\n\r\nline\r\n".repeat(5000);
+        let mut writer = CompressedDataWriter::new(Vec::new()).unwrap();
+        for piece in content.chunks(777) {
+            writer.write_all(piece).unwrap();
+        }
+        let written = writer.finish().unwrap();
+        assert_eq!(written[1], 0x80, "indefinite length");
+        assert_eq!(decompress(&written, content.len()).unwrap(), content);
+    }
 
     #[test]
     fn round_trip_and_bomb_limit() {

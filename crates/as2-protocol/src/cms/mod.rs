@@ -21,7 +21,7 @@ use crate::der::{self, Element, Reader};
 use crate::error::{As2Error, Result};
 use crate::headers::MicAlgorithm;
 
-pub use compressed::{compress, decompress};
+pub use compressed::{CompressedDataWriter, compress, decompress};
 pub use enveloped::{Decrypted, decrypt, encrypt};
 pub use signed::{
     SignOptions, VerifiedSignature, VerifyOptions, sign, verify_detached, verify_opaque,
