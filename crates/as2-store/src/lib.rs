@@ -41,6 +41,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 mod config;
 mod error;
 mod store;

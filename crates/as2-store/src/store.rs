@@ -448,6 +448,29 @@ impl Store {
             .boxed()
     }
 
+    /// The next level of "directories" under `prefix`: the distinct key prefixes one
+    /// segment deeper (`archive/` gives `archive/keep-365`, `archive/index`), without
+    /// listing the objects below them.
+    pub async fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>> {
+        let trimmed = prefix.trim_end_matches('/');
+        let path = if trimmed.is_empty() {
+            None
+        } else {
+            Some(object_path(trimmed)?)
+        };
+        let listed = self
+            .inner
+            .backend
+            .list_with_delimiter(path.as_ref())
+            .await
+            .map_err(|error| StoreError::from_backend("list", prefix, error))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .map(|path| path.as_ref().to_owned())
+            .collect())
+    }
+
     /// The attributes to hand to the backend: none for the local filesystem, which
     /// refuses them.
     fn backend_attributes(&self, attributes: &ObjectAttributes) -> Attributes {

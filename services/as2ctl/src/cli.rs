@@ -67,6 +67,68 @@ pub enum Command {
     Send(SendArgs),
     /// Read documents from a Kafka topic (without joining a consumer group).
     Consume(ConsumeArgs),
+    /// Find archived messages (as received) and the answers we returned.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+/// `as2ctl archive ...`
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// The archive entries of one partnership on one day (UTC).
+    List(ArchiveListArgs),
+    /// Every archived attempt of one message, by its AS2 ids; with --output-dir, the
+    /// message as received and our answer are written there.
+    Get(ArchiveGetArgs),
+}
+
+/// `as2ctl archive list`
+#[derive(Args, Debug)]
+pub struct ArchiveListArgs {
+    /// The partnership id.
+    #[arg(long)]
+    pub partnership: String,
+
+    /// The day, YYYY-MM-DD (UTC); default: today.
+    #[arg(long)]
+    pub date: Option<String>,
+
+    /// The object store.
+    #[command(flatten)]
+    pub store: ArchiveStoreArgs,
+}
+
+/// `as2ctl archive get`
+#[derive(Args, Debug)]
+pub struct ArchiveGetArgs {
+    /// AS2-From of the message (the partner's AS2 ID, unquoted).
+    #[arg(long, value_name = "AS2_ID")]
+    pub from: String,
+
+    /// AS2-To of the message (ours).
+    #[arg(long, value_name = "AS2_ID")]
+    pub to: String,
+
+    /// The Message-ID as sent (angle brackets included when it had them).
+    #[arg(long)]
+    pub message_id: String,
+
+    /// Write `message` and `answer` of each attempt into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// The object store.
+    #[command(flatten)]
+    pub store: ArchiveStoreArgs,
+}
+
+/// Where the archive is.
+#[derive(Args, Debug)]
+pub struct ArchiveStoreArgs {
+    /// The store's options; without `--object-store-url`, the quick start's
+    /// `.as2-gateway/objects` in the current directory.
+    #[command(flatten)]
+    pub object_store: as2_store::ObjectStoreArgs,
 }
 
 /// `as2ctl send`

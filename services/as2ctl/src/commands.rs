@@ -86,6 +86,7 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
         }
         Command::Send(args) => return crate::send::execute(args, json).await,
         Command::Consume(args) => return crate::consume::execute(args, json).await,
+        Command::Archive(command) => return crate::archive::execute(command, json).await,
         Command::Partnership(command) => command,
     };
     let mut client =

@@ -119,6 +119,27 @@ pub struct InboundConfig {
     )]
     pub claim_check_threshold_bytes: usize,
 
+    /// Days a document stored for a reference record is kept; an hourly sweep deletes
+    /// older ones (0: never; leave it to the store's lifecycle rules). Keep it at least
+    /// as long as the topics' retention.
+    #[arg(
+        long = "claim-check-retention-days",
+        env = "AS2_CLAIM_CHECK_RETENTION_DAYS",
+        default_value_t = 7
+    )]
+    pub claim_check_retention_days: u32,
+
+    /// Days each message of a known partnership is archived (the message as received and
+    /// our answer, in the object store), for partnerships that set no retention of their
+    /// own; 0: only partnerships with their own retention are archived. Needs an object
+    /// store.
+    #[arg(
+        long = "archive-retention-days",
+        env = "AS2_ARCHIVE_RETENTION_DAYS",
+        default_value_t = 365
+    )]
+    pub archive_retention_days: u32,
+
     /// Memory budget, in MiB, for the bytes all requests together hold: body chunks in
     /// flight, inline documents (and the Kafka producer's copy), object-store upload
     /// parts. A request that finds it spent gets 503 with Retry-After.
@@ -203,6 +224,8 @@ impl InboundConfig {
             max_document_bytes: DEFAULT_MAX_BYTES as usize,
             max_compression_ratio: as2_protocol::unwrap::DEFAULT_MAX_COMPRESSION_RATIO,
             claim_check_threshold_bytes: 1024 * 1024,
+            claim_check_retention_days: 7,
+            archive_retention_days: 365,
             memory_budget_mib: 256,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 300,

@@ -54,6 +54,9 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tracing::Instrument as _;
 
+use as2_store::archive::ArchiveEntry;
+
+use crate::archive::ArchiveUpload;
 use crate::document::{DocumentSpool, DocumentStorage, Reservation, SpoolFailure, SpooledDocument};
 
 use crate::clients::{MdnDeliveryQueue, MdnReconciler};
@@ -380,10 +383,27 @@ impl InboundProcessor {
         // The span is attached to the future, not entered: a guard held across `.await`
         // leaks into other requests on the same worker thread and corrupts the span stack.
         let handled = async {
+            let mut archive = None;
             let handled = self
-                .handle_message(&headers, admitted, request.body, received)
+                .handle_message(
+                    &headers,
+                    &request.headers,
+                    admitted,
+                    request.body,
+                    received,
+                    &mut archive,
+                )
                 .await;
-            self.settle(handled)
+            let handled = self.settle(handled);
+            // The message as received and the answer it gets are archived before the
+            // partner sees the answer.
+            if let Some(archive) = archive
+                && let Err(error) = archive.finish(&handled.answer).await
+            {
+                self.metrics.archive_failed();
+                tracing::error!(%error, "the message could not be archived");
+            }
+            handled
         }
         .instrument(span.clone())
         .await;
@@ -454,6 +474,13 @@ impl InboundProcessor {
         })
     }
 
+    /// Days the route's messages are archived, `None` when they are not (no object store,
+    /// the partnership turned it off, or no retention anywhere).
+    fn archive_retention(&self, route: &Route) -> Option<u32> {
+        self.documents.store.as_ref()?;
+        route.archive_retention_days(self.settings.archive_retention_days)
+    }
+
     /// A handled message, or the 503 for a dependency that is unavailable.
     fn settle(&self, handled: Result<Handled, Unavailable>) -> Handled {
         handled.unwrap_or_else(|unavailable| {
@@ -478,9 +505,11 @@ impl InboundProcessor {
     async fn handle_message(
         &self,
         headers: &As2RequestHeaders,
+        raw_headers: &[(String, String)],
         admitted: Option<(Arc<Route>, Option<String>, Option<Reservation>)>,
         body: RequestBody,
         received: &Arc<AtomicU64>,
+        archive: &mut Option<ArchiveUpload>,
     ) -> Result<Handled, Unavailable> {
         let admitted = match admitted {
             Some(admitted) => admitted,
@@ -491,6 +520,29 @@ impl InboundProcessor {
         };
         let (route, decryption_key_id, _reservation) = admitted;
         let decisions = self.decisions();
+        if let Some(days) = self.archive_retention(&route) {
+            let hash = as2_store::archive::message_hash(
+                headers.as2_from.as_str(),
+                headers.as2_to.as_str(),
+                headers.message_id.original(),
+            );
+            let entry = ArchiveEntry::new(
+                days,
+                &route.partnership.id,
+                &hash,
+                time::OffsetDateTime::now_utc(),
+            );
+            match ArchiveUpload::start(&self.documents, entry, raw_headers).await {
+                Ok(started) => *archive = Some(started),
+                Err(failure) => {
+                    tracing::warn!(?failure, "the archive upload could not start");
+                    return Err(Unavailable(
+                        "the message archive is unavailable, please resend later",
+                    ));
+                }
+            }
+        }
+        let archive_location = archive.as_ref().map(ArchiveUpload::location);
 
         let decryption_key = match decryption_key_id.as_deref() {
             Some(id) => self.keys.get(id).map_err(|error| error.to_string()),
@@ -503,6 +555,7 @@ impl InboundProcessor {
                 body,
                 decryption_key.as_ref().ok().cloned(),
                 received,
+                archive,
             )
             .await;
         let (unwrapped, document) = match step {
@@ -512,6 +565,9 @@ impl InboundProcessor {
             }
             UnwrapStep::SpoolFailed(failure) => {
                 tracing::warn!(?failure, "the document could not be spooled");
+                if let Some(started) = archive.take() {
+                    started.abort().await;
+                }
                 return Err(Unavailable(match failure {
                     SpoolFailure::Budget => {
                         self.metrics.budget_exhausted();
@@ -528,7 +584,8 @@ impl InboundProcessor {
         match decisions.judge(headers, &route, unwrapped, key_error) {
             Verdict::Accept(message) => {
                 tracing::Span::current().record("document_bytes", document.size());
-                self.accept(headers, &route, message, document).await
+                self.accept(headers, &route, message, document, archive_location)
+                    .await
             }
             Verdict::Reject(rejection) => {
                 document.discard().await;
@@ -587,6 +644,7 @@ impl InboundProcessor {
         body: RequestBody,
         decryption_key: Option<Arc<KeyPair>>,
         received: &Arc<AtomicU64>,
+        archive: &mut Option<ArchiveUpload>,
     ) -> UnwrapStep {
         let route = route.clone();
         let headers = headers.clone();
@@ -609,7 +667,7 @@ impl InboundProcessor {
             Err(error) => return UnwrapStep::SpoolFailed(SpoolFailure::Store(error.to_string())),
         };
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(BODY_CHANNEL);
-        let reader = read_body(body, sender, received.clone());
+        let reader = read_body(body, sender, received.clone(), archive.as_mut());
         // Created here, entered on the blocking thread: a child of the message's span.
         let span = tracing::info_span!("as2_unwrap");
         let blocking = tokio::task::spawn_blocking(move || {
@@ -637,7 +695,7 @@ impl InboundProcessor {
             drop(receiver);
             (result, spool)
         });
-        let (body_failure, joined) = tokio::join!(reader, blocking);
+        let ((body_failure, archive_failure), joined) = tokio::join!(reader, blocking);
         let (result, spool) = match joined {
             Ok(joined) => joined,
             Err(join_error) => {
@@ -650,6 +708,10 @@ impl InboundProcessor {
         if let Some(failure) = body_failure {
             spool.abandon().await;
             return UnwrapStep::BodyFailed(failure);
+        }
+        if let Some(error) = archive_failure {
+            spool.abandon().await;
+            return UnwrapStep::SpoolFailed(SpoolFailure::Store(format!("archive: {error}")));
         }
         if let Some(failure) = spool.failure().cloned() {
             spool.abandon().await;
@@ -719,6 +781,7 @@ impl InboundProcessor {
         route: &Route,
         message: UnwrappedMessage,
         document: SpooledDocument,
+        archive_location: Option<String>,
     ) -> Result<Handled, Unavailable> {
         let decisions = self.decisions();
         let message_key = MessageKey {
@@ -773,6 +836,9 @@ impl InboundProcessor {
         let received_at = record::now_rfc3339();
         let mut record_headers = record::document_headers(headers, route, &message, &received_at);
         record::add_document_fields(&mut record_headers, document_size, &sha256, stored.as_ref());
+        if let Some(location) = archive_location {
+            record_headers.push((record::HEADER_ARCHIVE_LOCATION, location));
+        }
         let publish_started = Instant::now();
         let published = self
             .publisher
@@ -958,35 +1024,49 @@ enum UnwrapStep {
     Unwrapped(UnwrapOutcome, SpooledDocument),
 }
 
-/// Reads the whole body, handing its chunks to the unwrap while it takes them and
-/// discarding the rest once it stops; returns why the body failed, if it did.
+/// Reads the whole body, handing its chunks to the unwrap while it takes them (and
+/// discarding the rest once it stops) and to the archive; returns why the body failed,
+/// and why the archive did, if they did.
 async fn read_body(
     body: RequestBody,
     sender: tokio::sync::mpsc::Sender<Bytes>,
     received: Arc<AtomicU64>,
-) -> Option<BodyFailure> {
+    mut archive: Option<&mut ArchiveUpload>,
+) -> (Option<BodyFailure>, Option<as2_store::StoreError>) {
+    let mut archive_failure = None;
     let mut chunks = match body {
-        RequestBody::Whole(bytes) => {
-            // Counted already; one chunk.
-            let _ = sender.send(bytes).await;
-            return None;
+        // Counted already; one chunk.
+        RequestBody::Whole(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
+        RequestBody::Streaming(chunks) => {
+            let received = received.clone();
+            chunks
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                })
+                .boxed()
         }
-        RequestBody::Streaming(chunks) => chunks,
     };
     let mut sender = Some(sender);
     while let Some(chunk) = chunks.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
-            Err(failure) => return Some(failure),
+            Err(failure) => return (Some(failure), archive_failure),
         };
-        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(upload) = archive.as_mut()
+            && let Err(error) = upload.write(chunk.clone()).await
+        {
+            archive_failure = Some(error);
+            archive = None;
+        }
         if let Some(open) = &sender
             && open.send(chunk).await.is_err()
         {
             sender = None;
         }
     }
-    None
+    (None, archive_failure)
 }
 
 /// The object-store key of a document too large for its record: by day and

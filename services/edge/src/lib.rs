@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod clients;
 pub mod config;
 pub mod dedup;
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod partner_mdn;
 pub mod record;
+pub mod retention;
 pub mod routes;
 pub mod server;
 

@@ -105,6 +105,7 @@ pub struct EdgeMetrics {
     route_cache_lookups: Family<RouteCacheLabels, Counter>,
     budget_exhausted: Counter,
     stored_documents: Counter,
+    archive_failures: Counter,
 }
 
 impl EdgeMetrics {
@@ -122,6 +123,7 @@ impl EdgeMetrics {
             route_cache_lookups: Family::default(),
             budget_exhausted: Counter::default(),
             stored_documents: Counter::default(),
+            archive_failures: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_edge");
         registry.register(
@@ -168,6 +170,11 @@ impl EdgeMetrics {
             "stored_documents",
             "documents too large for their record, stored in the object store (claim check)",
             metrics.stored_documents.clone(),
+        );
+        registry.register(
+            "archive_failures",
+            "messages answered but not archived (the object store failed at the end)",
+            metrics.archive_failures.clone(),
         );
         // Series that alerts and dashboards rate() exist from the start, at zero.
         for state in ["done", "in_flight"] {
@@ -222,6 +229,11 @@ impl EdgeMetrics {
     /// Records a dedup hit.
     pub fn dedup_hit(&self, state: &'static str) {
         self.dedup_hits.get_or_create(&DedupLabels { state }).inc();
+    }
+
+    /// Counts a message whose archive entry could not be completed.
+    pub fn archive_failed(&self) {
+        self.archive_failures.inc();
     }
 
     /// Counts a document stored in the object store for a reference record.

@@ -59,6 +59,9 @@ pub const HEADER_DOCUMENT_LOCATION: &str = "as2-document-location";
 /// Reference records only: the document's key in the object store (the location
 /// without the store's URL).
 pub const HEADER_DOCUMENT_KEY: &str = "as2-document-key";
+/// The URL of the message's archive entry (the message as received and our answer),
+/// when it is archived.
+pub const HEADER_ARCHIVE_LOCATION: &str = "as2-archive-location";
 /// W3C trace context of the message's trace, when tracing is on.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 

@@ -115,6 +115,20 @@ impl EdgeServer {
             None => None,
         };
         let (documents, settings) = document_storage(&config)?;
+        if let Some(store) = documents.store.clone() {
+            let retention = settings.claim_check_retention_days;
+            runtime.spawn_background("retention sweep", move |stop| async move {
+                crate::retention::run_sweeps(
+                    store,
+                    crate::inbound::DOCUMENT_PREFIX,
+                    retention,
+                    Duration::from_secs(3600),
+                    stop,
+                )
+                .await;
+                Ok(())
+            });
+        }
         let processor = Arc::new(InboundProcessor {
             settings: settings.clone(),
             routes,

@@ -686,3 +686,100 @@ async fn an_edge_killed_mid_upload_leaves_no_record_and_the_resend_goes_through(
     stack.edge.stop().await;
     stack.routing.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_archived_as_received_with_the_answer_it_got() {
+    let store = TestStore::Local(tempfile::tempdir().unwrap());
+    let stack = Stack::start_with(|config| store.configure(config)).await;
+    stack
+        .create_partnership(stack.partnership(PARTNER_ID, "archived"))
+        .await;
+    let url = stack.edge.url();
+
+    // A processed message and a forged one (signed by a stranger).
+    let stranger = support::KeyMaterial::generate("a stranger");
+    let mut sent = Vec::new();
+    for (id, signer) in [
+        ("<archived-ok@partner.test>", &stack.partner),
+        ("<archived-forged@partner.test>", &stranger),
+    ] {
+        let (headers, body) = support::signed_encrypted_message(
+            &stack.gateway,
+            PARTNER_ID,
+            signer,
+            &as2_protocol::headers::MessageId::parse(id).unwrap(),
+            b"UNB+UNOA:2+PARTNER+GATEWAY'\r\nUNZ+1'\r\n",
+        );
+        let response = support::post(&url, &headers, body.clone()).await;
+        assert_eq!(response.status, 200);
+        sent.push((id, body, response));
+    }
+
+    let archive = store.open();
+    for (id, body, response) in &sent {
+        let hash = as2_store::archive::message_hash(PARTNER_ID, GATEWAY_ID, id);
+        let entries = as2_store::archive::entries_of(&archive, &hash)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 1, "{id}: {entries:?}");
+        let read = |name: &str| {
+            let archive = archive.clone();
+            let key = format!("{}/{name}", entries[0]);
+            async move { archive.get(&key).await.unwrap().bytes().await.unwrap() }
+        };
+        let message = read("message").await;
+        let blank_line_and_body = [b"\r\n\r\n".as_slice(), body].concat();
+        assert!(
+            message.ends_with(&blank_line_and_body),
+            "{id}: the body as received follows the header fields"
+        );
+        let head = String::from_utf8_lossy(&message[..message.len() - body.len()]).to_lowercase();
+        assert!(
+            head.contains(&format!("message-id: {id}").to_lowercase()),
+            "{head}"
+        );
+        let answer = read("answer").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200\r\n"));
+        assert!(
+            answer.ends_with(&response.body),
+            "{id}: the answer is the MDN returned"
+        );
+    }
+    let forged_answer = {
+        let hash = as2_store::archive::message_hash(PARTNER_ID, GATEWAY_ID, sent[1].0);
+        let entry = &as2_store::archive::entries_of(&archive, &hash)
+            .await
+            .unwrap()[0];
+        archive
+            .get(&format!("{entry}/answer"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    };
+    assert!(
+        String::from_utf8_lossy(&forged_answer).contains("authentication-failed"),
+        "a refused message is archived with its error MDN"
+    );
+
+    // The processed one's record says where its archive entry is.
+    let records = consume(
+        &stack.broker.bootstrap_servers(),
+        "archived",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    let hash = as2_store::archive::message_hash(PARTNER_ID, GATEWAY_ID, sent[0].0);
+    let entry = &as2_store::archive::entries_of(&archive, &hash)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        records[0].header("as2-archive-location"),
+        Some(archive.object_url(entry).as_str())
+    );
+    stack.edge.stop().await;
+    stack.routing.stop().await;
+}

@@ -577,5 +577,34 @@ async fn the_quick_start_takes_a_300_mib_document_and_gives_it_back_identical() 
             .starts_with("file://"),
         "the quick start keeps large documents on the local disk"
     );
+
+    // The message as received and the MDN returned are in the archive.
+    let message_id = report["message_id"].as_str().unwrap();
+    let (found, archived) = as2ctl(
+        work,
+        &[
+            "--json",
+            "archive",
+            "get",
+            "--from",
+            "quickstart-partner",
+            "--to",
+            "quickstart-gateway",
+            "--message-id",
+            message_id,
+        ],
+    );
+    assert!(found, "{archived}");
+    let archived = json_of(&archived);
+    let entries = archived.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0]["message_bytes"].as_u64().unwrap() > size as u64);
+    assert!(
+        entries[0]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP/1.1 200"),
+        "{entries:?}"
+    );
     assert!(gateway.stop().success());
 }

@@ -128,8 +128,13 @@ impl<W: Write> Write for Segments<W> {
 }
 
 impl<W: Write> CompressedDataWriter<W> {
-    /// Writes the structure's start to `out`.
-    pub fn new(mut out: W) -> std::io::Result<Self> {
+    /// Writes the structure's start to `out`; zlib's default level.
+    pub fn new(out: W) -> std::io::Result<Self> {
+        Self::with_level(out, Compression::default().level())
+    }
+
+    /// Writes the structure's start to `out`; zlib level 0 (none) to 9 (best).
+    pub fn with_level(mut out: W, level: u32) -> std::io::Result<Self> {
         // ContentInfo, [0], CompressedData, version 0, zlib, encapContentInfo with data,
         // [0], and the constructed OCTET STRING the segments go into: all indefinite.
         let mut header = vec![0x30, 0x80];
@@ -142,7 +147,7 @@ impl<W: Write> CompressedDataWriter<W> {
         header.extend([0xa0, 0x80, 0x24, 0x80]);
         out.write_all(&header)?;
         Ok(Self {
-            zlib: ZlibEncoder::new(Segments(out), Compression::default()),
+            zlib: ZlibEncoder::new(Segments(out), Compression::new(level.min(9))),
         })
     }
 

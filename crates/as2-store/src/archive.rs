@@ -1,0 +1,291 @@
+//! The archive's key layout, shared by the services that write it and the tools that
+//! read it.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}/message` | the request: header fields as received (`Name: value` lines), a blank line, the body |
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}/answer` | our answer: `HTTP/1.1 {status}`, header fields, a blank line, the body |
+//! | `archive/index/{hash}/{day}/{time}` | the entry's prefix (finding a message by its ids without listing the bucket) |
+//!
+//! `{hash}` is the SHA-256 (hex) of `AS2-From`, `AS2-To` and `Message-ID` (each followed
+//! by a newline), so a resend of the same message lands beside the first. The retention
+//! is in the key (`keep-{days}`): [`sweep_archive`] lists `archive/` one level deep for
+//! the retention classes in use, then only the days that have expired in each, and
+//! removes their index entries with them.
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use time::{Date, OffsetDateTime};
+
+use crate::{Result, Store};
+
+/// The archive's key prefix.
+pub const ARCHIVE_PREFIX: &str = "archive";
+/// The prefix of the index by message.
+pub const INDEX_PREFIX: &str = "archive/index";
+
+/// Days before the first expired one that a sweep still looks at (catching up after the
+/// sweeper was down); older days are left to the store's lifecycle rules.
+const CATCH_UP_DAYS: i64 = 31;
+
+/// The SHA-256 (hex) that names a message in the archive.
+pub fn message_hash(as2_from: &str, as2_to: &str, message_id: &str) -> String {
+    let text = format!("{as2_from}\n{as2_to}\n{message_id}\n");
+    hex(&openssl::sha::sha256(text.as_bytes()))
+}
+
+/// Where one attempt of one message is archived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// `archive/keep-{days}/{day}/{partnership}/{hash}/{time}`.
+    pub prefix: String,
+    /// `archive/index/{hash}/{day}/{time}`.
+    pub index_key: String,
+}
+
+impl ArchiveEntry {
+    /// The entry of a message received `now`, kept `retention_days`.
+    pub fn new(retention_days: u32, partnership_id: &str, hash: &str, now: OffsetDateTime) -> Self {
+        let day = now.date();
+        let mut random = [0u8; 4];
+        // A failed random source leaves zeros; the millisecond still tells attempts apart.
+        let _ = openssl::rand::rand_bytes(&mut random);
+        let time = format!(
+            "{:02}{:02}{:02}{:03}-{}",
+            now.hour(),
+            now.minute(),
+            now.second(),
+            now.millisecond(),
+            hex(&random)
+        );
+        Self {
+            prefix: format!(
+                "{ARCHIVE_PREFIX}/keep-{retention_days}/{day}/{}/{hash}/{time}",
+                safe_segment(partnership_id)
+            ),
+            index_key: format!("{INDEX_PREFIX}/{hash}/{day}/{time}"),
+        }
+    }
+
+    /// The key of the request as received.
+    pub fn message_key(&self) -> String {
+        format!("{}/message", self.prefix)
+    }
+
+    /// The key of our answer.
+    pub fn answer_key(&self) -> String {
+        format!("{}/answer", self.prefix)
+    }
+
+    /// The index key of the entry an archived object belongs to.
+    fn index_key_of(object_key: &str) -> Option<String> {
+        let parts: Vec<&str> = object_key.split('/').collect();
+        match parts.as_slice() {
+            [_, _, day, _, hash, time, _] => Some(format!("{INDEX_PREFIX}/{hash}/{day}/{time}")),
+            _ => None,
+        }
+    }
+}
+
+/// Deletes the objects under `prefix/{day}/` for the days from `retention_days` before
+/// `today` back 31 more; returns the keys deleted. Keys must start with their day.
+pub async fn sweep_expired(
+    store: &Store,
+    prefix: &str,
+    retention_days: u32,
+    today: Date,
+) -> Result<Vec<String>> {
+    let mut deleted = Vec::new();
+    let newest_expired = i64::from(retention_days) + 1;
+    for age in newest_expired..newest_expired + CATCH_UP_DAYS {
+        let Some(day) = today.checked_sub(time::Duration::days(age)) else {
+            break;
+        };
+        let keys: Vec<String> = store
+            .list(&format!("{prefix}/{day}"))
+            .filter_map(|info| async move { info.ok().map(|info| info.key) })
+            .collect()
+            .await;
+        for key in keys {
+            store.delete(&key).await?;
+            deleted.push(key);
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes the archive entries past their retention, with their index entries; returns
+/// how many objects were deleted.
+pub async fn sweep_archive(store: &Store, today: Date) -> Result<usize> {
+    let mut deleted = 0;
+    for class in store.list_prefixes(ARCHIVE_PREFIX).await? {
+        let Some(days) = class
+            .rsplit('/')
+            .next()
+            .and_then(|name| name.strip_prefix("keep-"))
+            .and_then(|days| days.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        for key in sweep_expired(store, &class, days, today).await? {
+            if let Some(index_key) = ArchiveEntry::index_key_of(&key) {
+                store.delete(&index_key).await?;
+            }
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The archive entries (prefixes) of one message, every attempt, oldest first.
+pub async fn entries_of(store: &Store, hash: &str) -> Result<Vec<String>> {
+    let keys: Vec<String> = store
+        .list(&format!("{INDEX_PREFIX}/{hash}"))
+        .filter_map(|info| async move { info.ok().map(|info| info.key) })
+        .collect()
+        .await;
+    let mut entries = Vec::new();
+    for key in keys {
+        let prefix = store.get(&key).await?.bytes().await?;
+        entries.push((key, String::from_utf8_lossy(&prefix).into_owned()));
+    }
+    entries.sort();
+    Ok(entries.into_iter().map(|(_, prefix)| prefix).collect())
+}
+
+/// The archive entries (prefixes) of one partnership on one day, in time order.
+pub async fn entries_on(store: &Store, partnership_id: &str, day: Date) -> Result<Vec<String>> {
+    let mut entries = Vec::new();
+    for class in store.list_prefixes(ARCHIVE_PREFIX).await? {
+        if !class
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with("keep-"))
+        {
+            continue;
+        }
+        let keys: Vec<String> = store
+            .list(&format!("{class}/{day}/{}", safe_segment(partnership_id)))
+            .filter_map(|info| async move { info.ok().map(|info| info.key) })
+            .collect()
+            .await;
+        for key in keys {
+            if let Some(prefix) = key.strip_suffix("/message") {
+                entries.push(prefix.to_owned());
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+    Ok(entries)
+}
+
+/// Stores an index entry for `entry` (after its objects are stored).
+pub async fn put_index(store: &Store, entry: &ArchiveEntry) -> Result<()> {
+    store
+        .put(&entry.index_key, Bytes::from(entry.prefix.clone()))
+        .await
+        .map(|_| ())
+}
+
+fn safe_segment(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_are_found_by_message_and_day_and_swept_with_their_index() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::StoreConfig::local(directory.path())).unwrap();
+        let hash = message_hash("partner", "us", "<1@x>");
+        let old = time::macros::datetime!(2026-11-01 10:00:00 UTC);
+        let recent = time::macros::datetime!(2026-12-02 10:00:00 UTC);
+        for (retention, when) in [(30, old), (30, recent), (365, old)] {
+            let entry = ArchiveEntry::new(retention, "p 1", &hash, when);
+            store
+                .put(&entry.message_key(), Bytes::from_static(b"m"))
+                .await
+                .unwrap();
+            store
+                .put(&entry.answer_key(), Bytes::from_static(b"a"))
+                .await
+                .unwrap();
+            put_index(&store, &entry).await.unwrap();
+        }
+        assert_eq!(entries_of(&store, &hash).await.unwrap().len(), 3);
+        assert_eq!(
+            entries_on(&store, "p 1", old.date()).await.unwrap().len(),
+            2,
+            "both retention classes are listed for the day"
+        );
+        let today = time::macros::date!(2026 - 12 - 03);
+        // Only the 30-day entry from November 1 has expired: its two objects go.
+        assert_eq!(sweep_archive(&store, today).await.unwrap(), 2);
+        let left = entries_of(&store, &hash).await.unwrap();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(
+            left.iter()
+                .all(|prefix| !prefix.contains("keep-30/2026-11-01"))
+        );
+        assert!(left.iter().all(|prefix| prefix.contains("/p_1/")));
+    }
+
+    #[tokio::test]
+    async fn expired_days_are_deleted_and_recent_ones_kept() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::StoreConfig::local(directory.path())).unwrap();
+        let today = time::macros::date!(2026 - 12 - 03);
+        let keys = [
+            "documents/2026-12-03/p/today",
+            "documents/2026-11-26/p/seven-days",
+            "documents/2026-11-25/p/eight-days",
+            "documents/2026-11-25/q/eight-days-other",
+            "documents/2026-10-20/p/forty-four-days",
+            "archive/2026-11-25/p/not-a-document",
+        ];
+        for key in keys {
+            store.put(key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        assert_eq!(
+            sweep_expired(&store, "documents", 7, today)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let mut left: Vec<String> = store.list("").map(|info| info.unwrap().key).collect().await;
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "archive/2026-11-25/p/not-a-document",
+                "documents/2026-10-20/p/forty-four-days",
+                "documents/2026-11-26/p/seven-days",
+                "documents/2026-12-03/p/today",
+            ]
+        );
+        // Past the catch-up window, an old day is left for the store's own lifecycle.
+        assert!(
+            sweep_expired(&store, "documents", 7, today)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

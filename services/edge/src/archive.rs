@@ -1,0 +1,106 @@
+//! The archive: every message of a known partnership exactly as received (its HTTP header
+//! fields and body, byte for byte) and the answer we returned (status, header fields and
+//! body: the MDN), kept in the object store for non-repudiation, per partnership, with an
+//! enforced retention. The layout is [`as2_store::archive`]'s; this writes it while the
+//! body arrives.
+
+use as2_store::archive::{self, ArchiveEntry};
+use as2_store::{ObjectAttributes, Store, StoreError, Upload};
+use bytes::Bytes;
+
+use crate::document::{DocumentStorage, Reservation, SpoolFailure};
+use crate::inbound::Answer;
+
+/// The archive upload of one message: its header fields first, then its body as it
+/// arrives; completed with the answer once that is known.
+pub struct ArchiveUpload {
+    upload: Upload,
+    store: Store,
+    entry: ArchiveEntry,
+    _reservation: Reservation,
+}
+
+impl ArchiveUpload {
+    /// Starts archiving a request with these header fields.
+    pub async fn start(
+        storage: &DocumentStorage,
+        entry: ArchiveEntry,
+        headers: &[(String, String)],
+    ) -> Result<Self, SpoolFailure> {
+        let store = storage
+            .store
+            .clone()
+            .ok_or_else(|| SpoolFailure::Store("no object store".to_owned()))?;
+        let reservation = storage
+            .budget
+            .reserve(store.upload_memory_bound(), storage.budget_wait)
+            .await
+            .ok_or(SpoolFailure::Budget)?;
+        let mut upload = store
+            .upload(
+                &entry.message_key(),
+                ObjectAttributes::content_type("message/http"),
+            )
+            .map_err(|error| SpoolFailure::Store(error.to_string()))?;
+        upload
+            .write(&header_block(None, headers))
+            .await
+            .map_err(|error| SpoolFailure::Store(error.to_string()))?;
+        Ok(Self {
+            upload,
+            store,
+            entry,
+            _reservation: reservation,
+        })
+    }
+
+    /// The entry's URL (what the record's `as2-archive-location` says).
+    pub fn location(&self) -> String {
+        self.store.object_url(&self.entry.prefix)
+    }
+
+    /// The next bytes of the body, as received.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.upload.write_bytes(chunk).await
+    }
+
+    /// Completes the message, then stores the answer and the index entry.
+    pub async fn finish(self, answer: &Answer) -> Result<(), StoreError> {
+        let Self {
+            upload,
+            store,
+            entry,
+            _reservation,
+        } = self;
+        upload.complete().await?;
+        let status = format!("HTTP/1.1 {}", answer.status);
+        let mut stored = header_block(Some(&status), &answer.headers);
+        stored.extend_from_slice(&answer.body);
+        store.put(&entry.answer_key(), Bytes::from(stored)).await?;
+        archive::put_index(&store, &entry).await
+    }
+
+    /// Gives up (the upload is aborted; nothing of it stays).
+    pub async fn abort(self) {
+        if let Err(error) = self.upload.abort().await {
+            tracing::warn!(%error, "could not abort an archive upload");
+        }
+    }
+}
+
+/// Header fields as `Name: value` lines and a blank line, after an optional first line.
+fn header_block(first_line: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    if let Some(line) = first_line {
+        block.extend_from_slice(line.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    block.extend_from_slice(b"\r\n");
+    block
+}
