@@ -179,6 +179,7 @@ AS2_MAX_COMPRESSION_RATIO: {{ $settings.maxCompressionRatio | int64 | quote }}
 AS2_CLAIM_CHECK_THRESHOLD_BYTES: {{ $settings.claimCheckThresholdBytes | int64 | quote }}
 AS2_MEMORY_BUDGET_MIB: {{ $settings.memoryBudgetMib | int64 | quote }}
 AS2_CLAIM_CHECK_RETENTION_DAYS: {{ $settings.claimCheckRetentionDays | int64 | quote }}
+AS2_ARCHIVE_RETENTION_DAYS: {{ $settings.archiveRetentionDays | int64 | quote }}
 {{- with $values.objectStore }}
 {{- if .url }}
 AS2_OBJECT_STORE_URL: {{ .url | quote }}

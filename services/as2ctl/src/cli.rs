@@ -479,6 +479,14 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<u64>,
 
+    /// Archive this partner's messages as received, with our answers (default: on).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub archive: Option<bool>,
+
+    /// Days this partner's archived messages are kept (0: the edge's default).
+    #[arg(long, value_name = "DAYS")]
+    pub archive_retention_days: Option<u32>,
+
     /// Digests accepted in signatures (comma-separated); empty list: all
     /// supported.
     #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "DIGESTS")]

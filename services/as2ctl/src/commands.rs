@@ -494,6 +494,18 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         policy.max_message_bytes = (limit > 0).then_some(limit);
         changed = true;
     }
+    if settings.archive.is_some() || settings.archive_retention_days.is_some() {
+        let archive = partnership
+            .archive
+            .get_or_insert_with(as2_rpc::routing::v1::ArchiveSettings::default);
+        if let Some(enabled) = settings.archive {
+            archive.enabled = Some(enabled);
+        }
+        if let Some(days) = settings.archive_retention_days {
+            archive.retention_days = days;
+        }
+        changed = true;
+    }
     if let Some(digests) = &settings.signing_digests {
         policy.allowed_signing_digests = digests
             .iter()

@@ -48,6 +48,8 @@ struct SecurityPolicyView {
     require_signature: bool,
     require_encryption: bool,
     max_message_bytes: Option<u64>,
+    archive: bool,
+    archive_retention_days: u32,
     allowed_signing_digests: Vec<&'static str>,
     allowed_encryption_ciphers: Vec<&'static str>,
     allow_md5: bool,
@@ -105,6 +107,15 @@ impl From<&Partnership> for PartnershipView {
                 require_signature: policy.require_signature,
                 require_encryption: policy.require_encryption,
                 max_message_bytes: policy.max_message_bytes,
+                archive: partnership
+                    .archive
+                    .as_ref()
+                    .and_then(|archive| archive.enabled)
+                    .unwrap_or(true),
+                archive_retention_days: partnership
+                    .archive
+                    .as_ref()
+                    .map_or(0, |archive| archive.retention_days),
                 allowed_signing_digests: policy
                     .allowed_signing_digests
                     .iter()
@@ -245,6 +256,14 @@ pub fn render_detail(view: &PartnershipView) -> String {
     let policy = &view.security_policy;
     line("require signature:", yes_no(policy.require_signature));
     line("require encryption:", yes_no(policy.require_encryption));
+    line(
+        "archive:",
+        &match (policy.archive, policy.archive_retention_days) {
+            (false, _) => "off".to_owned(),
+            (true, 0) => "on (edge default retention)".to_owned(),
+            (true, days) => format!("on, {days} days"),
+        },
+    );
     line(
         "max message bytes:",
         &policy
