@@ -3,9 +3,13 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}/message` | the request: header fields as received (`Name: value` lines), a blank line, the body |
-//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}/answer` | our answer: `HTTP/1.1 {status}`, header fields, a blank line, the body |
-//! | `archive/index/{hash}/{day}/{time}` | the entry's prefix (finding a message by its ids without listing the bucket) |
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.message` | the request: header fields as received (`Name: value` lines), a blank line, the body |
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.answer` | our answer: `HTTP/1.1 {status}`, header fields, a blank line, the body |
+//! | `archive/index/{hash}/{day}.{time}` | the entry's name (finding a message by its ids without listing the bucket) |
+//!
+//! An entry is named by the common part of its two keys (`…/{hash}/{time}`); the layout
+//! keeps directories few (one per message and day on a filesystem store), since each
+//! costs a write of its own.
 //!
 //! `{hash}` is the SHA-256 (hex) of `AS2-From`, `AS2-To` and `Message-ID` (each followed
 //! by a newline), so a resend of the same message lands beside the first. The retention
@@ -37,9 +41,10 @@ pub fn message_hash(as2_from: &str, as2_to: &str, message_id: &str) -> String {
 /// Where one attempt of one message is archived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArchiveEntry {
-    /// `archive/keep-{days}/{day}/{partnership}/{hash}/{time}`.
+    /// `archive/keep-{days}/{day}/{partnership}/{hash}/{time}`: the entry's name, the
+    /// keys of its objects without their extension.
     pub prefix: String,
-    /// `archive/index/{hash}/{day}/{time}`.
+    /// `archive/index/{hash}/{day}.{time}`.
     pub index_key: String,
 }
 
@@ -63,25 +68,28 @@ impl ArchiveEntry {
                 "{ARCHIVE_PREFIX}/keep-{retention_days}/{day}/{}/{hash}/{time}",
                 safe_segment(partnership_id)
             ),
-            index_key: format!("{INDEX_PREFIX}/{hash}/{day}/{time}"),
+            index_key: format!("{INDEX_PREFIX}/{hash}/{day}.{time}"),
         }
     }
 
     /// The key of the request as received.
     pub fn message_key(&self) -> String {
-        format!("{}/message", self.prefix)
+        message_key(&self.prefix)
     }
 
     /// The key of our answer.
     pub fn answer_key(&self) -> String {
-        format!("{}/answer", self.prefix)
+        answer_key(&self.prefix)
     }
 
     /// The index key of the entry an archived object belongs to.
     fn index_key_of(object_key: &str) -> Option<String> {
         let parts: Vec<&str> = object_key.split('/').collect();
         match parts.as_slice() {
-            [_, _, day, _, hash, time, _] => Some(format!("{INDEX_PREFIX}/{hash}/{day}/{time}")),
+            [_, _, day, _, hash, name] => {
+                let time = name.strip_suffix(".message")?;
+                Some(format!("{INDEX_PREFIX}/{hash}/{day}.{time}"))
+            }
             _ => None,
         }
     }
@@ -170,13 +178,23 @@ pub async fn entries_on(store: &Store, partnership_id: &str, day: Date) -> Resul
             .collect()
             .await;
         for key in keys {
-            if let Some(prefix) = key.strip_suffix("/message") {
+            if let Some(prefix) = key.strip_suffix(".message") {
                 entries.push(prefix.to_owned());
             }
         }
     }
     entries.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
     Ok(entries)
+}
+
+/// The key of an entry's request.
+pub fn message_key(entry: &str) -> String {
+    format!("{entry}.message")
+}
+
+/// The key of an entry's answer.
+pub fn answer_key(entry: &str) -> String {
+    format!("{entry}.answer")
 }
 
 /// Stores an index entry for `entry` (after its objects are stored).
@@ -244,6 +262,9 @@ mod tests {
                 .all(|prefix| !prefix.contains("keep-30/2026-11-01"))
         );
         assert!(left.iter().all(|prefix| prefix.contains("/p_1/")));
+        for prefix in &left {
+            assert!(store.head(&message_key(prefix)).await.is_ok(), "{prefix}");
+        }
     }
 
     #[tokio::test]

@@ -51,8 +51,11 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
     };
     let mut views = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
-        let message = store.head(&format!("{entry}/message")).await.ok();
-        let answer = match store.get(&format!("{entry}/answer")).await {
+        let message = store
+            .head(&as2_store::archive::message_key(entry))
+            .await
+            .ok();
+        let answer = match store.get(&as2_store::archive::answer_key(entry)).await {
             Ok(object) => Some(object.bytes().await.map_err(store_error)?),
             Err(_) => None,
         };
@@ -61,9 +64,12 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
             std::fs::create_dir_all(directory).map_err(|error| {
                 CtlError::Usage(format!("cannot create {}: {error}", directory.display()))
             })?;
-            for name in ["message", "answer"] {
+            for (name, key) in [
+                ("message", as2_store::archive::message_key(entry)),
+                ("answer", as2_store::archive::answer_key(entry)),
+            ] {
                 let bytes = store
-                    .get(&format!("{entry}/{name}"))
+                    .get(&key)
                     .await
                     .map_err(store_error)?
                     .bytes()

@@ -17,25 +17,34 @@ pub struct ArchiveUpload {
     upload: Upload,
     store: Store,
     entry: ArchiveEntry,
-    _reservation: Reservation,
+    /// `None` when the request reserved the upload's memory up front.
+    _reservation: Option<Reservation>,
 }
 
 impl ArchiveUpload {
-    /// Starts archiving a request with these header fields.
+    /// Starts archiving a request with these header fields; `reserved`: the request
+    /// already reserved the upload's memory.
     pub async fn start(
         storage: &DocumentStorage,
         entry: ArchiveEntry,
         headers: &[(String, String)],
+        reserved: bool,
     ) -> Result<Self, SpoolFailure> {
         let store = storage
             .store
             .clone()
             .ok_or_else(|| SpoolFailure::Store("no object store".to_owned()))?;
-        let reservation = storage
-            .budget
-            .reserve(store.upload_memory_bound(), storage.budget_wait)
-            .await
-            .ok_or(SpoolFailure::Budget)?;
+        let reservation = if reserved {
+            None
+        } else {
+            Some(
+                storage
+                    .budget
+                    .reserve(store.upload_memory_bound(), storage.budget_wait)
+                    .await
+                    .ok_or(SpoolFailure::Budget)?,
+            )
+        };
         let mut upload = store
             .upload(
                 &entry.message_key(),

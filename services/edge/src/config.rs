@@ -146,7 +146,7 @@ pub struct InboundConfig {
     #[arg(
         long = "memory-budget-mib",
         env = "AS2_MEMORY_BUDGET_MIB",
-        default_value_t = 256
+        default_value_t = 512
     )]
     pub memory_budget_mib: usize,
 
@@ -226,7 +226,7 @@ impl InboundConfig {
             claim_check_threshold_bytes: 1024 * 1024,
             claim_check_retention_days: 7,
             archive_retention_days: 365,
-            memory_budget_mib: 256,
+            memory_budget_mib: 512,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 300,
             dedup_in_flight_secs: 120,

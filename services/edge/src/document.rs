@@ -126,7 +126,8 @@ const UPLOAD_CHANNEL: usize = 8;
 struct UploadFeed {
     sender: mpsc::Sender<Bytes>,
     task: JoinHandle<Result<Upload, as2_store::StoreError>>,
-    _reservation: Reservation,
+    /// `None` when the request reserved the upload's memory up front.
+    _reservation: Option<Reservation>,
 }
 
 /// The sink of the unwrap: inline up to the threshold, then the object store.
@@ -140,14 +141,17 @@ pub struct DocumentSpool {
     size: u64,
     upload: Option<UploadFeed>,
     failure: Option<SpoolFailure>,
+    upload_reserved: bool,
 }
 
 impl DocumentSpool {
-    /// A spool whose document, if large, is stored under `key`; `runtime` runs the upload.
+    /// A spool whose document, if large, is stored under `key`; `runtime` runs the
+    /// upload. `upload_reserved`: the request already reserved an upload's memory.
     pub fn new(
         storage: DocumentStorage,
         key: String,
         runtime: tokio::runtime::Handle,
+        upload_reserved: bool,
     ) -> Result<Self, As2Error> {
         Ok(Self {
             storage,
@@ -159,6 +163,7 @@ impl DocumentSpool {
             size: 0,
             upload: None,
             failure: None,
+            upload_reserved,
         })
     }
 
@@ -184,11 +189,16 @@ impl DocumentSpool {
                 self.storage.inline_threshold
             )));
         };
-        let budget = self.storage.budget.clone();
-        let wait = self.storage.budget_wait;
-        let bound = store.upload_memory_bound();
-        let Some(reservation) = self.runtime.block_on(budget.reserve(bound, wait)) else {
-            return Err(self.fail(SpoolFailure::Budget));
+        let reservation = if self.upload_reserved {
+            None
+        } else {
+            let budget = self.storage.budget.clone();
+            let wait = self.storage.budget_wait;
+            let bound = store.upload_memory_bound();
+            match self.runtime.block_on(budget.reserve(bound, wait)) {
+                Some(reservation) => Some(reservation),
+                None => return Err(self.fail(SpoolFailure::Budget)),
+            }
         };
         let attributes = ObjectAttributes::content_type(self.content_type.clone());
         let mut upload = match store.upload(&self.key, attributes) {
@@ -297,7 +307,7 @@ pub struct PendingUpload {
     store: Option<Store>,
     size: u64,
     sha256: String,
-    _reservation: Reservation,
+    _reservation: Option<Reservation>,
 }
 
 /// A document after the unwrap.

@@ -200,7 +200,16 @@ pub struct AdmittedMessage {
     headers: As2RequestHeaders,
     route: Arc<Route>,
     decryption_key_id: Option<String>,
-    _reservation: Option<Reservation>,
+    _reservation: Option<Reserved>,
+}
+
+/// Memory reserved for a request before its body is read, and what it covers.
+pub struct Reserved {
+    _reservation: Reservation,
+    /// It includes the archive upload's parts.
+    archive: bool,
+    /// It includes the document upload's parts.
+    document_upload: bool,
 }
 
 impl AdmittedMessage {
@@ -288,6 +297,9 @@ const BODY_CHANNEL: usize = 8;
 
 /// The largest body chunk the HTTP layer hands over (hyper's read buffer is 64 KiB).
 const MAX_CHUNK: usize = 64 * 1024;
+
+/// Room for the header fields of an archived request (hyper limits them to 64 KiB).
+const ARCHIVE_HEADER_ALLOWANCE: usize = 64 * 1024;
 
 /// Why a message got the answer it got (for metrics and logs).
 struct Handled {
@@ -395,13 +407,20 @@ impl InboundProcessor {
                 )
                 .await;
             let handled = self.settle(handled);
-            // The message as received and the answer it gets are archived before the
-            // partner sees the answer.
-            if let Some(archive) = archive
-                && let Err(error) = archive.finish(&handled.answer).await
-            {
-                self.metrics.archive_failed();
-                tracing::error!(%error, "the message could not be archived");
+            // The archive entry is completed with the answer while the partner already
+            // has it: an object store's latency is not added to every message.
+            if let Some(archive) = archive {
+                let answer = handled.answer.clone();
+                let metrics = self.metrics.clone();
+                tokio::spawn(
+                    async move {
+                        if let Err(error) = archive.finish(&answer).await {
+                            metrics.archive_failed();
+                            tracing::error!(%error, "the message could not be archived");
+                        }
+                    }
+                    .in_current_span(),
+                );
             }
             handled
         }
@@ -434,7 +453,7 @@ impl InboundProcessor {
                 let admitted = self.admit(&headers).instrument(span.clone()).await;
                 let handled = match admitted {
                     Admitted::Unwrap(route, decryption_key_id) => {
-                        match self.reserve_for(declared) {
+                        match self.reserve_for(declared, &route) {
                             Ok(reservation) => {
                                 return Preflight::ReadBody(Box::new(AdmittedMessage {
                                     span,
@@ -457,13 +476,45 @@ impl InboundProcessor {
         Preflight::Answered(handled.answer)
     }
 
-    /// Reserves the memory a streaming request holds outside the object store: its body
-    /// channel and its inline document (twice: ours, and the Kafka producer's copy).
-    fn reserve_for(&self, declared: Option<u64>) -> Result<Reservation, Unavailable> {
+    /// Reserves, before the body is read, all the memory a streaming request may hold:
+    /// its body channel, its inline document (twice: ours, and the Kafka producer's
+    /// copy), the archive upload's parts when it is archived, and the document upload's
+    /// parts when its body may exceed the claim-check threshold (declared larger, or not
+    /// declared). Reserving it all at once means no request waits for budget while
+    /// holding some: a request either gets what it needs or 503 before its body.
+    fn reserve_for(&self, declared: Option<u64>, route: &Route) -> Result<Reserved, Unavailable> {
         let threshold = self.documents.inline_threshold as u64;
         let inline = declared.map_or(threshold, |length| length.min(threshold));
-        let bytes = BODY_CHANNEL * MAX_CHUNK + 2 * usize::try_from(inline).unwrap_or(usize::MAX);
-        self.documents.budget.try_reserve(bytes).ok_or_else(|| {
+        let upload = self
+            .documents
+            .store
+            .as_ref()
+            .map_or(0, as2_store::Store::upload_memory_bound);
+        let archive = self.archive_retention(route).is_some();
+        let document_upload =
+            self.documents.store.is_some() && declared.is_none_or(|length| length > threshold);
+        // An upload holds at most what is written to it: a small declared message needs
+        // little for its archive copy.
+        let archive_bytes = declared.map_or(upload, |length| {
+            usize::try_from(length)
+                .unwrap_or(usize::MAX)
+                .saturating_add(ARCHIVE_HEADER_ALLOWANCE)
+                .min(upload)
+        });
+        let bytes = BODY_CHANNEL * MAX_CHUNK
+            + 2 * usize::try_from(inline).unwrap_or(usize::MAX)
+            + usize::from(archive) * archive_bytes
+            + usize::from(document_upload) * upload;
+        let reserved = self
+            .documents
+            .budget
+            .try_reserve(bytes)
+            .map(|reservation| Reserved {
+                _reservation: reservation,
+                archive,
+                document_upload,
+            });
+        reserved.ok_or_else(|| {
             self.metrics.budget_exhausted();
             tracing::warn!(
                 bytes,
@@ -506,7 +557,7 @@ impl InboundProcessor {
         &self,
         headers: &As2RequestHeaders,
         raw_headers: &[(String, String)],
-        admitted: Option<(Arc<Route>, Option<String>, Option<Reservation>)>,
+        admitted: Option<(Arc<Route>, Option<String>, Option<Reserved>)>,
         body: RequestBody,
         received: &Arc<AtomicU64>,
         archive: &mut Option<ArchiveUpload>,
@@ -518,7 +569,7 @@ impl InboundProcessor {
                 Admitted::Answered(handled) => return handled,
             },
         };
-        let (route, decryption_key_id, _reservation) = admitted;
+        let (route, decryption_key_id, reserved) = admitted;
         let decisions = self.decisions();
         if let Some(days) = self.archive_retention(&route) {
             let hash = as2_store::archive::message_hash(
@@ -532,7 +583,8 @@ impl InboundProcessor {
                 &hash,
                 time::OffsetDateTime::now_utc(),
             );
-            match ArchiveUpload::start(&self.documents, entry, raw_headers).await {
+            let covered = reserved.as_ref().is_some_and(|reserved| reserved.archive);
+            match ArchiveUpload::start(&self.documents, entry, raw_headers, covered).await {
                 Ok(started) => *archive = Some(started),
                 Err(failure) => {
                     tracing::warn!(?failure, "the archive upload could not start");
@@ -552,10 +604,15 @@ impl InboundProcessor {
             .unwrap(
                 &route,
                 headers,
-                body,
                 decryption_key.as_ref().ok().cloned(),
-                received,
-                archive,
+                BodyInput {
+                    body,
+                    received,
+                    archive,
+                    upload_reserved: reserved
+                        .as_ref()
+                        .is_some_and(|reserved| reserved.document_upload),
+                },
             )
             .await;
         let (unwrapped, document) = match step {
@@ -641,11 +698,15 @@ impl InboundProcessor {
         &self,
         route: &Arc<Route>,
         headers: &As2RequestHeaders,
-        body: RequestBody,
         decryption_key: Option<Arc<KeyPair>>,
-        received: &Arc<AtomicU64>,
-        archive: &mut Option<ArchiveUpload>,
+        input: BodyInput<'_>,
     ) -> UnwrapStep {
+        let BodyInput {
+            body,
+            received,
+            archive,
+            upload_reserved,
+        } = input;
         let route = route.clone();
         let headers = headers.clone();
         let limits = Limits {
@@ -662,6 +723,7 @@ impl InboundProcessor {
             self.documents.clone(),
             key,
             tokio::runtime::Handle::current(),
+            upload_reserved,
         ) {
             Ok(spool) => spool,
             Err(error) => return UnwrapStep::SpoolFailed(SpoolFailure::Store(error.to_string())),
@@ -1011,6 +1073,17 @@ impl InboundProcessor {
             }
         }
     }
+}
+
+/// The body and what reading it feeds besides the unwrap.
+struct BodyInput<'a> {
+    body: RequestBody,
+    /// Bytes received so far (metrics, the span).
+    received: &'a Arc<AtomicU64>,
+    /// The message's archive upload, when it is archived.
+    archive: &'a mut Option<ArchiveUpload>,
+    /// The request reserved a document upload's memory up front.
+    upload_reserved: bool,
 }
 
 /// What reading and unwrapping the body came to.

@@ -722,12 +722,11 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
             .await
             .unwrap();
         assert_eq!(entries.len(), 1, "{id}: {entries:?}");
-        let read = |name: &str| {
+        let read = |key: String| {
             let archive = archive.clone();
-            let key = format!("{}/{name}", entries[0]);
             async move { archive.get(&key).await.unwrap().bytes().await.unwrap() }
         };
-        let message = read("message").await;
+        let message = read(as2_store::archive::message_key(&entries[0])).await;
         let blank_line_and_body = [b"\r\n\r\n".as_slice(), body].concat();
         assert!(
             message.ends_with(&blank_line_and_body),
@@ -738,7 +737,7 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
             head.contains(&format!("message-id: {id}").to_lowercase()),
             "{head}"
         );
-        let answer = read("answer").await;
+        let answer = read(as2_store::archive::answer_key(&entries[0])).await;
         assert!(answer.starts_with(b"HTTP/1.1 200\r\n"));
         assert!(
             answer.ends_with(&response.body),
@@ -751,7 +750,7 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
             .await
             .unwrap()[0];
         archive
-            .get(&format!("{entry}/answer"))
+            .get(&as2_store::archive::answer_key(entry))
             .await
             .unwrap()
             .bytes()
