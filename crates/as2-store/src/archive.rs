@@ -11,8 +11,9 @@
 //! keeps directories few (one per message and day on a filesystem store), since each
 //! costs a write of its own.
 //!
-//! `{hash}` is the SHA-256 (hex) of `AS2-From`, `AS2-To` and `Message-ID` (each followed
-//! by a newline), so a resend of the same message lands beside the first. The retention
+//! `{hash}` is the first 128 bits (hex) of the SHA-256 of `AS2-From`, `AS2-To` and
+//! `Message-ID` (each followed by a newline), so a resend of the same message lands
+//! beside the first. The retention
 //! is in the key (`keep-{days}`): [`sweep_archive`] lists `archive/` one level deep for
 //! the retention classes in use, then only the days that have expired in each, and
 //! removes their index entries with them.
@@ -32,10 +33,12 @@ pub const INDEX_PREFIX: &str = "archive/index";
 /// sweeper was down); older days are left to the store's lifecycle rules.
 const CATCH_UP_DAYS: i64 = 31;
 
-/// The SHA-256 (hex) that names a message in the archive.
+/// The name of a message in the archive: the first 128 bits (32 hex digits) of the
+/// SHA-256 of its ids (keys stay short: some stores limit their length).
 pub fn message_hash(as2_from: &str, as2_to: &str, message_id: &str) -> String {
     let text = format!("{as2_from}\n{as2_to}\n{message_id}\n");
-    hex(&openssl::sha::sha256(text.as_bytes()))
+    let digest = openssl::sha::sha256(text.as_bytes());
+    hex(digest.get(..16).unwrap_or_default())
 }
 
 /// Where one attempt of one message is archived.

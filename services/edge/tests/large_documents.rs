@@ -718,9 +718,17 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
     let archive = store.open();
     for (id, body, response) in &sent {
         let hash = as2_store::archive::message_hash(PARTNER_ID, GATEWAY_ID, id);
-        let entries = as2_store::archive::entries_of(&archive, &hash)
-            .await
-            .unwrap();
+        // The entry is completed just after the answer went out.
+        let mut entries = Vec::new();
+        for _ in 0..100 {
+            entries = as2_store::archive::entries_of(&archive, &hash)
+                .await
+                .unwrap();
+            if !entries.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(entries.len(), 1, "{id}: {entries:?}");
         let read = |key: String| {
             let archive = archive.clone();

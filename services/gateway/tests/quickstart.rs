@@ -580,20 +580,26 @@ async fn the_quick_start_takes_a_300_mib_document_and_gives_it_back_identical() 
 
     // The message as received and the MDN returned are in the archive.
     let message_id = report["message_id"].as_str().unwrap();
-    let (found, archived) = as2ctl(
-        work,
-        &[
-            "--json",
-            "archive",
-            "get",
-            "--from",
-            "quickstart-partner",
-            "--to",
-            "quickstart-gateway",
-            "--message-id",
-            message_id,
-        ],
-    );
+    let arguments = [
+        "--json",
+        "archive",
+        "get",
+        "--from",
+        "quickstart-partner",
+        "--to",
+        "quickstart-gateway",
+        "--message-id",
+        message_id,
+    ];
+    // The entry is completed just after the answer went out.
+    let (mut found, mut archived) = as2ctl(work, &arguments);
+    for _ in 0..50 {
+        if found {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        (found, archived) = as2ctl(work, &arguments);
+    }
     assert!(found, "{archived}");
     let archived = json_of(&archived);
     let entries = archived.as_array().unwrap();
