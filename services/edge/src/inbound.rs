@@ -52,6 +52,7 @@ use as2_protocol::unwrap::{
 };
 use bytes::Bytes;
 use futures::StreamExt as _;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use as2_store::archive::ArchiveEntry;
@@ -290,6 +291,9 @@ pub struct InboundProcessor {
     pub unwrap_message: UnwrapFn,
     /// Where documents go (inline, or the object store) and the memory budget.
     pub documents: DocumentStorage,
+    /// Work a request leaves behind when it has answered (completing its archive
+    /// entry); the edge waits for it when it drains ([`Self::finish_background`]).
+    pub background: TaskTracker,
 }
 
 /// Body chunks queued between the connection and the unwrap, at most.
@@ -412,7 +416,7 @@ impl InboundProcessor {
             if let Some(archive) = archive {
                 let answer = handled.answer.clone();
                 let metrics = self.metrics.clone();
-                tokio::spawn(
+                self.background.spawn(
                     async move {
                         if let Err(error) = archive.finish(&answer).await {
                             metrics.archive_failed();
@@ -530,6 +534,21 @@ impl InboundProcessor {
     fn archive_retention(&self, route: &Route) -> Option<u32> {
         self.documents.store.as_ref()?;
         route.archive_retention_days(self.settings.archive_retention_days)
+    }
+
+    /// Waits, up to `limit`, for the work requests left behind (archive entries being
+    /// completed); called when the edge drains, after the last request answered.
+    pub async fn finish_background(&self, limit: std::time::Duration) {
+        self.background.close();
+        if tokio::time::timeout(limit, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.background.len(),
+                "archive entries still being completed when the edge stopped"
+            );
+        }
     }
 
     /// A handled message, or the 503 for a dependency that is unavailable.

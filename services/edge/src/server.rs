@@ -146,6 +146,7 @@ impl EdgeServer {
             metrics,
             unwrap_message: crate::inbound::streaming_unwrap,
             documents,
+            background: tokio_util::task::TaskTracker::new(),
         });
         let limits = HttpLimits {
             max_body_bytes: settings.max_body_bytes,
@@ -154,7 +155,19 @@ impl EdgeServer {
         };
         let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
         runtime.spawn_frontend("as2 listener", async move {
-            serve_as2(as2_listener, processor, limits, stop_accepting, grace).await;
+            serve_as2(
+                as2_listener,
+                processor.clone(),
+                limits,
+                stop_accepting,
+                grace,
+            )
+            .await;
+            // Archive entries of the last answered messages are completed before the
+            // edge goes, within the runtime's clean-up margin after the grace period.
+            processor
+                .finish_background(Duration::from_millis(1500))
+                .await;
             Ok(())
         });
         runtime.on_drain_flush("kafka producer", move || {

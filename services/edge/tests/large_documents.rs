@@ -787,6 +787,28 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
         records[0].header("as2-archive-location"),
         Some(archive.object_url(entry).as_str())
     );
+    // A message answered just before the edge drains: its entry is complete once the
+    // edge has stopped.
+    let (headers, body) = support::signed_encrypted_message(
+        &stack.gateway,
+        PARTNER_ID,
+        &stack.partner,
+        &as2_protocol::headers::MessageId::parse("<archived-at-stop@partner.test>").unwrap(),
+        b"UNB+UNOA:2+PARTNER+GATEWAY'\r\nUNZ+2'\r\n",
+    );
+    assert_eq!(support::post(&url, &headers, body).await.status, 200);
     stack.edge.stop().await;
+    let hash =
+        as2_store::archive::message_hash(PARTNER_ID, GATEWAY_ID, "<archived-at-stop@partner.test>");
+    let entries = as2_store::archive::entries_of(&archive, &hash)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "the drain completes the entry");
+    assert!(
+        archive
+            .head(&as2_store::archive::answer_key(&entries[0]))
+            .await
+            .is_ok()
+    );
     stack.routing.stop().await;
 }

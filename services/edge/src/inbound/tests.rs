@@ -295,6 +295,7 @@ fn edge(setup: EdgeSetup) -> Edge {
             .map(|reconciler| reconciler as Arc<dyn MdnReconciler>),
         unwrap_message: setup.unwrap_message,
         documents: DocumentStorage::inline_only(1024 * 1024, setup.memory_budget),
+        background: TaskTracker::new(),
     };
     Edge {
         processor,
