@@ -113,7 +113,8 @@ fn main() -> Result<(), Box<dyn Error>> {
                 write(
                     &out.join("unwrap"),
                     &format!("message-{count}"),
-                    &[&[selector], body.as_slice()].concat(),
+                    // The second byte picks the chunk sizes of the streaming unwrap.
+                    &[&[selector, (count * 37 % 256) as u8], body.as_slice()].concat(),
                 )?;
                 let entity = [
                     format!("Content-Type: {content_type}\r\n\r\n").as_bytes(),
@@ -157,7 +158,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     write(
         &out.join("unwrap"),
         "mdn",
-        &[&[REPORT], body.as_slice()].concat(),
+        &[&[REPORT, 0], body.as_slice()].concat(),
     )?;
     let header_seeds = [
         "\"seed \\\"sender\\\"\"",
