@@ -19,6 +19,7 @@ pub mod admin;
 pub mod certificates;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod openssl_cli;
 mod process;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -23,7 +23,7 @@ use as2_rpc::routing::v1::SecurityPolicy;
 use as2_store::Store;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use http_body_util::{BodyExt as _, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -119,43 +119,10 @@ fn openssl_stream(
     tokio::sync::mpsc::Receiver<Bytes>,
     std::thread::JoinHandle<Generated>,
 ) {
-    let openssl = |args: &[&str]| {
-        let mut command = Command::new("openssl");
-        command.current_dir(dir).args(args);
-        command
-    };
     let (signer_pem, signer_key) = (format!("{signer}.pem"), format!("{signer}.key"));
-    let mut sign = openssl(&[
-        "cms",
-        "-sign",
-        "-stream",
-        "-binary",
-        "-signer",
-        &signer_pem,
-        "-inkey",
-        &signer_key,
-        "-md",
-        "sha256",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut encrypt = openssl(&[
-        "cms",
-        "-encrypt",
-        "-stream",
-        "-binary",
-        "-outform",
-        "DER",
-        "-aes-256-cbc",
-        "gateway.pem",
-    ])
-    .stdin(Stdio::from(sign.stdout.take().unwrap()))
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut to_sign = sign.stdin.take().unwrap();
+    let mut pipeline =
+        as2_testkit::openssl_cli::SignEncrypt::spawn(dir, &signer_pem, &signer_key, "gateway.pem");
+    let mut to_sign = pipeline.input.take().unwrap();
     let entity_file = dir.join("entity.txt");
     let writer_file = entity_file.clone();
     let writer = std::thread::spawn(move || {
@@ -186,14 +153,13 @@ fn openssl_stream(
         }
         drop(to_sign);
         copy.flush().unwrap();
-        assert!(sign.wait().unwrap().success());
         Generated {
             document: hasher.finish().unwrap().to_vec(),
             entity_file: writer_file,
         }
     });
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let mut message = encrypt.stdout.take().unwrap();
+    let mut message = pipeline.output.take().unwrap();
     std::thread::spawn(move || {
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
@@ -208,7 +174,9 @@ fn openssl_stream(
                 break;
             }
         }
-        let _ = encrypt.wait();
+        // Whatever the receiver no longer wanted, so that openssl can finish.
+        std::io::copy(&mut message, &mut std::io::sink()).unwrap();
+        pipeline.wait();
     });
     (receiver, writer)
 }
@@ -244,38 +212,7 @@ async fn post_stream(
         let chunk = chunks.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(chunk)), chunks))
     }));
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = http::Request::post(url);
-    for (name, value) in headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
-    let response = client
-        .request(request.body(StreamBody::new(stream)).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                value.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
+    support::post_body(url, headers, StreamBody::new(stream)).await
 }
 
 fn mdn(stack: &Stack, response: &HttpResponse) -> ParsedMdn {

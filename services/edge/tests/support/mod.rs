@@ -305,16 +305,22 @@ impl HttpResponse {
 
 /// POSTs `body` with `headers` to `url`.
 pub async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> HttpResponse {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    post_body(url, headers, Full::new(Bytes::from(body))).await
+}
+
+/// POSTs any request body (a stream, for instance) with `headers` to `url`.
+pub async fn post_body<B>(url: &str, headers: &[(String, String)], body: B) -> HttpResponse
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<HttpConnector, B> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = http::Request::post(url);
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }
-    let response = client
-        .request(request.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
+    let response = client.request(request.body(body).unwrap()).await.unwrap();
     let status = response.status().as_u16();
     let headers = response
         .headers()
