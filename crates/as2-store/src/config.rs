@@ -113,6 +113,9 @@ pub struct S3Config {
     /// Virtual-hosted-style requests (`https://bucket.endpoint/key`) instead of
     /// path-style ones (`https://endpoint/bucket/key`), which MinIO, Ceph and s3s expect.
     pub virtual_hosted_style: bool,
+    /// Encrypt every object with this KMS key (SSE-KMS); `None`: the bucket's default
+    /// encryption.
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// Where and how objects are stored.
@@ -363,6 +366,14 @@ pub struct ObjectStoreArgs {
     )]
     pub virtual_hosted_style: bool,
 
+    /// S3: encrypt every object with this KMS key id or ARN (SSE-KMS). Unset: the
+    /// bucket's default encryption (SSE-S3 on AWS).
+    #[arg(
+        long = "object-store-sse-kms-key-id",
+        env = "AS2_OBJECT_STORE_SSE_KMS_KEY_ID"
+    )]
+    pub sse_kms_key_id: Option<String>,
+
     /// Size in MiB of each part of a multipart upload (objects below one part are one
     /// PUT). At least 5 for S3 and GCS.
     #[arg(
@@ -423,6 +434,7 @@ impl ObjectStoreArgs {
                 s3.session_token = self.session_token.clone();
                 s3.allow_http = self.allow_http;
                 s3.virtual_hosted_style = self.virtual_hosted_style;
+                s3.sse_kms_key_id = self.sse_kms_key_id.clone();
             }
             _ => {
                 let s3_only = [
@@ -444,6 +456,10 @@ impl ObjectStoreArgs {
                     (
                         "AS2_OBJECT_STORE_VIRTUAL_HOSTED_STYLE",
                         self.virtual_hosted_style,
+                    ),
+                    (
+                        "AS2_OBJECT_STORE_SSE_KMS_KEY_ID",
+                        self.sse_kms_key_id.is_some(),
                     ),
                 ];
                 if let Some((name, _)) = s3_only.iter().find(|(_, set)| *set) {
@@ -620,6 +636,34 @@ mod tests {
             error.to_string().contains("AS2_OBJECT_STORE_ENDPOINT"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn sse_kms_applies_to_s3_only() {
+        let args = parse(&[
+            "--object-store-url",
+            "s3://archive-bucket/as2",
+            "--object-store-sse-kms-key-id",
+            "arn:aws:kms:eu-central-1:111122223333:key/archive",
+        ]);
+        let Backend::S3(s3) = args
+            .store_config(Path::new("/unused"))
+            .expect("valid")
+            .backend
+        else {
+            panic!("not s3");
+        };
+        assert_eq!(
+            s3.sse_kms_key_id.as_deref(),
+            Some("arn:aws:kms:eu-central-1:111122223333:key/archive")
+        );
+        let local = parse(&[
+            "--object-store-url",
+            "file:///tmp/x",
+            "--object-store-sse-kms-key-id",
+            "key",
+        ]);
+        assert!(local.store_config(Path::new("/unused")).is_err());
     }
 
     #[test]

@@ -544,5 +544,8 @@ fn open_s3(s3: &S3Config) -> object_store::Result<Arc<dyn ObjectStore>> {
     if let Some(session_token) = &s3.session_token {
         builder = builder.with_token(session_token.expose());
     }
+    if let Some(key_id) = &s3.sse_kms_key_id {
+        builder = builder.with_sse_kms_encryption(key_id);
+    }
     Ok(Arc::new(builder.build()?))
 }

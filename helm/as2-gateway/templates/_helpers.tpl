@@ -189,6 +189,9 @@ AS2_OBJECT_STORE_ENDPOINT: {{ . | quote }}
 {{- with .region }}
 AS2_OBJECT_STORE_REGION: {{ . | quote }}
 {{- end }}
+{{- with .sseKmsKeyId }}
+AS2_OBJECT_STORE_SSE_KMS_KEY_ID: {{ . | quote }}
+{{- end }}
 AS2_OBJECT_STORE_ALLOW_HTTP: {{ .allowHttp | quote }}
 AS2_OBJECT_STORE_VIRTUAL_HOSTED_STYLE: {{ .virtualHostedStyle | quote }}
 AS2_OBJECT_STORE_PART_SIZE_MIB: {{ .partSizeMib | int64 | quote }}
