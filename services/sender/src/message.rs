@@ -70,6 +70,13 @@ pub enum RecordError {
     /// A header value is not one line of text.
     #[error("the {0} header is not one line of text")]
     BadHeader(&'static str),
+    /// The record references its document in an object store (claim check), which the
+    /// sender does not fetch yet: sending its empty value would deliver an empty
+    /// document.
+    #[error(
+        "the record references its document ({0}); the sender sends documents carried in the record only"
+    )]
+    Reference(String),
 }
 
 impl OutboundDocument {
@@ -91,6 +98,9 @@ impl OutboundDocument {
             Ok(Some(value.trim().to_owned()).filter(|value| !value.is_empty()))
         };
         let partnership_id = text(PARTNERSHIP_HEADER)?.ok_or(RecordError::MissingPartnership)?;
+        if let Some(location) = text("as2-document-location")? {
+            return Err(RecordError::Reference(location));
+        }
         Ok(Self {
             source,
             partnership_id,
@@ -495,6 +505,18 @@ mod tests {
             OutboundDocument::from_record(source(1), &[], b"doc").unwrap_err(),
             RecordError::MissingPartnership
         );
+        assert!(matches!(
+            OutboundDocument::from_record(
+                source(1),
+                &[
+                    header("as2-partnership-id", "acme"),
+                    header("as2-record-version", "2"),
+                    header("as2-document-location", "s3://bucket/documents/x"),
+                ],
+                b"",
+            ),
+            Err(RecordError::Reference(_))
+        ));
         assert_eq!(
             OutboundDocument::from_record(
                 source(1),
