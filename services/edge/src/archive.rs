@@ -17,33 +17,31 @@ pub struct ArchiveUpload {
     upload: Upload,
     store: Store,
     entry: ArchiveEntry,
-    /// `None` when the request reserved the upload's memory up front.
-    _reservation: Option<Reservation>,
+    /// The upload's memory, given back when the entry is complete.
+    _reservation: Reservation,
 }
 
 impl ArchiveUpload {
-    /// Starts archiving a request with these header fields; `reserved`: the request
-    /// already reserved the upload's memory.
+    /// Starts archiving a request with these header fields; `reserved`: the memory the
+    /// request reserved for its archive upload (reserved here when `None`), held until
+    /// the entry is complete.
     pub async fn start(
         storage: &DocumentStorage,
         entry: ArchiveEntry,
         headers: &[(String, String)],
-        reserved: bool,
+        reserved: Option<Reservation>,
     ) -> Result<Self, SpoolFailure> {
         let store = storage
             .store
             .clone()
             .ok_or_else(|| SpoolFailure::Store("no object store".to_owned()))?;
-        let reservation = if reserved {
-            None
-        } else {
-            Some(
-                storage
-                    .budget
-                    .reserve(store.upload_memory_bound(), storage.budget_wait)
-                    .await
-                    .ok_or(SpoolFailure::Budget)?,
-            )
+        let reservation = match reserved {
+            Some(reservation) => reservation,
+            None => storage
+                .budget
+                .reserve(store.upload_memory_bound(), storage.budget_wait)
+                .await
+                .ok_or(SpoolFailure::Budget)?,
         };
         let mut upload = store
             .upload(

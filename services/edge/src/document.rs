@@ -75,6 +75,16 @@ impl ByteBudget {
             .map(|permit| Reservation { _permit: permit })
     }
 
+    /// Takes `bytes` of `reservation` into a reservation of their own (to be given back
+    /// at another time), when it holds that many.
+    pub fn split(&self, reservation: &mut Reservation, bytes: usize) -> Option<Reservation> {
+        let units = usize::try_from(self.units(bytes)).unwrap_or(usize::MAX);
+        reservation
+            ._permit
+            .split(units)
+            .map(|permit| Reservation { _permit: permit })
+    }
+
     /// Reserves `bytes`, waiting up to `wait` for other requests to give some back.
     pub async fn reserve(&self, bytes: usize, wait: Duration) -> Option<Reservation> {
         let acquire = self.semaphore.clone().acquire_many_owned(self.units(bytes));
@@ -422,5 +432,29 @@ pub async fn delete_stored(storage: &DocumentStorage, document: &StoredDocument)
         && let Err(error) = store.delete(&document.key).await
     {
         tracing::warn!(%error, key = document.key, "could not delete an unpublished document");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_share_is_given_back_on_its_own() {
+        let budget = ByteBudget::new(10 * 1024 * 1024);
+        let mut request = budget.try_reserve(4 * 1024 * 1024).expect("room");
+        let share = budget.split(&mut request, 1024 * 1024).expect("a share");
+        assert!(
+            budget.try_reserve(7 * 1024 * 1024).is_none(),
+            "6 MiB are left"
+        );
+        drop(request);
+        assert_eq!(
+            budget.available(),
+            9 * 1024 * 1024,
+            "the share is still held"
+        );
+        drop(share);
+        assert_eq!(budget.available(), budget.total());
     }
 }

@@ -207,8 +207,8 @@ pub struct AdmittedMessage {
 /// Memory reserved for a request before its body is read, and what it covers.
 pub struct Reserved {
     _reservation: Reservation,
-    /// It includes the archive upload's parts.
-    archive: bool,
+    /// The archive upload's share, handed to it.
+    archive: Option<Reservation>,
     /// It includes the document upload's parts.
     document_upload: bool,
 }
@@ -513,10 +513,17 @@ impl InboundProcessor {
             .documents
             .budget
             .try_reserve(bytes)
-            .map(|reservation| Reserved {
-                _reservation: reservation,
-                archive,
-                document_upload,
+            .map(|mut reservation| {
+                // The archive's share goes with the archive upload, which may outlive the
+                // request by the moment it takes to complete.
+                let archive = archive
+                    .then(|| self.documents.budget.split(&mut reservation, archive_bytes))
+                    .flatten();
+                Reserved {
+                    _reservation: reservation,
+                    archive,
+                    document_upload,
+                }
             });
         reserved.ok_or_else(|| {
             self.metrics.budget_exhausted();
@@ -588,7 +595,7 @@ impl InboundProcessor {
                 Admitted::Answered(handled) => return handled,
             },
         };
-        let (route, decryption_key_id, reserved) = admitted;
+        let (route, decryption_key_id, mut reserved) = admitted;
         let decisions = self.decisions();
         if let Some(days) = self.archive_retention(&route) {
             let hash = as2_store::archive::message_hash(
@@ -602,8 +609,10 @@ impl InboundProcessor {
                 &hash,
                 time::OffsetDateTime::now_utc(),
             );
-            let covered = reserved.as_ref().is_some_and(|reserved| reserved.archive);
-            match ArchiveUpload::start(&self.documents, entry, raw_headers, covered).await {
+            let share = reserved
+                .as_mut()
+                .and_then(|reserved| reserved.archive.take());
+            match ArchiveUpload::start(&self.documents, entry, raw_headers, share).await {
                 Ok(started) => *archive = Some(started),
                 Err(failure) => {
                     tracing::warn!(?failure, "the archive upload could not start");
