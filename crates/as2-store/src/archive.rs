@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use time::{Date, OffsetDateTime};
 
+use crate::keys::{hex, random_name, segment as safe_segment};
 use crate::{Result, Store};
 
 /// The archive's key prefix.
@@ -55,16 +56,13 @@ impl ArchiveEntry {
     /// The entry of a message received `now`, kept `retention_days`.
     pub fn new(retention_days: u32, partnership_id: &str, hash: &str, now: OffsetDateTime) -> Self {
         let day = now.date();
-        let mut random = [0u8; 4];
-        // A failed random source leaves zeros; the millisecond still tells attempts apart.
-        let _ = openssl::rand::rand_bytes(&mut random);
         let time = format!(
             "{:02}{:02}{:02}{:03}-{}",
             now.hour(),
             now.minute(),
             now.second(),
             now.millisecond(),
-            hex(&random)
+            random_name(4)
         );
         Self {
             prefix: format!(
@@ -206,22 +204,6 @@ pub async fn put_index(store: &Store, entry: &ArchiveEntry) -> Result<()> {
         .put(&entry.index_key, Bytes::from(entry.prefix.clone()))
         .await
         .map(|_| ())
-}
-
-fn safe_segment(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@
 pub mod archive;
 mod config;
 mod error;
+pub mod keys;
 mod store;
 mod upload;
 

@@ -214,12 +214,7 @@ async fn fetch(
     tokio::io::AsyncWriteExt::flush(&mut file)
         .await
         .map_err(|error| usage(format!("cannot write {}: {error}", path.display())))?;
-    let digest: String = hasher
-        .finish()
-        .map_err(|error| usage(error.to_string()))?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = as2_store::keys::hex(&hasher.finish().map_err(|error| usage(error.to_string()))?);
     let expected_size = header(record, "as2-document-size").and_then(|s| s.parse::<u64>().ok());
     let expected_digest = header(record, "as2-document-sha256");
     if expected_size.is_some_and(|expected| expected != size)

@@ -69,7 +69,7 @@ impl MessageKey<'_> {
             }
             material.extend_from_slice(part.as_bytes());
         }
-        hex(&openssl::sha::sha256(&material))
+        as2_store::keys::hex(&openssl::sha::sha256(&material))
     }
 }
 
@@ -223,7 +223,7 @@ impl DedupStore {
     /// Claims `message` for this request, or says who has it.
     pub async fn claim(&self, message: &MessageKey<'_>) -> Result<Claim, DedupError> {
         let key = self.key(message);
-        let token = hex(&random_token());
+        let token = as2_store::keys::hex(&random_token());
         let (connection, claim_script) = match &self.backend {
             Backend::Redis {
                 connection,
@@ -461,16 +461,6 @@ fn random_token() -> [u8; 16] {
         token = nanos.to_le_bytes();
     }
     token
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-            let _ = write!(text, "{byte:02x}");
-            text
-        })
 }
 
 mod base64_bytes {

@@ -248,7 +248,7 @@ impl DocumentSpool {
             let mut hasher = self.hasher;
             hasher
                 .finish()
-                .map(|digest| hex(&digest))
+                .map(|digest| as2_store::keys::hex(&digest))
                 .map_err(|error| SpoolFailure::Store(error.to_string()))?
         };
         let Some(feed) = self.upload else {
@@ -420,10 +420,6 @@ impl SpooledDocument {
             tracing::warn!(%error, "could not abort the upload of a refused document");
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Deletes a stored document whose record could not be published.

@@ -1174,22 +1174,11 @@ async fn read_body(
 /// partnership, then a random name.
 fn document_key(partnership_id: &str) -> String {
     let day = time::OffsetDateTime::now_utc().date();
-    let safe: String = partnership_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut random = [0u8; 16];
-    // A failure of the random source leaves zeros; the day and partnership still
-    // separate such keys, and the upload fails on a clash rather than overwriting.
-    let _ = openssl::rand::rand_bytes(&mut random);
-    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{DOCUMENT_PREFIX}/{day}/{safe}/{name}")
+    format!(
+        "{DOCUMENT_PREFIX}/{day}/{}/{}",
+        as2_store::keys::segment(partnership_id),
+        as2_store::keys::random_name(16)
+    )
 }
 
 /// The key prefix under which documents referenced by records are stored.
