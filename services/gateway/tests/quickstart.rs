@@ -185,6 +185,20 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `as2ctl --json consume` of the demo topic from the data directory, with `extra`.
+    fn consume(&self, extra: &[&str]) -> (bool, String) {
+        let mut arguments = vec![
+            "--json",
+            "consume",
+            "--bootstrap-servers",
+            self.bootstrap(),
+            "--topic",
+            "as2.quickstart.inbound",
+        ];
+        arguments.extend_from_slice(extra);
+        as2ctl(self.data_dir.path(), &arguments)
+    }
+
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -417,21 +431,7 @@ async fn the_readme_quick_start_receives_from_as2ctl_and_pyas2lib() {
     let pyas2lib_id = built["message_id"].as_str().unwrap().to_owned();
 
     // 5. The three accepted documents are in the embedded cluster, byte for byte.
-    let (consumed, records) = as2ctl(
-        work,
-        &[
-            "--json",
-            "consume",
-            "--bootstrap-servers",
-            gateway.bootstrap(),
-            "--topic",
-            "as2.quickstart.inbound",
-            "--count",
-            "3",
-            "--idle-secs",
-            "20",
-        ],
-    );
+    let (consumed, records) = gateway.consume(&["--count", "3", "--idle-secs", "20"]);
     assert!(consumed);
     let records = json_of(&records);
     let records = records.as_array().unwrap();
@@ -540,21 +540,7 @@ async fn the_quick_start_takes_a_300_mib_document_and_gives_it_back_identical() 
     assert_eq!(report["verdict"], "delivered");
     assert_eq!(report["mdn_signature"], "verified (sha-256, rsa-pkcs1v15)");
 
-    let (consumed, records) = as2ctl(
-        work,
-        &[
-            "--json",
-            "consume",
-            "--bootstrap-servers",
-            gateway.bootstrap(),
-            "--topic",
-            "as2.quickstart.inbound",
-            "--count",
-            "1",
-            "--output-dir",
-            "received",
-        ],
-    );
+    let (consumed, records) = gateway.consume(&["--count", "1", "--output-dir", "received"]);
     assert!(consumed, "{records}");
     let records = json_of(&records);
     let record = &records.as_array().unwrap()[0];
