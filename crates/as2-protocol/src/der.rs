@@ -227,7 +227,8 @@ pub(crate) fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-fn push_length(out: &mut Vec<u8>, length: usize) {
+/// Appends a DER length (short form below 128, else the shortest long form).
+pub(crate) fn push_length(out: &mut Vec<u8>, length: usize) {
     if length < 0x80 {
         // Fits the short form: lengths below 128 are one byte.
         out.push(length as u8);

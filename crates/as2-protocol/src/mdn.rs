@@ -5,12 +5,13 @@ use std::fmt;
 
 use openssl::x509::X509;
 
-use crate::cms::{self, Identity, SignOptions, SignatureScheme, VerifyOptions};
+use crate::cms::{Identity, SignatureScheme, VerifyOptions};
 use crate::error::{As2Error, Result};
 use crate::headers::{
     As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
 };
 use crate::mic::ReceivedContentMic;
+use crate::outbound::MultipartSigner;
 use crate::mime::{self, Entity, MimeLimits};
 use crate::unwrap::{self, SignatureFacts, UnwrappedMessage};
 
@@ -373,7 +374,7 @@ pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
         "message/disposition-notification",
         &fields,
     );
-    push_delimiter(&mut report_body, &report_boundary, true);
+    mime::push_delimiter(&mut report_body, &report_boundary, true);
 
     let mut headers =
         crate::headers::as2_identity_headers(mdn.as2_from, mdn.as2_to, mdn.message_id);
@@ -400,20 +401,11 @@ pub fn build_mdn(mdn: &MdnToSend<'_>) -> Result<BuiltMdn> {
 
 /// One 7bit part of the report: delimiter, headers, blank line, content.
 fn push_report_part(out: &mut Vec<u8>, boundary: &str, content_type: &str, content: &[u8]) {
-    push_delimiter(out, boundary, false);
+    mime::push_delimiter(out, boundary, false);
     mime::push_header(out, "Content-Type", content_type);
     mime::push_header(out, "Content-Transfer-Encoding", "7bit");
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(content);
-}
-
-fn push_delimiter(out: &mut Vec<u8>, boundary: &str, closing: bool) {
-    out.extend_from_slice(b"--");
-    out.extend_from_slice(boundary.as_bytes());
-    if closing {
-        out.extend_from_slice(b"--");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Wraps `entity` in multipart/signed with a detached signature; returns the
@@ -424,38 +416,12 @@ pub(crate) fn sign_entity(
     digest: MicAlgorithm,
     scheme: SignatureScheme,
 ) -> Result<(String, Vec<u8>)> {
-    let signature = cms::sign(
-        entity,
-        &SignOptions {
-            signer: identity,
-            digest,
-            scheme,
-            detached: true,
-        },
-    )?;
-    let boundary = mime::make_boundary()?;
-    let mut body = Vec::with_capacity(entity.len() + signature.len() * 2 + 512);
-    push_delimiter(&mut body, &boundary, false);
-    body.extend_from_slice(entity);
-    body.extend_from_slice(b"\r\n");
-    push_delimiter(&mut body, &boundary, false);
-    mime::push_header(
-        &mut body,
-        "Content-Type",
-        "application/pkcs7-signature; name=smime.p7s; smime-type=signed-data",
-    );
-    mime::push_header(&mut body, "Content-Transfer-Encoding", "base64");
-    mime::push_header(
-        &mut body,
-        "Content-Disposition",
-        "attachment; filename=\"smime.p7s\"",
-    );
-    body.extend_from_slice(b"\r\n");
-    body.extend_from_slice(&mime::encode_base64_lines(&signature));
-    push_delimiter(&mut body, &boundary, true);
-    let content_type = format!(
-        "multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={digest}; boundary=\"{boundary}\""
-    );
+    let (mut signer, content_type) =
+        MultipartSigner::new(identity.clone(), digest, scheme, None)?;
+    let mut body = Vec::with_capacity(entity.len() + 4096);
+    signer.start(&mut body);
+    signer.update(entity, &mut body)?;
+    signer.finish(&mut body)?;
     Ok((content_type, body))
 }
 

@@ -515,6 +515,16 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends a multipart delimiter line (`--boundary`, or `--boundary--` when closing).
+pub(crate) fn push_delimiter(out: &mut Vec<u8>, boundary: &str, closing: bool) {
+    out.extend_from_slice(b"--");
+    out.extend_from_slice(boundary.as_bytes());
+    if closing {
+        out.extend_from_slice(b"--");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A boundary unlikely to occur in any content: `----=_AS2_` and 24 random hex digits.
 pub(crate) fn make_boundary() -> Result<String> {
     let mut random = [0u8; 12];

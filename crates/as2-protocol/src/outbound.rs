@@ -1,15 +1,22 @@
 //! Building outbound AS2 messages: compress, sign, compress, encrypt (RFC 4130, RFC 5402).
+//!
+//! [`MessageWriter`] writes a message as a stream, the document passed in pieces, in
+//! bounded memory whatever its size; [`build_message`] is the same writer given the
+//! whole payload at once.
+
+mod writer;
 
 use openssl::x509::X509;
 
-use crate::cms::{self, ContentCipher, Identity, KeyTransport, SignatureScheme};
+use crate::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use crate::error::{As2Error, Result};
 use crate::headers::{
     As2Id, DispositionNotificationOptions, MessageId, MicAlgorithm, ReceiptDeliveryOption,
 };
-use crate::mdn;
-use crate::mic::{self, ReceivedContentMic};
-use crate::mime;
+use crate::mic::ReceivedContentMic;
+
+pub(crate) use writer::MultipartSigner;
+pub use writer::MessageWriter;
 
 /// Where to compress relative to signing (RFC 5402).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,115 +106,28 @@ impl BuiltMessage {
     }
 }
 
-/// One MIME entity under construction: its header fields and body.
-struct Layer {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Layer {
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 256);
-        for (name, value) in &self.headers {
-            mime::push_header(&mut out, name, value);
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-        out
-    }
-
-    fn smime(smime_type: &str, filename: &str, der: Vec<u8>) -> Self {
-        Self {
-            headers: vec![
-                (
-                    "Content-Type".to_owned(),
-                    format!("application/pkcs7-mime; smime-type={smime_type}; name={filename}"),
-                ),
-                ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
-                (
-                    "Content-Disposition".to_owned(),
-                    format!("attachment; filename=\"{filename}\""),
-                ),
-            ],
-            body: der,
-        }
-    }
-}
-
-/// Builds an AS2 message. The MIC follows the same rules as the receiving side
-/// ([`crate::mic`]), with the first requested receipt algorithm, else the signing digest,
-/// else SHA-1.
+/// Builds an AS2 message in memory: a [`MessageWriter`] given the whole payload at once.
+/// The MIC follows the same rules as the receiving side ([`crate::mic`]), with the first
+/// requested receipt algorithm, else the signing digest, else SHA-1.
 pub fn build_message(message: &OutboundMessage<'_>) -> Result<BuiltMessage> {
+    let (mut writer, headers) = MessageWriter::new(message)?;
+    let mut body = Vec::with_capacity(message.payload.len() + message.payload.len() / 8 + 8192);
+    writer.write(message.payload, &mut body)?;
+    let expected_mic = writer.finish(&mut body)?;
+    Ok(BuiltMessage {
+        headers,
+        body,
+        expected_mic,
+    })
+}
+
+/// The payload entity's header fields; checks the content type and the filename.
+fn payload_headers(message: &OutboundMessage<'_>) -> Result<Vec<(String, String)>> {
     if message.content_type.trim().is_empty() || message.content_type.contains(['\r', '\n']) {
         return Err(As2Error::InvalidArgument(
             "content type must be one non-empty line".into(),
         ));
     }
-    let mut layer = payload_layer(message)?;
-    let payload_entity = layer.to_bytes();
-    let compress_first = matches!(
-        (message.compression, message.signing),
-        (Some(CompressionOrder::BeforeSigning), _) | (Some(CompressionOrder::AfterSigning), None)
-    );
-    if compress_first {
-        layer = Layer::smime(
-            "compressed-data",
-            "smime.p7z",
-            cms::compress(&payload_entity)?,
-        );
-    }
-    let mut signed_entity = None;
-    if let Some(signing) = message.signing {
-        let entity = layer.to_bytes();
-        let (content_type, body) =
-            mdn::sign_entity(&entity, signing.identity, signing.digest, signing.scheme)?;
-        layer = Layer {
-            headers: vec![("Content-Type".to_owned(), content_type)],
-            body,
-        };
-        signed_entity = Some(entity);
-        if message.compression == Some(CompressionOrder::AfterSigning) {
-            layer = Layer::smime(
-                "compressed-data",
-                "smime.p7z",
-                cms::compress(&layer.to_bytes())?,
-            );
-        }
-    }
-    let mut encrypted = false;
-    if let Some(encryption) = message.encryption {
-        let der = cms::encrypt(
-            &layer.to_bytes(),
-            encryption.recipient,
-            encryption.cipher,
-            encryption.key_transport,
-        )?;
-        let smime_type = if encryption.cipher.is_authenticated() {
-            "authEnveloped-data"
-        } else {
-            "enveloped-data"
-        };
-        layer = Layer::smime(smime_type, "smime.p7m", der);
-        encrypted = true;
-    }
-    let requested = message.mdn.as_ref().and_then(receipt_options);
-    let algorithm =
-        mic::choose_mic_algorithm(requested.as_ref(), message.signing.map(|s| s.digest), true)?;
-    let mic_content: &[u8] = match (&signed_entity, message.compression.is_some() || encrypted) {
-        (Some(signed), _) => signed,
-        (None, true) => &payload_entity,
-        (None, false) => message.payload,
-    };
-    let expected_mic = ReceivedContentMic::compute(algorithm, mic_content)?;
-    let headers = http_headers(message, requested.as_ref(), layer.headers);
-    Ok(BuiltMessage {
-        headers,
-        body: layer.body,
-        expected_mic,
-    })
-}
-
-fn payload_layer(message: &OutboundMessage<'_>) -> Result<Layer> {
     let mut headers = vec![
         (
             "Content-Type".to_owned(),
@@ -226,10 +146,7 @@ fn payload_layer(message: &OutboundMessage<'_>) -> Result<Layer> {
             format!("attachment; filename={}", crate::headers::quote(filename)),
         ));
     }
-    Ok(Layer {
-        headers,
-        body: message.payload.to_vec(),
-    })
+    Ok(headers)
 }
 
 fn receipt_options(request: &MdnRequest) -> Option<DispositionNotificationOptions> {

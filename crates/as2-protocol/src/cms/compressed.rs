@@ -151,6 +151,11 @@ impl<W: Write> CompressedDataWriter<W> {
         })
     }
 
+    /// The writer the structure goes to (to take what has been written so far, say).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.zlib.get_mut().0
+    }
+
     /// Ends the zlib stream and the structure; returns the writer.
     pub fn finish(self) -> std::io::Result<W> {
         let mut segments = self.zlib.finish()?;
@@ -169,30 +174,6 @@ impl<W: Write> Write for CompressedDataWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.zlib.flush()
     }
-}
-
-/// Compresses `content` into a DER ContentInfo holding CompressedData.
-pub fn compress(content: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = ZlibEncoder::new(
-        Vec::with_capacity(content.len() / 2 + 64),
-        Compression::default(),
-    );
-    encoder
-        .write_all(content)
-        .and_then(|()| encoder.flush())
-        .map_err(|e| As2Error::InvalidArgument(format!("zlib: {e}")))?;
-    let compressed = encoder
-        .finish()
-        .map_err(|e| As2Error::InvalidArgument(format!("zlib: {e}")))?;
-    let compressed_data = der::sequence(&[
-        &der::small_integer(0),
-        &der::algorithm(oid::ZLIB, None),
-        &der::sequence(&[
-            &der::oid(oid::DATA),
-            &der::context(0, &der::octet_string(&compressed)),
-        ]),
-    ]);
-    Ok(super::content_info(oid::COMPRESSED_DATA, &compressed_data))
 }
 
 #[cfg(test)]
@@ -214,7 +195,9 @@ mod tests {
     #[test]
     fn round_trip_and_bomb_limit() {
         let content = vec![b'a'; 1_000_000];
-        let compressed = compress(&content).unwrap();
+        let mut writer = CompressedDataWriter::new(Vec::new()).unwrap();
+        writer.write_all(&content).unwrap();
+        let compressed = writer.finish().unwrap();
         assert!(compressed.len() < 10_000);
         assert_eq!(decompress(&compressed, 1_000_000).unwrap(), content);
         assert!(matches!(

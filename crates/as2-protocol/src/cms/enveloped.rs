@@ -338,72 +338,138 @@ fn decrypt_key<K: HasPrivate>(key: &PKeyRef<K>, recipient: &RecipientInfo<'_>) -
     Ok(plain)
 }
 
-/// Encrypts `content` for `recipient`; returns the DER ContentInfo (EnvelopedData for
-/// CBC ciphers, AuthEnvelopedData for GCM).
-pub fn encrypt(
-    content: &[u8],
-    recipient: &X509,
-    cipher: ContentCipher,
-    key_transport: KeyTransport,
-) -> Result<Vec<u8>> {
-    let openssl_cipher = cipher.openssl();
-    let mut key = vec![0u8; openssl_cipher.key_len()];
-    openssl::rand::rand_bytes(&mut key)?;
-    if cipher == ContentCipher::TripleDesCbc {
-        set_odd_parity(&mut key);
-    }
-    let public_key = recipient.public_key()?;
-    let recipient_info = der::sequence(&[
-        &der::small_integer(0),
-        &super::issuer_and_serial(recipient)?,
-        &key_encryption_algorithm(key_transport),
-        &der::octet_string(&encrypt_key(&public_key, key_transport, &key)?),
-    ]);
-    let recipients = der::set_of(&[&recipient_info]);
-    if cipher.is_authenticated() {
-        let mut nonce = [0u8; GCM_NONCE_LENGTH];
-        openssl::rand::rand_bytes(&mut nonce)?;
-        let mut tag = [0u8; GCM_TAG_LENGTH];
-        let encrypted = openssl::symm::encrypt_aead(
-            openssl_cipher,
-            &key,
-            Some(&nonce),
-            &[],
-            content,
-            &mut tag,
-        )?;
-        let parameters = der::sequence(&[
-            &der::octet_string(&nonce),
-            &der::small_integer(GCM_TAG_LENGTH as u64),
-        ]);
-        let auth_enveloped = der::sequence(&[
-            &der::small_integer(0),
-            &recipients,
-            &encrypted_content_info(cipher, &parameters, &encrypted),
-            &der::octet_string(&tag),
-        ]);
-        return Ok(super::content_info(
-            oid::AUTH_ENVELOPED_DATA,
-            &auth_enveloped,
-        ));
-    }
-    let mut iv = vec![0u8; openssl_cipher.iv_len().unwrap_or(16)];
-    openssl::rand::rand_bytes(&mut iv)?;
-    let encrypted = openssl::symm::encrypt(openssl_cipher, &key, Some(&iv), content)?;
-    let enveloped = der::sequence(&[
-        &der::small_integer(0),
-        &recipients,
-        &encrypted_content_info(cipher, &der::octet_string(&iv), &encrypted),
-    ]);
-    Ok(super::content_info(oid::ENVELOPED_DATA, &enveloped))
+/// Ciphertext bytes gathered into one OCTET STRING segment of the encryptedContent
+/// before it is written (whatever the sizes of the writes, so the encoding does not
+/// depend on them).
+const SEGMENT: usize = 16 * 1024;
+
+/// Writes an EnvelopedData (CBC ciphers) or AuthEnvelopedData (GCM) ContentInfo as a
+/// stream, the way `openssl cms -encrypt -stream` does: BER with indefinite lengths for
+/// the ContentInfo, its `[0]`, the (Auth)EnvelopedData and the encryptedContentInfo; the
+/// recipientInfos in DER at the start (the content-encryption key is generated and
+/// wrapped first); the ciphertext in primitive OCTET STRING segments inside an
+/// indefinite `[0]`; for GCM the tag in the mac field after the content. Memory stays
+/// bounded by one segment whatever the content size.
+pub(crate) struct EnvelopedWriter {
+    crypter: Crypter,
+    authenticated: bool,
+    block_size: usize,
+    /// Ciphertext not yet written as a segment.
+    segment: Vec<u8>,
 }
 
-fn encrypted_content_info(cipher: ContentCipher, parameters: &[u8], encrypted: &[u8]) -> Vec<u8> {
-    der::sequence(&[
-        &der::oid(oid::DATA),
-        &der::algorithm(cipher_oid(cipher), Some(parameters)),
-        &der::encode(0x80, encrypted),
-    ])
+impl EnvelopedWriter {
+    /// Generates the content-encryption key (odd parity for triple DES), wraps it for
+    /// `recipient` and appends the structure's start to `out`.
+    pub(crate) fn new(
+        recipient: &X509,
+        cipher: ContentCipher,
+        key_transport: KeyTransport,
+        out: &mut Vec<u8>,
+    ) -> Result<Self> {
+        let openssl_cipher = cipher.openssl();
+        let mut key = vec![0u8; openssl_cipher.key_len()];
+        openssl::rand::rand_bytes(&mut key)?;
+        if cipher == ContentCipher::TripleDesCbc {
+            set_odd_parity(&mut key);
+        }
+        let public_key = recipient.public_key()?;
+        let recipient_info = der::sequence(&[
+            &der::small_integer(0),
+            &super::issuer_and_serial(recipient)?,
+            &key_encryption_algorithm(key_transport),
+            &der::octet_string(&encrypt_key(&public_key, key_transport, &key)?),
+        ]);
+        let recipients = der::set_of(&[&recipient_info]);
+        let (content_type, iv, parameters) = if cipher.is_authenticated() {
+            let mut nonce = vec![0u8; GCM_NONCE_LENGTH];
+            openssl::rand::rand_bytes(&mut nonce)?;
+            let parameters = der::sequence(&[
+                &der::octet_string(&nonce),
+                &der::small_integer(GCM_TAG_LENGTH as u64),
+            ]);
+            (oid::AUTH_ENVELOPED_DATA, nonce, parameters)
+        } else {
+            let mut iv = vec![0u8; openssl_cipher.iv_len().unwrap_or(16)];
+            openssl::rand::rand_bytes(&mut iv)?;
+            let parameters = der::octet_string(&iv);
+            (oid::ENVELOPED_DATA, iv, parameters)
+        };
+        let crypter = Crypter::new(openssl_cipher, Mode::Encrypt, &key, Some(&iv))?;
+        // ContentInfo, [0], (Auth)EnvelopedData: indefinite.
+        out.extend([0x30, 0x80]);
+        out.extend(der::oid(content_type));
+        out.extend([0xa0, 0x80, 0x30, 0x80]);
+        out.extend(der::small_integer(0));
+        out.extend(recipients);
+        // (auth)encryptedContentInfo, and the encryptedContent [0] IMPLICIT OCTET STRING
+        // in its constructed form: indefinite.
+        out.extend([0x30, 0x80]);
+        out.extend(der::oid(oid::DATA));
+        out.extend(der::algorithm(cipher_oid(cipher), Some(&parameters)));
+        out.extend([0xa0, 0x80]);
+        Ok(Self {
+            crypter,
+            authenticated: cipher.is_authenticated(),
+            block_size: openssl_cipher.block_size(),
+            segment: Vec::with_capacity(SEGMENT + 2 * openssl_cipher.block_size()),
+        })
+    }
+
+    /// Encrypts the next content bytes; appends the segments completed so far to `out`.
+    pub(crate) fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        while !data.is_empty() {
+            let room = SEGMENT.saturating_sub(self.segment.len()).max(1);
+            let (piece, rest) = data.split_at(room.min(data.len()));
+            let start = self.segment.len();
+            // The cipher may hand back up to a block more than it is given.
+            self.segment.resize(start + piece.len() + self.block_size, 0);
+            let space = self
+                .segment
+                .get_mut(start..)
+                .ok_or_else(|| As2Error::cms("segment buffer"))?;
+            let written = self.crypter.update(piece, space)?;
+            self.segment.truncate(start + written);
+            if self.segment.len() >= SEGMENT {
+                self.write_segment(out);
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// Ends the encryption (CBC padding; the GCM tag) and the structure.
+    pub(crate) fn finish(mut self, out: &mut Vec<u8>) -> Result<()> {
+        let start = self.segment.len();
+        self.segment.resize(start + 2 * self.block_size.max(16), 0);
+        let space = self
+            .segment
+            .get_mut(start..)
+            .ok_or_else(|| As2Error::cms("segment buffer"))?;
+        let written = self.crypter.finalize(space)?;
+        self.segment.truncate(start + written);
+        self.write_segment(out);
+        // End-of-contents for the encryptedContent and the encryptedContentInfo.
+        out.extend([0; 4]);
+        if self.authenticated {
+            let mut tag = [0u8; GCM_TAG_LENGTH];
+            self.crypter.get_tag(&mut tag)?;
+            out.extend(der::octet_string(&tag));
+        }
+        // End-of-contents for the (Auth)EnvelopedData, the [0] and the ContentInfo.
+        out.extend([0; 6]);
+        Ok(())
+    }
+
+    fn write_segment(&mut self, out: &mut Vec<u8>) {
+        if self.segment.is_empty() {
+            return;
+        }
+        out.push(der::TAG_OCTET_STRING);
+        der::push_length(out, self.segment.len());
+        out.extend_from_slice(&self.segment);
+        self.segment.clear();
+    }
 }
 
 fn key_encryption_algorithm(transport: KeyTransport) -> Vec<u8> {

@@ -21,8 +21,9 @@ use crate::der::{self, Element, Reader};
 use crate::error::{As2Error, Result};
 use crate::headers::MicAlgorithm;
 
-pub use compressed::{CompressedDataWriter, compress, decompress};
-pub use enveloped::{Decrypted, decrypt, encrypt};
+pub use compressed::{CompressedDataWriter, decompress};
+pub(crate) use enveloped::EnvelopedWriter;
+pub use enveloped::{Decrypted, decrypt};
 pub use signed::{
     SignOptions, VerifiedSignature, VerifyOptions, sign, verify_detached, verify_opaque,
 };

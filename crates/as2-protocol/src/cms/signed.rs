@@ -371,16 +371,38 @@ fn attribute_value<'a>(attributes: &Element<'a>, wanted: &[u8]) -> Result<Option
 
 /// Signs `content` and returns the DER ContentInfo(SignedData).
 pub fn sign(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<u8>> {
+    let message_digest = options.digest.digest(content)?;
+    let encapsulated = (!options.detached).then_some(content);
+    signed_data(&message_digest, options, encapsulated)
+}
+
+/// A detached SignedData (DER ContentInfo) over content whose digest with
+/// `options.digest` was computed elsewhere (as the content streamed past);
+/// `options.detached` is not consulted.
+pub(crate) fn sign_digest(message_digest: &[u8], options: &SignOptions<'_>) -> Result<Vec<u8>> {
+    signed_data(message_digest, options, None)
+}
+
+/// The SignedData with signed attributes carrying `message_digest`, and the content
+/// encapsulated when given.
+fn signed_data(
+    message_digest: &[u8],
+    options: &SignOptions<'_>,
+    content: Option<&[u8]>,
+) -> Result<Vec<u8>> {
     let digest = options.digest;
+    if message_digest.len() != digest.message_digest().size() {
+        return Err(As2Error::InvalidArgument(format!(
+            "a {digest} digest is {} bytes, not {}",
+            digest.message_digest().size(),
+            message_digest.len()
+        )));
+    }
     let digest_algorithm = der::algorithm(super::digest_oid(digest), None);
-    let message_digest = digest.digest(content)?;
     let attributes = [
         attribute(oid::ATTR_CONTENT_TYPE, &der::oid(oid::DATA)),
         attribute(oid::ATTR_SIGNING_TIME, &signing_time()?),
-        attribute(
-            oid::ATTR_MESSAGE_DIGEST,
-            &der::octet_string(&message_digest),
-        ),
+        attribute(oid::ATTR_MESSAGE_DIGEST, &der::octet_string(message_digest)),
     ];
     let attribute_refs: Vec<&[u8]> = attributes.iter().map(Vec::as_slice).collect();
     let signed_attributes = der::set_of(&attribute_refs);
@@ -397,13 +419,12 @@ pub fn sign(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<u8>> {
         &signature_algorithm(options.scheme, digest),
         &der::octet_string(&signature),
     ]);
-    let encapsulated = if options.detached {
-        der::sequence(&[&der::oid(oid::DATA)])
-    } else {
-        der::sequence(&[
+    let encapsulated = match content {
+        None => der::sequence(&[&der::oid(oid::DATA)]),
+        Some(content) => der::sequence(&[
             &der::oid(oid::DATA),
             &der::context(0, &der::octet_string(content)),
-        ])
+        ]),
     };
     let signed_data = der::sequence(&[
         &der::small_integer(1),
