@@ -10,11 +10,13 @@
 //!   signatures and which one we encrypt for;
 //! - [`algorithms`]: the routing service's enums (`SigningDigest`, `EncryptionCipher`,
 //!   `Compression`) in `as2-protocol` terms and back;
-//! - [`retry`]: exponential backoff with jitter.
+//! - [`retry`]: exponential backoff with jitter;
+//! - [`archive`]: how long a partnership's messages are archived.
 
 #![forbid(unsafe_code)]
 
 pub mod algorithms;
+pub mod archive;
 pub mod certificates;
 pub mod keys;
 pub mod retry;

@@ -2,10 +2,17 @@
 //! and asynchronous MDNs (the MDN service) go out through the same client.
 
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use futures::Stream;
+use futures::stream::BoxStream;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -79,11 +86,36 @@ pub enum SendError {
     Request(String),
 }
 
+/// An error of a streamed request body (reading the object it comes from).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a request to a partner.
+pub enum RequestBody {
+    /// Held in memory; sent with a Content-Length unless `chunked`.
+    Bytes {
+        /// The body.
+        body: Bytes,
+        /// Send it with chunked transfer coding instead of a Content-Length.
+        chunked: bool,
+    },
+    /// Streamed (from the object store), never held whole: sent with a Content-Length
+    /// of `length` when given (the stream must yield exactly that many bytes), chunked
+    /// otherwise.
+    Stream {
+        /// The bytes, in order.
+        stream: BoxStream<'static, Result<Bytes, BodyError>>,
+        /// The length, when sent with a Content-Length.
+        length: Option<u64>,
+    },
+}
+
+type ClientBody = UnsyncBoxBody<Bytes, BodyError>;
+
 /// Posts to partners over HTTP/1.1, plain or TLS (OpenSSL, the system's CA certificates
 /// plus an optional extra CA file). Cheap to clone; connections are pooled.
 #[derive(Clone)]
 pub struct PartnerTransport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     max_response_bytes: usize,
 }
 
@@ -127,7 +159,26 @@ impl PartnerTransport {
         body: &[u8],
         timeout: Duration,
     ) -> Result<PartnerResponse, SendError> {
-        let request = build_request(url, headers, body)?;
+        let body = RequestBody::Bytes {
+            body: Bytes::copy_from_slice(body),
+            chunked: false,
+        };
+        self.post_body(url, headers, body, timeout).await
+    }
+
+    /// POSTs `body` with `headers` to `url` and reads the answer. `timeout` bounds the
+    /// wait for the answer once the body is sent, and each pause of the body's upload
+    /// (the partner not taking bytes), so a large body on a slow line is not cut for
+    /// its size. An answer body over the limit is a [`SendError::Connection`].
+    pub async fn post_body(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<PartnerResponse, SendError> {
+        let progress = Progress::new();
+        let request = build_request(url, headers, body, &progress)?;
         let exchange = async {
             let response = self.send(request).await?;
             let status = response.status().as_u16();
@@ -152,9 +203,7 @@ impl PartnerTransport {
                 body,
             })
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(SendError::Timeout(timeout.as_secs())))
+        progress.bound(exchange, timeout).await
     }
 
     /// POSTs `body` with `headers` to `url` and returns the answer's HTTP status within
@@ -167,7 +216,11 @@ impl PartnerTransport {
         body: &[u8],
         timeout: Duration,
     ) -> Result<http::StatusCode, SendError> {
-        let request = build_request(url, headers, body)?;
+        let body = RequestBody::Bytes {
+            body: Bytes::copy_from_slice(body),
+            chunked: false,
+        };
+        let request = build_request(url, headers, body, &Progress::new())?;
         let exchange = async {
             let response = self.send(request).await?;
             let status = response.status();
@@ -183,7 +236,7 @@ impl PartnerTransport {
 
     async fn send(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<ClientBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         self.client
             .request(request)
@@ -195,15 +248,117 @@ impl PartnerTransport {
 fn build_request(
     url: &str,
     headers: &[(String, String)],
-    body: &[u8],
-) -> Result<http::Request<Full<Bytes>>, SendError> {
+    body: RequestBody,
+    progress: &Progress,
+) -> Result<http::Request<ClientBody>, SendError> {
     let mut request = http::Request::post(url);
     for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            continue;
+        }
         request = request.header(name.as_str(), value.as_str());
     }
+    let body = match body {
+        RequestBody::Bytes {
+            body,
+            chunked: false,
+        } => {
+            progress.moved();
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        RequestBody::Bytes {
+            body,
+            chunked: true,
+        } => {
+            // A body of one unsized frame goes out chunked.
+            let stream = futures::stream::iter([Ok::<_, BodyError>(body)]);
+            let stream = Tracked::new(Box::pin(stream), progress.clone());
+            StreamBody::new(stream).boxed_unsync()
+        }
+        RequestBody::Stream { stream, length } => {
+            if let Some(length) = length {
+                request = request.header(http::header::CONTENT_LENGTH, length);
+            }
+            StreamBody::new(Tracked::new(stream, progress.clone())).boxed_unsync()
+        }
+    };
     request
-        .body(Full::new(Bytes::copy_from_slice(body)))
+        .body(body)
         .map_err(|error| SendError::Request(bounded(error.to_string())))
+}
+
+/// When the request body last moved: hyper took a chunk of it (a partner that stops
+/// reading stops hyper from asking for more), or all of it for a body in memory.
+#[derive(Clone)]
+struct Progress(Arc<Mutex<tokio::time::Instant>>);
+
+impl Progress {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(tokio::time::Instant::now())))
+    }
+
+    fn moved(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = tokio::time::Instant::now();
+        }
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.0
+            .lock()
+            .map(|last| *last)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
+    /// Runs `exchange` until it ends, or `timeout` passes without the body moving (or,
+    /// once the body is sent, without the answer).
+    async fn bound<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, SendError>>,
+        timeout: Duration,
+    ) -> Result<T, SendError> {
+        tokio::pin!(exchange);
+        loop {
+            let deadline = self.last() + timeout;
+            tokio::select! {
+                outcome = &mut exchange => return outcome,
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.last() + timeout <= tokio::time::Instant::now() {
+                        return Err(SendError::Timeout(timeout.as_secs()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A body stream that marks [`Progress`] as hyper takes its chunks.
+struct Tracked {
+    stream: BoxStream<'static, Result<Bytes, BodyError>>,
+    progress: Progress,
+}
+
+impl Tracked {
+    fn new(stream: BoxStream<'static, Result<Bytes, BodyError>>, progress: Progress) -> Self {
+        progress.moved();
+        Self { stream, progress }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Frame<Bytes>, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.stream.as_mut().poll_next(cx);
+        if polled.is_ready() {
+            self.progress.moved();
+        }
+        polled.map(|item| item.map(|result| result.map(Frame::data)))
+    }
 }
 
 /// `text`, cut to the longest error text kept (300 characters).

@@ -4,10 +4,15 @@
 //! | key | holds |
 //! |---|---|
 //! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.message` | the request: header fields as received (`Name: value` lines), a blank line, the body |
-//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.answer` | our answer: `HTTP/1.1 {status}`, header fields, a blank line, the body |
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.answer` | the answer: `HTTP/1.1 {status}`, header fields, a blank line, the body |
+//! | `archive/keep-{days}/{day}/{partnership}/{hash}/{time}.mdn` | outbound only: the asynchronous MDN the partner POSTed later, header fields, a blank line, the body |
 //! | `archive/index/{hash}/{day}.{time}` | the entry's name (finding a message by its ids without listing the bucket) |
 //!
-//! An entry is named by the common part of its two keys (`…/{hash}/{time}`); the layout
+//! Inbound (the edge), `.message` is the request as received and `.answer` our answer
+//! with its MDN; outbound (the sender), `.message` is the request as we sent it and
+//! `.answer` the partner's answer (a synchronous MDN in its body).
+//!
+//! An entry is named by the common part of its keys (`…/{hash}/{time}`); the layout
 //! keeps directories few (one per message and day on a filesystem store), since each
 //! costs a write of its own.
 //!
@@ -196,6 +201,30 @@ pub fn message_key(entry: &str) -> String {
 /// The key of an entry's answer.
 pub fn answer_key(entry: &str) -> String {
     format!("{entry}.answer")
+}
+
+/// The key of the asynchronous MDN a partner sent for an outbound entry.
+pub fn mdn_key(entry: &str) -> String {
+    format!("{entry}.mdn")
+}
+
+/// Header fields as `Name: value` lines and a blank line, after an optional first line
+/// (an answer's `HTTP/1.1 {status}`): how the archive stores a request or an answer
+/// before its body.
+pub fn header_block(first_line: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    if let Some(line) = first_line {
+        block.extend_from_slice(line.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    block.extend_from_slice(b"\r\n");
+    block
 }
 
 /// Stores an index entry for `entry` (after its objects are stored).

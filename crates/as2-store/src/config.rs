@@ -303,7 +303,7 @@ fn bucket_and_prefix(url: &str, parsed: &Url) -> Result<(String, String)> {
 /// The endpoint, region, credentials, `allow-http` and virtual-hosted-style options apply
 /// to `s3://` URLs only; for `gs://` and `az://` the standard `GOOGLE_*` and `AZURE_*`
 /// variables configure the client.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct ObjectStoreArgs {
     /// Where objects (large documents, the archive) are stored: `file:///abs/dir`,
     /// `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`. Unset: the
@@ -391,6 +391,25 @@ pub struct ObjectStoreArgs {
         default_value_t = DEFAULT_MAX_CONCURRENT_PARTS
     )]
     pub max_concurrent_parts: usize,
+}
+
+impl Default for ObjectStoreArgs {
+    /// The flags' defaults: no URL, no S3 options, 8 MiB parts with 2 in flight.
+    fn default() -> Self {
+        Self {
+            object_store_url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            sse_kms_key_id: None,
+            part_size_mib: DEFAULT_PART_SIZE / MIB,
+            max_concurrent_parts: DEFAULT_MAX_CONCURRENT_PARTS,
+        }
+    }
 }
 
 impl ObjectStoreArgs {

@@ -565,6 +565,10 @@ pub struct SettingsArgs {
     /// Outbound: Subject header.
     #[arg(long, value_name = "TEXT")]
     pub outbound_subject: Option<String>,
+
+    /// Outbound: send bodies with chunked transfer coding instead of a Content-Length.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub outbound_chunked: Option<bool>,
 }
 
 /// A signing digest on the command line and in JSON output.

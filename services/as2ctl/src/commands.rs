@@ -429,6 +429,7 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
     };
     flag(&mut outbound.sign, settings.outbound_sign);
     flag(&mut outbound.encrypt, settings.outbound_encrypt);
+    flag(&mut outbound.chunked, settings.outbound_chunked);
     flag(
         &mut outbound.request_signed_mdn,
         settings.outbound_signed_mdn,

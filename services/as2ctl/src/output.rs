@@ -81,6 +81,7 @@ struct OutboundView {
     timeout_seconds: u32,
     max_retries: u32,
     subject: String,
+    chunked: bool,
 }
 
 impl From<&Partnership> for PartnershipView {
@@ -159,6 +160,7 @@ impl From<&Partnership> for PartnershipView {
                 timeout_seconds: outbound.timeout_seconds,
                 max_retries: outbound.max_retries,
                 subject: outbound.subject,
+                chunked: outbound.chunked,
             },
             created_at: partnership.created_at.as_ref().map(rfc3339),
             updated_at: partnership.updated_at.as_ref().map(rfc3339),

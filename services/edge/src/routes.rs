@@ -45,15 +45,7 @@ impl Route {
     /// Days this partnership's messages are archived (its own retention, else
     /// `default_days`); `None` when it turned the archive off or no retention is set.
     pub fn archive_retention_days(&self, default_days: u32) -> Option<u32> {
-        let settings = self.partnership.archive.as_ref();
-        if settings.and_then(|archive| archive.enabled) == Some(false) {
-            return None;
-        }
-        let days = settings
-            .map(|archive| archive.retention_days)
-            .filter(|days| *days > 0)
-            .unwrap_or(default_days);
-        (days > 0).then_some(days)
+        as2_partner::archive::retention_days(&self.partnership, default_days)
     }
 
     /// The partnership's own limit on message and document size, when it has one.

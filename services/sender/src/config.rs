@@ -33,6 +33,12 @@ pub struct SenderConfig {
     /// How messages are built, sent and retried.
     #[command(flatten)]
     pub sending: SendingConfig,
+    /// The sender's object store: large messages are built into it and sent from it,
+    /// and the outbound archive is kept there. Without `AS2_OBJECT_STORE_URL` there is
+    /// none: documents that records reference are read from the store their location
+    /// names (with these credentials) and built next to them, and nothing is archived.
+    #[command(flatten)]
+    pub object_store: as2_store::ObjectStoreArgs,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -65,6 +71,7 @@ impl SenderConfig {
             redis: RedisConfig::new(redis_url, redis_key_prefix),
             kafka: SenderKafkaConfig::new(bootstrap_servers),
             sending,
+            object_store: as2_store::ObjectStoreArgs::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig {
                 shutdown_delay_secs: 0,
@@ -271,6 +278,27 @@ pub struct SendingConfig {
     /// system's.
     #[arg(long = "sender-tls-ca-file", env = "AS2_SENDER_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+
+    /// Days each message sent to a partnership that sets no retention of its own is
+    /// archived (the message as sent, the partner's answer and MDN, in the object
+    /// store); 0: only partnerships with their own retention are archived. Needs an
+    /// object store. The edges' retention sweep deletes expired entries.
+    #[arg(
+        long = "archive-retention-days",
+        env = "AS2_ARCHIVE_RETENTION_DAYS",
+        default_value_t = 365
+    )]
+    pub archive_retention_days: u32,
+
+    /// Large messages (documents that records reference) built at the same time by this
+    /// replica; each holds about 27 MiB while it is built (a 1 MiB batch, its output,
+    /// and the upload's parts).
+    #[arg(
+        long = "sender-max-large-builds",
+        env = "AS2_SENDER_MAX_LARGE_BUILDS",
+        default_value_t = 2
+    )]
+    pub max_large_builds: usize,
 }
 
 impl SendingConfig {
@@ -288,6 +316,8 @@ impl SendingConfig {
             sweep_interval_ms: 5_000,
             record_ttl_secs: 30 * 24 * 3600,
             tls_ca_file: None,
+            archive_retention_days: 365,
+            max_large_builds: 2,
         }
     }
 

@@ -20,6 +20,7 @@
 pub mod clients;
 pub mod config;
 pub mod consumer;
+pub mod documents;
 pub mod message;
 pub mod metrics;
 pub mod outbound;

@@ -11,7 +11,7 @@ use as2_protocol::cms::{KeyTransport, SignatureScheme};
 use as2_protocol::headers::ReceiptDeliveryOption;
 use as2_protocol::mdn::{self, DispositionStatus, MdnVerification, ParsedMdn};
 use as2_protocol::outbound::{
-    self, BuiltMessage, Encryption, MdnRequest, OutboundMessage, Signing,
+    BuiltMessage, Encryption, MdnRequest, MessageWriter, OutboundMessage, Signing,
 };
 use as2_protocol::{As2Error, As2Id, MessageId, MicAlgorithm, ReceivedContentMic};
 use as2_rpc::routing::v1::{MdnMode, OutboundSettings, Partnership, SigningDigest};
@@ -30,6 +30,28 @@ pub const SUBJECT_HEADER: &str = "as2-subject";
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Timeout of one send when the partnership sets none.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 60;
+/// Kafka header with the URL of a document kept in an object store (claim check); the
+/// record's value is then empty.
+pub const DOCUMENT_LOCATION_HEADER: &str = "as2-document-location";
+/// Kafka header with the key of that document in its object store.
+pub const DOCUMENT_KEY_HEADER: &str = "as2-document-key";
+/// Kafka header with the document's size in bytes (checked as it is read).
+pub const DOCUMENT_SIZE_HEADER: &str = "as2-document-size";
+/// Kafka header with the document's SHA-256, hex (checked as it is read).
+pub const DOCUMENT_SHA256_HEADER: &str = "as2-document-sha256";
+
+/// A document kept in an object store that a record references instead of carrying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentReference {
+    /// Its URL (`as2-document-location`).
+    pub location: String,
+    /// Its key in the store (`as2-document-key`).
+    pub key: String,
+    /// Its size, when the record says (`as2-document-size`).
+    pub size: Option<u64>,
+    /// Its SHA-256, when the record says (`as2-document-sha256`).
+    pub sha256: Option<[u8; 32]>,
+}
 
 /// Where a record came from in Kafka.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +79,10 @@ pub struct OutboundDocument {
     pub subject: Option<String>,
     /// W3C traceparent of the producer, if any.
     pub traceparent: String,
-    /// The document.
+    /// The document, when the record carries it.
     pub payload: Vec<u8>,
+    /// Where the document is, when the record references it instead.
+    pub reference: Option<DocumentReference>,
 }
 
 /// Why a record cannot be sent at all.
@@ -70,13 +94,10 @@ pub enum RecordError {
     /// A header value is not one line of text.
     #[error("the {0} header is not one line of text")]
     BadHeader(&'static str),
-    /// The record references its document in an object store (claim check), which the
-    /// sender does not fetch yet: sending its empty value would deliver an empty
-    /// document.
-    #[error(
-        "the record references its document ({0}); the sender sends documents carried in the record only"
-    )]
-    Reference(String),
+    /// The record references its document without saying which key it has, or with a
+    /// size or digest that cannot be read.
+    #[error("bad document reference: {0}")]
+    BadReference(String),
 }
 
 impl OutboundDocument {
@@ -98,8 +119,39 @@ impl OutboundDocument {
             Ok(Some(value.trim().to_owned()).filter(|value| !value.is_empty()))
         };
         let partnership_id = text(PARTNERSHIP_HEADER)?.ok_or(RecordError::MissingPartnership)?;
-        if let Some(location) = text("as2-document-location")? {
-            return Err(RecordError::Reference(location));
+        let reference = match text(DOCUMENT_LOCATION_HEADER)? {
+            None => None,
+            Some(location) => Some(DocumentReference {
+                key: text(DOCUMENT_KEY_HEADER)?.ok_or_else(|| {
+                    RecordError::BadReference(format!(
+                        "{DOCUMENT_LOCATION_HEADER} without {DOCUMENT_KEY_HEADER}"
+                    ))
+                })?,
+                size: text(DOCUMENT_SIZE_HEADER)?
+                    .map(|size| {
+                        size.parse().map_err(|_| {
+                            RecordError::BadReference(format!(
+                                "{DOCUMENT_SIZE_HEADER} {size:?} is not a byte count"
+                            ))
+                        })
+                    })
+                    .transpose()?,
+                sha256: text(DOCUMENT_SHA256_HEADER)?
+                    .map(|hex| {
+                        parse_sha256(&hex).ok_or_else(|| {
+                            RecordError::BadReference(format!(
+                                "{DOCUMENT_SHA256_HEADER} {hex:?} is not 64 hex digits"
+                            ))
+                        })
+                    })
+                    .transpose()?,
+                location,
+            }),
+        };
+        if reference.is_some() && !payload.is_empty() {
+            return Err(RecordError::BadReference(
+                "the record both carries and references a document".to_owned(),
+            ));
         }
         Ok(Self {
             source,
@@ -110,6 +162,7 @@ impl OutboundDocument {
             subject: text(SUBJECT_HEADER)?,
             traceparent: text("traceparent")?.unwrap_or_default(),
             payload: payload.to_vec(),
+            reference,
         })
     }
 
@@ -117,15 +170,23 @@ impl OutboundDocument {
     /// holds: every replica, and every restart, sends a record under the same id, and a
     /// recreated topic that reuses offsets does not reuse ids of other documents.
     pub fn message_id(&self, domain: &str) -> Result<MessageId, As2Error> {
-        let mut payload_digest = Sha256::new();
-        payload_digest.update(&self.payload);
+        // What the document is: its digest, that of the record's value or the one a
+        // reference states, else where the reference points.
+        let content = match &self.reference {
+            None => openssl::sha::sha256(&self.payload).to_vec(),
+            Some(DocumentReference {
+                sha256: Some(sha256),
+                ..
+            }) => sha256.to_vec(),
+            Some(reference) => format!("{}\n{}", reference.location, reference.key).into_bytes(),
+        };
         let mut digest = Sha256::new();
         for field in [
             self.source.topic.as_bytes(),
             self.source.partition.to_string().as_bytes(),
             self.source.offset.to_string().as_bytes(),
             self.partnership_id.as_bytes(),
-            &payload_digest.finish(),
+            &content,
         ] {
             digest.update(&(field.len() as u64).to_be_bytes());
             digest.update(field);
@@ -136,6 +197,18 @@ impl OutboundDocument {
             .collect();
         MessageId::parse(&format!("<as2-{hex}@{domain}>"))
     }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// How the partner returns its MDN.
@@ -183,12 +256,12 @@ pub enum PlanError {
     Build(#[from] As2Error),
 }
 
-/// Everything needed to send one document and judge the answer.
+/// Everything needed to send one document and judge the answer, but the message.
 pub struct SendPlan {
     /// The partner's AS2 URL.
     pub url: String,
-    /// The message, ready to POST.
-    pub message: BuiltMessage,
+    /// Send the body chunked rather than with a Content-Length.
+    pub chunked: bool,
     /// Our Message-ID.
     pub message_id: MessageId,
     /// Our AS2 id (the message's AS2-From).
@@ -207,14 +280,46 @@ pub struct SendPlan {
     pub max_retries: u32,
 }
 
-/// Builds the AS2 message for `document` as `partnership` says.
-pub fn plan(
+/// A send planned and its message started: the document still to be written.
+pub struct Started {
+    /// How to send and judge.
+    pub plan: SendPlan,
+    /// Builds the body from the document.
+    pub writer: MessageWriter,
+    /// The message's HTTP headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Started {
+    /// The whole message, for a document held in memory.
+    pub fn build(self, payload: &[u8]) -> Result<(SendPlan, BuiltMessage), PlanError> {
+        let Self {
+            plan,
+            mut writer,
+            headers,
+        } = self;
+        let mut body = Vec::with_capacity(payload.len() + 4096);
+        writer.write(payload, &mut body)?;
+        let expected_mic = writer.finish(&mut body)?;
+        Ok((
+            plan,
+            BuiltMessage {
+                headers,
+                body,
+                expected_mic,
+            },
+        ))
+    }
+}
+
+/// Plans the send of `document` as `partnership` says, and starts its message.
+pub fn start(
     document: &OutboundDocument,
     partnership: &Partnership,
     keys: &KeyStore,
     default_signing_key_id: Option<&str>,
     message_id: MessageId,
-) -> Result<SendPlan, PlanError> {
+) -> Result<Started, PlanError> {
     let settings = partnership.outbound.clone().unwrap_or_default();
     if settings.url.trim().is_empty() {
         return Err(PlanError::NoOutboundUrl(partnership.id.clone()));
@@ -269,12 +374,12 @@ pub fn plan(
         .subject
         .clone()
         .or_else(|| Some(settings.subject.clone()).filter(|s| !s.trim().is_empty()));
-    let message = outbound::build_message(&OutboundMessage {
+    let (writer, headers) = MessageWriter::new(&OutboundMessage {
         as2_from: &as2_from,
         as2_to: &as2_to,
         message_id: &message_id,
         subject: subject.as_deref(),
-        payload: &document.payload,
+        payload: &[],
         content_type: &document.content_type,
         filename: document.filename.as_deref(),
         signing: signing_key.as_ref().map(|key| Signing {
@@ -290,9 +395,9 @@ pub fn plan(
         compression: compression_order(settings.compression()),
         mdn: mdn_request,
     })?;
-    Ok(SendPlan {
+    let plan = SendPlan {
         url: settings.url.trim().to_owned(),
-        message,
+        chunked: settings.chunked,
         message_id,
         as2_from: as2_from.as_str().to_owned(),
         as2_to: as2_to.as_str().to_owned(),
@@ -305,6 +410,11 @@ pub fn plan(
             settings.timeout_seconds
         },
         max_retries: settings.max_retries,
+    };
+    Ok(Started {
+        plan,
+        writer,
+        headers,
     })
 }
 
@@ -505,17 +615,60 @@ mod tests {
             OutboundDocument::from_record(source(1), &[], b"doc").unwrap_err(),
             RecordError::MissingPartnership
         );
+        let sha256 = "ab".repeat(32);
+        let referenced = OutboundDocument::from_record(
+            source(1),
+            &[
+                header("as2-partnership-id", "acme"),
+                header("as2-record-version", "2"),
+                header("as2-document-location", "s3://bucket/documents/x"),
+                header("as2-document-key", "documents/x"),
+                header("as2-document-size", "123"),
+                header("as2-document-sha256", &sha256),
+            ],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            referenced.reference,
+            Some(DocumentReference {
+                location: "s3://bucket/documents/x".to_owned(),
+                key: "documents/x".to_owned(),
+                size: Some(123),
+                sha256: Some([0xab; 32]),
+            })
+        );
+        for (bad, value) in [
+            ("as2-document-key", ""),
+            ("as2-document-size", "12k"),
+            ("as2-document-sha256", "abc"),
+        ] {
+            let mut headers = vec![
+                header("as2-partnership-id", "acme"),
+                header("as2-document-location", "s3://bucket/documents/x"),
+                header("as2-document-key", "documents/x"),
+            ];
+            headers.retain(|(name, _)| name != bad);
+            headers.push(header(bad, value));
+            assert!(
+                matches!(
+                    OutboundDocument::from_record(source(1), &headers, b""),
+                    Err(RecordError::BadReference(_))
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             OutboundDocument::from_record(
                 source(1),
                 &[
                     header("as2-partnership-id", "acme"),
-                    header("as2-record-version", "2"),
                     header("as2-document-location", "s3://bucket/documents/x"),
+                    header("as2-document-key", "documents/x"),
                 ],
-                b"",
+                b"not empty",
             ),
-            Err(RecordError::Reference(_))
+            Err(RecordError::BadReference(_))
         ));
         assert_eq!(
             OutboundDocument::from_record(

@@ -31,6 +31,9 @@ pub struct SenderMetrics {
     pub in_flight: Gauge,
     /// Duration of one send (request and answer).
     pub send_duration: Histogram,
+    /// Archive writes that failed (the message, the partner's answer or MDN); the send
+    /// goes on.
+    pub archive_failures: Counter,
 }
 
 impl SenderMetrics {
@@ -44,6 +47,7 @@ impl SenderMetrics {
             receipts: Family::default(),
             in_flight: Gauge::default(),
             send_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            archive_failures: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_sender");
         registry.register(
@@ -80,6 +84,11 @@ impl SenderMetrics {
             "send_duration_seconds",
             "duration of one send",
             metrics.send_duration.clone(),
+        );
+        registry.register(
+            "archive_failures",
+            "archive writes that failed (message, answer or asynchronous MDN)",
+            metrics.archive_failures.clone(),
         );
         metrics
     }

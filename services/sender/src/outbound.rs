@@ -17,14 +17,18 @@ use as2_partner::certificates::signing_certificates;
 use as2_partner::keys::KeyStore;
 pub use as2_partner::retry::Backoff;
 use as2_partner::retry::random_jitter;
-use as2_partner::transport::{PartnerResponse, PartnerTransport, SendError};
+use as2_partner::transport::{PartnerResponse, PartnerTransport, RequestBody, SendError};
 use as2_protocol::{As2Id, ReceivedContentMic};
 use as2_rpc::routing::v1::Partnership;
+use as2_store::archive::{self, ArchiveEntry};
+use bytes::Bytes;
+use futures::TryStreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::PartnershipDirectory;
+use crate::documents::{self, Objects, OutboundArchive, StoredBody};
 use crate::message::{
-    self, MdnDelivery, MdnError, MdnVerdict, OutboundDocument, PlanError, SendPlan,
+    self, MdnDelivery, MdnError, MdnVerdict, OutboundDocument, PlanError, SendPlan, Started,
 };
 use crate::metrics::SenderMetrics;
 use crate::receipts::ReceiptPublisher;
@@ -98,12 +102,26 @@ pub struct OutboundSender {
     pub keys: Arc<KeyStore>,
     /// HTTP to partners.
     pub transport: PartnerTransport,
+    /// The object stores: referenced documents, large messages, the archive.
+    pub objects: Arc<Objects>,
     /// The receipts topic.
     pub receipts: ReceiptPublisher,
     /// Metrics.
     pub metrics: SenderMetrics,
     /// Settings.
     pub settings: SenderSettings,
+}
+
+/// A message ready to send: its headers, its body and the MIC its MDN must return.
+struct Prepared {
+    headers: Vec<(String, String)>,
+    body: PreparedBody,
+    expected_mic: ReceivedContentMic,
+}
+
+enum PreparedBody {
+    Memory(Bytes),
+    Stored(StoredBody),
 }
 
 enum PartnershipLookup {
@@ -177,26 +195,138 @@ impl OutboundSender {
                 }
             }
         };
-        let plan = match self.plan(document, &partnership, message_id).await {
-            Ok(plan) => plan,
+        let started = match self.start(document, &partnership, message_id).await {
+            Ok(started) => started,
             Err(error) => return self.fail(stop, &id, error.to_string(), 0).await,
         };
+        let archive = self.archive_entry(&started.plan, &partnership);
+        let (plan, prepared) = match self.prepare(document, started, archive.as_ref()).await {
+            Ok(prepared) => prepared,
+            Err(reason) => return self.fail(stop, &id, reason, 0).await,
+        };
+        let archive_location = archive
+            .as_ref()
+            .map(|archive| archive.store.object_url(&archive.entry.prefix))
+            .unwrap_or_default();
         let facts = SendFacts {
             as2_from: &plan.as2_from,
             as2_to: &plan.as2_to,
             mdn_mode: plan.mdn.as_str(),
-            expected_mic: plan.message.expected_mic.to_string(),
+            expected_mic: prepared.expected_mic.to_string(),
             signed: plan.signed,
             signed_mdn_requested: plan.signed_mdn_requested,
+            archive_location: &archive_location,
         };
         self.retry_redis(stop, || self.store.record_send_facts(&id, &facts))
             .await?;
-        let response = match self.send_with_retries(&plan, stop).await? {
+        let sent = self.send_with_retries(&plan, &prepared, stop).await;
+        if let Ok(outcome) = &sent {
+            if let Some(archive) = &archive
+                && let Err(error) = archive.finish(outcome.as_ref().ok()).await
+            {
+                self.metrics.archive_failures.inc();
+                tracing::warn!(message_id = id, %error, "could not archive the partner's answer");
+            }
+            if let PreparedBody::Stored(stored) = &prepared.body
+                && stored.spooled
+                && let Err(error) = stored.store.delete(&stored.key).await
+            {
+                tracing::warn!(message_id = id, %error, key = stored.key, "could not delete a spooled message");
+            }
+        }
+        let response = match sent? {
             Ok(response) => response,
             Err((reason, http_status)) => return self.fail(stop, &id, reason, http_status).await,
         };
-        self.record_answer(stop, &plan, &partnership, response)
+        self.record_answer(stop, &plan, &prepared.expected_mic, &partnership, response)
             .await
+    }
+
+    /// The archive entry of a message to `partnership`, when its messages are archived.
+    fn archive_entry(&self, plan: &SendPlan, partnership: &Partnership) -> Option<OutboundArchive> {
+        let days = self.objects.archive_days(partnership)?;
+        let store = self.objects.own()?.clone();
+        let hash = archive::message_hash(&plan.as2_from, &plan.as2_to, plan.message_id.original());
+        let entry = ArchiveEntry::new(
+            days,
+            &partnership.id,
+            &hash,
+            time::OffsetDateTime::now_utc(),
+        );
+        Some(OutboundArchive { store, entry })
+    }
+
+    /// Builds the message: in memory for a document the record carries (and archives
+    /// it), into the object store for a referenced one (`Err`: why the record fails).
+    async fn prepare(
+        &self,
+        document: &OutboundDocument,
+        started: Started,
+        archive: Option<&OutboundArchive>,
+    ) -> Result<(SendPlan, Prepared), String> {
+        let Some(reference) = &document.reference else {
+            let payload = document.payload.clone();
+            let (plan, built) = tokio::task::spawn_blocking(move || started.build(&payload))
+                .await
+                .map_err(|error| format!("the build task failed: {error}"))?
+                .map_err(|error| error.to_string())?;
+            if let Some(archive) = archive
+                && let Err(error) = archive.put_message(&built.headers, &built.body).await
+            {
+                self.metrics.archive_failures.inc();
+                tracing::warn!(message_id = plan.message_id.original(), %error, "could not archive the message");
+            }
+            let prepared = Prepared {
+                headers: built.headers,
+                body: PreparedBody::Memory(Bytes::from(built.body)),
+                expected_mic: built.expected_mic,
+            };
+            return Ok((plan, prepared));
+        };
+        let Started {
+            plan,
+            writer,
+            headers,
+        } = started;
+        let (target, key, prefix, spooled) = match archive {
+            Some(archive) => (
+                archive.store.clone(),
+                archive.entry.message_key(),
+                archive::header_block(None, &headers),
+                false,
+            ),
+            None => {
+                let target = match self.objects.own() {
+                    Some(own) => own.clone(),
+                    None => self
+                        .objects
+                        .store_of(reference)
+                        .map_err(|error| error.to_string())?,
+                };
+                let hash =
+                    archive::message_hash(&plan.as2_from, &plan.as2_to, plan.message_id.original());
+                let key = documents::spool_key(&hash, time::OffsetDateTime::now_utc());
+                (target, key, Vec::new(), true)
+            }
+        };
+        let (stored, expected_mic) = self
+            .objects
+            .build(reference, writer, &target, &key, &prefix, spooled)
+            .await
+            .map_err(|error| error.to_string())?;
+        tracing::info!(
+            message_id = plan.message_id.original(),
+            document_bytes = reference.size,
+            body_bytes = stored.length,
+            key = stored.key,
+            "built a large message into the object store"
+        );
+        let prepared = Prepared {
+            headers,
+            body: PreparedBody::Stored(stored),
+            expected_mic,
+        };
+        Ok((plan, prepared))
     }
 
     /// POSTs until the partner accepts, a permanent failure, or the retries are used up
@@ -204,6 +334,7 @@ impl OutboundSender {
     async fn send_with_retries(
         &self,
         plan: &SendPlan,
+        prepared: &Prepared,
         stop: &CancellationToken,
     ) -> Result<Result<PartnerResponse, (String, u32)>, Interrupted> {
         let id = plan.message_id.original();
@@ -216,15 +347,16 @@ impl OutboundSender {
                 })
                 .await?;
             let started = Instant::now();
-            let result = self
-                .transport
-                .post(
-                    &plan.url,
-                    &plan.message.headers,
-                    &plan.message.body,
-                    timeout,
-                )
-                .await;
+            let result = match request_body(plan, prepared).await {
+                Ok(body) => {
+                    self.transport
+                        .post_body(&plan.url, &prepared.headers, body, timeout)
+                        .await
+                }
+                Err(error) => Err(SendError::Connection(format!(
+                    "cannot read the message from the object store: {error}"
+                ))),
+            };
             self.metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -273,6 +405,7 @@ impl OutboundSender {
         &self,
         stop: &CancellationToken,
         plan: &SendPlan,
+        expected_mic: &ReceivedContentMic,
         partnership: &Partnership,
         response: PartnerResponse,
     ) -> Result<(), Interrupted> {
@@ -313,7 +446,7 @@ impl OutboundSender {
                     &certificates,
                     plan.signed_mdn_requested,
                     check_validity(partnership),
-                    &plan.message.expected_mic,
+                    expected_mic,
                     plan.signed,
                 );
                 let mdn_headers = response.headers.clone();
@@ -465,6 +598,13 @@ impl OutboundSender {
             let reason = format!("refused an MDN that is not authentic: {error}");
             return Err(self.refuse(&original, reason).await);
         }
+        if let Some(store) = self.objects.own()
+            && let Some(entry) = store.key_of_url(&record.archive_location)
+            && let Err(error) = documents::put_async_mdn(store, entry, headers, body).await
+        {
+            self.metrics.archive_failures.inc();
+            tracing::warn!(message_id = original, %error, "could not archive the asynchronous mdn");
+        }
         let outcome = outcome_of(verdict, record.http_status, headers.to_vec(), body.to_vec());
         let delivered = outcome.delivered;
         if !delivered {
@@ -563,19 +703,22 @@ impl OutboundSender {
         }
     }
 
-    async fn plan(
+    async fn start(
         &self,
         document: &OutboundDocument,
         partnership: &Partnership,
         message_id: as2_protocol::MessageId,
-    ) -> Result<SendPlan, PlanError> {
-        let document = document.clone();
+    ) -> Result<Started, PlanError> {
+        let document = OutboundDocument {
+            payload: Vec::new(),
+            ..document.clone()
+        };
         let partnership = partnership.clone();
         let keys = self.keys.clone();
         let default_key = self.settings.default_signing_key_id.clone();
-        // RSA and bulk crypto run on the blocking pool, not on the async workers.
+        // Key loading and RSA run on the blocking pool, not on the async workers.
         tokio::task::spawn_blocking(move || {
-            message::plan(
+            message::start(
                 &document,
                 &partnership,
                 &keys,
@@ -611,6 +754,28 @@ impl OutboundSender {
             }
         }
     }
+}
+
+/// The body of one send.
+async fn request_body(
+    plan: &SendPlan,
+    prepared: &Prepared,
+) -> Result<RequestBody, as2_store::StoreError> {
+    Ok(match &prepared.body {
+        PreparedBody::Memory(body) => RequestBody::Bytes {
+            body: body.clone(),
+            chunked: plan.chunked,
+        },
+        PreparedBody::Stored(stored) => RequestBody::Stream {
+            stream: Box::pin(
+                stored
+                    .open()
+                    .await?
+                    .map_err(|error| Box::new(error) as as2_partner::transport::BodyError),
+            ),
+            length: (!plan.chunked).then_some(stored.length),
+        },
+    })
 }
 
 fn check_validity(partnership: &Partnership) -> bool {

@@ -1,7 +1,8 @@
 //! Receipts: one Kafka record per outcome, on the receipts topic.
 //!
 //! The value is JSON ([`Receipt`]); the key is the partnership id; headers name the
-//! Message-ID, the partnership and the outcome, plus the document's `traceparent`. The
+//! Message-ID, the partnership and the outcome, plus the document's `traceparent` and,
+//! when the message is archived, `as2-archive-location` (its archive entry). The
 //! producer is the shared idempotent one (`acks=all`, replaced when its state breaks) and [`ReceiptPublisher::publish`] waits for the
 //! acknowledgement. Receipts are at least once: an outcome enters the Redis outbox when
 //! it is recorded and leaves it once its receipt is acknowledged, and the sweeper
@@ -177,6 +178,9 @@ impl ReceiptPublisher {
         ];
         if !record.traceparent.is_empty() {
             headers.push(("traceparent", record.traceparent.clone()));
+        }
+        if !record.archive_location.is_empty() {
+            headers.push(("as2-archive-location", record.archive_location.clone()));
         }
         self.producer
             .send(Record {

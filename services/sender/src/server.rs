@@ -13,10 +13,12 @@ use as2_partner::keys::KeyStore;
 use as2_partner::transport::PartnerTransport;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
+use as2_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SenderConfig;
 use crate::consumer::{create_consumer, run_consumer};
+use crate::documents::{self, Objects};
 use crate::metrics::SenderMetrics;
 use crate::outbound::{Backoff, OutboundSender, SenderSettings};
 use crate::receipts::ReceiptPublisher;
@@ -94,6 +96,7 @@ impl SenderServer {
             keys: Arc::new(KeyStore::new(&sending.keys_dir)),
             transport: PartnerTransport::new(sending.tls_ca_file.as_deref())
                 .context("https client setup failed")?,
+            objects: Arc::new(objects(&config)?),
             receipts: receipts.clone(),
             metrics,
             settings: SenderSettings {
@@ -144,6 +147,7 @@ impl SenderServer {
 }
 
 async fn sweep(sender: Arc<OutboundSender>, interval: Duration, stop: CancellationToken) {
+    let mut spool_swept: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -152,7 +156,46 @@ async fn sweep(sender: Arc<OutboundSender>, interval: Duration, stop: Cancellati
         if let Err(error) = sender.sweep().await {
             tracing::warn!(%error, "sweep failed");
         }
+        if let Some(store) = sender.objects.own()
+            && spool_swept.is_none_or(|at| at.elapsed() >= SPOOL_SWEEP_INTERVAL)
+        {
+            spool_swept = Some(std::time::Instant::now());
+            let today = time::OffsetDateTime::now_utc().date();
+            match documents::sweep_spool(store, today).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted spooled messages left behind"),
+                Err(error) => tracing::warn!(%error, "spool sweep failed"),
+            }
+        }
     }
+}
+
+/// How often spooled messages left by a crash are looked for.
+const SPOOL_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The object stores: the sender's own when configured.
+fn objects(config: &SenderConfig) -> anyhow::Result<Objects> {
+    let own = match &config.object_store.object_store_url {
+        Some(_) => {
+            let store_config = config
+                .object_store
+                .store_config(std::path::Path::new("/nonexistent"))
+                .context("invalid object store settings")?;
+            let store = Store::open(&store_config).context("cannot open the object store")?;
+            tracing::info!(
+                store = store.location(),
+                "large messages are built in the object store, and sent messages archived there"
+            );
+            Some(store)
+        }
+        None => None,
+    };
+    Ok(Objects::new(
+        own,
+        config.object_store.clone(),
+        config.sending.archive_retention_days,
+        config.sending.max_large_builds,
+    ))
 }
 
 /// Runs the sender until `shutdown` completes.

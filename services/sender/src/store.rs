@@ -116,6 +116,9 @@ pub struct MessageRecord {
     pub mdn_deadline_ms: i64,
     /// W3C traceparent of the record.
     pub traceparent: String,
+    /// The URL of the message's archive entry (the keys of its objects without their
+    /// extension); empty when it is not archived.
+    pub archive_location: String,
 }
 
 impl MessageRecord {
@@ -162,6 +165,7 @@ impl MessageRecord {
             finished_at_ms: text("finished_at").parse().unwrap_or_default(),
             mdn_deadline_ms: text("mdn_deadline").parse().unwrap_or_default(),
             traceparent: text("traceparent"),
+            archive_location: text("archive_location"),
         };
         record.mdn_body = fields.remove("mdn_body").unwrap_or_default();
         Some(record)
@@ -198,6 +202,8 @@ pub struct SendFacts<'a> {
     pub signed: bool,
     /// Whether a signed MDN was requested.
     pub signed_mdn_requested: bool,
+    /// The URL of the archive entry; empty when not archived.
+    pub archive_location: &'a str,
 }
 
 /// A message's outcome.
@@ -353,6 +359,7 @@ impl MessageStore {
             ("expected_mic", facts.expected_mic.clone()),
             ("signed", flag(facts.signed)),
             ("signed_mdn_requested", flag(facts.signed_mdn_requested)),
+            ("archive_location", facts.archive_location.to_owned()),
         ];
         let () = self.connection.clone().hset_multiple(key, &fields).await?;
         Ok(())
