@@ -423,7 +423,8 @@ impl EnvelopedWriter {
             let (piece, rest) = data.split_at(room.min(data.len()));
             let start = self.segment.len();
             // The cipher may hand back up to a block more than it is given.
-            self.segment.resize(start + piece.len() + self.block_size, 0);
+            self.segment
+                .resize(start + piece.len() + self.block_size, 0);
             let space = self
                 .segment
                 .get_mut(start..)
