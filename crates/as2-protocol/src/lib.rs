@@ -6,7 +6,8 @@
 //! - [`mic`]: the Received-Content-MIC of RFC 4130 7.3.1 and RFC 5402 4.
 //! - [`unwrap`]: decrypt, decompress, verify, decompress whatever layering arrives.
 //! - [`mdn`]: build, sign, parse and verify MDNs.
-//! - [`outbound`]: build signed / encrypted / compressed AS2 messages.
+//! - [`outbound`]: build signed / encrypted / compressed AS2 messages, streamed in bounded
+//!   memory ([`outbound::MessageWriter`]) or in one buffer ([`outbound::build_message`]).
 //!
 //! Every failure is an [`As2Error`], which maps to the disposition an MDN reports.
 

@@ -11,8 +11,8 @@ use crate::headers::{
     As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
 };
 use crate::mic::ReceivedContentMic;
-use crate::outbound::MultipartSigner;
 use crate::mime::{self, Entity, MimeLimits};
+use crate::outbound::MultipartSigner;
 use crate::unwrap::{self, SignatureFacts, UnwrappedMessage};
 
 /// The error modifiers of `processed/error` that RFC 4130 names.
@@ -416,8 +416,7 @@ pub(crate) fn sign_entity(
     digest: MicAlgorithm,
     scheme: SignatureScheme,
 ) -> Result<(String, Vec<u8>)> {
-    let (mut signer, content_type) =
-        MultipartSigner::new(identity.clone(), digest, scheme, None)?;
+    let (mut signer, content_type) = MultipartSigner::new(identity.clone(), digest, scheme, None)?;
     let mut body = Vec::with_capacity(entity.len() + 4096);
     signer.start(&mut body);
     signer.update(entity, &mut body)?;

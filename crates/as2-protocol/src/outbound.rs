@@ -15,8 +15,8 @@ use crate::headers::{
 };
 use crate::mic::ReceivedContentMic;
 
-pub(crate) use writer::MultipartSigner;
 pub use writer::MessageWriter;
+pub(crate) use writer::MultipartSigner;
 
 /// Where to compress relative to signing (RFC 5402).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! message of 64 MiB and then one of 1 GiB, made by an independent implementation
 //! (`openssl cms -sign -stream` piped into `openssl cms -encrypt -stream`, so neither
 //! side ever holds the message) and unwrapped in 64 KiB chunks, reach the same peak heap,
-//! a few MiB; and so does a compressed message streamed through base64.
+//! a few MiB; and so does a compressed message streamed through base64. The writing side
+//! too: a 1 GiB document compressed, signed and encrypted by the `MessageWriter` needs the
+//! heap a 64 MiB one does.
 //!
 //! Each test runs in its own process (cargo-nextest), so the allocator's peak is the
 //! test's own.
@@ -15,7 +17,11 @@ use std::io::{Read, Write};
 use std::sync::OnceLock;
 
 use as2_protocol::cms::{CompressedDataWriter, Identity};
-use as2_protocol::headers::{As2RequestHeaders, MicAlgorithm};
+use as2_protocol::cms::{ContentCipher, KeyTransport, SignatureScheme};
+use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
+use as2_protocol::outbound::{
+    CompressionOrder, Encryption, MdnRequest, MessageWriter, OutboundMessage, Signing,
+};
 use as2_protocol::unwrap::{PayloadInfo, PayloadSink, StreamingUnwrap, UnwrapContext};
 use cap::Cap;
 use openssl::hash::{Hasher, MessageDigest};
@@ -359,4 +365,144 @@ fn a_compressed_stream_in_base64_unwraps_in_the_same_heap_at_16_and_512_mib() {
         "the 512 MiB document needed more heap than the 16 MiB one ({large} against {small} bytes)"
     );
     assert!(large < HEAP_BUDGET);
+}
+
+/// Writes a signed and encrypted message of a `size`-byte document through the
+/// `MessageWriter` in 64 KiB chunks, compressed before signing when `compressed`,
+/// digesting and discarding the body after every write; returns the peak heap above the
+/// level before it.
+fn written_by_the_writer(size: u64, compressed: bool) -> usize {
+    let parties = parties();
+    let (from, to, id) = (
+        As2Id::new("sender").unwrap(),
+        As2Id::new("receiver").unwrap(),
+        MessageId::parse("<big@writer>").unwrap(),
+    );
+    let message = OutboundMessage {
+        as2_from: &from,
+        as2_to: &to,
+        message_id: &id,
+        subject: None,
+        payload: &[],
+        content_type: "application/octet-stream",
+        filename: Some("big.bin"),
+        signing: Some(Signing {
+            identity: &parties.sender,
+            digest: MicAlgorithm::Sha256,
+            scheme: SignatureScheme::RsaPkcs1v15,
+        }),
+        encryption: Some(Encryption {
+            recipient: &parties.receiver.certificate,
+            cipher: ContentCipher::Aes256Gcm,
+            key_transport: KeyTransport::RsaOaep(MicAlgorithm::Sha256),
+        }),
+        compression: compressed.then_some(CompressionOrder::BeforeSigning),
+        // A receipt MIC other than the signing digest: two digests of the signed entity.
+        mdn: Some(MdnRequest {
+            disposition_notification_to: "mailto:as2@example.com".into(),
+            signed_receipt_algorithms: vec![MicAlgorithm::Sha512],
+            receipt_delivery_option: None,
+        }),
+    };
+    let mut document = if compressed {
+        // EDI-like text that repeats every 4 KiB, stamped with its index every MiB: a
+        // GiB of it deflates in seconds (random bytes would take minutes in a test
+        // build).
+        let text: Vec<u8> = (0..)
+            .flat_map(|line: u64| {
+                format!(
+                    "LIN+{line}++{}:EN'\r\nQTY+21:{}'\r\nPRI+AAA:{}.{:02}'\r\n",
+                    line * 7919 % 1_000_003,
+                    line % 97,
+                    line % 1000,
+                    line % 100
+                )
+                .into_bytes()
+            })
+            .take(4096)
+            .collect();
+        Document {
+            block: text.into_iter().cycle().take(MIB as usize).collect(),
+            size,
+        }
+    } else {
+        Document::new(size)
+    };
+    let mut body = Hasher::new(MessageDigest::sha256()).unwrap();
+    let mut body_length = 0u64;
+    let mut out = Vec::with_capacity(256 * 1024);
+
+    let before = ALLOCATOR.allocated();
+    ALLOCATOR.set_limit(before + HEAP_BUDGET).unwrap();
+    let peak_before = ALLOCATOR.max_allocated();
+    let (mut writer, headers) = MessageWriter::new(&message).unwrap();
+    let mut written = 0u64;
+    let mut index = 0u64;
+    while written < size {
+        document.block[..8].copy_from_slice(&index.to_le_bytes());
+        let length = usize::try_from((size - written).min(MIB)).unwrap();
+        for piece in document.block[..length].chunks(64 * 1024) {
+            writer.write(piece, &mut out).unwrap();
+            body.update(&out).unwrap();
+            body_length += out.len() as u64;
+            out.clear();
+        }
+        written += length as u64;
+        index += 1;
+    }
+    let mic = writer.finish(&mut out).unwrap();
+    body.update(&out).unwrap();
+    body_length += out.len() as u64;
+    let peak = ALLOCATOR.max_allocated();
+    ALLOCATOR.set_limit(usize::MAX).unwrap();
+
+    if compressed {
+        assert!(body_length < size / 10, "the document compresses");
+    } else {
+        assert!(
+            body_length > size,
+            "the message is larger than its document"
+        );
+    }
+    assert_eq!(mic.algorithm, MicAlgorithm::Sha512);
+    assert!(
+        headers
+            .iter()
+            .any(|(name, value)| name == "Content-Type" && value.contains("authEnveloped-data"))
+    );
+    let _ = body.finish().unwrap();
+    println!(
+        "{size} bytes (compressed: {compressed}): message {body_length} bytes, peak heap {} KiB \
+         above {} KiB",
+        peak.saturating_sub(before) / 1024,
+        before / 1024
+    );
+    peak.max(peak_before).saturating_sub(before)
+}
+
+/// Most heap the writer may need: the zlib state and a piece per stage.
+const WRITER_HEAP: usize = 1024 * 1024;
+
+#[test]
+fn a_gib_compressed_signed_and_encrypted_by_the_writer_in_the_heap_of_64_mib() {
+    let small = written_by_the_writer(64 * MIB, true);
+    let large = written_by_the_writer(1024 * MIB, true);
+    assert!(
+        large.saturating_sub(small) < SAME_HEAP,
+        "the 1 GiB message needed more heap than the 64 MiB one ({large} against {small} bytes)"
+    );
+    assert!(large < WRITER_HEAP, "{large} bytes");
+}
+
+/// Without compression every byte of the GiB goes through the signing digests and the
+/// cipher.
+#[test]
+fn a_gib_signed_and_encrypted_by_the_writer_in_the_heap_of_64_mib() {
+    let small = written_by_the_writer(64 * MIB, false);
+    let large = written_by_the_writer(1024 * MIB, false);
+    assert!(
+        large.saturating_sub(small) < SAME_HEAP,
+        "the 1 GiB message needed more heap than the 64 MiB one ({large} against {small} bytes)"
+    );
+    assert!(large < WRITER_HEAP, "{large} bytes");
 }

@@ -353,9 +353,10 @@ const SEGMENT: usize = 16 * 1024;
 pub(crate) struct EnvelopedWriter {
     crypter: Crypter,
     authenticated: bool,
-    block_size: usize,
-    /// Ciphertext not yet written as a segment.
+    /// Room for one segment of ciphertext and the block more the cipher may hand back.
     segment: Vec<u8>,
+    /// How much of `segment` holds ciphertext not yet written.
+    filled: usize,
 }
 
 impl EnvelopedWriter {
@@ -411,26 +412,24 @@ impl EnvelopedWriter {
         Ok(Self {
             crypter,
             authenticated: cipher.is_authenticated(),
-            block_size: openssl_cipher.block_size(),
-            segment: Vec::with_capacity(SEGMENT + 2 * openssl_cipher.block_size()),
+            segment: vec![0; SEGMENT + 2 * openssl_cipher.block_size().max(16)],
+            filled: 0,
         })
     }
 
     /// Encrypts the next content bytes; appends the segments completed so far to `out`.
     pub(crate) fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         while !data.is_empty() {
-            let room = SEGMENT.saturating_sub(self.segment.len()).max(1);
+            let room = SEGMENT.saturating_sub(self.filled).max(1);
             let (piece, rest) = data.split_at(room.min(data.len()));
-            let start = self.segment.len();
-            // The cipher may hand back up to a block more than it is given.
-            self.segment.resize(start + piece.len() + self.block_size, 0);
+            // The cipher may hand back up to a block more than it is given: the buffer
+            // has that room past SEGMENT.
             let space = self
                 .segment
-                .get_mut(start..)
+                .get_mut(self.filled..)
                 .ok_or_else(|| As2Error::cms("segment buffer"))?;
-            let written = self.crypter.update(piece, space)?;
-            self.segment.truncate(start + written);
-            if self.segment.len() >= SEGMENT {
+            self.filled += self.crypter.update(piece, space)?;
+            if self.filled >= SEGMENT {
                 self.write_segment(out);
             }
             data = rest;
@@ -440,14 +439,11 @@ impl EnvelopedWriter {
 
     /// Ends the encryption (CBC padding; the GCM tag) and the structure.
     pub(crate) fn finish(mut self, out: &mut Vec<u8>) -> Result<()> {
-        let start = self.segment.len();
-        self.segment.resize(start + 2 * self.block_size.max(16), 0);
         let space = self
             .segment
-            .get_mut(start..)
+            .get_mut(self.filled..)
             .ok_or_else(|| As2Error::cms("segment buffer"))?;
-        let written = self.crypter.finalize(space)?;
-        self.segment.truncate(start + written);
+        self.filled += self.crypter.finalize(space)?;
         self.write_segment(out);
         // End-of-contents for the encryptedContent and the encryptedContentInfo.
         out.extend([0; 4]);
@@ -462,13 +458,14 @@ impl EnvelopedWriter {
     }
 
     fn write_segment(&mut self, out: &mut Vec<u8>) {
-        if self.segment.is_empty() {
+        let ciphertext = self.segment.get(..self.filled).unwrap_or_default();
+        if ciphertext.is_empty() {
             return;
         }
         out.push(der::TAG_OCTET_STRING);
-        der::push_length(out, self.segment.len());
-        out.extend_from_slice(&self.segment);
-        self.segment.clear();
+        der::push_length(out, ciphertext.len());
+        out.extend_from_slice(ciphertext);
+        self.filled = 0;
     }
 }
 

@@ -347,9 +347,7 @@ impl MessageWriter {
             (Some(digests), _) => digests,
             (None, Some(digests)) => digests.finish()?,
             (None, None) => {
-                return Err(As2Error::InvalidArgument(
-                    "no digest for the MIC".into(),
-                ));
+                return Err(As2Error::InvalidArgument("no digest for the MIC".into()));
             }
         };
         let digest = digests
