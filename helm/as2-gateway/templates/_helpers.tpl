@@ -180,6 +180,16 @@ AS2_CLAIM_CHECK_THRESHOLD_BYTES: {{ $settings.claimCheckThresholdBytes | int64 |
 AS2_MEMORY_BUDGET_MIB: {{ $settings.memoryBudgetMib | int64 | quote }}
 AS2_CLAIM_CHECK_RETENTION_DAYS: {{ $settings.claimCheckRetentionDays | int64 | quote }}
 AS2_ARCHIVE_RETENTION_DAYS: {{ $settings.archiveRetentionDays | int64 | quote }}
+AS2_HEADER_READ_TIMEOUT_SECS: {{ $settings.headerReadTimeoutSecs | int64 | quote }}
+AS2_BODY_READ_TIMEOUT_SECS: {{ $settings.bodyReadTimeoutSecs | int64 | quote }}
+AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
+AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
+AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}
+AS2_REPORTING_UA: {{ $settings.reportingUa | quote }}
+AS2_MESSAGE_ID_DOMAIN: {{ $settings.messageIdDomain | quote }}
+AS2_RETRY_AFTER_SECS: {{ $settings.retryAfterSecs | int64 | quote }}
+{{- end }}
+{{- if has $component (list "edge" "sender") }}
 {{- with $values.objectStore }}
 {{- if .url }}
 AS2_OBJECT_STORE_URL: {{ .url | quote }}
@@ -198,14 +208,9 @@ AS2_OBJECT_STORE_PART_SIZE_MIB: {{ .partSizeMib | int64 | quote }}
 AS2_OBJECT_STORE_MAX_CONCURRENT_PARTS: {{ .maxConcurrentParts | int64 | quote }}
 {{- end }}
 {{- end }}
-AS2_HEADER_READ_TIMEOUT_SECS: {{ $settings.headerReadTimeoutSecs | int64 | quote }}
-AS2_BODY_READ_TIMEOUT_SECS: {{ $settings.bodyReadTimeoutSecs | int64 | quote }}
-AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
-AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
-AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}
-AS2_REPORTING_UA: {{ $settings.reportingUa | quote }}
-AS2_MESSAGE_ID_DOMAIN: {{ $settings.messageIdDomain | quote }}
-AS2_RETRY_AFTER_SECS: {{ $settings.retryAfterSecs | int64 | quote }}
+{{- end }}
+{{- if eq $component "sender" }}
+AS2_ARCHIVE_RETENTION_DAYS: {{ $values.edge.settings.archiveRetentionDays | int64 | quote }}
 {{- end }}
 {{- if eq $component "mdn" }}
 AS2_MDN_WORKERS: {{ $settings.workers | int64 | quote }}
@@ -283,7 +288,7 @@ kafka-options: {{ .Values.kafka.options | b64enc | quote }}
       name: {{ $values.kafka.existingSecret | default (include "as2-gateway.connectionSecretName" .root) }}
       key: {{ ternary $values.kafka.existingSecretKey "kafka-options" (ne $values.kafka.existingSecret "") }}
 {{- end }}
-{{- if and (eq .component "edge") $values.objectStore.url $values.objectStore.existingSecret }}
+{{- if and (has .component (list "edge" "sender")) $values.objectStore.url $values.objectStore.existingSecret }}
 - name: AS2_OBJECT_STORE_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:

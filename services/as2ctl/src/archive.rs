@@ -1,7 +1,10 @@
-//! `as2ctl archive`: the archived messages (as received) and our answers, read straight
-//! from the object store with the layout of [`as2_store::archive`].
+//! `as2ctl archive`: the archived messages (as received, or as the sender sent them),
+//! the answers and asynchronous MDNs, read straight from the object store with the
+//! layout of [`as2_store::archive`]. Saved files are streamed, never held whole.
 
+use futures::StreamExt as _;
 use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::cli::{ArchiveCommand, ArchiveStoreArgs};
 use crate::commands::CtlError;
@@ -13,9 +16,12 @@ struct EntryView {
     entry: String,
     /// The message as received: its size in bytes.
     message_bytes: Option<u64>,
-    /// Our answer's first line (`HTTP/1.1 200`) and its Disposition, when an MDN.
+    /// The answer's first line (`HTTP/1.1 200`) and its Disposition, when an MDN.
     answer: Option<String>,
-    /// Where `--output-dir` wrote the two files.
+    /// An outbound message's asynchronous MDN: its Disposition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mdn: Option<String>,
+    /// Where `--output-dir` wrote the files.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     saved: Vec<String>,
 }
@@ -55,30 +61,31 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
             .head(&as2_store::archive::message_key(entry))
             .await
             .ok();
-        let answer = match store.get(&as2_store::archive::answer_key(entry)).await {
-            Ok(object) => Some(object.bytes().await.map_err(store_error)?),
-            Err(_) => None,
-        };
+        let answer = small_object(&store, &as2_store::archive::answer_key(entry)).await?;
+        let mdn = small_object(&store, &as2_store::archive::mdn_key(entry)).await?;
         let mut saved = Vec::new();
         if let Some(directory) = &output_dir {
             std::fs::create_dir_all(directory).map_err(|error| {
                 CtlError::Usage(format!("cannot create {}: {error}", directory.display()))
             })?;
-            for (name, key) in [
-                ("message", as2_store::archive::message_key(entry)),
-                ("answer", as2_store::archive::answer_key(entry)),
+            for (name, key, present) in [
+                (
+                    "message",
+                    as2_store::archive::message_key(entry),
+                    message.is_some(),
+                ),
+                (
+                    "answer",
+                    as2_store::archive::answer_key(entry),
+                    answer.is_some(),
+                ),
+                ("mdn", as2_store::archive::mdn_key(entry), mdn.is_some()),
             ] {
-                let bytes = store
-                    .get(&key)
-                    .await
-                    .map_err(store_error)?
-                    .bytes()
-                    .await
-                    .map_err(store_error)?;
+                if !present {
+                    continue;
+                }
                 let path = directory.join(format!("{}-{name}", index + 1));
-                std::fs::write(&path, &bytes).map_err(|error| {
-                    CtlError::Usage(format!("cannot write {}: {error}", path.display()))
-                })?;
+                save(&store, &key, &path).await?;
                 saved.push(path.display().to_string());
             }
         }
@@ -86,6 +93,7 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
             entry: entry.clone(),
             message_bytes: message.map(|info| info.size),
             answer: answer.map(|answer| summary(&answer)),
+            mdn: mdn.map(|mdn| disposition(&mdn).unwrap_or_else(|| "(no disposition)".to_owned())),
             saved,
         });
     }
@@ -101,6 +109,9 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
                 .map_or("?".to_owned(), |size| size.to_string()),
             view.answer.as_deref().unwrap_or("(none)")
         ));
+        if let Some(mdn) = &view.mdn {
+            out.push_str(&format!("  asynchronous mdn: {mdn}\n"));
+        }
         for path in &view.saved {
             out.push_str(&format!("  saved to {path}\n"));
         }
@@ -113,18 +124,49 @@ pub async fn execute(command: ArchiveCommand, json: bool) -> Result<String, CtlE
     Ok(out)
 }
 
+/// An answer or MDN (a few KiB), `None` when the entry has none.
+async fn small_object(
+    store: &as2_store::Store,
+    key: &str,
+) -> Result<Option<bytes::Bytes>, CtlError> {
+    match store.get(key).await {
+        Ok(object) => Ok(Some(object.bytes().await.map_err(store_error)?)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(store_error(error)),
+    }
+}
+
+/// Streams the object `key` into the file `path`.
+async fn save(store: &as2_store::Store, key: &str, path: &std::path::Path) -> Result<(), CtlError> {
+    let cannot_write = |error: std::io::Error| {
+        CtlError::Usage(format!("cannot write {}: {error}", path.display()))
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(cannot_write)?;
+    let mut body = store.get(key).await.map_err(store_error)?.into_stream();
+    while let Some(chunk) = body.next().await {
+        file.write_all(&chunk.map_err(store_error)?)
+            .await
+            .map_err(cannot_write)?;
+    }
+    file.flush().await.map_err(cannot_write)
+}
+
 /// The answer's status line and, for an MDN, its Disposition.
 fn summary(answer: &[u8]) -> String {
     let text = String::from_utf8_lossy(answer);
     let status = text.lines().next().unwrap_or_default().trim().to_owned();
-    let disposition = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Disposition:"))
-        .map(str::trim);
-    match disposition {
+    match disposition(answer) {
         Some(disposition) => format!("{status}, {disposition}"),
         None => status,
     }
+}
+
+/// The Disposition an MDN states.
+fn disposition(mdn: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(mdn)
+        .lines()
+        .find_map(|line| line.strip_prefix("Disposition:"))
+        .map(|value| value.trim().to_owned())
 }
 
 fn open(args: &ArchiveStoreArgs) -> Result<as2_store::Store, CtlError> {
