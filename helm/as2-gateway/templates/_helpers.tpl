@@ -210,7 +210,7 @@ AS2_OBJECT_STORE_MAX_CONCURRENT_PARTS: {{ .maxConcurrentParts | int64 | quote }}
 {{- end }}
 {{- end }}
 {{- if eq $component "sender" }}
-AS2_ARCHIVE_RETENTION_DAYS: {{ $values.edge.settings.archiveRetentionDays | int64 | quote }}
+AS2_ARCHIVE_RETENTION_DAYS: {{ $values.edge.archiveRetentionDays | int64 | quote }}
 {{- end }}
 {{- if eq $component "mdn" }}
 AS2_MDN_WORKERS: {{ $settings.workers | int64 | quote }}
