@@ -72,7 +72,8 @@ pub struct OutboundMessage<'a> {
     pub message_id: &'a MessageId,
     /// Subject header, if any.
     pub subject: Option<&'a str>,
-    /// The business document.
+    /// The business document, for [`build_message`]; [`MessageWriter::new`] does not
+    /// read it (the document goes to [`MessageWriter::write`] in pieces).
     pub payload: &'a [u8],
     /// Its Content-Type (for instance `application/edi-x12`).
     pub content_type: &'a str,

@@ -499,3 +499,46 @@ fn set_odd_parity(key: &mut [u8]) {
         *byte = (*byte & 0xfe) | u8::from(high_bits_ones % 2 == 0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streamed_triple_des_key_has_odd_parity_and_opens_with_the_recipient_key() {
+        let material = as2_testkit::certificates::TestCertificate::valid("recipient").generate();
+        let identity = Identity {
+            key: material.key,
+            certificate: material.certificate,
+        };
+        for key_transport in [
+            KeyTransport::RsaPkcs1v15,
+            KeyTransport::RsaOaep(crate::headers::MicAlgorithm::Sha256),
+        ] {
+            let mut out = Vec::new();
+            let writer = EnvelopedWriter::new(
+                &identity.certificate,
+                ContentCipher::TripleDesCbc,
+                key_transport,
+                &mut out,
+            )
+            .unwrap();
+            writer.finish(&mut out).unwrap();
+            // ContentInfo, OID, [0], EnvelopedData (all indefinite), version, then the
+            // recipientInfos SET.
+            let oid_length = der::oid(oid::ENVELOPED_DATA).len();
+            let start = 2 + oid_length + 4 + 3;
+            let set = der::Reader::new(&out[start..]).next().unwrap().unwrap();
+            assert_eq!(set.tag, der::TAG_SET);
+            let opened = open_content_key(
+                set.raw,
+                std::slice::from_ref(&identity),
+                ContentCipher::TripleDesCbc,
+            )
+            .unwrap();
+            assert_eq!(opened.key_transport, key_transport);
+            assert_eq!(opened.key.len(), 24);
+            assert!(opened.key.iter().all(|byte| byte.count_ones() % 2 == 1));
+        }
+    }
+}

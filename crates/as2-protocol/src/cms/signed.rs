@@ -508,7 +508,58 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::*;
+
+    fn identity() -> Identity {
+        let material = as2_testkit::certificates::TestCertificate::valid("signer").generate();
+        Identity {
+            key: material.key,
+            certificate: material.certificate,
+        }
+    }
+
+    #[test]
+    fn a_signature_over_a_digest_computed_elsewhere_verifies_over_the_content() {
+        let identity = identity();
+        let content = b"Content-Type: text/plain\r\n\r\nsigned elsewhere\r\n";
+        let options = VerifyOptions {
+            certificates: std::slice::from_ref(&identity.certificate),
+            allow_md5: false,
+            check_validity: true,
+        };
+        for scheme in [SignatureScheme::RsaPkcs1v15, SignatureScheme::RsaPss] {
+            let sign_options = SignOptions {
+                signer: &identity,
+                digest: MicAlgorithm::Sha384,
+                scheme,
+                detached: true,
+            };
+            let digest = MicAlgorithm::Sha384.digest(content).unwrap();
+            let detached = sign_digest(&digest, &sign_options).unwrap();
+            let (verified, _) = verify_detached(&detached, &[content], &options).unwrap();
+            assert_eq!(verified.scheme, scheme);
+            assert!(verify_detached(&detached, &[b"other".as_slice()], &options).is_err());
+            // The whole-buffer form, detached and opaque, is the same code path.
+            let whole = sign(content, &sign_options).unwrap();
+            verify_detached(&whole, &[content], &options).unwrap();
+            let opaque = SignOptions {
+                detached: false,
+                ..sign_options
+            };
+            let (_, inner) = verify_opaque(&sign(content, &opaque).unwrap(), &options).unwrap();
+            assert_eq!(inner, content);
+        }
+        let wrong_length = SignOptions {
+            signer: &identity,
+            digest: MicAlgorithm::Sha256,
+            scheme: SignatureScheme::RsaPkcs1v15,
+            detached: true,
+        };
+        assert!(matches!(
+            sign_digest(&[0; 20], &wrong_length),
+            Err(As2Error::InvalidArgument(_))
+        ));
+    }
 
     #[test]
     fn civil_dates() {
