@@ -1,6 +1,8 @@
 //! django-pyas2 (PyPI) as the receiving partner: combinations of signing, encryption,
-//! compression and MDN options are delivered and receipted; a partner that is down for a
-//! while gets the message once it is back, under the same Message-ID.
+//! compression and MDN options are delivered and receipted; a document a record
+//! references in the object store is streamed to it (the BER the streaming builder
+//! writes is read by an independent implementation); a partner that is down for a while
+//! gets the message once it is back, under the same Message-ID.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,6 +147,70 @@ async fn combinations_are_delivered_and_receipted_by_django_pyas2() {
             "{name}"
         );
     }
+    sender.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_referenced_document_is_streamed_to_django_pyas2_from_the_object_store() {
+    let stack = OutboundStack::start().await;
+    let partner = DjangoPartner::start(
+        &["django large"],
+        KeyMaterial::generate("django partner"),
+        &stack.gateway.cert_pem,
+    );
+    stack
+        .partnership(
+            "large",
+            "django large",
+            &partner.key.cert_pem,
+            &partner.url(),
+            OutboundSettings {
+                compression: Compression::BeforeSigning.into(),
+                ..signed_encrypted_sync()
+            },
+        )
+        .await;
+    let objects = tempfile::tempdir().unwrap();
+    let args = as2_store::ObjectStoreArgs {
+        object_store_url: Some(format!("file://{}", objects.path().display())),
+        ..Default::default()
+    };
+    let store = as2_store::Store::open(
+        &args
+            .store_config(std::path::Path::new("/nonexistent"))
+            .unwrap(),
+    )
+    .unwrap();
+    let size = 6 * 1024 * 1024 + 7;
+    let sha256 = support::upload_document(&store, "documents/large.edi", size).await;
+    let mut config = stack.sender_config();
+    config.object_store = args;
+    let sender = RunningSender::start(config).await;
+    support::produce_reference(
+        &stack,
+        "large",
+        &store,
+        "documents/large.edi",
+        size,
+        &sha256,
+    )
+    .await;
+
+    let receipts = stack.receipts(1, Duration::from_secs(1)).await;
+    assert_eq!(receipts.len(), 1);
+    let receipt = &receipts[0];
+    assert_eq!(receipt["outcome"], "delivered", "{receipt:#}");
+    assert_eq!(receipt["mic_verified"], true, "{receipt:#}");
+    let received = partner.received();
+    assert_eq!(received.len(), 1);
+    let message = &received[0];
+    assert_eq!(message.status, "S", "{message:?}");
+    assert!(message.signed && message.encrypted && message.compressed);
+    assert_eq!(message.payload.len() as u64, size);
+    assert_eq!(
+        support::hex(&openssl::sha::sha256(&message.payload)),
+        sha256
+    );
     sender.stop().await;
 }
 

@@ -486,3 +486,81 @@ async fn create_topics(bootstrap: &str) {
         .await
         .unwrap();
 }
+
+const MIB: u64 = 1024 * 1024;
+
+/// Uploads `size` pseudo-random bytes (no MiB like another) as `key`; returns the
+/// SHA-256 in hex.
+pub async fn upload_document(store: &as2_store::Store, key: &str, size: u64) -> String {
+    let mut upload = store
+        .upload(
+            key,
+            as2_store::ObjectAttributes::content_type("application/edi-x12"),
+        )
+        .unwrap();
+    let mut digest = openssl::sha::Sha256::new();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut block = vec![0u8; MIB as usize];
+    for index in 0..size.div_ceil(MIB) {
+        for byte in &mut block {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state.to_le_bytes()[0];
+        }
+        block[..8].copy_from_slice(&index.to_be_bytes());
+        let take = (size - index * MIB).min(MIB) as usize;
+        digest.update(&block[..take]);
+        upload.write(&block[..take]).await.unwrap();
+    }
+    upload.complete().await.unwrap();
+    hex(&digest.finish())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Publishes a record that references `key` in `store`.
+pub async fn produce_reference(
+    stack: &OutboundStack,
+    partnership_id: &str,
+    store: &as2_store::Store,
+    key: &str,
+    size: u64,
+    sha256: &str,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap_servers())
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let location = store.object_url(key);
+    let size = size.to_string();
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in [
+        ("as2-partnership-id", partnership_id),
+        ("as2-filename", "catalogue.edi"),
+        ("content-type", "application/edi-x12"),
+        ("as2-record-version", "2"),
+        ("as2-document-location", location.as_str()),
+        ("as2-document-key", key),
+        ("as2-document-size", size.as_str()),
+        ("as2-document-sha256", sha256),
+    ] {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(OUTBOUND_TOPIC)
+                .key(partnership_id)
+                .payload(&[][..])
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
