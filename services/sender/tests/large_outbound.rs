@@ -19,13 +19,11 @@ use as2_edge::{EdgeConfig, EdgeServer};
 use as2_rpc::routing::v1::{
     ArchiveSettings, CreatePartnershipRequest, PartnerCertificate, Partnership,
 };
-use as2_store::{ObjectAttributes, ObjectStoreArgs, Store};
+use as2_store::{ObjectStoreArgs, Store};
 use clap::Parser as _;
 use futures::StreamExt as _;
 use openssl::sha::Sha256;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{
     GATEWAY_ID, GATEWAY_KEY_ID, KeyMaterial, OutboundStack, hex, produce_reference, upload_document,
 };
