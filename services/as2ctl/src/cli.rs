@@ -207,13 +207,19 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub mdn_timeout_secs: u64,
 
-    /// Seconds the POST may take.
+    /// Seconds the partner may take to read more of the body, and to answer once it has
+    /// all of it (a large file on a slow line is not cut for its size).
     #[arg(
         long = "send-timeout-secs",
         default_value_t = 60,
         value_name = "SECONDS"
     )]
     pub timeout_secs: u64,
+
+    /// Send the body chunked, as it is built, instead of building it into a temporary
+    /// file first and sending it with a Content-Length.
+    #[arg(long)]
+    pub chunked: bool,
 
     /// The document's MIME type.
     #[arg(long, default_value = "application/octet-stream")]

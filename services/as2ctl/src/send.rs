@@ -2,23 +2,28 @@
 //! encrypted, compressed as asked), POSTs it, waits for the MDN (in the response or
 //! POSTed back to a listener of our own) and judges it: disposition, Original-Message-ID,
 //! MIC and signature.
+//!
+//! The file is never held whole: it goes through the streaming builder
+//! ([`MessageWriter`]) in 1 MiB pieces into a temporary file, which is then sent with
+//! its Content-Length; with `--chunked` the body is sent as it is built, chunked.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use as2_partner::algorithms::{compression_order, content_cipher, mic_algorithm};
-use as2_partner::transport::PartnerTransport;
+use as2_partner::transport::{BodyError, PartnerTransport, RequestBody};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::ReceiptDeliveryOption;
 use as2_protocol::mdn::{MdnVerification, ParsedMdn, parse_mdn};
 use as2_protocol::outbound::{
-    CompressionOrder, Encryption, MdnRequest, OutboundMessage, Signing, build_message,
+    CompressionOrder, Encryption, MdnRequest, MessageWriter, OutboundMessage, Signing,
 };
 use as2_protocol::{As2Id, MessageId, MicAlgorithm, ReceivedContentMic};
 use as2_rpc::routing::v1::{Compression, EncryptionCipher, SigningDigest};
 use base64::Engine as _;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -32,6 +37,8 @@ use crate::commands::CtlError;
 
 /// Largest asynchronous MDN accepted.
 const MAX_MDN_BYTES: usize = 1024 * 1024;
+/// How much of the file goes through the builder at a time.
+const PIECE_BYTES: usize = 1024 * 1024;
 /// Domain of the Message-IDs of what as2ctl sends.
 const MESSAGE_ID_DOMAIN: &str = "as2ctl.local";
 
@@ -95,12 +102,12 @@ pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
         }),
     };
     let filename = args.file.file_name().and_then(|name| name.to_str());
-    let built = build_message(&OutboundMessage {
+    let (writer, headers) = MessageWriter::new(&OutboundMessage {
         as2_from: &plan.as2_from,
         as2_to: &plan.as2_to,
         message_id: &message_id,
         subject: args.subject.as_deref(),
-        payload: &plan.payload,
+        payload: &[],
         content_type: &args.content_type,
         filename,
         signing: plan.signer.as_ref().map(|identity| Signing {
@@ -129,14 +136,32 @@ pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
     let transport = PartnerTransport::new(None)
         .map_err(|error| CtlError::Usage(format!("cannot set up https: {error}")))?;
     let timeout = Duration::from_secs(args.timeout_secs);
+    let (body, built) = if args.chunked {
+        let (body, built) = build_streaming(writer, args.file.clone());
+        (body, Built::Later(built))
+    } else {
+        let (file, length, mic) = build_into_file(writer, args.file.clone()).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            256 * 1024,
+        )
+        .map(|chunk| chunk.map_err(|error| Box::new(error) as BodyError));
+        let body = RequestBody::Stream {
+            stream: Box::pin(stream),
+            length: Some(length),
+        };
+        (body, Built::Now(mic))
+    };
     let response = transport
-        .post(&args.url, &built.headers, &built.body, timeout)
+        .post_body(&args.url, &headers, body, timeout)
         .await
         .map_err(|error| CtlError::Unreachable {
             service: "partner",
             url: args.url.clone(),
             reason: error.to_string(),
-        })?;
+        });
+    let expected_mic = built.mic().await?;
+    let response = response?;
 
     let mut report = SendReport {
         message_id: message_id.original().to_owned(),
@@ -144,7 +169,7 @@ pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
         http_status: response.status,
         mdn_mode: mdn_mode_name(args.mdn),
         disposition: None,
-        expected_mic: mic_text(&built.expected_mic),
+        expected_mic: mic_text(&expected_mic),
         returned_mic: None,
         original_message_id_matches: None,
         mdn_signature: None,
@@ -181,7 +206,7 @@ pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
         Ok(Some((content_type, body))) => judge(
             &plan,
             &args,
-            &built.expected_mic,
+            &expected_mic,
             &message_id,
             &content_type,
             &body,
@@ -195,6 +220,126 @@ pub async fn execute(args: SendArgs, json: bool) -> Result<String, CtlError> {
     } else {
         Err(CtlError::Unsuccessful(output))
     }
+}
+
+/// The MIC of what was sent: known once the body is built.
+enum Built {
+    Now(ReceivedContentMic),
+    Later(tokio::task::JoinHandle<Result<ReceivedContentMic, CtlError>>),
+}
+
+impl Built {
+    async fn mic(self) -> Result<ReceivedContentMic, CtlError> {
+        match self {
+            Self::Now(mic) => Ok(mic),
+            Self::Later(task) => task
+                .await
+                .map_err(|error| CtlError::Usage(format!("the build failed: {error}")))?,
+        }
+    }
+}
+
+fn build_error(error: impl std::fmt::Display) -> CtlError {
+    CtlError::Usage(format!("cannot build the AS2 message: {error}"))
+}
+
+/// Builds the body from `path` into an unnamed temporary file; returns it (at its start),
+/// its length and the MIC.
+async fn build_into_file(
+    mut writer: MessageWriter,
+    path: std::path::PathBuf,
+) -> Result<(std::fs::File, u64, ReceivedContentMic), CtlError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    tokio::task::spawn_blocking(move || {
+        let cannot_read = |error: std::io::Error| {
+            CtlError::Usage(format!("cannot read {}: {error}", path.display()))
+        };
+        let mut input = std::fs::File::open(&path).map_err(cannot_read)?;
+        let mut output = tempfile::tempfile().map_err(build_error)?;
+        let mut piece = vec![0u8; PIECE_BYTES];
+        let mut out = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
+        loop {
+            let read = input.read(&mut piece).map_err(cannot_read)?;
+            if read == 0 {
+                break;
+            }
+            writer
+                .write(piece.get(..read).unwrap_or_default(), &mut out)
+                .map_err(build_error)?;
+            output.write_all(&out).map_err(build_error)?;
+            out.clear();
+        }
+        let mic = writer.finish(&mut out).map_err(build_error)?;
+        output.write_all(&out).map_err(build_error)?;
+        let length = output.stream_position().map_err(build_error)?;
+        output.rewind().map_err(build_error)?;
+        Ok((output, length, mic))
+    })
+    .await
+    .map_err(build_error)?
+}
+
+/// Builds the body from `path` while it is sent: the body stream, and the task that
+/// returns the MIC at the end.
+fn build_streaming(
+    mut writer: MessageWriter,
+    path: std::path::PathBuf,
+) -> (
+    RequestBody,
+    tokio::task::JoinHandle<Result<ReceivedContentMic, CtlError>>,
+) {
+    use std::io::Read as _;
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, BodyError>>(4);
+    let task = tokio::task::spawn_blocking(move || {
+        let fail = |sender: &mpsc::Sender<Result<Bytes, BodyError>>, error: CtlError| {
+            let _ = sender.blocking_send(Err(error.to_string().into()));
+            error
+        };
+        let mut input = match std::fs::File::open(&path) {
+            Ok(input) => input,
+            Err(error) => {
+                let error = CtlError::Usage(format!("cannot read {}: {error}", path.display()));
+                return Err(fail(&sender, error));
+            }
+        };
+        let mut piece = vec![0u8; PIECE_BYTES];
+        let mut out = Vec::new();
+        loop {
+            let read = match input.read(&mut piece) {
+                Ok(read) => read,
+                Err(error) => {
+                    let error = CtlError::Usage(format!("cannot read {}: {error}", path.display()));
+                    return Err(fail(&sender, error));
+                }
+            };
+            if read == 0 {
+                break;
+            }
+            if let Err(error) = writer.write(piece.get(..read).unwrap_or_default(), &mut out) {
+                return Err(fail(&sender, build_error(error)));
+            }
+            if !out.is_empty()
+                && sender
+                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
+                    .is_err()
+            {
+                return Err(CtlError::Usage("the send ended before the body".to_owned()));
+            }
+        }
+        let mic = writer
+            .finish(&mut out)
+            .map_err(|error| fail(&sender, build_error(error)))?;
+        let _ = sender.blocking_send(Ok(Bytes::from(out)));
+        Ok(mic)
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let body = RequestBody::Stream {
+        stream: Box::pin(stream),
+        length: None,
+    };
+    (body, task)
 }
 
 /// Checks the MDN and fills the report; returns the verdict.
@@ -312,7 +457,6 @@ fn usage(error: impl std::fmt::Display) -> CtlError {
 struct Plan {
     as2_from: As2Id,
     as2_to: As2Id,
-    payload: Vec<u8>,
     signer: Option<Identity>,
     digest: MicAlgorithm,
     recipient: Option<X509>,
@@ -325,7 +469,9 @@ impl Plan {
     fn load(args: &SendArgs) -> Result<Self, CtlError> {
         let as2_from = As2Id::new(args.from.clone()).map_err(usage)?;
         let as2_to = As2Id::new(args.to.clone()).map_err(usage)?;
-        let payload = read(&args.file)?;
+        std::fs::metadata(&args.file).map_err(|error| {
+            CtlError::Usage(format!("cannot read {}: {error}", args.file.display()))
+        })?;
         let signer = match (&args.sign_key, &args.sign_cert) {
             (Some(key), Some(certificate)) => Some(
                 Identity::from_pem(&read(key)?, &read(certificate)?, None).map_err(|error| {
@@ -360,7 +506,6 @@ impl Plan {
         Ok(Self {
             as2_from,
             as2_to,
-            payload,
             signer,
             digest: mic_algorithm(SigningDigest::from(args.digest)),
             recipient,

@@ -294,7 +294,8 @@ async fn the_readme_quick_start_receives_from_as2ctl_and_pyas2lib() {
     assert_eq!(report["mdn_signature"], "verified (sha-256, rsa-pkcs1v15)");
     let first_id = report["message_id"].as_str().unwrap().to_owned();
 
-    // 2. Compressed after signing, AES-GCM with OAEP, async MDN to as2ctl's listener.
+    // 2. Compressed after signing, AES-GCM with OAEP, async MDN to as2ctl's listener, the
+    // body sent chunked as it is built.
     let second = b"second document, asynchronous receipt\n";
     std::fs::write(work.join("invoice.txt"), second).unwrap();
     let partner_key = gateway.data_dir.path().join(".as2-gateway/partner/tls.key");
@@ -331,6 +332,7 @@ async fn the_readme_quick_start_receives_from_as2ctl_and_pyas2lib() {
             "60",
             "--content-type",
             "text/plain",
+            "--chunked",
         ],
     );
     let report = json_of(&report);
