@@ -43,10 +43,12 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Why a referenced document could not be made into a message.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The store failed or the document is not there; the record fails (after the
-    /// store's own retries), with this reason.
+    /// The store failed (after its own retries); the build is tried again later.
     #[error("object store: {0}")]
     Store(String),
+    /// The document is not in its store.
+    #[error("the referenced document is not in the object store: {0}")]
+    Missing(String),
     /// The document is not what its record says.
     #[error("the referenced document {0}")]
     Mismatch(String),
@@ -60,7 +62,11 @@ pub enum BuildError {
 
 impl From<StoreError> for BuildError {
     fn from(error: StoreError) -> Self {
-        Self::Store(error.to_string())
+        if error.is_not_found() {
+            Self::Missing(error.to_string())
+        } else {
+            Self::Store(error.to_string())
+        }
     }
 }
 

@@ -112,6 +112,18 @@ pub struct OutboundSender {
     pub settings: SenderSettings,
 }
 
+/// Builds of a large message that fail on the object store are tried again this often
+/// (with the send backoff) before the record fails.
+const STORE_RETRIES: u32 = 4;
+
+/// Why a message could not be built.
+enum PrepareError {
+    /// The object store failed: worth another try.
+    Transient(String),
+    /// The record cannot be sent (a missing or mismatched document, a build error).
+    Permanent(String),
+}
+
 /// A message ready to send: its headers, its body and the MIC its MDN must return.
 struct Prepared {
     headers: Vec<(String, String)>,
@@ -195,14 +207,30 @@ impl OutboundSender {
                 }
             }
         };
-        let started = match self.start(document, &partnership, message_id).await {
-            Ok(started) => started,
-            Err(error) => return self.fail(stop, &id, error.to_string(), 0).await,
-        };
-        let archive = self.archive_entry(&started.plan, &partnership);
-        let (plan, prepared) = match self.prepare(document, started, archive.as_ref()).await {
-            Ok(prepared) => prepared,
-            Err(reason) => return self.fail(stop, &id, reason, 0).await,
+        let mut store_failures = 0;
+        let (plan, prepared, archive) = loop {
+            let started = match self.start(document, &partnership, message_id.clone()).await {
+                Ok(started) => started,
+                Err(error) => return self.fail(stop, &id, error.to_string(), 0).await,
+            };
+            let archive = self.archive_entry(&started.plan, &partnership);
+            match self.prepare(document, started, archive.as_ref()).await {
+                Ok((plan, prepared)) => break (plan, prepared, archive),
+                Err(PrepareError::Transient(reason)) if store_failures < STORE_RETRIES => {
+                    store_failures += 1;
+                    let delay = self.settings.backoff.delay(store_failures, random_jitter());
+                    tracing::warn!(
+                        message_id = id,
+                        reason,
+                        attempt = store_failures,
+                        "cannot build the message yet, retrying"
+                    );
+                    wait(stop, delay).await?;
+                }
+                Err(PrepareError::Transient(reason) | PrepareError::Permanent(reason)) => {
+                    return self.fail(stop, &id, reason, 0).await;
+                }
+            }
         };
         let archive_location = archive
             .as_ref()
@@ -263,13 +291,15 @@ impl OutboundSender {
         document: &OutboundDocument,
         started: Started,
         archive: Option<&OutboundArchive>,
-    ) -> Result<(SendPlan, Prepared), String> {
+    ) -> Result<(SendPlan, Prepared), PrepareError> {
         let Some(reference) = &document.reference else {
             let payload = document.payload.clone();
             let (plan, built) = tokio::task::spawn_blocking(move || started.build(&payload))
                 .await
-                .map_err(|error| format!("the build task failed: {error}"))?
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| {
+                    PrepareError::Permanent(format!("the build task failed: {error}"))
+                })?
+                .map_err(|error| PrepareError::Permanent(error.to_string()))?;
             if let Some(archive) = archive
                 && let Err(error) = archive.put_message(&built.headers, &built.body).await
             {
@@ -301,7 +331,7 @@ impl OutboundSender {
                     None => self
                         .objects
                         .store_of(reference)
-                        .map_err(|error| error.to_string())?,
+                        .map_err(PrepareError::from)?,
                 };
                 let hash =
                     archive::message_hash(&plan.as2_from, &plan.as2_to, plan.message_id.original());
@@ -313,7 +343,7 @@ impl OutboundSender {
             .objects
             .build(reference, writer, &target, &key, &prefix, spooled)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(PrepareError::from)?;
         tracing::info!(
             message_id = plan.message_id.original(),
             document_bytes = reference.size,
@@ -752,6 +782,15 @@ impl OutboundSender {
                     wait(stop, DEPENDENCY_RETRY).await?;
                 }
             }
+        }
+    }
+}
+
+impl From<documents::BuildError> for PrepareError {
+    fn from(error: documents::BuildError) -> Self {
+        match error {
+            documents::BuildError::Store(_) => Self::Transient(error.to_string()),
+            _ => Self::Permanent(error.to_string()),
         }
     }
 }
