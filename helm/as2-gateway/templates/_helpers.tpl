@@ -200,6 +200,7 @@ AS2_OBJECT_STORE_MAX_CONCURRENT_PARTS: {{ .maxConcurrentParts | int64 | quote }}
 {{- end }}
 AS2_HEADER_READ_TIMEOUT_SECS: {{ $settings.headerReadTimeoutSecs | int64 | quote }}
 AS2_BODY_READ_TIMEOUT_SECS: {{ $settings.bodyReadTimeoutSecs | int64 | quote }}
+AS2_BODY_MIN_RATE_BYTES_PER_SEC: {{ $settings.bodyMinRateBytesPerSec | int64 | quote }}
 AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
 AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
 AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}

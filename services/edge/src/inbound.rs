@@ -112,6 +112,11 @@ pub enum BodyFailure {
         /// The idle timeout, in seconds.
         secs: u64,
     },
+    /// It arrived slower on average than the minimum rate (408).
+    TooSlow {
+        /// The minimum rate, in bytes per second.
+        min_rate: u64,
+    },
     /// The connection failed (the client went away, or sent a broken body).
     Read(String),
 }
@@ -128,6 +133,10 @@ impl BodyFailure {
                 408,
                 format!("no part of the request body arrived for {secs} s"),
             ),
+            Self::TooSlow { min_rate } => Answer::text(
+                408,
+                format!("the request body arrived slower than the minimum of {min_rate} bytes/s"),
+            ),
             Self::Read(error) => {
                 Answer::text(400, format!("the request body could not be read: {error}"))
             }
@@ -135,7 +144,8 @@ impl BodyFailure {
     }
 }
 
-/// A body still arriving, chunk by chunk, with its size and idle limits applied.
+/// A body still arriving, chunk by chunk, with its size limit, idle timeout and minimum
+/// rate applied.
 pub type BodyChunks =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BodyFailure>> + Send>>;
 
