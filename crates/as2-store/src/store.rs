@@ -37,6 +37,9 @@ pub(crate) struct StoreInner {
     pub(crate) keeps_attributes: bool,
     pub(crate) part_size: usize,
     pub(crate) max_concurrent_parts: usize,
+    /// The same store without an fsync of every write ([`Store::unsynced`]), when that
+    /// makes a difference (the local filesystem).
+    pub(crate) unsynced: Option<Arc<StoreInner>>,
 }
 
 impl fmt::Debug for Store {
@@ -235,6 +238,7 @@ impl Store {
         let configure = |error: object_store::Error| {
             StoreError::Config(format!("object store {description}: {error}"))
         };
+        let mut unsynced_backend: Option<Arc<dyn ObjectStore>> = None;
         let (backend, keeps_attributes): (Arc<dyn ObjectStore>, bool) = match &config.backend {
             Backend::LocalFileSystem { root } => {
                 std::fs::create_dir_all(root).map_err(|error| {
@@ -243,11 +247,13 @@ impl Store {
                         root.display()
                     ))
                 })?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(root)
-                    .map_err(configure)?
-                    .with_fsync(true)
-                    .with_automatic_cleanup(true);
-                (Arc::new(local), false)
+                let local = |fsync| {
+                    object_store::local::LocalFileSystem::new_with_prefix(root)
+                        .map(|local| local.with_fsync(fsync).with_automatic_cleanup(true))
+                        .map_err(configure)
+                };
+                unsynced_backend = Some(Arc::new(local(false)?));
+                (Arc::new(local(true)?), false)
             }
             Backend::S3(s3) => (
                 with_prefix(open_s3(s3).map_err(configure)?, &s3.prefix),
@@ -268,16 +274,36 @@ impl Store {
                 (with_prefix(Arc::new(azure), prefix), true)
             }
         };
+        let inner = |backend, unsynced| StoreInner {
+            backend,
+            description: description.clone(),
+            base_url: config.base_url(),
+            keeps_attributes,
+            part_size: config.part_size,
+            max_concurrent_parts: config.max_concurrent_parts,
+            unsynced,
+        };
+        let unsynced = unsynced_backend.map(|backend| Arc::new(inner(backend, None)));
         Ok(Self {
-            inner: Arc::new(StoreInner {
-                backend,
-                description,
-                base_url: config.base_url(),
-                keeps_attributes,
-                part_size: config.part_size,
-                max_concurrent_parts: config.max_concurrent_parts,
-            }),
+            inner: Arc::new(inner(backend, unsynced)),
         })
+    }
+
+    /// The same store, with writes that return before they are on disk: on the local
+    /// filesystem, objects written through the handle returned are not fsynced (the
+    /// default handle fsyncs each file and its directory before a write returns, which
+    /// costs more than the write itself); other backends are the same either way. For
+    /// objects whose loss or truncation in a crash of the machine (not of the process)
+    /// within the kernel's writeback delay (about 30 s) is acceptable: the archive,
+    /// written after the answer, not the documents that records reference.
+    pub fn unsynced(&self) -> Self {
+        Self {
+            inner: self
+                .inner
+                .unsynced
+                .clone()
+                .unwrap_or_else(|| self.inner.clone()),
+        }
     }
 
     /// Where the objects are, for logs (no credentials).

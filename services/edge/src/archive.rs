@@ -3,6 +3,14 @@
 //! body: the MDN), kept in the object store for non-repudiation, per partnership, with an
 //! enforced retention. The layout is [`as2_store::archive`]'s; this writes it while the
 //! body arrives.
+//!
+//! The entry is written through [`Store::unsynced`]: on a local directory its three
+//! small files are not fsynced one by one (that cost more CPU than the rest of a small
+//! message's archiving); the kernel writes them back within about 30 s. The entry is
+//! completed after the answer anyway, so a crash right then loses it either way; what
+//! is new is that a crash of the machine (not of the edge) in those seconds may also
+//! lose or truncate the newest entries. Object stores (S3 and the like) are durable
+//! when a write returns, as before.
 
 use as2_store::archive::{self, ArchiveEntry};
 use as2_store::{ObjectAttributes, Store, StoreError, Upload};
@@ -33,7 +41,8 @@ impl ArchiveUpload {
     ) -> Result<Self, SpoolFailure> {
         let store = storage
             .store
-            .clone()
+            .as_ref()
+            .map(Store::unsynced)
             .ok_or_else(|| SpoolFailure::Store("no object store".to_owned()))?;
         let reservation = match reserved {
             Some(reservation) => reservation,
@@ -49,8 +58,10 @@ impl ArchiveUpload {
                 ObjectAttributes::content_type("message/http"),
             )
             .map_err(|error| SpoolFailure::Store(error.to_string()))?;
+        // Handed over whole, not copied into the upload's write buffer (which would be
+        // allocated at a quarter MiB for a header block of a few hundred bytes).
         upload
-            .write(&header_block(None, headers))
+            .write_bytes(Bytes::from(header_block(None, headers)))
             .await
             .map_err(|error| SpoolFailure::Store(error.to_string()))?;
         Ok(Self {

@@ -168,6 +168,18 @@ pub struct InboundConfig {
     )]
     pub body_read_timeout_secs: u64,
 
+    /// Slowest average rate, in bytes per second, at which a request body may arrive
+    /// once it has taken longer than the body read timeout (408 below it; 0: no
+    /// minimum). Only time spent waiting for the client counts. Against clients that
+    /// send a byte now and then to hold a request open (slow loris); the default
+    /// (1 KiB/s, 8 kbit/s) is far below any line that carries AS2 traffic.
+    #[arg(
+        long = "body-min-rate-bytes-per-sec",
+        env = "AS2_BODY_MIN_RATE_BYTES_PER_SEC",
+        default_value_t = 1024
+    )]
+    pub body_min_rate_bytes_per_sec: u64,
+
     /// Seconds a message stays claimed by the request processing it; a resend within
     /// that time gets 503. Must exceed the longest processing time (publish timeout
     /// included).
@@ -229,6 +241,7 @@ impl InboundConfig {
             memory_budget_mib: 512,
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 300,
+            body_min_rate_bytes_per_sec: 1024,
             dedup_in_flight_secs: 120,
             dedup_retention_secs: 7 * 24 * 3600,
             route_cache_ttl_secs: 60,

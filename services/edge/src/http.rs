@@ -8,8 +8,12 @@
 //! Otherwise the body streams into the unwrap as it arrives (never held whole), bounded
 //! in size (the partnership's limit or the global one: 413, decided from
 //! Content-Length before any body is read when it is declared) and in time: a header
-//! read timeout, and a body idle timeout (408 when no body bytes arrive for that long;
-//! a big body on a slow line is not cut off for its size). A `multipart/signed` or
+//! read timeout, a body idle timeout (408 when no body bytes arrive for that long) and
+//! a minimum rate (408 when, past a grace period as long as the idle timeout, the body
+//! has arrived slower on average than that many bytes per second). Neither limits the
+//! total time, so a big body on a slow line is not cut off for its size, while a client
+//! that trickles bytes just often enough to dodge the idle timeout (slow loris) cannot
+//! hold a request and its memory reservation for long. A `multipart/signed` or
 //! `multipart/report` request first has the start of its body read: a partner's MDN
 //! (read whole, it is small) goes to the sender.
 
@@ -41,6 +45,61 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Longest time without any body bytes arriving (408 beyond it).
     pub body_idle_timeout: Duration,
+    /// Slowest average rate of a body, in bytes per second, once it has taken longer
+    /// than `body_idle_timeout` (408 below it); 0: no minimum.
+    pub body_min_rate: u64,
+}
+
+/// How fast a body is arriving, against the idle timeout and the minimum rate.
+///
+/// Only the time spent waiting for the client counts: while the edge is busy with what
+/// it has (the unwrap or the archive holding the body back), the client cannot send, and
+/// that is not held against it. The rate is the body's bytes over that time; it is
+/// checked only once that time exceeds the grace period (the idle timeout), so short
+/// bodies and slow starts are judged by the idle timeout alone.
+#[derive(Clone, Debug)]
+struct BodyPace {
+    idle: Duration,
+    min_rate: u64,
+    received: u64,
+    waited: Duration,
+}
+
+impl BodyPace {
+    fn new(limits: &HttpLimits) -> Self {
+        Self {
+            idle: limits.body_idle_timeout,
+            min_rate: limits.body_min_rate,
+            received: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// How long to wait for the next frame, and what it is to fail with when none comes.
+    fn next_wait(&self) -> (Duration, BodyFailure) {
+        let idle = (
+            self.idle,
+            BodyFailure::Idle {
+                secs: self.idle.as_secs(),
+            },
+        );
+        if self.min_rate == 0 {
+            return idle;
+        }
+        // The waiting time by which the bytes received so far would be below the rate.
+        let due = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        let left = due.max(self.idle).saturating_sub(self.waited);
+        if left < self.idle {
+            (
+                left,
+                BodyFailure::TooSlow {
+                    min_rate: self.min_rate,
+                },
+            )
+        } else {
+            idle
+        }
+    }
 }
 
 /// Serves AS2 requests on `listener` until `stop_accepting` is cancelled, then waits up
@@ -146,8 +205,9 @@ async fn handle(
     // A partner's MDN and a signed message share a Content-Type: the start of the body
     // tells them apart. An MDN goes to the sender whatever the pair.
     let mut prefix = Peeked::default();
+    let mut pace = BodyPace::new(&limits);
     if crate::partner_mdn::may_be_mdn(&headers) {
-        prefix = match peek(&mut body, MDN_PEEK_BYTES, limits.body_idle_timeout).await {
+        prefix = match peek(&mut body, MDN_PEEK_BYTES, &mut pace).await {
             Ok(peeked) => peeked,
             Err(failure) => return to_response(failure.answer()),
         };
@@ -155,13 +215,7 @@ async fn handle(
             let whole = if prefix.ended {
                 Ok(prefix.bytes)
             } else {
-                collect(
-                    &mut body,
-                    prefix.bytes,
-                    MAX_MDN_BYTES,
-                    limits.body_idle_timeout,
-                )
-                .await
+                collect(&mut body, prefix.bytes, MAX_MDN_BYTES, &mut pace).await
             };
             let answer = match whole {
                 Ok(whole) => {
@@ -188,7 +242,7 @@ async fn handle(
                 && declared.is_none_or(|declared| declared <= PREFLIGHT_DRAIN_LIMIT as u64)
                 && !prefix.ended
             {
-                drain(body, limits.body_idle_timeout, PREFLIGHT_DRAIN_LIMIT).await;
+                drain(body, pace, PREFLIGHT_DRAIN_LIMIT).await;
             }
             return to_response(answer);
         }
@@ -196,12 +250,12 @@ async fn handle(
     let limit = admitted.max_body_bytes(limits.max_body_bytes);
     if let Some(declared) = declared.filter(|&declared| declared > limit) {
         if declared <= OVERSIZE_DRAIN_LIMIT as u64 && !prefix.ended {
-            drain(body, limits.body_idle_timeout, OVERSIZE_DRAIN_LIMIT).await;
+            drain(body, pace, OVERSIZE_DRAIN_LIMIT).await;
         }
         return to_response(BodyFailure::TooLarge { limit }.answer());
     }
     let body = (!prefix.ended).then_some(body);
-    let chunks = body_chunks(prefix.bytes, body, limit, limits.body_idle_timeout);
+    let chunks = body_chunks(prefix.bytes, body, limit, pace);
     to_response(
         processor
             .process(InboundRequest {
@@ -222,10 +276,14 @@ struct Peeked {
 }
 
 /// Reads at least `wanted` bytes of the body (fewer when it ends first).
-async fn peek(body: &mut Incoming, wanted: usize, idle: Duration) -> Result<Peeked, BodyFailure> {
+async fn peek(
+    body: &mut Incoming,
+    wanted: usize,
+    pace: &mut BodyPace,
+) -> Result<Peeked, BodyFailure> {
     let mut buffer = bytes::BytesMut::new();
     while buffer.len() < wanted {
-        match next_data(body, idle).await? {
+        match next_data(body, pace).await? {
             Some(data) => buffer.extend_from_slice(&data),
             None => {
                 return Ok(Peeked {
@@ -241,38 +299,40 @@ async fn peek(body: &mut Incoming, wanted: usize, idle: Duration) -> Result<Peek
     })
 }
 
-/// The next data frame of the body, `None` at its end.
-async fn next_data(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>, BodyFailure> {
+/// The next data frame of the body, `None` at its end; fails when it does not come in
+/// time (the idle timeout, or the minimum rate).
+async fn next_data(body: &mut Incoming, pace: &mut BodyPace) -> Result<Option<Bytes>, BodyFailure> {
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        let (wait, failure) = pace.next_wait();
+        let started = tokio::time::Instant::now();
+        let frame = tokio::time::timeout(wait, body.frame()).await;
+        pace.waited += started.elapsed();
+        let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
-            Err(_elapsed) => {
-                return Err(BodyFailure::Idle {
-                    secs: idle.as_secs(),
-                });
-            }
+            Err(_elapsed) => return Err(failure),
         };
         let frame = frame.map_err(|error| {
             tracing::debug!(%error, "reading the request body failed");
             BodyFailure::Read(error.to_string())
         })?;
         if let Ok(data) = frame.into_data() {
+            pace.received += data.len() as u64;
             return Ok(Some(data));
         }
     }
 }
 
 /// Reads the rest of a body after `start` into one buffer, failing once the whole grows
-/// beyond `limit` bytes or when no frame arrives for `idle`.
+/// beyond `limit` bytes or when the body comes too slowly (`pace`).
 async fn collect(
     body: &mut Incoming,
     start: Bytes,
     limit: usize,
-    idle: Duration,
+    pace: &mut BodyPace,
 ) -> Result<Bytes, BodyFailure> {
     let mut buffer = bytes::BytesMut::from(start.as_ref());
-    while let Some(data) = next_data(body, idle).await? {
+    while let Some(data) = next_data(body, pace).await? {
         if buffer.len() + data.len() > limit {
             return Err(BodyFailure::TooLarge {
                 limit: limit as u64,
@@ -288,24 +348,25 @@ struct ChunkState {
     body: Option<Incoming>,
     received: u64,
     limit: u64,
-    idle: Duration,
+    pace: BodyPace,
 }
 
 /// The body as it arrives, after the bytes already read (`prefix`): each chunk as hyper
 /// hands it over, with the size limit (413, after discarding a bounded tail so the
-/// client sees the answer) and the idle timeout (408) applied.
-fn body_chunks(prefix: Bytes, body: Option<Incoming>, limit: u64, idle: Duration) -> BodyChunks {
+/// client sees the answer), the idle timeout and the minimum rate (408) applied; `pace`
+/// goes on from the bytes already read.
+fn body_chunks(prefix: Bytes, body: Option<Incoming>, limit: u64, pace: BodyPace) -> BodyChunks {
     let state = ChunkState {
         prefix: Some(prefix),
         body,
         received: 0,
         limit,
-        idle,
+        pace,
     };
     Box::pin(futures::stream::unfold(state, |mut state| async move {
         let chunk = match state.prefix.take().filter(|prefix| !prefix.is_empty()) {
             Some(prefix) => Ok(prefix),
-            None => match next_data(state.body.as_mut()?, state.idle).await {
+            None => match next_data(state.body.as_mut()?, &mut state.pace).await {
                 Ok(Some(data)) => Ok(data),
                 Ok(None) => return None,
                 Err(failure) => Err(failure),
@@ -321,7 +382,7 @@ fn body_chunks(prefix: Bytes, body: Option<Incoming>, limit: u64, idle: Duration
         state.received += chunk.len() as u64;
         if state.received > state.limit {
             if let Some(body) = state.body.take() {
-                drain(body, state.idle, OVERSIZE_DRAIN_LIMIT).await;
+                drain(body, state.pace.clone(), OVERSIZE_DRAIN_LIMIT).await;
             }
             let failure = BodyFailure::TooLarge { limit: state.limit };
             return Some((Err(failure), state));
@@ -330,16 +391,14 @@ fn body_chunks(prefix: Bytes, body: Option<Incoming>, limit: u64, idle: Duration
     }))
 }
 
-/// Reads and discards what remains of a body, up to `limit` bytes, giving up when no
-/// frame arrives for `idle`.
-async fn drain(mut body: Incoming, idle: Duration, limit: usize) {
+/// Reads and discards what remains of a body, up to `limit` bytes, giving up when it
+/// comes too slowly (`pace`).
+async fn drain(mut body: Incoming, mut pace: BodyPace, limit: usize) {
     let mut discarded = 0_usize;
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
-        if let Ok(data) = frame.into_data() {
-            discarded += data.len();
-            if discarded > limit {
-                break;
-            }
+    while let Ok(Some(data)) = next_data(&mut body, &mut pace).await {
+        discarded += data.len();
+        if discarded > limit {
+            break;
         }
     }
 }
@@ -382,4 +441,73 @@ fn to_response(answer: Answer) -> Response<Full<Bytes>> {
         headers.append(name, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(idle_secs: u64, min_rate: u64) -> BodyPace {
+        BodyPace::new(&HttpLimits {
+            max_body_bytes: 1,
+            header_read_timeout: Duration::from_secs(1),
+            body_idle_timeout: Duration::from_secs(idle_secs),
+            body_min_rate: min_rate,
+        })
+    }
+
+    #[test]
+    fn the_idle_timeout_rules_until_the_grace_period_is_over() {
+        let mut pace = pace(10, 1000);
+        assert_eq!(
+            pace.next_wait(),
+            (Duration::from_secs(10), BodyFailure::Idle { secs: 10 })
+        );
+        // 4 s in, 100 bytes: the average is already too low, but the grace period is
+        // the idle timeout: the body must arrive 10 s in, or 100 s of data by then.
+        pace.waited = Duration::from_secs(4);
+        pace.received = 100;
+        assert_eq!(
+            pace.next_wait(),
+            (
+                Duration::from_secs(6),
+                BodyFailure::TooSlow { min_rate: 1000 }
+            )
+        );
+    }
+
+    #[test]
+    fn a_body_ahead_of_the_rate_gets_the_idle_timeout_then_what_it_has_earned() {
+        let mut pace = pace(10, 1000);
+        pace.waited = Duration::from_secs(30);
+        pace.received = 100_000;
+        assert_eq!(
+            pace.next_wait(),
+            (Duration::from_secs(10), BodyFailure::Idle { secs: 10 })
+        );
+        pace.received = 35_000;
+        assert_eq!(
+            pace.next_wait(),
+            (
+                Duration::from_secs(5),
+                BodyFailure::TooSlow { min_rate: 1000 }
+            )
+        );
+        pace.received = 20_000;
+        assert_eq!(
+            pace.next_wait(),
+            (Duration::ZERO, BodyFailure::TooSlow { min_rate: 1000 })
+        );
+    }
+
+    #[test]
+    fn no_minimum_rate_leaves_the_idle_timeout() {
+        let mut pace = pace(10, 0);
+        pace.waited = Duration::from_secs(1000);
+        pace.received = 1;
+        assert_eq!(
+            pace.next_wait(),
+            (Duration::from_secs(10), BodyFailure::Idle { secs: 10 })
+        );
+    }
 }

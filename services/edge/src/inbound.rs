@@ -112,6 +112,11 @@ pub enum BodyFailure {
         /// The idle timeout, in seconds.
         secs: u64,
     },
+    /// It arrived slower on average than the minimum rate (408).
+    TooSlow {
+        /// The minimum rate, in bytes per second.
+        min_rate: u64,
+    },
     /// The connection failed (the client went away, or sent a broken body).
     Read(String),
 }
@@ -128,6 +133,10 @@ impl BodyFailure {
                 408,
                 format!("no part of the request body arrived for {secs} s"),
             ),
+            Self::TooSlow { min_rate } => Answer::text(
+                408,
+                format!("the request body arrived slower than the minimum of {min_rate} bytes/s"),
+            ),
             Self::Read(error) => {
                 Answer::text(400, format!("the request body could not be read: {error}"))
             }
@@ -135,7 +144,8 @@ impl BodyFailure {
     }
 }
 
-/// A body still arriving, chunk by chunk, with its size and idle limits applied.
+/// A body still arriving, chunk by chunk, with its size limit, idle timeout and minimum
+/// rate applied.
 pub type BodyChunks =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BodyFailure>> + Send>>;
 
@@ -635,6 +645,7 @@ impl InboundProcessor {
                 decryption_key.as_ref().ok().cloned(),
                 BodyInput {
                     body,
+                    declared: declared_length(raw_headers),
                     received,
                     archive,
                     upload_reserved: reserved
@@ -731,6 +742,7 @@ impl InboundProcessor {
     ) -> UnwrapStep {
         let BodyInput {
             body,
+            declared,
             received,
             archive,
             upload_reserved,
@@ -756,8 +768,25 @@ impl InboundProcessor {
             Ok(spool) => spool,
             Err(error) => return UnwrapStep::SpoolFailed(SpoolFailure::Store(error.to_string())),
         };
+        let read_ahead = matches!(body, RequestBody::Whole(_))
+            || declared.is_some_and(|length| length <= READ_AHEAD_BYTES as u64);
+        let mut reader = BodyReader::new(body, received, archive.as_mut());
+        // A small body is read whole first: the unwrap's thread then runs once, without
+        // waiting for chunks (each wait and wake-up costs more than a small unwrap's
+        // share of the thread's work).
+        let (ahead, ended) = if read_ahead {
+            reader.read_ahead(READ_AHEAD_BYTES).await
+        } else {
+            (Vec::new(), None)
+        };
+        if let Some(Err(failure)) = ended {
+            spool.abandon().await;
+            return UnwrapStep::BodyFailed(failure);
+        }
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(BODY_CHANNEL);
-        let reader = read_body(body, sender, received.clone(), archive.as_mut());
+        // When the body ended within what was read ahead, the sender goes now: the
+        // unwrap finds the end right after those chunks.
+        let sender = ended.is_none().then_some(sender);
         // Created here, entered on the blocking thread: a child of the message's span.
         let span = tracing::info_span!("as2_unwrap");
         let blocking = tokio::task::spawn_blocking(move || {
@@ -779,13 +808,22 @@ impl InboundProcessor {
             context.check_certificate_validity = !interop.skip_certificate_validity_check;
             context.require_signature = policy.require_signature;
             context.require_encryption = policy.require_encryption;
-            let mut chunks = std::iter::from_fn(|| receiver.blocking_recv());
+            let mut chunks = ahead
+                .into_iter()
+                .chain(std::iter::from_fn(|| receiver.blocking_recv()));
             let result = unwrap_message(&headers, &mut chunks, &context, &mut spool);
             // The reader discards the rest of the body from here on.
             drop(receiver);
             (result, spool)
         });
-        let ((body_failure, archive_failure), joined) = tokio::join!(reader, blocking);
+        let rest = async {
+            match sender {
+                Some(sender) => reader.read_rest(sender).await,
+                None => None,
+            }
+        };
+        let (body_failure, joined) = tokio::join!(rest, blocking);
+        let archive_failure = reader.archive_failure.take();
         let (result, spool) = match joined {
             Ok(joined) => joined,
             Err(join_error) => {
@@ -1106,6 +1144,8 @@ impl InboundProcessor {
 /// The body and what reading it feeds besides the unwrap.
 struct BodyInput<'a> {
     body: RequestBody,
+    /// The request's declared Content-Length.
+    declared: Option<u64>,
     /// Bytes received so far (metrics, the span).
     received: &'a Arc<AtomicU64>,
     /// The message's archive upload, when it is archived.
@@ -1125,50 +1165,94 @@ enum UnwrapStep {
     Unwrapped(UnwrapOutcome, SpooledDocument),
 }
 
-/// Reads the whole body, handing its chunks to the unwrap while it takes them (and
-/// discarding the rest once it stops) and to the archive; returns why the body failed,
-/// and why the archive did, if they did.
-async fn read_body(
-    body: RequestBody,
-    sender: tokio::sync::mpsc::Sender<Bytes>,
-    received: Arc<AtomicU64>,
-    mut archive: Option<&mut ArchiveUpload>,
-) -> (Option<BodyFailure>, Option<as2_store::StoreError>) {
-    let mut archive_failure = None;
-    let mut chunks = match body {
-        // Counted already; one chunk.
-        RequestBody::Whole(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
-        RequestBody::Streaming(chunks) => {
-            let received = received.clone();
-            chunks
-                .inspect(move |chunk| {
-                    if let Ok(chunk) = chunk {
-                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    }
-                })
-                .boxed()
-        }
-    };
-    let mut sender = Some(sender);
-    while let Some(chunk) = chunks.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(failure) => return (Some(failure), archive_failure),
+/// The body as it is read: each chunk counted and handed to the archive first.
+struct BodyReader<'a> {
+    chunks: futures::stream::BoxStream<'static, Result<Bytes, BodyFailure>>,
+    archive: Option<&'a mut ArchiveUpload>,
+    archive_failure: Option<as2_store::StoreError>,
+}
+
+impl<'a> BodyReader<'a> {
+    fn new(
+        body: RequestBody,
+        received: &Arc<AtomicU64>,
+        archive: Option<&'a mut ArchiveUpload>,
+    ) -> Self {
+        let chunks = match body {
+            // Counted already; one chunk.
+            RequestBody::Whole(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
+            RequestBody::Streaming(chunks) => {
+                let received = received.clone();
+                chunks
+                    .inspect(move |chunk| {
+                        if let Ok(chunk) = chunk {
+                            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    })
+                    .boxed()
+            }
         };
-        if let Some(upload) = archive.as_mut()
-            && let Err(error) = upload.write(chunk.clone()).await
-        {
-            archive_failure = Some(error);
-            archive = None;
-        }
-        if let Some(open) = &sender
-            && open.send(chunk).await.is_err()
-        {
-            sender = None;
+        Self {
+            chunks,
+            archive,
+            archive_failure: None,
         }
     }
-    (None, archive_failure)
+
+    /// The next chunk, `None` at the end of the body.
+    async fn next(&mut self) -> Option<Result<Bytes, BodyFailure>> {
+        let chunk = self.chunks.next().await?;
+        if let Ok(chunk) = &chunk
+            && let Some(upload) = self.archive.as_mut()
+            && let Err(error) = upload.write(chunk.clone()).await
+        {
+            self.archive_failure = Some(error);
+            self.archive = None;
+        }
+        Some(chunk)
+    }
+
+    /// Reads a small body ahead, whole, before the unwrap starts (so the unwrap's thread
+    /// never waits for it): up to `limit` bytes, the chunks read and whether the body
+    /// ended (or failed) within them.
+    async fn read_ahead(&mut self, limit: usize) -> (Vec<Bytes>, Option<Result<(), BodyFailure>>) {
+        let mut chunks = Vec::new();
+        let mut held = 0;
+        while held <= limit {
+            match self.next().await {
+                Some(Ok(chunk)) => {
+                    held += chunk.len();
+                    chunks.push(chunk);
+                }
+                Some(Err(failure)) => return (chunks, Some(Err(failure))),
+                None => return (chunks, Some(Ok(()))),
+            }
+        }
+        (chunks, None)
+    }
+
+    /// Reads the rest of the body, handing its chunks to the unwrap while it takes them
+    /// (and discarding the rest once it stops); returns why the body failed, if it did.
+    async fn read_rest(&mut self, sender: tokio::sync::mpsc::Sender<Bytes>) -> Option<BodyFailure> {
+        let mut sender = Some(sender);
+        while let Some(chunk) = self.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(failure) => return Some(failure),
+            };
+            if let Some(open) = &sender
+                && open.send(chunk).await.is_err()
+            {
+                sender = None;
+            }
+        }
+        None
+    }
 }
+
+/// Bodies declared this small are read whole before the unwrap starts: one chunk or a
+/// few, within the body channel's share of the request's reservation.
+const READ_AHEAD_BYTES: usize = MAX_CHUNK;
 
 /// The object-store key of a document too large for its record: by day and
 /// partnership, then a random name.

@@ -152,6 +152,7 @@ impl EdgeServer {
             max_body_bytes: settings.max_body_bytes,
             header_read_timeout: inbound.header_read_timeout(),
             body_idle_timeout: inbound.body_idle_timeout(),
+            body_min_rate: inbound.body_min_rate_bytes_per_sec,
         };
         let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
         runtime.spawn_frontend("as2 listener", async move {

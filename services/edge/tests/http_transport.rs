@@ -131,6 +131,8 @@ async fn slow_clients_are_cut_off() {
     );
     config.inbound.header_read_timeout_secs = 1;
     config.inbound.body_read_timeout_secs = 1;
+    // The idle timeout alone (the minimum rate has its own test below).
+    config.inbound.body_min_rate_bytes_per_sec = 0;
     let edge = RunningEdge::start(config).await;
 
     // Headers that never end: the connection is closed.
@@ -177,6 +179,104 @@ async fn slow_clients_are_cut_off() {
     );
     assert!(answer.starts_with("HTTP/1.1 "), "no answer: {answer}");
     edge.stop().await;
+    stack.edge.stop().await;
+    stack.routing.stop().await;
+}
+
+/// A body sent in `chunk`-byte frames, one every `interval`: never idle for long, at
+/// `chunk / interval` bytes per second.
+fn trickled(body: Vec<u8>, chunk: usize, interval: Duration) -> TrickledBody {
+    let chunks: Vec<Bytes> = body.chunks(chunk).map(Bytes::copy_from_slice).collect();
+    StreamBody::new(Box::pin(futures::stream::unfold(
+        chunks.into_iter(),
+        move |mut chunks| async move {
+            let chunk = chunks.next()?;
+            tokio::time::sleep(interval).await;
+            Some((Ok(Frame::data(chunk)), chunks))
+        },
+    )))
+}
+
+type TrickledBody = StreamBody<
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>,
+>;
+
+/// A body that keeps coming, never idle for the idle timeout but slower than the
+/// minimum rate, gets 408 once the grace period (the idle timeout) is over, and nothing
+/// of it is published; one that is slow but faster than the minimum goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_minimum_rate_gets_408() {
+    let stack = Stack::start_with(|config| {
+        config.inbound.body_read_timeout_secs = 1;
+        config.inbound.body_min_rate_bytes_per_sec = 1000;
+    })
+    .await;
+    stack
+        .create_partnership(stack.partnership(PARTNER_ID, "paced"))
+        .await;
+    let url = stack.edge.url();
+    let message = |id: &str| {
+        support::signed_encrypted_message(
+            &stack.gateway,
+            PARTNER_ID,
+            &stack.partner,
+            &as2_protocol::headers::MessageId::parse(id).unwrap(),
+            &[b'x'; 16 * 1024],
+        )
+    };
+
+    // 50 bytes every 100 ms: 500 bytes/s, half the minimum.
+    let (headers, body) = message("<too-slow@partner.test>");
+    let started = std::time::Instant::now();
+    let response = support::post_body(
+        &url,
+        &headers,
+        trickled(body, 50, Duration::from_millis(100)),
+    )
+    .await;
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert!(
+        response
+            .text()
+            .contains("slower than the minimum of 1000 bytes/s"),
+        "{}",
+        response.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cut off after the grace period, not after the whole body"
+    );
+
+    // 1000 bytes every 100 ms: 10 kB/s, a few seconds for the whole body.
+    let (headers, body) = message("<slow-enough@partner.test>");
+    assert!(body.len() > 16 * 1024);
+    let response = support::post_body(
+        &url,
+        &headers,
+        trickled(body, 1000, Duration::from_millis(100)),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response
+            .text()
+            .contains("Disposition: automatic-action/MDN-sent-automatically; processed\r\n"),
+        "{}",
+        response.text()
+    );
+
+    let records = support::consume(
+        &stack.broker.bootstrap_servers(),
+        "paced",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(records.len(), 1, "only the message that came fast enough");
+    assert_eq!(
+        records[0].header("as2-message-id"),
+        Some("<slow-enough@partner.test>")
+    );
     stack.edge.stop().await;
     stack.routing.stop().await;
 }
