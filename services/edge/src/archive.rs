@@ -61,7 +61,7 @@ impl ArchiveUpload {
         // Handed over whole, not copied into the upload's write buffer (which would be
         // allocated at a quarter MiB for a header block of a few hundred bytes).
         upload
-            .write_bytes(Bytes::from(header_block(None, headers)))
+            .write_bytes(Bytes::from(archive::header_block(None, headers)))
             .await
             .map_err(|error| SpoolFailure::Store(error.to_string()))?;
         Ok(Self {
@@ -92,7 +92,7 @@ impl ArchiveUpload {
         } = self;
         upload.complete().await?;
         let status = format!("HTTP/1.1 {}", answer.status);
-        let mut stored = header_block(Some(&status), &answer.headers);
+        let mut stored = archive::header_block(Some(&status), &answer.headers);
         stored.extend_from_slice(&answer.body);
         store.put(&entry.answer_key(), Bytes::from(stored)).await?;
         archive::put_index(&store, &entry).await
@@ -104,21 +104,4 @@ impl ArchiveUpload {
             tracing::warn!(%error, "could not abort an archive upload");
         }
     }
-}
-
-/// Header fields as `Name: value` lines and a blank line, after an optional first line.
-fn header_block(first_line: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    if let Some(line) = first_line {
-        block.extend_from_slice(line.as_bytes());
-        block.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        block.extend_from_slice(name.as_bytes());
-        block.extend_from_slice(b": ");
-        block.extend_from_slice(value.as_bytes());
-        block.extend_from_slice(b"\r\n");
-    }
-    block.extend_from_slice(b"\r\n");
-    block
 }

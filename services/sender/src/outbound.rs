@@ -273,7 +273,8 @@ impl OutboundSender {
     /// The archive entry of a message to `partnership`, when its messages are archived.
     fn archive_entry(&self, plan: &SendPlan, partnership: &Partnership) -> Option<OutboundArchive> {
         let days = self.objects.archive_days(partnership)?;
-        let store = self.objects.own()?.clone();
+        // As the edge's: written without an fsync per object on a local directory.
+        let store = self.objects.own()?.unsynced();
         let hash = archive::message_hash(&plan.as2_from, &plan.as2_to, plan.message_id.original());
         let entry = ArchiveEntry::new(
             days,
@@ -630,7 +631,8 @@ impl OutboundSender {
         }
         if let Some(store) = self.objects.own()
             && let Some(entry) = store.key_of_url(&record.archive_location)
-            && let Err(error) = documents::put_async_mdn(store, entry, headers, body).await
+            && let Err(error) =
+                documents::put_async_mdn(&store.unsynced(), entry, headers, body).await
         {
             self.metrics.archive_failures.inc();
             tracing::warn!(message_id = original, %error, "could not archive the asynchronous mdn");
