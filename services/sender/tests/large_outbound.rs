@@ -208,6 +208,16 @@ async fn partnership(
         .unwrap();
 }
 
+/// The sender process, killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The peak resident set of process `pid`, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -257,7 +267,7 @@ async fn referenced_documents_are_streamed_to_the_partner_from_the_object_store(
         .env("AS2_OBJECT_STORE_ACCESS_KEY_ID", s3.access_key_id())
         .env("AS2_OBJECT_STORE_SECRET_ACCESS_KEY", s3.secret_access_key())
         .env("AS2_OBJECT_STORE_ALLOW_HTTP", "true");
-    let mut sender = command.spawn().unwrap();
+    let sender = KillOnDrop(command.spawn().unwrap());
 
     // 1. 256 MiB (or AS2_TEST_LARGE_OUTBOUND_MIB, for measuring by hand), Content-Length,
     // archived.
@@ -312,7 +322,7 @@ async fn referenced_documents_are_streamed_to_the_partner_from_the_object_store(
     .await;
 
     let receipts = stack.receipts(4, Duration::from_secs(2)).await;
-    let peak = peak_rss(sender.id());
+    let peak = peak_rss(sender.0.id());
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(receipts.len(), 4, "{receipts:?}\n{}", log_text());
     let delivered: Vec<&serde_json::Value> = receipts
@@ -460,7 +470,6 @@ async fn referenced_documents_are_streamed_to_the_partner_from_the_object_store(
             size as f64 / seconds / 1e6
         );
     }
-    sender.kill().unwrap();
-    sender.wait().unwrap();
+    drop(sender);
     edge.service.stop().await.unwrap();
 }
