@@ -291,7 +291,7 @@ pub struct SendingConfig {
     pub archive_retention_days: u32,
 
     /// Large messages (documents that records reference) built at the same time by this
-    /// replica; each holds about 27 MiB while it is built (a 1 MiB batch, its output,
+    /// replica; each holds about 29 MiB while it is built (three 1 MiB batches, the output,
     /// and the upload's parts).
     #[arg(
         long = "sender-max-large-builds",

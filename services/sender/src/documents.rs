@@ -116,7 +116,7 @@ impl Objects {
     /// `own`: the sender's store, if configured; `args`: the options (credentials) for
     /// stores that references name; `archive_days`: `AS2_ARCHIVE_RETENTION_DAYS`;
     /// `max_builds`: how many large messages are built at once (each holds about the
-    /// store's upload memory bound plus 2 MiB).
+    /// store's upload memory bound plus 4 MiB).
     pub fn new(
         own: Option<Store>,
         args: ObjectStoreArgs,
@@ -224,93 +224,117 @@ impl Objects {
     }
 }
 
-/// One pass over the document: read, digest, build, upload.
+/// Batches of the document read ahead of the builder: the reading of the next batch
+/// overlaps the building of this one.
+const BATCHES_AHEAD: usize = 2;
+
+/// One pass over the document: read (a task of its own, up to [`BATCHES_AHEAD`] batches
+/// ahead), digest and build (a blocking thread), upload.
 async fn build_stream(
     source: &Store,
     reference: &DocumentReference,
     writer: MessageWriter,
     upload: &mut as2_store::Upload,
 ) -> Result<(u64, ReceivedContentMic), BuildError> {
-    let mut input = source.get(&reference.key).await?.into_stream();
-    let mut state = Some(BuildState {
-        writer,
-        digest: Sha256::new(),
-        batch: Vec::with_capacity(BATCH_BYTES),
-        out: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
-    });
-    let (mut size, mut length) = (0u64, 0u64);
-    loop {
-        let mut ended = false;
-        let mut taken = state
-            .take()
-            .ok_or_else(|| BuildError::Build("builder lost".to_owned()))?;
-        while taken.batch.len() < BATCH_BYTES {
-            match input.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    size += chunk.len() as u64;
-                    if reference.size.is_some_and(|expected| size > expected) {
-                        return Err(BuildError::Mismatch(format!(
-                            "is larger than the {} bytes its record says",
-                            reference.size.unwrap_or_default()
-                        )));
-                    }
-                    taken.batch.extend_from_slice(&chunk);
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        let mut taken = on_blocking_thread(move || {
-            taken.digest.update(&taken.batch);
-            taken.writer.write(&taken.batch, &mut taken.out)?;
-            taken.batch.clear();
-            Ok(taken)
-        })
-        .await?;
-        length += taken.out.len() as u64;
-        upload.write(&taken.out).await?;
-        taken.out.clear();
-        if ended {
-            let BuildState {
-                writer,
-                digest,
-                mut out,
-                ..
-            } = taken;
-            let (mic, out) = on_blocking_thread(move || {
-                let mic = writer.finish(&mut out)?;
-                Ok((mic, out))
+    let input = source.get(&reference.key).await?.into_stream();
+    let (batches, mut next_batch) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+    let reader = tokio::spawn(read_batches(input, reference.size, batches));
+    let built = async {
+        let mut state = BuildState {
+            writer,
+            digest: Sha256::new(),
+            out: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+        };
+        let (mut size, mut length) = (0u64, 0u64);
+        while let Some(batch) = next_batch.recv().await {
+            let batch: Vec<u8> = batch?;
+            size += batch.len() as u64;
+            let mut taken = state;
+            state = on_blocking_thread(move || {
+                taken.digest.update(&batch);
+                taken.writer.write(&batch, &mut taken.out)?;
+                Ok(taken)
             })
             .await?;
-            length += out.len() as u64;
-            upload.write(&out).await?;
-            if let Some(expected) = reference.size
-                && expected != size
-            {
-                return Err(BuildError::Mismatch(format!(
-                    "has {size} bytes, its record says {expected}"
-                )));
-            }
-            if let Some(expected) = reference.sha256
-                && expected != digest.finish()
-            {
-                return Err(BuildError::Mismatch(
-                    "does not have the SHA-256 its record says".to_owned(),
-                ));
-            }
-            return Ok((length, mic));
+            length += state.out.len() as u64;
+            upload.write(&state.out).await?;
+            state.out.clear();
         }
-        state = Some(taken);
+        let BuildState {
+            writer,
+            digest,
+            mut out,
+        } = state;
+        let (mic, out) = on_blocking_thread(move || {
+            let mic = writer.finish(&mut out)?;
+            Ok((mic, out))
+        })
+        .await?;
+        length += out.len() as u64;
+        upload.write(&out).await?;
+        if let Some(expected) = reference.size
+            && expected != size
+        {
+            return Err(BuildError::Mismatch(format!(
+                "has {size} bytes, its record says {expected}"
+            )));
+        }
+        if let Some(expected) = reference.sha256
+            && expected != digest.finish()
+        {
+            return Err(BuildError::Mismatch(
+                "does not have the SHA-256 its record says".to_owned(),
+            ));
+        }
+        Ok((length, mic))
+    }
+    .await;
+    reader.abort();
+    built
+}
+
+/// Reads `input` in batches of [`BATCH_BYTES`] into `batches`, failing when it grows
+/// past `expected` bytes; ends with the input (or when the builder stops listening).
+async fn read_batches(
+    mut input: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    expected: Option<u64>,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<u8>, BuildError>>,
+) {
+    let mut size = 0u64;
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    loop {
+        let item = match input.next().await {
+            Some(Ok(chunk)) => {
+                size += chunk.len() as u64;
+                if let Some(expected) = expected.filter(|&expected| size > expected) {
+                    Err(BuildError::Mismatch(format!(
+                        "is larger than the {expected} bytes its record says"
+                    )))
+                } else {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() < BATCH_BYTES {
+                        continue;
+                    }
+                    Ok(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH_BYTES),
+                    ))
+                }
+            }
+            Some(Err(error)) => Err(BuildError::from(error)),
+            None if batch.is_empty() => return,
+            None => Ok(std::mem::take(&mut batch)),
+        };
+        let failed = item.is_err();
+        if batches.send(item).await.is_err() || failed {
+            return;
+        }
     }
 }
 
 struct BuildState {
     writer: MessageWriter,
     digest: Sha256,
-    batch: Vec<u8>,
     out: Vec<u8>,
 }
 

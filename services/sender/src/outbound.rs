@@ -340,6 +340,7 @@ impl OutboundSender {
                 (target, key, Vec::new(), true)
             }
         };
+        let build_started = Instant::now();
         let (stored, expected_mic) = self
             .objects
             .build(reference, writer, &target, &key, &prefix, spooled)
@@ -350,6 +351,7 @@ impl OutboundSender {
             document_bytes = reference.size,
             body_bytes = stored.length,
             key = stored.key,
+            elapsed_ms = build_started.elapsed().as_millis() as u64,
             "built a large message into the object store"
         );
         let prepared = Prepared {

@@ -469,6 +469,11 @@ async fn referenced_documents_are_streamed_to_the_partner_from_the_object_store(
             peak / MIB,
             size as f64 / seconds / 1e6
         );
+        for line in log_text().lines() {
+            if line.contains("built a large message") || line.contains("partner accepted") {
+                eprintln!("{line}");
+            }
+        }
     }
     drop(sender);
     edge.service.stop().await.unwrap();
