@@ -193,6 +193,56 @@ pub async fn entries_on(store: &Store, partnership_id: &str, day: Date) -> Resul
     Ok(entries)
 }
 
+/// How old a staging file must be before [`remove_interrupted_uploads`] deletes it: an
+/// upload in progress writes to its file far more often.
+pub const INTERRUPTED_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Days back (today included) that [`remove_interrupted_uploads`] looks at: uploads are
+/// interrupted when a process dies, and the sweep that runs hourly finds them while
+/// their day is recent.
+const INTERRUPTED_UPLOAD_DAYS: i64 = 3;
+
+/// Removes what uploads interrupted by a crash left behind under the day-keyed prefixes
+/// `prefixes` (`documents`, `outbound`: `{prefix}/{day}/…`) and the archive's
+/// (`archive/keep-{days}/{day}/…`), for today and the two days before, staging files
+/// untouched for an hour ([`Store::remove_interrupted_uploads`]: only a local directory
+/// has them); returns how many.
+pub async fn remove_interrupted_uploads(
+    store: &Store,
+    prefixes: &[&str],
+    today: Date,
+) -> Result<usize> {
+    if !store.is_local_directory() {
+        return Ok(0);
+    }
+    let mut day_prefixes: Vec<String> =
+        prefixes.iter().map(|prefix| (*prefix).to_owned()).collect();
+    day_prefixes.extend(
+        store
+            .list_prefixes(ARCHIVE_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|class| {
+                class
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.starts_with("keep-"))
+            }),
+    );
+    let mut removed = 0;
+    for prefix in &day_prefixes {
+        for age in 0..INTERRUPTED_UPLOAD_DAYS {
+            let Some(day) = today.checked_sub(time::Duration::days(age)) else {
+                break;
+            };
+            removed += store
+                .remove_interrupted_uploads(&format!("{prefix}/{day}"), INTERRUPTED_UPLOAD_AGE)
+                .await?;
+        }
+    }
+    Ok(removed)
+}
+
 /// The key of an entry's request.
 pub fn message_key(entry: &str) -> String {
     format!("{entry}.message")
@@ -322,5 +372,34 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn interrupted_uploads_of_recent_days_are_removed_under_every_prefix() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::StoreConfig::local(directory.path())).unwrap();
+        let today = time::macros::date!(2026 - 12 - 03);
+        let write = |relative: String| {
+            let path = directory.path().join(relative);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let file = std::fs::File::create(&path).unwrap();
+            let two_hours = std::time::Duration::from_secs(7200);
+            file.set_modified(std::time::SystemTime::now() - two_hours)
+                .unwrap();
+            path
+        };
+        let document = write(format!("documents/{today}/acme/a#1"));
+        let entry = write(format!(
+            "archive/keep-7/2026-12-02/acme/{}/t.message#2",
+            "0".repeat(32)
+        ));
+        let spool = write("outbound/2026-12-01/x.message#1".to_owned());
+        let too_old = write("documents/2026-11-20/acme/b#1".to_owned());
+        let removed = remove_interrupted_uploads(&store, &["documents", "outbound"], today)
+            .await
+            .unwrap();
+        assert_eq!(removed, 3);
+        assert!(!document.exists() && !entry.exists() && !spool.exists());
+        assert!(too_old.exists(), "only recent days are walked");
     }
 }

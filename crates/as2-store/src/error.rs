@@ -42,6 +42,10 @@ pub enum StoreError {
         #[source]
         source: BackendError,
     },
+
+    /// Reading or cleaning a local object directory failed.
+    #[error("local object directory: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StoreError {

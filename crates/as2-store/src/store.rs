@@ -40,6 +40,8 @@ pub(crate) struct StoreInner {
     /// The same store without an fsync of every write ([`Store::unsynced`]), when that
     /// makes a difference (the local filesystem).
     pub(crate) unsynced: Option<Arc<StoreInner>>,
+    /// The directory of a local filesystem store.
+    pub(crate) local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -282,6 +284,10 @@ impl Store {
             part_size: config.part_size,
             max_concurrent_parts: config.max_concurrent_parts,
             unsynced,
+            local_root: match &config.backend {
+                Backend::LocalFileSystem { root } => Some(root.clone()),
+                _ => None,
+            },
         };
         let unsynced = unsynced_backend.map(|backend| Arc::new(inner(backend, None)));
         Ok(Self {
@@ -304,6 +310,33 @@ impl Store {
                 .clone()
                 .unwrap_or_else(|| self.inner.clone()),
         }
+    }
+
+    /// Deletes what interrupted uploads left under `prefix` and not written to for
+    /// `min_age`; returns how many files. On a local directory a multipart upload writes
+    /// a staging file (`{key}#{n}`) that becomes the object when the upload completes;
+    /// a process killed mid-upload leaves it behind, and listings never show it, so the
+    /// retention sweeps cannot see it either. An upload in progress writes to its file
+    /// continually, so `min_age` (an hour, say) keeps it safe. Other backends have
+    /// nothing here to delete (on S3 a lifecycle rule aborts incomplete multipart
+    /// uploads: docs/operations.md).
+    pub async fn remove_interrupted_uploads(
+        &self,
+        prefix: &str,
+        min_age: std::time::Duration,
+    ) -> Result<usize> {
+        let Some(root) = self.inner.local_root.clone() else {
+            return Ok(0);
+        };
+        let start = root.join(prefix.trim_matches('/'));
+        tokio::task::spawn_blocking(move || remove_staging_files(&start, min_age))
+            .await
+            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?
+    }
+
+    /// Whether the objects are in a local directory.
+    pub fn is_local_directory(&self) -> bool {
+        self.inner.local_root.is_some()
     }
 
     /// Where the objects are, for logs (no credentials).
@@ -574,4 +607,50 @@ fn open_s3(s3: &S3Config) -> object_store::Result<Arc<dyn ObjectStore>> {
         builder = builder.with_sse_kms_encryption(key_id);
     }
     Ok(Arc::new(builder.build()?))
+}
+
+/// Deletes the staging files of interrupted uploads (`name#digits`) under `directory`
+/// last modified at least `min_age` ago.
+fn remove_staging_files(
+    directory: &std::path::Path,
+    min_age: std::time::Duration,
+) -> Result<usize> {
+    let mut removed = 0;
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(StoreError::Io(error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::Io)?;
+            let file_type = entry.file_type().map_err(StoreError::Io)?;
+            if file_type.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let is_staging = name
+                .to_str()
+                .and_then(|name| name.rsplit_once('#'))
+                .is_some_and(|(_, suffix)| {
+                    !suffix.is_empty() && suffix.bytes().all(|byte| byte.is_ascii_digit())
+                });
+            let old_enough = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if is_staging && old_enough {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(StoreError::Io(error)),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }

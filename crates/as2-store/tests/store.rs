@@ -503,3 +503,88 @@ async fn s3_wrong_credentials_fail_clearly() {
         "{error}"
     );
 }
+
+/// What an upload killed mid-way leaves on a local directory (object_store's staging file
+/// `{key}#{n}`, which listings never show) is removed once it is old enough; objects,
+/// fresh staging files and other prefixes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_uploads_on_a_local_directory_are_removed() {
+    let test = local_store();
+    let store = &test.store;
+    let root = test.local_root.as_ref().unwrap().path().to_path_buf();
+    store
+        .put(
+            "documents/2026-12-03/acme/kept",
+            Bytes::from_static(b"object"),
+        )
+        .await
+        .unwrap();
+    let write = |relative: &str, age: Duration| {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &file, b"partial upload").unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        path
+    };
+    let old = write(
+        "documents/2026-12-03/acme/killed#1",
+        Duration::from_secs(7200),
+    );
+    let fresh = write("documents/2026-12-03/acme/in-progress#2", Duration::ZERO);
+    let elsewhere = write(
+        "archive/keep-1/2026-12-03/x/entry.message#3",
+        Duration::from_secs(7200),
+    );
+    let not_staging = write(
+        "documents/2026-12-03/acme/name#x",
+        Duration::from_secs(7200),
+    );
+    // Listings show neither staging file (so the retention sweeps cannot see them).
+    assert_eq!(
+        list_keys(store, "documents").await,
+        vec![
+            "documents/2026-12-03/acme/kept".to_owned(),
+            "documents/2026-12-03/acme/name#x".to_owned()
+        ]
+    );
+
+    let removed = store
+        .remove_interrupted_uploads("documents", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(!old.exists());
+    assert!(fresh.exists() && elsewhere.exists() && not_staging.exists());
+    assert_eq!(
+        store
+            .remove_interrupted_uploads("documents", Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!fresh.exists());
+    let kept = store.get("documents/2026-12-03/acme/kept").await.unwrap();
+    assert_eq!(kept.bytes().await.unwrap(), Bytes::from_static(b"object"));
+    assert_eq!(
+        store
+            .remove_interrupted_uploads("nothing-here", Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// Other backends keep nothing of an interrupted upload in the key space: nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_uploads_elsewhere_are_the_backends_business() {
+    let test = s3_store();
+    assert_eq!(
+        test.store
+            .remove_interrupted_uploads("documents", Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -6,12 +6,14 @@
 //! every replica may sweep. An object whose record was never written (the edge died
 //! between completing the upload and the broker's acknowledgement) is never referenced
 //! and goes with its day. Stores with lifecycle rules can do the same themselves; the
-//! sweep then finds nothing.
+//! sweep then finds nothing. On a local directory the staging files of uploads a crash
+//! interrupted (which listings never show) are removed too, once an hour old
+//! ([`remove_interrupted_uploads`]); on S3 a lifecycle rule aborts such uploads.
 
 use std::time::Duration;
 
 use as2_store::Store;
-use as2_store::archive::{sweep_archive, sweep_expired};
+use as2_store::archive::{remove_interrupted_uploads, sweep_archive, sweep_expired};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,12 @@ pub async fn run_sweeps(
                 .map(|deleted| deleted.len()),
         };
         let archive = sweep_archive(&store, today).await;
-        for (what, result) in [("documents", documents), ("archive", archive)] {
+        let interrupted = remove_interrupted_uploads(&store, &[prefix], today).await;
+        for (what, result) in [
+            ("documents", documents),
+            ("archive", archive),
+            ("interrupted uploads", interrupted),
+        ] {
             match result {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(what, deleted, "expired objects deleted"),

@@ -599,6 +599,37 @@ async fn an_edge_killed_mid_upload_leaves_no_record_and_the_resend_goes_through(
         Vec::<String>::new(),
         "no object of the unfinished upload is visible"
     );
+    // What the killed upload left on the disk (object_store's staging file, which no
+    // listing shows) is what the hourly sweep removes once it is an hour old.
+    let TestStore::Local(root) = &store else {
+        unreachable!("a local store")
+    };
+    let staging = || {
+        let mut found = Vec::new();
+        let mut pending = vec![root.path().to_path_buf()];
+        while let Some(directory) = pending.pop() {
+            for entry in std::fs::read_dir(directory).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.to_string_lossy().contains('#') {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    };
+    assert!(
+        !staging().is_empty(),
+        "the killed upload left its staging file"
+    );
+    let removed = store
+        .open()
+        .remove_interrupted_uploads("", Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(removed >= 1);
+    assert_eq!(staging(), Vec::<std::path::PathBuf>::new());
 
     // The partner resends (it got no MDN) to an edge that runs: processed, once.
     let edge = EdgeProcess::start(&stack, &store).await;

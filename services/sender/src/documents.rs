@@ -357,11 +357,13 @@ pub fn spool_key(hash: &str, now: OffsetDateTime) -> String {
 }
 
 /// Deletes spool objects left by a crash (from the day before yesterday and older: a
-/// message still being retried keeps its own); returns how many.
+/// message still being retried keeps its own), and on a local directory the staging
+/// files of builds a crash interrupted; returns how many.
 pub async fn sweep_spool(store: &Store, today: time::Date) -> Result<usize, StoreError> {
-    Ok(archive::sweep_expired(store, SPOOL_PREFIX, 1, today)
+    let expired = archive::sweep_expired(store, SPOOL_PREFIX, 1, today)
         .await?
-        .len())
+        .len();
+    Ok(expired + archive::remove_interrupted_uploads(store, &[SPOOL_PREFIX], today).await?)
 }
 
 /// The archive entry of one outbound message, written as the send goes.
