@@ -414,4 +414,146 @@ mod tests {
             .await;
         assert!(matches!(outcome, Err(SendError::Request(_))), "{outcome:?}");
     }
+
+    /// A partner on a loopback port that takes one request: reads its head, then its
+    /// body at `read_rate` bytes per 100 ms (`None`: never reads the body), answers 200.
+    /// Returns the URL and what it received: the head (lowercase) and the body's length.
+    async fn partner(
+        read_rate: Option<usize>,
+    ) -> (String, tokio::task::JoinHandle<(String, usize)>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/as2", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            let head_end = loop {
+                let read = socket.read(&mut buffer).await.unwrap();
+                received.extend_from_slice(&buffer[..read]);
+                if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
+            let Some(rate) = read_rate else {
+                std::future::pending::<()>().await;
+                unreachable!()
+            };
+            let mut body = received[head_end..].to_vec();
+            let chunked = head.contains("transfer-encoding: chunked");
+            let length: Option<usize> = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .map(|value| value.trim().parse().unwrap());
+            let mut slice = vec![0u8; rate];
+            loop {
+                let done = match length {
+                    Some(length) => body.len() >= length,
+                    None => chunked && body.ends_with(b"0\r\n\r\n"),
+                };
+                if done {
+                    break;
+                }
+                let read = socket.read(&mut slice).await.unwrap();
+                assert!(read > 0, "the client closed before the body was sent");
+                body.extend_from_slice(&slice[..read]);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            (head, body.len())
+        });
+        (url, served)
+    }
+
+    fn stream_of(size: usize) -> RequestBody {
+        let pieces = size.div_ceil(64 * 1024);
+        let stream = futures::stream::iter((0..pieces).map(move |index| {
+            let length = (size - index * 64 * 1024).min(64 * 1024);
+            Ok::<_, BodyError>(Bytes::from(vec![b'x'; length]))
+        }));
+        RequestBody::Stream {
+            stream: Box::pin(stream),
+            length: Some(size as u64),
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_go_with_a_content_length_or_chunked() {
+        let transport = PartnerTransport::new(None).unwrap();
+        let headers = [(
+            "Content-Type".to_owned(),
+            "application/pkcs7-mime".to_owned(),
+        )];
+        let timeout = Duration::from_secs(5);
+        for chunked in [false, true] {
+            let (url, served) = partner(Some(1024 * 1024)).await;
+            let body = RequestBody::Bytes {
+                body: Bytes::from_static(b"a message"),
+                chunked,
+            };
+            let response = transport
+                .post_body(&url, &headers, body, timeout)
+                .await
+                .unwrap();
+            assert_eq!((response.status, &response.body[..]), (200, &b"ok"[..]));
+            let (head, _) = served.await.unwrap();
+            assert_eq!(
+                head.contains("transfer-encoding: chunked"),
+                chunked,
+                "{head}"
+            );
+            assert_eq!(head.contains("content-length: 9"), !chunked, "{head}");
+        }
+        let (url, served) = partner(Some(1024 * 1024)).await;
+        let response = transport
+            .post_body(&url, &headers, stream_of(300_000), timeout)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let (head, length) = served.await.unwrap();
+        assert!(head.contains("content-length: 300000"), "{head}");
+        assert_eq!(length, 300_000);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_moving_is_not_cut_by_the_timeout_one_that_stalls_is() {
+        let transport = PartnerTransport::new(None).unwrap();
+        let headers = [(
+            "Content-Type".to_owned(),
+            "application/pkcs7-mime".to_owned(),
+        )];
+        // 48 MiB read at about 5 MiB/s: about 10 s in all, never long without progress;
+        // the timeout is 4 s (longer than what the socket buffers hold takes to drain, a
+        // few MiB, which the partner reads after the last byte left).
+        let size = 48 * 1024 * 1024;
+        let (url, served) = partner(Some(512 * 1024)).await;
+        let started = std::time::Instant::now();
+        let response = transport
+            .post_body(&url, &headers, stream_of(size), Duration::from_secs(4))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(served.await.unwrap().1, size);
+        assert!(
+            started.elapsed() > Duration::from_secs(8),
+            "the partner read slowly: {:?}",
+            started.elapsed()
+        );
+        // A partner that stops reading: the send ends one timeout after the socket's
+        // buffers are full.
+        let (url, _served) = partner(None).await;
+        let outcome = transport
+            .post_body(
+                &url,
+                &headers,
+                stream_of(256 * 1024 * 1024),
+                Duration::from_secs(1),
+            )
+            .await;
+        assert!(matches!(outcome, Err(SendError::Timeout(1))), "{outcome:?}");
+    }
 }
