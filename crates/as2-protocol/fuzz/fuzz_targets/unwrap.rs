@@ -4,18 +4,12 @@
 //! the fuzzer reaches the CMS layers.
 #![no_main]
 
-use std::sync::OnceLock;
+mod common;
 
-use as2_protocol::cms::Identity;
 use as2_protocol::headers::As2RequestHeaders;
 use as2_protocol::mdn::{self, MdnVerification};
 use as2_protocol::unwrap::{StreamingUnwrap, UnwrapContext, unwrap_message};
 use libfuzzer_sys::fuzz_target;
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
-use openssl::x509::{X509, X509NameBuilder};
 
 const CONTENT_TYPES: [&str; 8] = [
     "application/pkcs7-mime; smime-type=enveloped-data",
@@ -28,31 +22,6 @@ const CONTENT_TYPES: [&str; 8] = [
     "multipart/report; report-type=disposition-notification; boundary=b",
 ];
 
-fn identity() -> &'static Identity {
-    static IDENTITY: OnceLock<Identity> = OnceLock::new();
-    IDENTITY.get_or_init(|| {
-        let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
-        let mut name = X509NameBuilder::new().expect("name");
-        name.append_entry_by_text("CN", "fuzz").expect("cn");
-        let name = name.build();
-        let mut builder = X509::builder().expect("builder");
-        builder.set_subject_name(&name).expect("subject");
-        builder.set_issuer_name(&name).expect("issuer");
-        builder.set_pubkey(&key).expect("pubkey");
-        builder
-            .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-            .expect("not before");
-        builder
-            .set_not_after(&Asn1Time::days_from_now(30).expect("time"))
-            .expect("not after");
-        builder.sign(&key, MessageDigest::sha256()).expect("sign");
-        Identity {
-            key,
-            certificate: builder.build(),
-        }
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first() else {
         return;
@@ -61,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let content_type = CONTENT_TYPES[usize::from(*selector) % CONTENT_TYPES.len()];
-    let identity = identity();
+    let identity = common::identity();
     let headers = As2RequestHeaders::parse([
         ("AS2-From", "fuzzer"),
         ("AS2-To", "gateway"),
@@ -94,7 +63,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(whole.facts, message.facts);
         }
         (Err(a), Err(b)) => assert_eq!(a.disposition_status(), b.disposition_status()),
-        _ => panic!("whole {:?} and streamed {:?} differ", whole.is_ok(), streamed.is_ok()),
+        _ => panic!(
+            "whole {:?} and streamed {:?} differ",
+            whole.is_ok(),
+            streamed.is_ok()
+        ),
     }
     let verification = MdnVerification {
         partner_certificates: certificates,

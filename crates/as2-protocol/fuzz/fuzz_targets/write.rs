@@ -4,43 +4,15 @@
 //! and streamed) to the document, with the MIC the writer returned.
 #![no_main]
 
-use std::sync::OnceLock;
+mod common;
 
-use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
+use as2_protocol::cms::{ContentCipher, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
-use as2_protocol::outbound::{CompressionOrder, Encryption, MessageWriter, OutboundMessage, Signing};
+use as2_protocol::outbound::{
+    CompressionOrder, Encryption, MessageWriter, OutboundMessage, Signing,
+};
 use as2_protocol::unwrap::{StreamingUnwrap, UnwrapContext, unwrap_message};
 use libfuzzer_sys::fuzz_target;
-use openssl::asn1::Asn1Time;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
-use openssl::x509::{X509, X509NameBuilder};
-
-fn identity() -> &'static Identity {
-    static IDENTITY: OnceLock<Identity> = OnceLock::new();
-    IDENTITY.get_or_init(|| {
-        let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
-        let mut name = X509NameBuilder::new().expect("name");
-        name.append_entry_by_text("CN", "fuzz").expect("cn");
-        let name = name.build();
-        let mut builder = X509::builder().expect("builder");
-        builder.set_subject_name(&name).expect("subject");
-        builder.set_issuer_name(&name).expect("issuer");
-        builder.set_pubkey(&key).expect("pubkey");
-        builder
-            .set_not_before(&Asn1Time::days_from_now(0).expect("time"))
-            .expect("not before");
-        builder
-            .set_not_after(&Asn1Time::days_from_now(30).expect("time"))
-            .expect("not after");
-        builder.sign(&key, MessageDigest::sha256()).expect("sign");
-        Identity {
-            key,
-            certificate: builder.build(),
-        }
-    })
-}
 
 const SIGNINGS: [Option<(MicAlgorithm, SignatureScheme)>; 3] = [
     None,
@@ -52,7 +24,10 @@ const ENCRYPTIONS: [Option<(ContentCipher, KeyTransport)>; 4] = [
     None,
     Some((ContentCipher::TripleDesCbc, KeyTransport::RsaPkcs1v15)),
     Some((ContentCipher::Aes128Cbc, KeyTransport::RsaPkcs1v15)),
-    Some((ContentCipher::Aes256Gcm, KeyTransport::RsaOaep(MicAlgorithm::Sha256))),
+    Some((
+        ContentCipher::Aes256Gcm,
+        KeyTransport::RsaOaep(MicAlgorithm::Sha256),
+    )),
 ];
 
 const COMPRESSIONS: [Option<CompressionOrder>; 3] = [
@@ -69,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let selector = usize::from(*selector);
-    let identity = identity();
+    let identity = common::identity();
     let (from, to, id) = (
         As2Id::new("fuzzer").expect("id"),
         As2Id::new("gateway").expect("id"),
