@@ -243,34 +243,50 @@ fn build_error(error: impl std::fmt::Display) -> CtlError {
     CtlError::Usage(format!("cannot build the AS2 message: {error}"))
 }
 
+/// Writes the file `path` through `writer` in pieces of [`PIECE_BYTES`], handing the
+/// body to `emit` as it comes out (`emit` takes what it is given out of the buffer);
+/// returns the MIC and the end of the body, which `finish` produced.
+fn write_file(
+    mut writer: MessageWriter,
+    path: &std::path::Path,
+    mut emit: impl FnMut(&mut Vec<u8>) -> Result<(), CtlError>,
+) -> Result<(ReceivedContentMic, Vec<u8>), CtlError> {
+    use std::io::Read as _;
+    let cannot_read =
+        |error: std::io::Error| CtlError::Usage(format!("cannot read {}: {error}", path.display()));
+    let mut input = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut piece = vec![0u8; PIECE_BYTES];
+    let mut out = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
+    loop {
+        let read = input.read(&mut piece).map_err(cannot_read)?;
+        if read == 0 {
+            break;
+        }
+        writer
+            .write(piece.get(..read).unwrap_or_default(), &mut out)
+            .map_err(build_error)?;
+        emit(&mut out)?;
+    }
+    out.clear();
+    let mic = writer.finish(&mut out).map_err(build_error)?;
+    Ok((mic, out))
+}
+
 /// Builds the body from `path` into an unnamed temporary file; returns it (at its start),
 /// its length and the MIC.
 async fn build_into_file(
-    mut writer: MessageWriter,
+    writer: MessageWriter,
     path: std::path::PathBuf,
 ) -> Result<(std::fs::File, u64, ReceivedContentMic), CtlError> {
-    use std::io::{Read as _, Seek as _, Write as _};
+    use std::io::{Seek as _, Write as _};
     tokio::task::spawn_blocking(move || {
-        let cannot_read = |error: std::io::Error| {
-            CtlError::Usage(format!("cannot read {}: {error}", path.display()))
-        };
-        let mut input = std::fs::File::open(&path).map_err(cannot_read)?;
         let mut output = tempfile::tempfile().map_err(build_error)?;
-        let mut piece = vec![0u8; PIECE_BYTES];
-        let mut out = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
-        loop {
-            let read = input.read(&mut piece).map_err(cannot_read)?;
-            if read == 0 {
-                break;
-            }
-            writer
-                .write(piece.get(..read).unwrap_or_default(), &mut out)
-                .map_err(build_error)?;
-            output.write_all(&out).map_err(build_error)?;
+        let (mic, tail) = write_file(writer, &path, |out| {
+            output.write_all(out).map_err(build_error)?;
             out.clear();
-        }
-        let mic = writer.finish(&mut out).map_err(build_error)?;
-        output.write_all(&out).map_err(build_error)?;
+            Ok(())
+        })?;
+        output.write_all(&tail).map_err(build_error)?;
         let length = output.stream_position().map_err(build_error)?;
         output.rewind().map_err(build_error)?;
         Ok((output, length, mic))
@@ -280,57 +296,43 @@ async fn build_into_file(
 }
 
 /// Builds the body from `path` while it is sent: the body stream, and the task that
-/// returns the MIC at the end.
+/// returns the MIC at the end. A failure ends the stream with an error, so the request
+/// is not completed.
 fn build_streaming(
-    mut writer: MessageWriter,
+    writer: MessageWriter,
     path: std::path::PathBuf,
 ) -> (
     RequestBody,
     tokio::task::JoinHandle<Result<ReceivedContentMic, CtlError>>,
 ) {
-    use std::io::Read as _;
     let (sender, receiver) = mpsc::channel::<Result<Bytes, BodyError>>(4);
     let task = tokio::task::spawn_blocking(move || {
-        let fail = |sender: &mpsc::Sender<Result<Bytes, BodyError>>, error: CtlError| {
-            let _ = sender.blocking_send(Err(error.to_string().into()));
-            error
-        };
-        let mut input = match std::fs::File::open(&path) {
-            Ok(input) => input,
-            Err(error) => {
-                let error = CtlError::Usage(format!("cannot read {}: {error}", path.display()));
-                return Err(fail(&sender, error));
+        let mut sent_on = true;
+        let built = write_file(writer, &path, |out| {
+            if out.is_empty() {
+                return Ok(());
             }
-        };
-        let mut piece = vec![0u8; PIECE_BYTES];
-        let mut out = Vec::new();
-        loop {
-            let read = match input.read(&mut piece) {
-                Ok(read) => read,
-                Err(error) => {
-                    let error = CtlError::Usage(format!("cannot read {}: {error}", path.display()));
-                    return Err(fail(&sender, error));
-                }
-            };
-            if read == 0 {
-                break;
-            }
-            if let Err(error) = writer.write(piece.get(..read).unwrap_or_default(), &mut out) {
-                return Err(fail(&sender, build_error(error)));
-            }
-            if !out.is_empty()
-                && sender
-                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut out))))
-                    .is_err()
+            if sender
+                .blocking_send(Ok(Bytes::from(std::mem::take(out))))
+                .is_err()
             {
+                sent_on = false;
                 return Err(CtlError::Usage("the send ended before the body".to_owned()));
             }
+            Ok(())
+        });
+        match built {
+            Ok((mic, tail)) => {
+                let _ = sender.blocking_send(Ok(Bytes::from(tail)));
+                Ok(mic)
+            }
+            Err(error) => {
+                if sent_on {
+                    let _ = sender.blocking_send(Err(error.to_string().into()));
+                }
+                Err(error)
+            }
         }
-        let mic = writer
-            .finish(&mut out)
-            .map_err(|error| fail(&sender, build_error(error)))?;
-        let _ = sender.blocking_send(Ok(Bytes::from(out)));
-        Ok(mic)
     });
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))

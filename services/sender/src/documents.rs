@@ -132,11 +132,6 @@ impl Objects {
         }
     }
 
-    /// No store at all: inline documents only, no archive.
-    pub fn none() -> Self {
-        Self::new(None, ObjectStoreArgs::default(), 0, 1)
-    }
-
     /// The sender's own store.
     pub fn own(&self) -> Option<&Store> {
         self.own.as_ref()
