@@ -277,6 +277,14 @@ pub fn header_block(first_line: Option<&str>, headers: &[(String, String)]) -> V
     block
 }
 
+/// An archived request, answer or MDN held whole: its [`header_block`] (after the
+/// optional first line) followed by its body.
+pub fn http_object(first_line: Option<&str>, headers: &[(String, String)], body: &[u8]) -> Bytes {
+    let mut object = header_block(first_line, headers);
+    object.extend_from_slice(body);
+    Bytes::from(object)
+}
+
 /// Stores an index entry for `entry` (after its objects are stored).
 pub async fn put_index(store: &Store, entry: &ArchiveEntry) -> Result<()> {
     store

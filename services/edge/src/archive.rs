@@ -92,9 +92,8 @@ impl ArchiveUpload {
         } = self;
         upload.complete().await?;
         let status = format!("HTTP/1.1 {}", answer.status);
-        let mut stored = archive::header_block(Some(&status), &answer.headers);
-        stored.extend_from_slice(&answer.body);
-        store.put(&entry.answer_key(), Bytes::from(stored)).await?;
+        let stored = archive::http_object(Some(&status), &answer.headers, &answer.body);
+        store.put(&entry.answer_key(), stored).await?;
         archive::put_index(&store, &entry).await
     }
 

@@ -377,10 +377,9 @@ impl OutboundArchive {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<(), StoreError> {
-        let mut stored = archive::header_block(None, headers);
-        stored.extend_from_slice(body);
+        let stored = archive::http_object(None, headers, body);
         self.store
-            .put(&self.entry.message_key(), Bytes::from(stored))
+            .put(&self.entry.message_key(), stored)
             .await
             .map(|_| ())
     }
@@ -389,11 +388,8 @@ impl OutboundArchive {
     pub async fn finish(&self, answer: Option<&PartnerResponse>) -> Result<(), StoreError> {
         if let Some(answer) = answer {
             let status_line = format!("HTTP/1.1 {}", answer.status);
-            let mut stored = archive::header_block(Some(&status_line), &answer.headers);
-            stored.extend_from_slice(&answer.body);
-            self.store
-                .put(&self.entry.answer_key(), Bytes::from(stored))
-                .await?;
+            let stored = archive::http_object(Some(&status_line), &answer.headers, &answer.body);
+            self.store.put(&self.entry.answer_key(), stored).await?;
         }
         archive::put_index(&self.store, &self.entry).await
     }
@@ -407,10 +403,11 @@ pub async fn put_async_mdn(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Result<(), StoreError> {
-    let mut stored = archive::header_block(None, headers);
-    stored.extend_from_slice(body);
     store
-        .put(&archive::mdn_key(entry), Bytes::from(stored))
+        .put(
+            &archive::mdn_key(entry),
+            archive::http_object(None, headers, body),
+        )
         .await
         .map(|_| ())
 }
