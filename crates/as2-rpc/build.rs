@@ -26,10 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &protos,
-        &[proto_root, well_known_types],
-    )?;
+    // The descriptors let the authorisation test go over every RPC there is.
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("as2_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_with_config(config, &protos, &[proto_root, well_known_types])?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! connection.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -21,6 +22,72 @@ pub struct GrpcServerConfig {
         default_value = "0.0.0.0:50051"
     )]
     pub grpc_listen: SocketAddr,
+
+    /// Transport security of the gRPC server (and of the calls the service makes).
+    #[command(flatten)]
+    pub tls: GrpcTlsConfig,
+}
+
+impl GrpcServerConfig {
+    /// A listener on `grpc_listen` in plain text, for tests and embedding where the
+    /// caller chooses the security itself.
+    pub fn insecure_plaintext(grpc_listen: SocketAddr) -> Self {
+        Self {
+            grpc_listen,
+            tls: GrpcTlsConfig::insecure_plaintext(),
+        }
+    }
+}
+
+/// The credential a service secures its gRPC hops with: mutual TLS, both serving and
+/// calling (see `as2_common::grpc::tls`). Without it a service refuses to start, unless
+/// the development flag turns TLS and authentication off.
+#[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcTlsConfig {
+    /// PEM certificate chain (leaf first) the service presents to its gRPC peers. Its
+    /// subject common name is the service's role (`edge`, `sender`, `operator:NAME`...).
+    #[arg(long = "grpc-tls-cert", env = "AS2_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of that certificate.
+    #[arg(long = "grpc-tls-key", env = "AS2_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle that the peers' certificates must chain to.
+    #[arg(long = "grpc-tls-ca", env = "AS2_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<PathBuf>,
+
+    /// Development only: gRPC in plain text, and every caller allowed everything.
+    #[arg(
+        long = "grpc-insecure-plaintext",
+        env = "AS2_GRPC_INSECURE_PLAINTEXT",
+        default_value_t = false
+    )]
+    pub grpc_insecure_plaintext: bool,
+}
+
+impl GrpcTlsConfig {
+    /// The development flag set, no files.
+    pub fn insecure_plaintext() -> Self {
+        Self {
+            grpc_insecure_plaintext: true,
+            ..Self::default()
+        }
+    }
+
+    /// Mutual TLS with the given files.
+    pub fn mutual_tls(
+        certificate: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        ca: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            grpc_tls_cert: Some(certificate.into()),
+            grpc_tls_key: Some(key.into()),
+            grpc_tls_ca: Some(ca.into()),
+            grpc_insecure_plaintext: false,
+        }
+    }
 }
 
 /// Where a service serves its admin HTTP endpoints (`/healthz`, `/readyz`,

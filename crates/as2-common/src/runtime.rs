@@ -34,12 +34,11 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, serve_admin};
 use crate::config::{AdminServerConfig, GrpcServerConfig, ShutdownConfig};
-use crate::grpc::GrpcRouter;
+use crate::grpc::{GrpcRouter, GrpcSecurity};
 use crate::health::{Health, HealthServer};
 use crate::shutdown::Readiness;
 
@@ -58,14 +57,25 @@ pub struct GrpcListeners {
     pub grpc: TcpListener,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin: TcpListener,
+    /// How the gRPC API and the service's own calls are secured (loaded from
+    /// `grpc.tls` before anything is bound, so a missing credential stops the start).
+    pub security: GrpcSecurity,
 }
 
 impl GrpcListeners {
-    /// Binds both (port 0 allowed).
+    /// Loads the gRPC credential and binds both listeners (port 0 allowed).
     pub async fn bind(grpc: &GrpcServerConfig, admin: &AdminServerConfig) -> anyhow::Result<Self> {
+        let security = GrpcSecurity::from_config(&grpc.tls)?;
+        if security.is_plaintext() {
+            tracing::warn!(
+                "gRPC runs in plain text without authentication (AS2_GRPC_INSECURE_PLAINTEXT): \
+                 for development only"
+            );
+        }
         Ok(Self {
             grpc: bind(grpc.grpc_listen, "grpc").await?,
             admin: bind(admin.http_listen, "http").await?,
+            security,
         })
     }
 
@@ -201,12 +211,19 @@ impl Runtime {
         });
     }
 
-    /// Serves `router` on `listener` as the front end `grpc`, until accepting stops.
-    pub fn serve_grpc(&mut self, router: GrpcRouter, listener: TcpListener) {
+    /// Serves `router` on `listener` as the front end `grpc`, until accepting stops,
+    /// with the connections secured by `security` ([`crate::grpc::tls::incoming`]).
+    pub fn serve_grpc(
+        &mut self,
+        router: GrpcRouter,
+        listener: TcpListener,
+        security: &GrpcSecurity,
+    ) {
         let stop = self.accepting.clone().cancelled_owned();
+        let incoming = crate::grpc::tls::incoming(listener, security.clone());
         self.spawn_frontend("grpc server", async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .context("grpc server failed")
         });

@@ -39,3 +39,10 @@ pub mod sender {
         tonic::include_proto!("as2.sender.v1");
     }
 }
+
+pub mod authorization;
+
+/// The encoded `FileDescriptorSet` of every proto package above (with the well-known
+/// types they import), for tests that go over every RPC and for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/as2_descriptor.bin"));

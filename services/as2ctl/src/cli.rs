@@ -15,7 +15,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "AS2_ROUTING_URL",
-        default_value = "http://127.0.0.1:50051",
+        default_value = "https://127.0.0.1:50051",
         global = true
     )]
     pub routing_url: String,
@@ -24,10 +24,38 @@ pub struct Cli {
     #[arg(
         long,
         env = "AS2_MDN_URL",
-        default_value = "http://127.0.0.1:50051",
+        default_value = "https://127.0.0.1:50052",
         global = true
     )]
     pub mdn_url: String,
+
+    /// PEM client certificate for the gRPC services (mutual TLS); its common name must
+    /// name the operator role (`operator` or `operator:NAME`). Without this flag as2ctl
+    /// uses `operator.crt`, `operator.key` and `ca.crt` from `--credentials-dir`.
+    #[arg(long, env = "AS2_GRPC_TLS_CERT", global = true)]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--grpc-tls-cert`.
+    #[arg(long, env = "AS2_GRPC_TLS_KEY", global = true)]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle the services' certificates must chain to.
+    #[arg(long, env = "AS2_GRPC_TLS_CA", global = true)]
+    pub grpc_tls_ca: Option<PathBuf>,
+
+    /// Where the quick start keeps its local CA and the operator's credential; used
+    /// when no `--grpc-tls-*` file is given.
+    #[arg(
+        long,
+        env = "AS2_CTL_CREDENTIALS_DIR",
+        default_value = ".as2-gateway/grpc",
+        global = true
+    )]
+    pub credentials_dir: PathBuf,
+
+    /// Development only: talk to services that run gRPC in plain text.
+    #[arg(long, env = "AS2_GRPC_INSECURE_PLAINTEXT", global = true)]
+    pub grpc_insecure_plaintext: bool,
 
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use as2_common::config::GrpcTlsConfig;
 use as2_common::error_chain;
-use as2_common::grpc::ChannelSettings;
+use as2_common::grpc::local_ca::OPERATOR_CREDENTIAL;
+use as2_common::grpc::{ChannelError, ChannelSettings, GrpcSecurity};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
@@ -55,6 +57,9 @@ pub enum CtlError {
     /// The routing service refused or failed the request.
     #[error("{0}")]
     Refused(String),
+    /// No usable gRPC credential.
+    #[error("{0}")]
+    Credentials(String),
     /// A certificate file is unusable.
     #[error(transparent)]
     CertificateFile(#[from] CertificateFileError),
@@ -74,9 +79,19 @@ pub enum CtlError {
 pub async fn execute(cli: Cli) -> Result<String, CtlError> {
     let timeout = Duration::from_secs(cli.timeout_secs);
     let json = cli.json;
+    let credentials = GrpcCredentialArgs {
+        config: GrpcTlsConfig {
+            grpc_tls_cert: cli.grpc_tls_cert.clone(),
+            grpc_tls_key: cli.grpc_tls_key.clone(),
+            grpc_tls_ca: cli.grpc_tls_ca.clone(),
+            grpc_insecure_plaintext: cli.grpc_insecure_plaintext,
+        },
+        directory: cli.credentials_dir.clone(),
+    };
     let command = match cli.command {
         Command::Mdn(command) => {
-            let channel = connect("mdn", &cli.mdn_url, timeout).await?;
+            let security = grpc_security(&credentials)?;
+            let channel = connect("mdn", &cli.mdn_url, timeout, &security).await?;
             return crate::deliveries::execute(
                 MdnDeliveryServiceClient::new(channel),
                 command,
@@ -89,8 +104,9 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
         Command::Archive(command) => return crate::archive::execute(command, json).await,
         Command::Partnership(command) => command,
     };
+    let security = grpc_security(&credentials)?;
     let mut client =
-        RoutingServiceClient::new(connect("routing", &cli.routing_url, timeout).await?);
+        RoutingServiceClient::new(connect("routing", &cli.routing_url, timeout, &security).await?);
     match command {
         PartnershipCommand::Add(args) => add(&mut client, args, json).await,
         PartnershipCommand::Update(args) => update(&mut client, args, json).await,
@@ -100,28 +116,68 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
     }
 }
 
+/// The credential flags, taken from the command line before the command is.
+struct GrpcCredentialArgs {
+    config: GrpcTlsConfig,
+    directory: PathBuf,
+}
+
+/// The gRPC credential as2ctl presents: the `--grpc-tls-*` files, or else the quick
+/// start's operator credential in `--credentials-dir`, or plain text under the
+/// development flag.
+fn grpc_security(credentials: &GrpcCredentialArgs) -> Result<GrpcSecurity, CtlError> {
+    let mut config = credentials.config.clone();
+    let nothing_given = config.grpc_tls_cert.is_none()
+        && config.grpc_tls_key.is_none()
+        && config.grpc_tls_ca.is_none();
+    if nothing_given && !config.grpc_insecure_plaintext {
+        let directory = &credentials.directory;
+        let certificate = directory.join(format!("{OPERATOR_CREDENTIAL}.crt"));
+        if !certificate.exists() {
+            return Err(CtlError::Credentials(format!(
+                "no gRPC client certificate: pass --grpc-tls-cert, --grpc-tls-key and \
+                 --grpc-tls-ca (AS2_GRPC_TLS_*), or run as2ctl where the quick start keeps \
+                 its credentials ({} not found)",
+                certificate.display()
+            )));
+        }
+        config = GrpcTlsConfig::mutual_tls(
+            certificate,
+            directory.join(format!("{OPERATOR_CREDENTIAL}.key")),
+            directory.join("ca.crt"),
+        );
+    }
+    GrpcSecurity::from_config(&config).map_err(|error| CtlError::Credentials(error_chain(&error)))
+}
+
 /// Connects to the gRPC endpoint of `service` at `url`.
-async fn connect(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, CtlError> {
+async fn connect(
+    service: &'static str,
+    url: &str,
+    timeout: Duration,
+    security: &GrpcSecurity,
+) -> Result<Channel, CtlError> {
     let settings = ChannelSettings {
         connect_timeout: CONNECT_TIMEOUT,
         request_timeout: timeout,
     };
-    let endpoint = as2_common::grpc::endpoint(service, url, settings).map_err(|error| {
-        CtlError::InvalidUrl {
-            service,
-            url: url.to_owned(),
-            reason: error_chain(&error.source),
-        }
-    })?;
-    let channel = endpoint
-        .connect()
+    as2_common::grpc::connect(service, url, settings, security)
         .await
-        .map_err(|error| CtlError::Unreachable {
-            service,
-            url: url.to_owned(),
-            reason: error_chain(&error),
-        })?;
-    Ok(channel)
+        .map_err(|error| match error {
+            ChannelError::Unreachable { source, .. } => CtlError::Unreachable {
+                service,
+                url: url.to_owned(),
+                reason: error_chain(&source),
+            },
+            other => CtlError::InvalidUrl {
+                service,
+                url: url.to_owned(),
+                reason: match &other {
+                    ChannelError::InvalidUrl { source, .. } => error_chain(source),
+                    _ => other.to_string(),
+                },
+            },
+        })
 }
 
 /// Turns a refusal into words; a complaint about `partner_certificates[N]`

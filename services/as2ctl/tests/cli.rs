@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use as2_common::config::GrpcTlsConfig;
+use as2_common::grpc::local_ca::LocalCa;
 use as2_common::runtime::ServiceHandle;
 use as2_routing::{RoutingConfig, RoutingServer};
 use as2_testkit::RedisServer;
@@ -21,18 +23,32 @@ struct Stack {
 }
 
 impl Stack {
+    /// The routing service serves over mutual TLS with a credential of a local CA kept
+    /// in the scratch directory, where as2ctl finds the operator's credential
+    /// (`--credentials-dir`).
     async fn start() -> Self {
         let redis = RedisServer::start();
-        let server = RoutingServer::bind(RoutingConfig::local(redis.url(), "cli"))
-            .await
+        let files = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(files.path(), "cli test CA").unwrap();
+        let routing_files = ca
+            .ensure_credential(files.path(), "routing", "routing", &["127.0.0.1"])
             .unwrap();
-        let routing_url = format!("http://{}", server.grpc_addr().unwrap());
+        ca.ensure_credential(files.path(), "operator", "operator:cli-test", &[])
+            .unwrap();
+        let mut config = RoutingConfig::local(redis.url(), "cli");
+        config.grpc.tls = GrpcTlsConfig::mutual_tls(
+            &routing_files.certificate,
+            &routing_files.key,
+            &routing_files.ca,
+        );
+        let server = RoutingServer::bind(config).await.unwrap();
+        let routing_url = format!("https://{}", server.grpc_addr().unwrap());
         let routing = ServiceHandle::spawn("routing", |stop| server.serve(stop));
         Self {
             _redis: redis,
             routing_url,
             routing,
-            files: tempfile::tempdir().unwrap(),
+            files,
         }
     }
 
@@ -43,6 +59,8 @@ impl Stack {
             .env_remove("AS2_ROUTING_URL")
             .arg("--routing-url")
             .arg(&self.routing_url)
+            .arg("--credentials-dir")
+            .arg(self.files.path())
             .args(args);
         command.output().await.unwrap()
     }
@@ -452,6 +470,7 @@ async fn the_routing_url_comes_from_the_environment_and_failures_to_connect_are_
     let stack = Stack::start().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_as2ctl"))
         .env("AS2_ROUTING_URL", &stack.routing_url)
+        .env("AS2_CTL_CREDENTIALS_DIR", stack.files.path())
         .args(["partnership", "list", "--json"])
         .output()
         .await
@@ -460,14 +479,18 @@ async fn the_routing_url_comes_from_the_environment_and_failures_to_connect_are_
 
     let unused_port = as2_testkit::free_port();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_as2ctl"))
-        .env("AS2_ROUTING_URL", format!("http://127.0.0.1:{unused_port}"))
+        .env(
+            "AS2_ROUTING_URL",
+            format!("https://127.0.0.1:{unused_port}"),
+        )
+        .env("AS2_CTL_CREDENTIALS_DIR", stack.files.path())
         .args(["partnership", "list"])
         .output()
         .await
         .unwrap();
     assert_fails_with(
         &output,
-        &format!("cannot reach the routing service at http://127.0.0.1:{unused_port}"),
+        &format!("cannot reach the routing service at https://127.0.0.1:{unused_port}"),
     );
     stack.stop().await;
 }

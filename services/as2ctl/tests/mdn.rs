@@ -16,6 +16,7 @@ use serde_json::Value;
 async fn as2ctl(mdn_url: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_as2ctl"))
         .env_remove("AS2_MDN_URL")
+        .arg("--grpc-insecure-plaintext")
         .arg("--mdn-url")
         .arg(mdn_url)
         .args(args)

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use as2_common::config::{AdminServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig};
+use as2_common::config::{
+    AdminServerConfig, GrpcTlsConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
+};
 use clap::{Args, Parser};
 
 use crate::kafka::KafkaConfig;
@@ -25,7 +27,7 @@ pub struct EdgeConfig {
     #[arg(
         long = "routing-url",
         env = "AS2_ROUTING_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub routing_url: String,
 
@@ -39,6 +41,11 @@ pub struct EdgeConfig {
     /// our outbound messages (see `partner_mdn`). Without it such MDNs get 503.
     #[arg(long = "sender-url", env = "AS2_SENDER_URL")]
     pub sender_url: Option<String>,
+
+    /// The credential the edge calls routing, MDN service and sender with (mutual TLS;
+    /// its certificate's common name is `edge`).
+    #[command(flatten)]
+    pub grpc_tls: GrpcTlsConfig,
 
     /// How inbound messages are read and answered.
     #[command(flatten)]

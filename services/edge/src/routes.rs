@@ -87,10 +87,12 @@ pub struct RouteCache {
 }
 
 impl RouteCache {
-    /// A cache in front of the routing service at `routing_url` (connected lazily),
+    /// A cache in front of the routing service at `routing_url` (connected lazily, with
+    /// `security`),
     /// counting hits and misses in `metrics`.
     pub fn new(
         routing_url: &str,
+        security: &as2_common::grpc::GrpcSecurity,
         ttl: Duration,
         metrics: Arc<EdgeMetrics>,
     ) -> Result<Arc<Self>, as2_common::grpc::ChannelError> {
@@ -98,6 +100,7 @@ impl RouteCache {
             "routing",
             routing_url,
             as2_common::grpc::ChannelSettings::default(),
+            security,
         )?;
         Ok(Self::with_registry(
             Arc::new(RoutingServiceClient::new(channel)),

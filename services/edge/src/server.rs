@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use as2_common::grpc::{self, ChannelSettings};
+use as2_common::grpc::{self, ChannelSettings, GrpcSecurity};
 use as2_common::redis::StateBackend;
 use as2_common::runtime::{self, Runtime};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
@@ -38,12 +38,14 @@ pub struct EdgeServer {
     as2_listener: TcpListener,
     admin_listener: TcpListener,
     state: StateBackend,
+    grpc_security: GrpcSecurity,
 }
 
 impl EdgeServer {
     /// Connects to Redis, or sets up in-memory dedup records for the Redis URL
     /// `memory://`, and binds the AS2 and admin listeners (port 0 allowed).
     pub async fn bind(config: EdgeConfig) -> anyhow::Result<Self> {
+        let grpc_security = GrpcSecurity::from_config(&config.grpc_tls)?;
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
@@ -54,6 +56,7 @@ impl EdgeServer {
             as2_listener,
             admin_listener,
             state,
+            grpc_security,
         })
     }
 
@@ -77,6 +80,7 @@ impl EdgeServer {
             as2_listener,
             admin_listener,
             state,
+            grpc_security,
         } = self;
         let as2_addr = as2_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -88,6 +92,7 @@ impl EdgeServer {
         let inbound = &config.inbound;
         let routes = RouteCache::new(
             &config.routing_url,
+            &grpc_security,
             Duration::from_secs(inbound.route_cache_ttl_secs),
             metrics.clone(),
         )?;
@@ -103,6 +108,7 @@ impl EdgeServer {
                 "mdn",
                 url,
                 ChannelSettings::default(),
+                &grpc_security,
             )?))),
             None => None,
         };
@@ -111,6 +117,7 @@ impl EdgeServer {
                 "sender",
                 url,
                 ChannelSettings::default(),
+                &grpc_security,
             )?))),
             None => None,
         };

@@ -24,6 +24,7 @@ fn start_edge_process(stack: &Stack, as2: SocketAddr, admin: SocketAddr) -> Chil
         .env("AS2_EDGE_LISTEN", as2.to_string())
         .env("AS2_HTTP_LISTEN", admin.to_string())
         .env("AS2_REDIS_URL", stack.redis.url())
+        .env("AS2_GRPC_INSECURE_PLAINTEXT", "true")
         .env("AS2_REDIS_KEY_PREFIX", "e2e")
         .env(
             "AS2_KAFKA_BOOTSTRAP_SERVERS",

@@ -502,6 +502,7 @@ impl EdgeProcess {
             .env("AS2_HTTP_LISTEN", format!("127.0.0.1:{admin}"))
             .env("AS2_ROUTING_URL", &stack.routing.url)
             .env("AS2_REDIS_URL", stack.redis.url())
+            .env("AS2_GRPC_INSECURE_PLAINTEXT", "true")
             .env("AS2_REDIS_KEY_PREFIX", "e2e")
             .env(
                 "AS2_KAFKA_BOOTSTRAP_SERVERS",

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use as2_common::config::TelemetryConfig;
 use clap::Parser;
 
+/// The quick start's data directory unless configured (relative to the working
+/// directory, where as2ctl looks for the operator's credential).
+pub const DEFAULT_DATA_DIR: &str = ".as2-gateway";
+
 /// Everything the single-process gateway needs. The defaults run the quick start:
 /// in-process state, an embedded Kafka cluster, loopback ports.
 #[derive(Parser, Clone, Debug)]
@@ -19,7 +23,7 @@ pub struct GatewayConfig {
     #[arg(
         long = "data-dir",
         env = "AS2_GATEWAY_DATA_DIR",
-        default_value = ".as2-gateway"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
 

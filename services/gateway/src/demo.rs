@@ -12,10 +12,13 @@
 //! The demo partnership says: messages from [`PARTNER_AS2_ID`] to [`GATEWAY_AS2_ID`]
 //! go to the quick-start topic; signing and encryption are accepted but not required.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use as2_common::config::GrpcTlsConfig;
+use as2_common::grpc::local_ca::{self, LocalCa};
+use as2_common::grpc::tls::CredentialFiles;
+use as2_rpc::authorization::Role;
 use as2_rpc::routing::v1::{
     CertificateUsage, InteropSwitches, MdnPreferences, PartnerCertificate, Partnership,
     SecurityPolicy,
@@ -130,7 +133,7 @@ fn ensure_key_pair(files: &KeyFiles, common_name: &str) -> anyhow::Result<()> {
     let directory = files.key.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(directory)
         .with_context(|| format!("cannot create {}", directory.display()))?;
-    write_private(&files.key, &key.private_key_to_pem_pkcs8()?)?;
+    as2_common::grpc::local_ca::write_private_key(&files.key, &key.private_key_to_pem_pkcs8()?)?;
     std::fs::write(&files.certificate, certificate.to_pem()?)
         .with_context(|| format!("cannot write {}", files.certificate.display()))?;
     tracing::info!(key = %files.key.display(), certificate = %files.certificate.display(), "generated a demo key pair");
@@ -170,16 +173,56 @@ fn self_signed(common_name: &str) -> Result<(PKey<Private>, X509), openssl::erro
 }
 
 /// Writes a private key readable by its owner only.
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents)
-        .with_context(|| format!("cannot write {}", path.display()))
+/// The quick start's gRPC credentials: a local CA and one certificate per service and
+/// for the operator, in `{data}/grpc` (generated on the first start, kept afterwards).
+///
+/// | file | common name | used by |
+/// |---|---|---|
+/// | `ca.crt`, `ca.key` | `as2-gateway quick-start CA` | signs the others; `ca.crt` is every peer's trust anchor |
+/// | `routing.crt`, `.key` | `routing` | the routing service's gRPC server |
+/// | `mdn.crt`, `.key` | `mdn` | the MDN service's gRPC server |
+/// | `edge.crt`, `.key` | `edge` | the edge calling routing and MDN service |
+/// | `operator.crt`, `.key` | `operator:quickstart` | as2ctl, and the demo set-up itself |
+#[derive(Clone, Debug)]
+pub struct GrpcCredentials {
+    /// Where the files are.
+    pub directory: PathBuf,
+    /// The routing service's.
+    pub routing: CredentialFiles,
+    /// The MDN service's.
+    pub mdn: CredentialFiles,
+    /// The edge's.
+    pub edge: CredentialFiles,
+    /// The operator's (as2ctl finds it here by itself).
+    pub operator: CredentialFiles,
+}
+
+/// The host names and addresses the quick start's server certificates are valid for.
+const LOCAL_HOSTS: &[&str] = &["127.0.0.1", "::1", "localhost"];
+
+impl GrpcCredentials {
+    /// Loads the credentials from `{data_dir}/grpc`, generating what is missing.
+    pub fn ensure(data_dir: &Path) -> anyhow::Result<Self> {
+        let directory = local_ca::quickstart_directory(data_dir);
+        let ca = LocalCa::load_or_create(&directory, "as2-gateway quick-start CA")
+            .context("cannot set up the quick start's local CA")?;
+        let issue = |file_name: &str, common_name: &str| {
+            ca.ensure_credential(&directory, file_name, common_name, LOCAL_HOSTS)
+                .with_context(|| format!("cannot issue the {file_name} gRPC credential"))
+        };
+        Ok(Self {
+            routing: issue("routing", Role::Routing.name())?,
+            mdn: issue("mdn", Role::Mdn.name())?,
+            edge: issue("edge", Role::Edge.name())?,
+            operator: issue(local_ca::OPERATOR_CREDENTIAL, "operator:quickstart")?,
+            directory,
+        })
+    }
+}
+
+/// The TLS configuration block for one credential.
+pub fn tls_config(files: &CredentialFiles) -> GrpcTlsConfig {
+    GrpcTlsConfig::mutual_tls(&files.certificate, &files.key, &files.ca)
 }
 
 #[cfg(test)]

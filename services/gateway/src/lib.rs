@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use as2_common::config::{RedisConfig, ShutdownConfig};
+use as2_common::grpc::{ChannelSettings, GrpcSecurity};
 use as2_common::runtime::ServiceHandle;
 use as2_edge::{EdgeConfig, EdgeServer};
 use as2_mdn::{MdnConfig, MdnServer};
@@ -39,7 +40,7 @@ use clap::Parser as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 pub use config::GatewayConfig;
-use demo::DemoIdentities;
+use demo::{DemoIdentities, GrpcCredentials};
 use embedded::EmbeddedKafka;
 
 /// How long start-up waits for the edge to report ready.
@@ -76,6 +77,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let identities = DemoIdentities::ensure(&config.data_dir)?;
+    let credentials = GrpcCredentials::ensure(&config.data_dir)?;
 
     // The embedded cluster must outlive every client, so it is dropped last.
     let embedded_kafka = match &config.kafka_bootstrap_servers {
@@ -95,8 +97,15 @@ pub async fn run(
     };
     // Started in dependency order, stopped in reverse (edge first).
     let mut services = Vec::with_capacity(3);
-    let started_services =
-        start_services(&config, &identities, redis, &bootstrap, &mut services).await;
+    let started_services = start_services(
+        &config,
+        &identities,
+        &credentials,
+        redis,
+        &bootstrap,
+        &mut services,
+    )
+    .await;
     let (as2_addr, routing_url, mdn_url) = match started_services {
         Ok(addresses) => addresses,
         Err(error) => {
@@ -150,12 +159,14 @@ pub async fn run(
 async fn start_services(
     config: &GatewayConfig,
     identities: &DemoIdentities,
+    credentials: &GrpcCredentials,
     redis: RedisConfig,
     bootstrap: &str,
     services: &mut Vec<ServiceHandle>,
 ) -> anyhow::Result<(SocketAddr, String, String)> {
     let mut routing_config = RoutingConfig::local(&config.redis_url, &config.redis_key_prefix);
     routing_config.grpc.grpc_listen = config.routing_listen;
+    routing_config.grpc.tls = demo::tls_config(&credentials.routing);
     routing_config.admin.http_listen = config.routing_admin_listen;
     routing_config.shutdown = shutdown_config();
     let routing = RoutingServer::bind(routing_config)
@@ -166,6 +177,7 @@ async fn start_services(
 
     let mut mdn_config = MdnConfig::local(&config.redis_url, &config.redis_key_prefix);
     mdn_config.grpc.grpc_listen = config.mdn_listen;
+    mdn_config.grpc.tls = demo::tls_config(&credentials.mdn);
     mdn_config.admin.http_listen = config.mdn_admin_listen;
     mdn_config.shutdown = shutdown_config();
     let mdn = MdnServer::bind(mdn_config)
@@ -175,7 +187,7 @@ async fn start_services(
     services.push(ServiceHandle::spawn("mdn", |stop| mdn.serve(stop)));
 
     if !config.no_demo {
-        create_demo_partnership(&routing_url, identities, &config.demo_topic).await?;
+        create_demo_partnership(&routing_url, credentials, identities, &config.demo_topic).await?;
     }
 
     let mut edge_config =
@@ -185,6 +197,7 @@ async fn start_services(
     edge_config.routing_url = routing_url.clone();
     edge_config.mdn_url = Some(mdn_url.clone());
     edge_config.sender_url = None;
+    edge_config.grpc_tls = demo::tls_config(&credentials.edge);
     edge_config.redis = redis;
     edge_config.kafka = as2_common::kafka::KafkaConfig::new(bootstrap);
     edge_config.keys.keys_dir = identities.keys_dir.clone();
@@ -223,8 +236,15 @@ fn shutdown_config() -> ShutdownConfig {
     }
 }
 
+/// The URL the services and as2ctl reach a quick-start gRPC server at: loopback when it
+/// listens on every address (the certificates name the loopback addresses).
 fn grpc_url(address: SocketAddr) -> String {
-    format!("http://{address}")
+    let address = if address.ip().is_unspecified() {
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, address.port()))
+    } else {
+        address
+    };
+    format!("https://{address}")
 }
 
 /// Waits for the first service that stops by itself and returns its name and outcome.
@@ -283,15 +303,23 @@ async fn readyz(admin: SocketAddr) -> std::io::Result<bool> {
     Ok(answer.starts_with(b"HTTP/1.1 200"))
 }
 
+/// Creates the demo partnership as the quick start's operator.
 async fn create_demo_partnership(
     routing_url: &str,
+    credentials: &GrpcCredentials,
     identities: &DemoIdentities,
     topic: &str,
 ) -> anyhow::Result<()> {
     let partnership = identities.partnership(topic)?;
-    let mut client = RoutingServiceClient::connect(routing_url.to_owned())
-        .await
-        .context("cannot reach the routing service")?;
+    let operator = GrpcSecurity::from_config(&demo::tls_config(&credentials.operator))?;
+    let channel = as2_common::grpc::connect(
+        "routing",
+        routing_url,
+        ChannelSettings::default(),
+        &operator,
+    )
+    .await?;
+    let mut client = RoutingServiceClient::new(channel);
     match client
         .create_partnership(CreatePartnershipRequest {
             partnership: Some(partnership),
@@ -361,6 +389,13 @@ pub fn banner(
         ),
         ("Routing gRPC", endpoints.routing_url.clone()),
         ("MDN gRPC", endpoints.mdn_url.clone()),
+        (
+            "gRPC credentials",
+            format!(
+                "{} (mutual TLS; as2ctl uses operator.crt)",
+                as2_common::grpc::local_ca::quickstart_directory(&config.data_dir).display()
+            ),
+        ),
         ("State", state_note.to_owned()),
     ];
     for (label, value) in rows {
@@ -377,6 +412,17 @@ pub fn banner(
             config.demo_topic,
         );
         let partner = &identities.partner;
+        // as2ctl finds the operator's credential by itself under the default data
+        // directory; elsewhere the banner says where.
+        let credentials_flag = if config.data_dir == std::path::Path::new(config::DEFAULT_DATA_DIR)
+        {
+            String::new()
+        } else {
+            format!(
+                "--credentials-dir {} ",
+                as2_common::grpc::local_ca::quickstart_directory(&config.data_dir).display()
+            )
+        };
         let _ = writeln!(
             text,
             "\nTry it from another terminal:\n\n  \
@@ -386,8 +432,8 @@ pub fn banner(
              --sign-key {key} --sign-cert {cert} \\\n      \
              --encrypt-cert {gateway_cert} --mdn sync\n  \
              cargo run -p as2ctl -- consume --kafka-bootstrap-servers {bootstrap} --topic {topic} --count 1\n  \
-             cargo run -p as2ctl -- --routing-url {routing} partnership list\n  \
-             cargo run -p as2ctl -- --mdn-url {mdn} mdn list",
+             cargo run -p as2ctl -- {credentials}--routing-url {routing} partnership list\n  \
+             cargo run -p as2ctl -- {credentials}--mdn-url {mdn} mdn list",
             url = endpoints.as2_url,
             from = demo::PARTNER_AS2_ID,
             to = demo::GATEWAY_AS2_ID,
@@ -398,6 +444,7 @@ pub fn banner(
             topic = config.demo_topic,
             routing = endpoints.routing_url,
             mdn = endpoints.mdn_url,
+            credentials = credentials_flag,
         );
     }
     let _ = writeln!(text, "\nStop with Ctrl-C.");

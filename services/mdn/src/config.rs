@@ -50,9 +50,7 @@ impl MdnConfig {
     pub fn local(redis_url: impl Into<String>, redis_key_prefix: impl Into<String>) -> Self {
         let ephemeral = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         Self {
-            grpc: GrpcServerConfig {
-                grpc_listen: ephemeral,
-            },
+            grpc: GrpcServerConfig::insecure_plaintext(ephemeral),
             admin: AdminServerConfig {
                 http_listen: ephemeral,
             },

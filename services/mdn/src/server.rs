@@ -146,6 +146,7 @@ impl MdnServer {
                 .add_service(health_service)
                 .add_service(MdnDeliveryServiceServer::new(api)),
             listeners.grpc,
+            &listeners.security,
         );
         runtime.on_drain_flush("status events", move || events.flush(EVENT_FLUSH_TIMEOUT));
         tracing::info!(

@@ -81,6 +81,7 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
 
     // The real edge, handing the MDNs it builds to this MDN service.
     let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+    config.grpc_tls = as2_common::config::GrpcTlsConfig::insecure_plaintext();
     config.as2_listen = "127.0.0.1:0".parse().unwrap();
     config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
     config.redis = as2_common::config::RedisConfig::new(redis.url(), "e2e");

@@ -29,6 +29,7 @@ impl MdnProcess {
         let admin_port = as2_testkit::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_as2-mdn"))
             .env("AS2_REDIS_URL", redis_url)
+            .env("AS2_GRPC_INSECURE_PLAINTEXT", "true")
             .env("AS2_REDIS_KEY_PREFIX", prefix)
             .env("AS2_GRPC_LISTEN", format!("127.0.0.1:{grpc_port}"))
             .env("AS2_HTTP_LISTEN", format!("127.0.0.1:{admin_port}"))

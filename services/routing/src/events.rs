@@ -303,8 +303,8 @@ mod tests {
         let mut changes = hub.subscribe_changes();
         assert_eq!(next(&mut watcher).await.kind(), PartnershipEventKind::Reset);
 
-        store.create(partnership("a")).await.unwrap();
-        store.delete("a", 1).await.unwrap();
+        store.create(partnership("a"), "test").await.unwrap();
+        store.delete("a", 1, "test").await.unwrap();
         let created = next(&mut watcher).await;
         assert_eq!(
             (created.kind(), created.id.as_str()),
@@ -348,7 +348,7 @@ mod tests {
         let count = BROADCAST_CAPACITY + 10;
         for index in 0..count {
             store
-                .create(partnership(&format!("p{index:05}")))
+                .create(partnership(&format!("p{index:05}")), "test")
                 .await
                 .unwrap();
         }

@@ -126,6 +126,7 @@ impl RoutingServer {
                 .add_service(health_service)
                 .add_service(RoutingServiceServer::new(api)),
             listeners.grpc,
+            &listeners.security,
         );
         tracing::info!(
             %grpc_addr,

@@ -2,6 +2,7 @@
 
 use std::time::{Instant, SystemTime};
 
+use as2_common::grpc::auth::caller_identity;
 use as2_rpc::routing::v1::routing_service_server::RoutingService;
 use as2_rpc::routing::v1::{
     CreatePartnershipRequest, CreatePartnershipResponse, DeletePartnershipRequest,
@@ -20,6 +21,10 @@ use crate::events::EventHub;
 use crate::metrics::{MethodLabels, RequestLabels, RoutingMetrics};
 use crate::store::{PartnershipStore, StoreError};
 use crate::validation::{FieldError, check_partnership_id, prepare_partnership};
+
+/// The log target of partnership changes (each also in the audit stream in Redis,
+/// [`PartnershipStore::audit_log`]), so log collectors can route them apart.
+pub const AUDIT_TARGET: &str = "as2_audit";
 
 /// Page size when the request gives none.
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -117,7 +122,11 @@ impl RoutingApi {
         result.map(Response::new)
     }
 
-    async fn create(&self, request: CreatePartnershipRequest) -> Result<Partnership, RoutingError> {
+    async fn create(
+        &self,
+        request: CreatePartnershipRequest,
+        caller: &str,
+    ) -> Result<Partnership, RoutingError> {
         let now = SystemTime::now();
         let mut partnership = prepare_partnership(request.partnership.unwrap_or_default(), now)?;
         if partnership.id.is_empty() {
@@ -125,9 +134,12 @@ impl RoutingApi {
         }
         partnership.created_at = Some(now.into());
         partnership.updated_at = partnership.created_at;
-        let created = self.store.create(partnership).await?;
+        let created = self.store.create(partnership, caller).await?;
         tracing::info!(
+            target: AUDIT_TARGET,
+            caller,
             partnership = %created.id,
+            revision = created.revision,
             as2_from = %created.as2_from,
             as2_to = %created.as2_to,
             "partnership created"
@@ -135,7 +147,11 @@ impl RoutingApi {
         Ok(created)
     }
 
-    async fn update(&self, request: UpdatePartnershipRequest) -> Result<Partnership, RoutingError> {
+    async fn update(
+        &self,
+        request: UpdatePartnershipRequest,
+        caller: &str,
+    ) -> Result<Partnership, RoutingError> {
         let now = SystemTime::now();
         let replacement = request.partnership.unwrap_or_default();
         if replacement.id.is_empty() {
@@ -146,9 +162,11 @@ impl RoutingApi {
         let replacement = prepare_partnership(replacement, now)?;
         let updated = self
             .store
-            .update(replacement, request.expected_revision, now)
+            .update(replacement, request.expected_revision, now, caller)
             .await?;
         tracing::info!(
+            target: AUDIT_TARGET,
+            caller,
             partnership = %updated.id,
             revision = updated.revision,
             "partnership updated"
@@ -156,13 +174,23 @@ impl RoutingApi {
         Ok(updated)
     }
 
-    async fn delete(&self, request: DeletePartnershipRequest) -> Result<Partnership, RoutingError> {
+    async fn delete(
+        &self,
+        request: DeletePartnershipRequest,
+        caller: &str,
+    ) -> Result<Partnership, RoutingError> {
         check_id_field(&request.id)?;
         let deleted = self
             .store
-            .delete(&request.id, request.expected_revision)
+            .delete(&request.id, request.expected_revision, caller)
             .await?;
-        tracing::info!(partnership = %deleted.id, "partnership deleted");
+        tracing::info!(
+            target: AUDIT_TARGET,
+            caller,
+            partnership = %deleted.id,
+            revision = deleted.revision,
+            "partnership deleted"
+        );
         Ok(deleted)
     }
 
@@ -228,12 +256,13 @@ impl RoutingService for RoutingApi {
         request: Request<CreatePartnershipRequest>,
     ) -> Result<Response<CreatePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result =
-            self.create(request.into_inner())
-                .await
-                .map(|partnership| CreatePartnershipResponse {
-                    partnership: Some(partnership),
-                });
+        let caller = caller_identity(&request);
+        let result = self
+            .create(request.into_inner(), &caller)
+            .await
+            .map(|partnership| CreatePartnershipResponse {
+                partnership: Some(partnership),
+            });
         self.finish("CreatePartnership", started, result)
     }
 
@@ -242,12 +271,13 @@ impl RoutingService for RoutingApi {
         request: Request<UpdatePartnershipRequest>,
     ) -> Result<Response<UpdatePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result =
-            self.update(request.into_inner())
-                .await
-                .map(|partnership| UpdatePartnershipResponse {
-                    partnership: Some(partnership),
-                });
+        let caller = caller_identity(&request);
+        let result = self
+            .update(request.into_inner(), &caller)
+            .await
+            .map(|partnership| UpdatePartnershipResponse {
+                partnership: Some(partnership),
+            });
         self.finish("UpdatePartnership", started, result)
     }
 
@@ -256,12 +286,13 @@ impl RoutingService for RoutingApi {
         request: Request<DeletePartnershipRequest>,
     ) -> Result<Response<DeletePartnershipResponse>, Status> {
         let started = Instant::now();
-        let result =
-            self.delete(request.into_inner())
-                .await
-                .map(|partnership| DeletePartnershipResponse {
-                    partnership: Some(partnership),
-                });
+        let caller = caller_identity(&request);
+        let result = self
+            .delete(request.into_inner(), &caller)
+            .await
+            .map(|partnership| DeletePartnershipResponse {
+                partnership: Some(partnership),
+            });
         self.finish("DeletePartnership", started, result)
     }
 

@@ -29,7 +29,7 @@
 //! changes. Nothing survives the process and nothing is shared with another
 //! replica.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -128,6 +128,26 @@ impl StoreError {
     }
 }
 
+/// How many entries the audit log keeps (about: Redis trims the stream with `~`).
+pub const AUDIT_LOG_LENGTH: usize = 100_000;
+
+/// One change of a partnership in the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When (Unix milliseconds; the Redis stream id's time).
+    pub at_millis: u64,
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    /// Who: the caller's identity (the common name of its client certificate).
+    pub caller: String,
+    /// The partnership's id.
+    pub partnership: String,
+    /// The revision created (for a delete: the revision deleted).
+    pub revision: u64,
+    /// The AS2 pair, `as2_from` and `as2_to` as the pair index keeps them.
+    pub pair: String,
+}
+
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct PartnershipPage {
@@ -138,21 +158,24 @@ pub struct PartnershipPage {
 }
 
 const CREATE_SCRIPT: &str = r"
--- KEYS: partnership hash, pair index, id set
--- ARGV: id, pair, doc, channel, event
+-- KEYS: partnership hash, pair index, id set, audit stream
+-- ARGV: id, pair, doc, channel, event, caller, audit length
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'id_taken' end
 local holder = redis.call('HGET', KEYS[2], ARGV[2])
 if holder then return 'pair_taken:' .. holder end
 redis.call('HSET', KEYS[1], 'doc', ARGV[3], 'revision', '1', 'pair', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'action', 'create', 'caller', ARGV[6],
+  'partnership', ARGV[1], 'revision', '1', 'pair', ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 'ok'
 ";
 
 const UPDATE_SCRIPT: &str = r"
--- KEYS: partnership hash, pair index
--- ARGV: id, expected revision, new revision, new pair, doc, channel, event
+-- KEYS: partnership hash, pair index, audit stream
+-- ARGV: id, expected revision, new revision, new pair, doc, channel, event, caller,
+--       audit length
 local current = redis.call('HMGET', KEYS[1], 'revision', 'pair')
 if not current[1] then return 'not_found' end
 if current[1] ~= ARGV[2] then return 'conflict:' .. current[1] end
@@ -165,13 +188,15 @@ if current[2] ~= ARGV[4] then
   redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[5], 'revision', ARGV[3], 'pair', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'action', 'update', 'caller', ARGV[8],
+  'partnership', ARGV[1], 'revision', ARGV[3], 'pair', ARGV[4])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 'ok'
 ";
 
 const DELETE_SCRIPT: &str = r"
--- KEYS: partnership hash, pair index, id set
--- ARGV: id, expected revision, channel, event
+-- KEYS: partnership hash, pair index, id set, audit stream
+-- ARGV: id, expected revision, channel, event, caller, audit length
 local current = redis.call('HMGET', KEYS[1], 'revision', 'pair')
 if not current[1] then return 'not_found' end
 if current[1] ~= ARGV[2] then return 'conflict:' .. current[1] end
@@ -180,6 +205,8 @@ if redis.call('HGET', KEYS[2], current[2]) == ARGV[1] then
   redis.call('HDEL', KEYS[2], current[2])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'action', 'delete', 'caller', ARGV[5],
+  'partnership', ARGV[1], 'revision', ARGV[2], 'pair', current[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 'ok'
 ";
@@ -258,6 +285,7 @@ impl PartnershipStore {
                 partnerships: BTreeMap::new(),
                 pairs: HashMap::new(),
                 events,
+                audit: VecDeque::new(),
             }))),
         }
     }
@@ -297,13 +325,66 @@ impl PartnershipStore {
         self.namespace.key("partnership-ids")
     }
 
+    /// The Redis stream of partnership changes (the audit log).
+    pub fn audit_key(&self) -> String {
+        self.namespace.key("partnership-audit")
+    }
+
+    /// The newest `count` audit entries, newest first.
+    pub async fn audit_log(&self, count: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::Memory(registry) => {
+                return Ok(lock(registry)
+                    .audit
+                    .iter()
+                    .rev()
+                    .take(count)
+                    .cloned()
+                    .collect());
+            }
+        };
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.audit_key())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut redis.connection.clone())
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                AuditEntry {
+                    at_millis: entry
+                        .id
+                        .split_once('-')
+                        .and_then(|(millis, _)| millis.parse().ok())
+                        .unwrap_or_default(),
+                    action: field("action"),
+                    caller: field("caller"),
+                    partnership: field("partnership"),
+                    revision: field("revision").parse().unwrap_or_default(),
+                    pair: field("pair"),
+                }
+            })
+            .collect())
+    }
+
     /// Stores a new, validated partnership with id and timestamps set; its
-    /// revision becomes 1.
-    pub async fn create(&self, mut partnership: Partnership) -> Result<Partnership, StoreError> {
+    /// revision becomes 1. The change is recorded in the audit log with `caller` in
+    /// the same atomic write.
+    pub async fn create(
+        &self,
+        mut partnership: Partnership,
+        caller: &str,
+    ) -> Result<Partnership, StoreError> {
         partnership.revision = 1;
         match &self.backend {
-            Backend::Redis(redis) => self.create_in_redis(redis, partnership).await,
-            Backend::Memory(registry) => lock(registry).create(partnership),
+            Backend::Redis(redis) => self.create_in_redis(redis, partnership, caller).await,
+            Backend::Memory(registry) => lock(registry).create(partnership, caller),
         }
     }
 
@@ -311,6 +392,7 @@ impl PartnershipStore {
         &self,
         redis: &RedisBackend,
         partnership: Partnership,
+        caller: &str,
     ) -> Result<Partnership, StoreError> {
         let event = change_event(PartnershipEventKind::Upserted, &partnership, None);
         let reply: String = redis
@@ -318,11 +400,14 @@ impl PartnershipStore {
             .key(self.partnership_key(&partnership.id))
             .key(self.pair_index_key())
             .key(self.id_set_key())
+            .key(self.audit_key())
             .arg(&partnership.id)
             .arg(pair_field(&partnership.as2_from, &partnership.as2_to))
             .arg(partnership.encode_to_vec())
             .arg(self.events_channel())
             .arg(event.encode_to_vec())
+            .arg(caller)
+            .arg(AUDIT_LOG_LENGTH)
             .invoke_async(&mut redis.connection.clone())
             .await?;
         match ScriptReply::parse(&reply)? {
@@ -337,17 +422,19 @@ impl PartnershipStore {
 
     /// Replaces the settings of partnership `replacement.id` with those of
     /// `replacement` (validated), keeping its creation time. With
-    /// `expected_revision` 0 the update applies to whatever revision is stored.
+    /// `expected_revision` 0 the update applies to whatever revision is stored. The
+    /// change is recorded in the audit log with `caller`.
     pub async fn update(
         &self,
         replacement: Partnership,
         expected_revision: u64,
         now: SystemTime,
+        caller: &str,
     ) -> Result<Partnership, StoreError> {
         let redis = match &self.backend {
             Backend::Redis(redis) => redis,
             Backend::Memory(registry) => {
-                return lock(registry).update(replacement, expected_revision, now);
+                return lock(registry).update(replacement, expected_revision, now, caller);
             }
         };
         for _ in 0..UNCONDITIONAL_WRITE_ATTEMPTS {
@@ -359,6 +446,7 @@ impl PartnershipStore {
                 .update_script
                 .key(self.partnership_key(&updated.id))
                 .key(self.pair_index_key())
+                .key(self.audit_key())
                 .arg(&updated.id)
                 .arg(current.revision.to_string())
                 .arg(updated.revision.to_string())
@@ -366,6 +454,8 @@ impl PartnershipStore {
                 .arg(updated.encode_to_vec())
                 .arg(self.events_channel())
                 .arg(event.encode_to_vec())
+                .arg(caller)
+                .arg(AUDIT_LOG_LENGTH)
                 .invoke_async(&mut redis.connection.clone())
                 .await?;
             match ScriptReply::parse(&reply)? {
@@ -389,15 +479,19 @@ impl PartnershipStore {
     }
 
     /// Deletes a partnership and returns it as it was. With
-    /// `expected_revision` 0 whatever revision is stored is deleted.
+    /// `expected_revision` 0 whatever revision is stored is deleted. The change is
+    /// recorded in the audit log with `caller`.
     pub async fn delete(
         &self,
         id: &str,
         expected_revision: u64,
+        caller: &str,
     ) -> Result<Partnership, StoreError> {
         let redis = match &self.backend {
             Backend::Redis(redis) => redis,
-            Backend::Memory(registry) => return lock(registry).delete(id, expected_revision),
+            Backend::Memory(registry) => {
+                return lock(registry).delete(id, expected_revision, caller);
+            }
         };
         for _ in 0..UNCONDITIONAL_WRITE_ATTEMPTS {
             let current = self.get(id).await?;
@@ -408,10 +502,13 @@ impl PartnershipStore {
                 .key(self.partnership_key(id))
                 .key(self.pair_index_key())
                 .key(self.id_set_key())
+                .key(self.audit_key())
                 .arg(id)
                 .arg(current.revision.to_string())
                 .arg(self.events_channel())
                 .arg(event.encode_to_vec())
+                .arg(caller)
+                .arg(AUDIT_LOG_LENGTH)
                 .invoke_async(&mut redis.connection.clone())
                 .await?;
             match ScriptReply::parse(&reply)? {
@@ -543,10 +640,32 @@ struct MemoryRegistry {
     /// Where change events go; sending without a subscriber is no error, like
     /// a PUBLISH nobody listens to.
     events: broadcast::Sender<PartnershipEvent>,
+    /// The audit log, oldest first, at most [`AUDIT_LOG_LENGTH`] entries.
+    audit: VecDeque<AuditEntry>,
 }
 
 impl MemoryRegistry {
-    fn create(&mut self, partnership: Partnership) -> Result<Partnership, StoreError> {
+    fn record(&mut self, action: &str, caller: &str, partnership: &Partnership) {
+        if self.audit.len() >= AUDIT_LOG_LENGTH {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(AuditEntry {
+            at_millis: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            action: action.to_owned(),
+            caller: caller.to_owned(),
+            partnership: partnership.id.clone(),
+            revision: partnership.revision,
+            pair: pair_field(&partnership.as2_from, &partnership.as2_to),
+        });
+    }
+
+    fn create(
+        &mut self,
+        partnership: Partnership,
+        caller: &str,
+    ) -> Result<Partnership, StoreError> {
         if self.partnerships.contains_key(&partnership.id) {
             return Err(StoreError::IdTaken { id: partnership.id });
         }
@@ -558,6 +677,7 @@ impl MemoryRegistry {
         self.pairs.insert(pair, partnership.id.clone());
         self.partnerships
             .insert(partnership.id.clone(), partnership.clone());
+        self.record("create", caller, &partnership);
         self.publish(change_event(
             PartnershipEventKind::Upserted,
             &partnership,
@@ -571,6 +691,7 @@ impl MemoryRegistry {
         replacement: Partnership,
         expected_revision: u64,
         now: SystemTime,
+        caller: &str,
     ) -> Result<Partnership, StoreError> {
         let Some(current) = self.partnerships.get(&replacement.id) else {
             return Err(StoreError::NotFound { id: replacement.id });
@@ -594,11 +715,17 @@ impl MemoryRegistry {
         }
         self.partnerships
             .insert(updated.id.clone(), updated.clone());
+        self.record("update", caller, &updated);
         self.publish(event);
         Ok(updated)
     }
 
-    fn delete(&mut self, id: &str, expected_revision: u64) -> Result<Partnership, StoreError> {
+    fn delete(
+        &mut self,
+        id: &str,
+        expected_revision: u64,
+        caller: &str,
+    ) -> Result<Partnership, StoreError> {
         let Some(current) = self.partnerships.get(id) else {
             return Err(StoreError::NotFound { id: id.to_owned() });
         };
@@ -610,6 +737,7 @@ impl MemoryRegistry {
         if self.pairs.get(&pair).is_some_and(|holder| holder == id) {
             self.pairs.remove(&pair);
         }
+        self.record("delete", caller, &current);
         self.publish(change_event(PartnershipEventKind::Deleted, &current, None));
         Ok(current)
     }
@@ -759,7 +887,10 @@ mod tests {
         let store = store();
         assert_eq!(store.backend_kind(), "memory");
         assert_eq!(store.events_channel(), "unit:partnership-events");
-        let created = store.create(partnership("a", "from", "to")).await.unwrap();
+        let created = store
+            .create(partnership("a", "from", "to"), "test")
+            .await
+            .unwrap();
         assert_eq!(created.revision, 1);
         assert_eq!(store.get("a").await.unwrap(), created);
         assert_eq!(store.resolve("from", "to").await.unwrap(), created);
@@ -771,7 +902,7 @@ mod tests {
         let mut replacement = partnership("a", "from", "to");
         replacement.kafka_topic = "other".to_owned();
         replacement.created_at = None;
-        let updated = store.update(replacement, 1, later()).await.unwrap();
+        let updated = store.update(replacement, 1, later(), "test").await.unwrap();
         assert_eq!(updated.revision, 2);
         assert_eq!(updated.kafka_topic, "other");
         assert_eq!(updated.created_at, created.created_at);
@@ -779,14 +910,14 @@ mod tests {
         assert_eq!(store.get("a").await.unwrap(), updated);
 
         assert!(matches!(
-            store.delete("a", 1).await,
+            store.delete("a", 1, "test").await,
             Err(StoreError::RevisionMismatch {
                 expected: 1,
                 current: 2,
                 ..
             })
         ));
-        assert_eq!(store.delete("a", 2).await.unwrap(), updated);
+        assert_eq!(store.delete("a", 2, "test").await.unwrap(), updated);
         assert!(matches!(
             store.get("a").await,
             Err(StoreError::NotFound { .. })
@@ -796,40 +927,46 @@ mod tests {
             Err(StoreError::PairNotFound { .. })
         ));
         assert!(matches!(
-            store.delete("a", 0).await,
+            store.delete("a", 0, "test").await,
             Err(StoreError::NotFound { .. })
         ));
         assert!(matches!(
             store
-                .update(partnership("a", "from", "to"), 0, later())
+                .update(partnership("a", "from", "to"), 0, later(), "test")
                 .await,
             Err(StoreError::NotFound { .. })
         ));
         // The pair is free again.
-        store.create(partnership("b", "from", "to")).await.unwrap();
+        store
+            .create(partnership("b", "from", "to"), "test")
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn ids_and_pairs_are_unique() {
         let store = store();
-        store.create(partnership("a", "from", "to")).await.unwrap();
+        store
+            .create(partnership("a", "from", "to"), "test")
+            .await
+            .unwrap();
         assert!(matches!(
-            store.create(partnership("a", "other", "to")).await,
+            store.create(partnership("a", "other", "to"), "test").await,
             Err(StoreError::IdTaken { id }) if id == "a"
         ));
         assert!(matches!(
-            store.create(partnership("b", "from", "to")).await,
+            store.create(partnership("b", "from", "to"), "test").await,
             Err(StoreError::PairTaken { existing_id, .. }) if existing_id == "a"
         ));
         let second = store
-            .create(partnership("b", "from", "else"))
+            .create(partnership("b", "from", "else"), "test")
             .await
             .unwrap();
 
         // Moving b onto a's pair is refused and changes nothing.
         let clash = partnership("b", "from", "to");
         assert!(matches!(
-            store.update(clash, 0, later()).await,
+            store.update(clash, 0, later(), "test").await,
             Err(StoreError::PairTaken { existing_id, .. }) if existing_id == "a"
         ));
         assert_eq!(store.get("b").await.unwrap(), second);
@@ -837,13 +974,13 @@ mod tests {
 
         // Moving b to a free pair moves the index.
         store
-            .update(partnership("b", "from", "new"), 0, later())
+            .update(partnership("b", "from", "new"), 0, later(), "test")
             .await
             .unwrap();
         assert!(store.resolve("from", "else").await.is_err());
         assert_eq!(store.resolve("from", "new").await.unwrap().id, "b");
         store
-            .create(partnership("c", "from", "else"))
+            .create(partnership("c", "from", "else"), "test")
             .await
             .unwrap();
     }
@@ -851,13 +988,16 @@ mod tests {
     #[tokio::test]
     async fn a_stale_revision_is_refused() {
         let store = store();
-        store.create(partnership("a", "from", "to")).await.unwrap();
         store
-            .update(partnership("a", "from", "to"), 0, later())
+            .create(partnership("a", "from", "to"), "test")
+            .await
+            .unwrap();
+        store
+            .update(partnership("a", "from", "to"), 0, later(), "test")
             .await
             .unwrap();
         let stale = store
-            .update(partnership("a", "from", "x"), 1, later())
+            .update(partnership("a", "from", "x"), 1, later(), "test")
             .await;
         assert!(
             matches!(
@@ -882,7 +1022,10 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .create(partnership(&format!("p{attempt:02}"), "racer", "us"))
+                        .create(
+                            partnership(&format!("p{attempt:02}"), "racer", "us"),
+                            "test",
+                        )
                         .await
                 })
             })
@@ -905,7 +1048,10 @@ mod tests {
     async fn listing_pages_in_id_order() {
         let store = store();
         for id in ["p3", "p0", "p4", "p1", "p2"] {
-            store.create(partnership(id, id, "us")).await.unwrap();
+            store
+                .create(partnership(id, id, "us"), "test")
+                .await
+                .unwrap();
         }
         let ids = |page: &PartnershipPage| {
             page.partnerships
@@ -945,7 +1091,10 @@ mod tests {
     async fn every_change_sends_its_event_and_refusals_send_none() {
         let store = store();
         let mut events = store.subscribe_in_process().unwrap();
-        store.create(partnership("a", "from", "to")).await.unwrap();
+        store
+            .create(partnership("a", "from", "to"), "test")
+            .await
+            .unwrap();
         let created = next(&mut events);
         assert_eq!(created.kind(), PartnershipEventKind::Upserted);
         assert_eq!((created.id.as_str(), created.revision), ("a", 1));
@@ -955,21 +1104,26 @@ mod tests {
         );
         assert!(created.previous_as2_from.is_empty());
 
-        assert!(store.create(partnership("b", "from", "to")).await.is_err());
         assert!(
             store
-                .update(partnership("a", "x", "y"), 7, later())
+                .create(partnership("b", "from", "to"), "test")
                 .await
                 .is_err()
         );
-        assert!(store.delete("missing", 0).await.is_err());
+        assert!(
+            store
+                .update(partnership("a", "x", "y"), 7, later(), "test")
+                .await
+                .is_err()
+        );
+        assert!(store.delete("missing", 0, "test").await.is_err());
         assert!(matches!(
             events.try_recv(),
             Err(broadcast::error::TryRecvError::Empty)
         ));
 
         store
-            .update(partnership("a", "renamed", "to"), 1, later())
+            .update(partnership("a", "renamed", "to"), 1, later(), "test")
             .await
             .unwrap();
         let moved = next(&mut events);
@@ -983,14 +1137,14 @@ mod tests {
             ("from", "to")
         );
         store
-            .update(partnership("a", "renamed", "to"), 2, later())
+            .update(partnership("a", "renamed", "to"), 2, later(), "test")
             .await
             .unwrap();
         let same_pair = next(&mut events);
         assert_eq!(same_pair.revision, 3);
         assert!(same_pair.previous_as2_from.is_empty() && same_pair.previous_as2_to.is_empty());
 
-        store.delete("a", 0).await.unwrap();
+        store.delete("a", 0, "test").await.unwrap();
         let deleted = next(&mut events);
         assert_eq!(deleted.kind(), PartnershipEventKind::Deleted);
         assert_eq!((deleted.id.as_str(), deleted.revision), ("a", 3));
@@ -1004,7 +1158,10 @@ mod tests {
         let other = store();
         let mut clone_events = clone.subscribe_in_process().unwrap();
         let mut other_events = other.subscribe_in_process().unwrap();
-        first.create(partnership("a", "from", "to")).await.unwrap();
+        first
+            .create(partnership("a", "from", "to"), "test")
+            .await
+            .unwrap();
         assert_eq!(clone.get("a").await.unwrap().id, "a");
         assert_eq!(next(&mut clone_events).id, "a");
         assert!(other.get("a").await.is_err());

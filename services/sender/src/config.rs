@@ -62,9 +62,7 @@ impl SenderConfig {
         sending.routing_url = routing_url.into();
         sending.keys_dir = keys_dir.into();
         Self {
-            grpc: GrpcServerConfig {
-                grpc_listen: ephemeral,
-            },
+            grpc: GrpcServerConfig::insecure_plaintext(ephemeral),
             admin: AdminServerConfig {
                 http_listen: ephemeral,
             },
@@ -201,7 +199,7 @@ pub struct SendingConfig {
     #[arg(
         long = "routing-url",
         env = "AS2_ROUTING_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub routing_url: String,
 

@@ -82,8 +82,12 @@ impl SenderServer {
         let mut runtime = Runtime::start("sender", listeners.admin, registry, &config.shutdown);
 
         let sending = &config.sending;
-        let routing_channel =
-            grpc::channel("routing", &sending.routing_url, ChannelSettings::default())?;
+        let routing_channel = grpc::channel(
+            "routing",
+            &sending.routing_url,
+            ChannelSettings::default(),
+            &listeners.security,
+        )?;
         let receipts =
             ReceiptPublisher::new(&config.kafka).context("kafka producer setup failed")?;
         let sender = Arc::new(OutboundSender {
@@ -132,6 +136,7 @@ impl SenderServer {
                 .add_service(health_service)
                 .add_service(OutboundServiceServer::new(OutboundApi::new(sender))),
             listeners.grpc,
+            &listeners.security,
         );
         runtime.on_drain_flush("receipts", move || receipts.flush(RECEIPT_FLUSH_TIMEOUT));
         tracing::info!(

@@ -97,6 +97,7 @@ impl PartnerEdge {
         }
         let url = format!("file://{}", store_dir.display());
         let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+        config.grpc_tls = as2_common::config::GrpcTlsConfig::insecure_plaintext();
         config.as2_listen = "127.0.0.1:0".parse().unwrap();
         config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
         config.redis = as2_common::config::RedisConfig::new(stack.redis.url(), "partner");

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use as2_common::config::GrpcTlsConfig;
+use as2_common::grpc::local_ca::LocalCa;
+use as2_common::grpc::{ChannelSettings, GrpcSecurity};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm, ReceiptDeliveryOption};
 use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
@@ -176,14 +179,31 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
     std::fs::write(keys_dir.join(KEY_ID).join("tls.crt"), &gateway_cert).unwrap();
     let (partner_key, partner_cert) = key_and_certificate("trace partner", 30);
 
-    let common = |extra: &[(&'static str, String)]| {
-        let mut env = vec![
+    // Every hop is mutual TLS with a credential of one local CA; the test calls the
+    // routing service as the operator.
+    let ca = LocalCa::load_or_create(dir.path(), "trace CA").unwrap();
+    let credential = |name: &str| {
+        let files = ca
+            .ensure_credential(dir.path(), name, name, &["127.0.0.1"])
+            .unwrap();
+        vec![
+            ("AS2_GRPC_TLS_CERT", files.certificate.display().to_string()),
+            ("AS2_GRPC_TLS_KEY", files.key.display().to_string()),
+            ("AS2_GRPC_TLS_CA", files.ca.display().to_string()),
+        ]
+    };
+    let operator = ca
+        .ensure_credential(dir.path(), "operator", "operator:trace-test", &[])
+        .unwrap();
+    let common = |name: &str, extra: &[(&'static str, String)]| {
+        let mut env = credential(name);
+        env.extend([
             ("AS2_REDIS_URL", redis.url()),
             ("AS2_REDIS_KEY_PREFIX", "trace".to_owned()),
             ("AS2_LOG_FORMAT", "json".to_owned()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        ];
+        ]);
         env.extend(extra.iter().cloned());
         env
     };
@@ -191,44 +211,66 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
     let mut routing = Service::start(
         "routing",
         dir.path(),
-        &common(&[
-            ("AS2_GRPC_LISTEN", routing_grpc.to_string()),
-            ("AS2_HTTP_LISTEN", routing_admin.to_string()),
-        ]),
+        &common(
+            "routing",
+            &[
+                ("AS2_GRPC_LISTEN", routing_grpc.to_string()),
+                ("AS2_HTTP_LISTEN", routing_admin.to_string()),
+            ],
+        ),
     );
     let (mdn_grpc, mdn_admin) = (loopback(), loopback());
     let mut mdn = Service::start(
         "mdn",
         dir.path(),
-        &common(&[
-            ("AS2_GRPC_LISTEN", mdn_grpc.to_string()),
-            ("AS2_HTTP_LISTEN", mdn_admin.to_string()),
-            ("AS2_MDN_POLL_INTERVAL_MS", "50".to_owned()),
-        ]),
+        &common(
+            "mdn",
+            &[
+                ("AS2_GRPC_LISTEN", mdn_grpc.to_string()),
+                ("AS2_HTTP_LISTEN", mdn_admin.to_string()),
+                ("AS2_MDN_POLL_INTERVAL_MS", "50".to_owned()),
+            ],
+        ),
     );
     let (edge_as2, edge_admin) = (loopback(), loopback());
     let mut edge = Service::start(
         "edge",
         dir.path(),
-        &common(&[
-            ("AS2_EDGE_LISTEN", edge_as2.to_string()),
-            ("AS2_HTTP_LISTEN", edge_admin.to_string()),
-            ("AS2_ROUTING_URL", format!("http://{routing_grpc}")),
-            ("AS2_MDN_URL", format!("http://{mdn_grpc}")),
-            ("AS2_KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
-            ("AS2_KEYS_DIR", keys_dir.display().to_string()),
-            ("AS2_DEFAULT_DECRYPTION_KEY_ID", KEY_ID.to_owned()),
-            ("AS2_DEFAULT_SIGNING_KEY_ID", KEY_ID.to_owned()),
-        ]),
+        &common(
+            "edge",
+            &[
+                ("AS2_EDGE_LISTEN", edge_as2.to_string()),
+                ("AS2_HTTP_LISTEN", edge_admin.to_string()),
+                ("AS2_ROUTING_URL", format!("https://{routing_grpc}")),
+                ("AS2_MDN_URL", format!("https://{mdn_grpc}")),
+                ("AS2_KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+                ("AS2_KEYS_DIR", keys_dir.display().to_string()),
+                ("AS2_DEFAULT_DECRYPTION_KEY_ID", KEY_ID.to_owned()),
+                ("AS2_DEFAULT_SIGNING_KEY_ID", KEY_ID.to_owned()),
+            ],
+        ),
     );
     routing.wait_for(routing_grpc);
     mdn.wait_for(mdn_grpc);
     edge.wait_for(edge_as2);
     edge.wait_for(edge_admin);
 
-    let mut registry = RoutingServiceClient::connect(format!("http://{routing_grpc}"))
+    let operator = GrpcSecurity::from_config(&GrpcTlsConfig::mutual_tls(
+        &operator.certificate,
+        &operator.key,
+        &operator.ca,
+    ))
+    .unwrap();
+    let mut registry = RoutingServiceClient::new(
+        as2_common::grpc::connect(
+            "routing",
+            &format!("https://{routing_grpc}"),
+            ChannelSettings::default(),
+            &operator,
+        )
         .await
-        .unwrap();
+        .unwrap(),
+    );
     let partnership = registry
         .create_partnership(CreatePartnershipRequest {
             partnership: Some(Partnership {

@@ -120,6 +120,7 @@ pub fn edge_config(
     keys_dir: &Path,
 ) -> EdgeConfig {
     let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+    config.grpc_tls = as2_common::config::GrpcTlsConfig::insecure_plaintext();
     config.as2_listen = "127.0.0.1:0".parse().unwrap();
     config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
     config.redis = as2_common::config::RedisConfig::new(redis_url, prefix);

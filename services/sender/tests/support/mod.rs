@@ -365,6 +365,7 @@ impl RunningEdge {
     /// `sender_url`.
     pub async fn start(stack: &OutboundStack, sender_url: &str) -> Self {
         let mut config = EdgeConfig::try_parse_from(["as2-edge"]).unwrap();
+        config.grpc_tls = as2_common::config::GrpcTlsConfig::insecure_plaintext();
         config.as2_listen = "127.0.0.1:0".parse().unwrap();
         config.admin.http_listen = "127.0.0.1:0".parse().unwrap();
         config.redis = as2_common::config::RedisConfig::new(stack.redis.url(), "out");
@@ -439,6 +440,7 @@ pub fn sender_process(stack: &OutboundStack, log: &Path) -> Command {
         .env("AS2_GRPC_LISTEN", "127.0.0.1:0")
         .env("AS2_HTTP_LISTEN", "127.0.0.1:0")
         .env("AS2_REDIS_URL", stack.redis.url())
+        .env("AS2_GRPC_INSECURE_PLAINTEXT", "true")
         .env("AS2_REDIS_KEY_PREFIX", "out")
         .env(
             "AS2_KAFKA_BOOTSTRAP_SERVERS",
