@@ -111,9 +111,37 @@ true
 {{- end }}
 {{- end }}
 
-{{/* gRPC URL of a component's internal Service. */}}
+{{/* gRPC URL of a component's internal Service (https under mutual TLS). */}}
 {{- define "as2-gateway.grpcUrl" -}}
-{{- printf "http://%s-%s:%d" (include "as2-gateway.fullname" .root) .component (int .root.Values.ports.grpc) }}
+{{- printf "%s://%s-%s:%d" (ternary "https" "http" .root.Values.grpcTls.enabled) (include "as2-gateway.fullname" .root) .component (int .root.Values.ports.grpc) }}
+{{- end }}
+
+{{/* The gRPC credentials: one per component, and the operator's for as2ctl. */}}
+{{- define "as2-gateway.grpcCredentials" -}}
+{{- list "routing" "mdn" "edge" "sender" "operator" | toJson }}
+{{- end }}
+
+{{/* The certificate common name (the role) of a credential. */}}
+{{- define "as2-gateway.grpcCommonName" -}}
+{{- if eq .credential "operator" }}operator:helm{{ else }}{{ .credential }}{{ end }}
+{{- end }}
+
+{{/* Name of the Secret holding a gRPC credential. (dict "root" $ "credential" "edge") */}}
+{{- define "as2-gateway.grpcTlsSecretName" -}}
+{{- $existing := index .root.Values.grpcTls.existingSecrets .credential }}
+{{- if $existing }}{{ $existing }}{{ else }}{{ printf "%s-%s-grpc-tls" (include "as2-gateway.fullname" .root) .credential }}{{ end }}
+{{- end }}
+
+{{/* The DNS names a component's gRPC certificate is valid for. */}}
+{{- define "as2-gateway.grpcDnsNames" -}}
+{{- $service := printf "%s-%s" (include "as2-gateway.fullname" .root) .credential }}
+{{- $namespace := .root.Release.Namespace }}
+{{- if eq .credential "operator" }}
+{{- list | toJson }}
+{{- else }}
+{{- /* localhost: for as2ctl through `kubectl port-forward`. */ -}}
+{{- list $service (printf "%s.%s" $service $namespace) (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.cluster.local" $service $namespace) "localhost" | toJson }}
+{{- end }}
 {{- end }}
 
 {{/* Name of the Secret with the Redis URL and the Kafka options. */}}
@@ -150,6 +178,13 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
 {{- if has $component (include "as2-gateway.grpcComponents" . | fromJsonArray) }}
 AS2_GRPC_LISTEN: {{ printf "%s:%d" $values.listenHost (int $values.ports.grpc) | quote }}
+{{- end }}
+{{- if $values.grpcTls.enabled }}
+AS2_GRPC_TLS_CERT: {{ printf "%s/tls.crt" $values.grpcTls.mountPath | quote }}
+AS2_GRPC_TLS_KEY: {{ printf "%s/tls.key" $values.grpcTls.mountPath | quote }}
+AS2_GRPC_TLS_CA: {{ printf "%s/ca.crt" $values.grpcTls.mountPath | quote }}
+{{- else }}
+AS2_GRPC_INSECURE_PLAINTEXT: "true"
 {{- end }}
 {{- if include "as2-gateway.usesKafka" . }}
 AS2_KAFKA_BOOTSTRAP_SERVERS: {{ $values.kafka.bootstrapServers | quote }}
@@ -246,6 +281,9 @@ AS2_MDN_TLS_CA_FILE: {{ printf "/etc/as2/mdn-ca/%s" $settings.tlsCaSecret.key | 
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and $values.grpcTls.enabled $values.grpcTls.certManager.enabled (not $values.grpcTls.certManager.issuerRef.name) }}
+{{- fail "grpcTls.certManager.issuerRef.name is required with grpcTls.certManager.enabled" }}
+{{- end }}
 {{- if $values.mdn.enabled }}
 {{- if le (int64 $values.mdn.reclaimIdleMs) (int64 $values.mdn.attemptTimeoutMs) }}
 {{- fail "mdn.reclaimIdleMs must exceed mdn.attemptTimeoutMs, or live replicas lose their jobs to others" }}
@@ -314,4 +352,19 @@ kafka-options: {{ .Values.kafka.options | b64enc | quote }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* as2ctl's gRPC credential in the `helm test` pod: the operator's. */}}
+{{- define "as2-gateway.testGrpcEnv" -}}
+{{- if .Values.grpcTls.enabled }}
+- name: AS2_GRPC_TLS_CERT
+  value: {{ printf "%s/tls.crt" .Values.grpcTls.mountPath | quote }}
+- name: AS2_GRPC_TLS_KEY
+  value: {{ printf "%s/tls.key" .Values.grpcTls.mountPath | quote }}
+- name: AS2_GRPC_TLS_CA
+  value: {{ printf "%s/ca.crt" .Values.grpcTls.mountPath | quote }}
+{{- else }}
+- name: AS2_GRPC_INSECURE_PLAINTEXT
+  value: "true"
+{{- end }}
 {{- end }}

@@ -37,7 +37,7 @@ NAMESPACE = "as2"
 FULLNAME = "gw-as2-gateway"
 # Custom resources: the OpenAPI schemas of core Kubernetes do not know them, so they are
 # checked structurally below instead.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 COMPONENTS = ["edge", "routing", "mdn", "sender"]
 # Directory of the built service binaries (tests/run sets it after `cargo test`); the
 # rendered configuration is then fed to the real binaries.
@@ -137,6 +137,30 @@ def env_variables_read_by(component: str) -> set[str]:
     for source in sources:
         names.update(re.findall(r'env\s*=\s*"([A-Z][A-Z0-9_]*)"', source.read_text()))
     return names
+
+
+@functools.lru_cache(maxsize=None)
+def _local_grpc_files() -> tuple[str, str, str]:
+    """A CA and a certificate signed by it, made with the openssl command line, standing
+    in for a mounted gRPC credential Secret."""
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"as2-chart-grpc-{os.getpid()}"
+    directory.mkdir(exist_ok=True)
+    ca_key, ca, key, request, cert = (str(directory / n) for n in ("ca.key", "ca.crt", "tls.key", "tls.csr", "tls.crt"))
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_key,
+        "-out", ca, "-days", "2", "-subj", "/CN=chart test CA")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", request,
+        "-subj", "/CN=operator")
+    run("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2")
+    return cert, key, ca
+
+
+def local_grpc_credential(env: dict[str, str]) -> dict[str, str]:
+    """The rendered AS2_GRPC_TLS_* paths (a mounted Secret) replaced by real local files."""
+    if "AS2_GRPC_TLS_CERT" not in env:
+        return {}
+    cert, key, ca = _local_grpc_files()
+    return {"AS2_GRPC_TLS_CERT": cert, "AS2_GRPC_TLS_KEY": key, "AS2_GRPC_TLS_CA": ca}
 
 
 def port_of(service_port: int | str, container: dict[str, Any]) -> int:
@@ -489,7 +513,8 @@ def test_inline_credentials_go_into_the_chart_secret() -> None:
 def test_existing_secrets_and_tls_files_are_used_as_given() -> None:
     values = scenario_values("kafka-sasl-redis-auth-values.yaml")
     documents = render(values)
-    assert of_kind(documents, "Secret") == [], "no chart-managed Secret is needed"
+    connection_secrets = [s for s in of_kind(documents, "Secret") if not s["metadata"]["name"].endswith(("-grpc-tls", "-grpc-ca"))]
+    assert connection_secrets == [], "no chart-managed connection Secret is needed"
     for component in ["edge", "mdn"]:
         spec = deployments(documents)[component]["spec"]["template"]["spec"]
         container = spec["containers"][0]
@@ -520,7 +545,7 @@ def test_service_urls_point_at_the_services() -> None:
     for component, variables in {"edge": ["AS2_ROUTING_URL", "AS2_MDN_URL"], "sender": ["AS2_ROUTING_URL"]}.items():
         env = config_map_env(documents, component)
         for variable in variables:
-            match = re.fullmatch(r"http://([a-z0-9-]+):([0-9]+)", env[variable])
+            match = re.fullmatch(r"https://([a-z0-9-]+):([0-9]+)", env[variable])
             assert match, env[variable]
             service = services[match.group(1)]
             assert int(match.group(2)) in [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"]
@@ -714,6 +739,7 @@ def test_the_services_accept_the_rendered_configuration(scenario: str) -> None:
             elif variable["name"] == "AS2_KAFKA_OPTIONS":
                 env["AS2_KAFKA_OPTIONS"] = kafka_options
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # no exporter start-up in this check
+        env.update(local_grpc_credential(env))
         runs.append((component, container["command"] + container.get("args", []), env))
     # The components start side by side: each waits on its Redis for the whole time.
     results = run_all_with_rendered_env([(command, env) for _, command, env in runs])
@@ -728,6 +754,97 @@ def test_the_helm_test_commands_parse() -> None:
     for container in pod["spec"]["containers"]:
         env = {e["name"]: e["value"] for e in container.get("env", [])}
         # The Services do not resolve here: the call fails (exit 1), the syntax must not (2).
-        env = {name: "http://127.0.0.1:1" for name in env}
+        env = {name: ("https://127.0.0.1:1" if name.endswith("_URL") else value) for name, value in env.items()}
+        env.update(local_grpc_credential(env))
         code, output = run_with_rendered_env(container["command"], env)
         assert code == 1, f"{container['name']}: exit {code}\n{output}"
+        assert "cannot reach" in output, f"{container['name']} failed before connecting:\n{output}"
+
+
+# ---------------------------------------------------------------------------------------
+# gRPC mutual TLS
+
+
+def _certificate_text(pem: str) -> str:
+    return subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-ext", "subjectAltName,extendedKeyUsage"],
+        input=pem.encode(), capture_output=True, check=True,
+    ).stdout.decode()
+
+
+def test_grpc_is_mutual_tls_by_default_with_one_credential_per_component() -> None:
+    import base64
+    import tempfile
+
+    documents = render({"sender": {"enabled": True}})
+    secrets = {s["metadata"]["name"]: s for s in of_kind(documents, "Secret")}
+    ca_pem = base64.b64decode(secrets[f"{FULLNAME}-grpc-ca"]["data"]["tls.crt"]).decode()
+    for component, deployment in deployments(documents).items():
+        env = config_map_env(documents, component)
+        assert "AS2_GRPC_INSECURE_PLAINTEXT" not in env, component
+        spec = deployment["spec"]["template"]["spec"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "grpc-tls")
+        assert mount["readOnly"] is True
+        assert env["AS2_GRPC_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+        assert env["AS2_GRPC_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+        assert env["AS2_GRPC_TLS_CA"] == f"{mount['mountPath']}/ca.crt"
+        volume = next(v for v in spec["volumes"] if v["name"] == "grpc-tls")
+        secret = secrets[volume["secret"]["secretName"]]
+        assert secret["type"] == "kubernetes.io/tls"
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert data["ca.crt"] == ca_pem
+        text = _certificate_text(data["tls.crt"])
+        # The common name is the role the permissions table knows.
+        assert re.search(rf"subject=CN\s*=\s*{component}\b", text), text
+        assert "TLS Web Server Authentication" in text and "TLS Web Client Authentication" in text, text
+        assert f"DNS:{FULLNAME}-{component}.{NAMESPACE}.svc" in text, text
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca_file:
+            ca_file.write(ca_pem)
+            ca_file.flush()
+            verified = subprocess.run(["openssl", "verify", "-CAfile", ca_file.name], input=data["tls.crt"].encode(), capture_output=True)
+            assert verified.returncode == 0, verified.stderr
+    # The operator's credential (as2ctl, helm test) is there too.
+    operator = base64.b64decode(secrets[f"{FULLNAME}-operator-grpc-tls"]["data"]["tls.crt"]).decode()
+    assert "CN = operator:helm" in _certificate_text(operator) or "CN=operator:helm" in _certificate_text(operator)
+    (pod,) = of_kind(documents, "Pod")
+    for container in pod["spec"]["containers"]:
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        if "AS2_GRPC_TLS_CERT" in env:
+            assert any(m["name"] == "grpc-tls" for m in container["volumeMounts"])
+    assert next(v for v in pod["spec"]["volumes"] if v["name"] == "grpc-tls")["secret"]["secretName"] == f"{FULLNAME}-operator-grpc-tls"
+
+
+def test_grpc_credentials_can_come_from_cert_manager_or_existing_secrets() -> None:
+    documents = render({
+        "grpcTls": {
+            "certManager": {"enabled": True, "issuerRef": {"name": "as2-ca", "kind": "ClusterIssuer"}},
+            "existingSecrets": {"operator": "my-operator-credential"},
+        },
+    })
+    certificates = {c["metadata"]["name"]: c for c in of_kind(documents, "Certificate")}
+    assert sorted(certificates) == sorted(f"{FULLNAME}-{c}-grpc" for c in ["routing", "mdn", "edge"])
+    for component in ["routing", "mdn", "edge"]:
+        spec = certificates[f"{FULLNAME}-{component}-grpc"]["spec"]
+        assert spec["commonName"] == component
+        assert spec["secretName"] == f"{FULLNAME}-{component}-grpc-tls"
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert spec["issuerRef"] == {"name": "as2-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+        assert f"{FULLNAME}-{component}.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+    assert not [s for s in of_kind(documents, "Secret") if "grpc" in s["metadata"]["name"]]
+    (pod,) = of_kind(documents, "Pod")
+    assert next(v for v in pod["spec"]["volumes"] if v["name"] == "grpc-tls")["secret"]["secretName"] == "my-operator-credential"
+    with pytest.raises(Exception, match="issuerRef.name is required"):
+        render({"grpcTls": {"certManager": {"enabled": True}}})
+
+
+def test_plain_text_grpc_is_an_explicit_development_switch() -> None:
+    documents = render({"grpcTls": {"enabled": False}})
+    for component, deployment in deployments(documents).items():
+        env = config_map_env(documents, component)
+        assert env["AS2_GRPC_INSECURE_PLAINTEXT"] == "true", component
+        assert not any(k.startswith("AS2_GRPC_TLS_") for k in env), component
+        assert not any(v["name"] == "grpc-tls" for v in deployment["spec"]["template"]["spec"]["volumes"])
+        for variable in ("AS2_ROUTING_URL", "AS2_MDN_URL"):
+            if variable in env:
+                assert env[variable].startswith("http://"), env[variable]
+    assert not [s for s in of_kind(documents, "Secret") if "grpc" in s["metadata"]["name"]]
