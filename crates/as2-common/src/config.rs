@@ -98,7 +98,7 @@ pub struct AdminServerConfig {
     #[arg(
         long = "http-listen",
         env = "AS2_HTTP_LISTEN",
-        default_value = "0.0.0.0:9090"
+        default_value = "127.0.0.1:9090"
     )]
     pub http_listen: SocketAddr,
 }

@@ -12,7 +12,10 @@ use openssl::x509::X509;
 
 /// Whether `certificate` may be used for `usage` (one without a usage serves both).
 pub fn usable_for(certificate: &PartnerCertificate, usage: CertificateUsage) -> bool {
-    matches!(certificate.usage(), CertificateUsage::Unspecified) || certificate.usage() == usage
+    // An unspecified usage means signing and encryption, never a TLS client identity.
+    (matches!(certificate.usage(), CertificateUsage::Unspecified)
+        && usage != CertificateUsage::TlsClient)
+        || certificate.usage() == usage
 }
 
 /// The partner's certificates that verify its signatures (messages and MDNs). The

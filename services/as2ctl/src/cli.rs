@@ -408,6 +408,11 @@ pub struct AddArgs {
     #[arg(long = "partner-cert", value_name = "FILE")]
     pub partner_certificates: Vec<PathBuf>,
 
+    /// A file with the partner's HTTPS client certificate(s), PEM or DER, matched by
+    /// fingerprint under `--require-tls-client-cert`; repeatable.
+    #[arg(long = "partner-tls-client-cert", value_name = "FILE")]
+    pub partner_tls_client_certificates: Vec<PathBuf>,
+
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -442,6 +447,11 @@ pub struct UpdateArgs {
     /// Add the certificate(s) in this file (PEM or DER); repeatable.
     #[arg(long = "add-partner-cert", value_name = "FILE")]
     pub add_partner_certificates: Vec<PathBuf>,
+
+    /// Add the partner's HTTPS client certificate(s) in this file (PEM or DER);
+    /// repeatable.
+    #[arg(long = "add-partner-tls-client-cert", value_name = "FILE")]
+    pub add_partner_tls_client_certificates: Vec<PathBuf>,
 
     /// Remove the certificate with this SHA-256 fingerprint (as `show`
     /// prints it, colons optional); repeatable.
@@ -507,6 +517,11 @@ pub struct SettingsArgs {
     /// Refuse unencrypted messages.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub require_encryption: Option<bool>,
+
+    /// Refuse messages that do not come over the edge's HTTPS with one of the partner's
+    /// TLS client certificates (`--partner-tls-client-cert`): 403 with the reason.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_tls_client_cert: Option<bool>,
 
     /// Largest message and document accepted from this partner, in bytes (0: the
     /// edge's global limit).

@@ -10,10 +10,10 @@ use as2_common::grpc::{ChannelError, ChannelSettings, GrpcSecurity};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{
-    CreatePartnershipRequest, DeletePartnershipRequest, EncryptionCipher, GetPartnershipRequest,
-    InteropSwitches, ListPartnershipsRequest, MdnPreferences, OutboundSettings, PartnerCertificate,
-    Partnership, ResolvePartnershipRequest, SecurityPolicy, SigningDigest,
-    UpdatePartnershipRequest,
+    CertificateUsage, CreatePartnershipRequest, DeletePartnershipRequest, EncryptionCipher,
+    GetPartnershipRequest, InteropSwitches, ListPartnershipsRequest, MdnPreferences,
+    OutboundSettings, PartnerCertificate, Partnership, ResolvePartnershipRequest, SecurityPolicy,
+    SigningDigest, UpdatePartnershipRequest,
 };
 use as2_rpc::tonic::transport::Channel;
 use as2_rpc::tonic::{Code, Status};
@@ -228,12 +228,20 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<LoadedCertificate>, CtlError> {
 }
 
 fn into_entries(loaded: Vec<LoadedCertificate>) -> (Vec<PartnerCertificate>, Vec<String>) {
+    into_entries_for(loaded, CertificateUsage::Unspecified)
+}
+
+fn into_entries_for(
+    loaded: Vec<LoadedCertificate>,
+    usage: CertificateUsage,
+) -> (Vec<PartnerCertificate>, Vec<String>) {
     loaded
         .into_iter()
         .map(|certificate| {
             (
                 PartnerCertificate {
                     pem: certificate.pem,
+                    usage: usage as i32,
                     ..PartnerCertificate::default()
                 },
                 certificate.origin,
@@ -247,7 +255,13 @@ async fn add(
     args: AddArgs,
     json: bool,
 ) -> Result<String, CtlError> {
-    let (certificates, origins) = into_entries(load_all(&args.partner_certificates)?);
+    let (mut certificates, mut origins) = into_entries(load_all(&args.partner_certificates)?);
+    let (tls_clients, tls_origins) = into_entries_for(
+        load_all(&args.partner_tls_client_certificates)?,
+        CertificateUsage::TlsClient,
+    );
+    certificates.extend(tls_clients);
+    origins.extend(tls_origins);
     let mut partnership = Partnership {
         id: args.id.unwrap_or_default(),
         as2_from: args.from,
@@ -329,6 +343,15 @@ async fn update(
     }
     if !args.add_partner_certificates.is_empty() {
         let (certificates, new_origins) = into_entries(load_all(&args.add_partner_certificates)?);
+        partnership.partner_certificates.extend(certificates);
+        origins.extend(new_origins);
+        changed = true;
+    }
+    if !args.add_partner_tls_client_certificates.is_empty() {
+        let (certificates, new_origins) = into_entries_for(
+            load_all(&args.add_partner_tls_client_certificates)?,
+            CertificateUsage::TlsClient,
+        );
         partnership.partner_certificates.extend(certificates);
         origins.extend(new_origins);
         changed = true;
@@ -495,6 +518,10 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         .get_or_insert_with(SecurityPolicy::default);
     flag(&mut policy.require_signature, settings.require_signature);
     flag(&mut policy.require_encryption, settings.require_encryption);
+    flag(
+        &mut policy.require_tls_client_certificate,
+        settings.require_tls_client_cert,
+    );
     flag(&mut policy.allow_md5, settings.allow_md5);
     let mdn = partnership
         .mdn_preferences

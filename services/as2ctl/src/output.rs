@@ -179,6 +179,7 @@ impl From<&PartnerCertificate> for CertificateView {
                 Ok(CertificateUsage::Unspecified) => "signing+encryption",
                 Ok(CertificateUsage::Signing) => "signing",
                 Ok(CertificateUsage::Encryption) => "encryption",
+                Ok(CertificateUsage::TlsClient) => "tls-client",
                 Err(_) => "unknown",
             },
             not_before: certificate.not_before.as_ref().map(rfc3339),

@@ -363,10 +363,21 @@ fn check_outbound(partnership: &Partnership) -> Result<(), FieldError> {
 fn check_certificate_coverage(partnership: &Partnership) -> Result<(), FieldError> {
     let serves = |wanted: CertificateUsage| {
         partnership.partner_certificates.iter().any(|certificate| {
-            certificate.usage == CertificateUsage::Unspecified as i32
+            (certificate.usage == CertificateUsage::Unspecified as i32
+                && wanted != CertificateUsage::TlsClient)
                 || certificate.usage == wanted as i32
         })
     };
+    let require_tls_client = partnership
+        .security_policy
+        .as_ref()
+        .is_some_and(|policy| policy.require_tls_client_certificate);
+    if require_tls_client && !serves(CertificateUsage::TlsClient) {
+        return Err(FieldError::new(
+            "security_policy.require_tls_client_certificate",
+            "needs a partner certificate with usage TLS client to match the client's against",
+        ));
+    }
     let require_signature = partnership
         .security_policy
         .as_ref()

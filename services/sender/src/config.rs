@@ -303,7 +303,7 @@ impl SendingConfig {
     /// Defaults as the flags have them.
     pub fn defaults() -> Self {
         Self {
-            routing_url: "http://127.0.0.1:50051".to_owned(),
+            routing_url: "https://127.0.0.1:50051".to_owned(),
             keys_dir: PathBuf::from("/etc/as2/keys"),
             default_signing_key_id: None,
             message_id_domain: "as2-gateway.local".to_owned(),

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use as2_common::config::GrpcTlsConfig;
-use as2_common::grpc::local_ca::LocalCa;
 use as2_common::grpc::{ChannelSettings, GrpcSecurity};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm, ReceiptDeliveryOption};
@@ -179,22 +178,26 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
     std::fs::write(keys_dir.join(KEY_ID).join("tls.crt"), &gateway_cert).unwrap();
     let (partner_key, partner_cert) = key_and_certificate("trace partner", 30);
 
-    // Every hop is mutual TLS with a credential of one local CA; the test calls the
+    // Every hop is mutual TLS with the credentials deploy/local/grpc-credentials makes
+    // (the script deploy/local/run and docs/deployment.md use); the test calls the
     // routing service as the operator.
-    let ca = LocalCa::load_or_create(dir.path(), "trace CA").unwrap();
+    let grpc = dir.path().join("grpc");
+    let script = as2_testkit::workspace_root().join("deploy/local/grpc-credentials");
+    let made = Command::new(&script).arg(&grpc).status().unwrap();
+    assert!(made.success(), "{} failed", script.display());
     let credential = |name: &str| {
-        let files = ca
-            .ensure_credential(dir.path(), name, name, &["127.0.0.1"])
-            .unwrap();
         vec![
-            ("AS2_GRPC_TLS_CERT", files.certificate.display().to_string()),
-            ("AS2_GRPC_TLS_KEY", files.key.display().to_string()),
-            ("AS2_GRPC_TLS_CA", files.ca.display().to_string()),
+            (
+                "AS2_GRPC_TLS_CERT",
+                grpc.join(format!("{name}.crt")).display().to_string(),
+            ),
+            (
+                "AS2_GRPC_TLS_KEY",
+                grpc.join(format!("{name}.key")).display().to_string(),
+            ),
+            ("AS2_GRPC_TLS_CA", grpc.join("ca.crt").display().to_string()),
         ]
     };
-    let operator = ca
-        .ensure_credential(dir.path(), "operator", "operator:trace-test", &[])
-        .unwrap();
     let common = |name: &str, extra: &[(&'static str, String)]| {
         let mut env = credential(name);
         env.extend([
@@ -256,9 +259,9 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
     edge.wait_for(edge_admin);
 
     let operator = GrpcSecurity::from_config(&GrpcTlsConfig::mutual_tls(
-        &operator.certificate,
-        &operator.key,
-        &operator.ca,
+        grpc.join("operator.crt"),
+        grpc.join("operator.key"),
+        grpc.join("ca.crt"),
     ))
     .unwrap();
     let mut registry = RoutingServiceClient::new(

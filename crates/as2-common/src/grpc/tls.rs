@@ -155,17 +155,8 @@ pub struct CredentialFiles {
 }
 
 impl CredentialFiles {
-    fn paths(&self) -> [&Path; 3] {
-        [&self.certificate, &self.key, &self.ca]
-    }
-
-    /// The files' modification times, to notice a change.
-    fn stamps(&self) -> [Option<SystemTime>; 3] {
-        self.paths().map(|path| {
-            std::fs::metadata(path)
-                .and_then(|meta| meta.modified())
-                .ok()
-        })
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.certificate.clone(), self.key.clone(), self.ca.clone()]
     }
 }
 
@@ -175,17 +166,107 @@ struct Contexts {
     connector: SslConnector,
 }
 
-struct Loaded {
-    contexts: Arc<Contexts>,
-    stamps: [Option<SystemTime>; 3],
+struct Loaded<T> {
+    value: Arc<T>,
+    stamps: Vec<Option<SystemTime>>,
     checked: Instant,
+}
+
+/// Something built from files (a TLS context from certificate and key files), built
+/// again when the files change: checked at most every [`RELOAD_CHECK_INTERVAL`], when
+/// the value is next asked for. A rebuild that fails keeps the previous value and is
+/// logged with `what`.
+pub struct Reloading<T> {
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    build: Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>,
+    loaded: Mutex<Loaded<T>>,
+}
+
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Reloading")
+            .field("what", &self.what)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stamps(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path)
+                .and_then(|meta| meta.modified())
+                .ok()
+        })
+        .collect()
+}
+
+impl<T> Reloading<T> {
+    /// Builds the value now (an error here is the caller's, at start-up) and again
+    /// whenever one of `paths` changes.
+    pub fn new(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Self, TlsError> {
+        let stamps = stamps(&paths);
+        let value = Arc::new(build()?);
+        Ok(Self {
+            what,
+            paths,
+            build: Box::new(build),
+            loaded: Mutex::new(Loaded {
+                value,
+                stamps,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The current value, built again first if the files changed since the last check.
+    pub fn current(&self) -> Arc<T> {
+        let mut loaded = match self.loaded.lock() {
+            Ok(loaded) => loaded,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if loaded.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
+            loaded.checked = Instant::now();
+            let stamps = stamps(&self.paths);
+            if stamps != loaded.stamps {
+                match (self.build)() {
+                    Ok(value) => {
+                        loaded.value = Arc::new(value);
+                        loaded.stamps = stamps;
+                        tracing::info!(what = self.what, "reloaded a changed TLS credential");
+                    }
+                    Err(error) => tracing::warn!(
+                        what = self.what,
+                        error = %crate::error_chain(&error),
+                        "the changed TLS files do not load; keeping the previous credential"
+                    ),
+                }
+            }
+        }
+        loaded.value.clone()
+    }
+
+    /// Makes the next [`current`](Self::current) check the files (tests).
+    #[cfg(test)]
+    fn check_now(&self) {
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.checked = Instant::now() - RELOAD_CHECK_INTERVAL;
+        }
+    }
 }
 
 /// A service's certificate, key and CA bundle, loaded into server and client contexts
 /// and reloaded when the files change.
 pub struct Credential {
     files: CredentialFiles,
-    loaded: Mutex<Loaded>,
+    contexts: Reloading<Contexts>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -201,16 +282,10 @@ impl Credential {
     /// Loads the files; a file that does not load is an error here (at start-up),
     /// and only a warning on a later reload.
     pub fn load(files: CredentialFiles) -> Result<Self, TlsError> {
-        let stamps = files.stamps();
-        let contexts = Arc::new(build_contexts(&files)?);
-        Ok(Self {
-            files,
-            loaded: Mutex::new(Loaded {
-                contexts,
-                stamps,
-                checked: Instant::now(),
-            }),
-        })
+        let paths = files.paths();
+        let source = files.clone();
+        let contexts = Reloading::new("gRPC credential", paths, move || build_contexts(&source))?;
+        Ok(Self { files, contexts })
     }
 
     /// The credential's files.
@@ -218,33 +293,8 @@ impl Credential {
         &self.files
     }
 
-    /// The current contexts, reloaded first if the files changed since the last check.
     fn contexts(&self) -> Arc<Contexts> {
-        let mut loaded = match self.loaded.lock() {
-            Ok(loaded) => loaded,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if loaded.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
-            loaded.checked = Instant::now();
-            let stamps = self.files.stamps();
-            if stamps != loaded.stamps {
-                match build_contexts(&self.files) {
-                    Ok(contexts) => {
-                        loaded.contexts = Arc::new(contexts);
-                        loaded.stamps = stamps;
-                        tracing::info!(
-                            certificate = %self.files.certificate.display(),
-                            "reloaded the gRPC TLS credential"
-                        );
-                    }
-                    Err(error) => tracing::warn!(
-                        error = %crate::error_chain(&error),
-                        "the changed gRPC TLS files do not load; keeping the previous credential"
-                    ),
-                }
-            }
-        }
-        loaded.contexts.clone()
+        self.contexts.current()
     }
 }
 
@@ -654,9 +704,7 @@ mod tests {
             Validity::default(),
         )
         .unwrap();
-        if let Ok(mut loaded) = credential.loaded.lock() {
-            loaded.checked = Instant::now() - RELOAD_CHECK_INTERVAL;
-        }
+        credential.contexts.check_now();
         assert_eq!(
             server_common_name(address, &files.ca).await,
             "routing-renewed"
@@ -682,9 +730,7 @@ mod tests {
         let credential = Credential::load(files.clone()).unwrap();
         let before = Arc::as_ptr(&credential.contexts());
         std::fs::write(&files.key, "not a key").unwrap();
-        if let Ok(mut loaded) = credential.loaded.lock() {
-            loaded.checked = Instant::now() - RELOAD_CHECK_INTERVAL;
-        }
+        credential.contexts.check_now();
         assert_eq!(Arc::as_ptr(&credential.contexts()), before);
     }
 
