@@ -42,6 +42,10 @@ pub struct EdgeConfig {
     #[arg(long = "sender-url", env = "AS2_SENDER_URL")]
     pub sender_url: Option<String>,
 
+    /// HTTPS on the AS2 endpoint (without it: plain HTTP, TLS at the load balancer).
+    #[command(flatten)]
+    pub as2_tls: crate::tls::As2TlsConfig,
+
     /// The credential the edge calls routing, MDN service and sender with (mutual TLS;
     /// its certificate's common name is `edge`).
     #[command(flatten)]

@@ -30,6 +30,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+
+use crate::tls::{EdgeTls, TlsClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::inbound::{
@@ -102,10 +104,12 @@ impl BodyPace {
     }
 }
 
-/// Serves AS2 requests on `listener` until `stop_accepting` is cancelled, then waits up
-/// to `grace_period` for open requests to finish.
+/// Serves AS2 requests on `listener` (HTTPS with `tls`, each handshake on the
+/// connection's own task within the header read timeout) until `stop_accepting` is
+/// cancelled, then waits up to `grace_period` for open requests to finish.
 pub async fn serve_as2(
     listener: TcpListener,
+    tls: Option<Arc<EdgeTls>>,
     processor: Arc<InboundProcessor>,
     limits: HttpLimits,
     stop_accepting: CancellationToken,
@@ -138,16 +142,43 @@ pub async fn serve_as2(
         };
         let _ = stream.set_nodelay(true);
         let processor = processor.clone();
-        let service = service_fn(move |request| {
-            let processor = processor.clone();
-            async move { Ok::<_, Infallible>(handle(request, &processor, limits).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let service = move |client: TlsClient| {
+            let client = Arc::new(client);
+            service_fn(move |request| {
+                let (processor, client) = (processor.clone(), client.clone());
+                async move { Ok::<_, Infallible>(handle(request, &processor, limits, &client).await) }
+            })
+        };
+        let Some(tls) = tls.clone() else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service(TlsClient::default()))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%peer, %error, "as2 connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
+            let (stream, client) = match handshake.await {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "as2 TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "as2 TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service(client))
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, %error, "as2 connection ended with an error");
             }
         });
@@ -181,6 +212,7 @@ async fn handle(
     request: Request<Incoming>,
     processor: &InboundProcessor,
     limits: HttpLimits,
+    client: &TlsClient,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::POST {
         let mut response = to_response(Answer::text(405, "AS2 messages are sent with POST"));
@@ -234,7 +266,15 @@ async fn handle(
     }
     // The partnership is judged before the size: the limit is the partnership's.
     let admitted = match processor.preflight(&headers).await {
-        Preflight::ReadBody(admitted) => admitted,
+        Preflight::ReadBody(admitted) => match admitted.check_tls_client(client) {
+            Ok(()) => admitted,
+            Err(answer) => {
+                if !expects_continue && !prefix.ended {
+                    drain(body, pace, PREFLIGHT_DRAIN_LIMIT).await;
+                }
+                return to_response(answer);
+            }
+        },
         Preflight::Answered(answer) => {
             // With `Expect: 100-continue` the body is never asked for: hyper sends the
             // 100 only when the body is first read.

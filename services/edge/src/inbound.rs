@@ -228,6 +228,18 @@ impl AdmittedMessage {
     pub fn max_body_bytes(&self, global: u64) -> u64 {
         self.route.max_message_bytes().unwrap_or(global)
     }
+
+    /// Whether the connection's TLS client may send for this partnership
+    /// ([`crate::tls::check_client`]); the refusal is a 403 with the reason, before the
+    /// body is read.
+    pub fn check_tls_client(&self, client: &crate::tls::TlsClient) -> Result<(), Answer> {
+        crate::tls::check_client(&self.route.partnership, client).map_err(|reason| {
+            self.span.in_scope(|| {
+                tracing::warn!(%reason, "refused the TLS client");
+            });
+            Answer::text(403, reason)
+        })
+    }
 }
 
 impl std::fmt::Debug for AdmittedMessage {

@@ -28,6 +28,7 @@ pub mod record;
 pub mod retention;
 pub mod routes;
 pub mod server;
+pub mod tls;
 
 pub use config::EdgeConfig;
 pub use server::{EdgeServer, run};

@@ -39,6 +39,7 @@ pub struct EdgeServer {
     admin_listener: TcpListener,
     state: StateBackend,
     grpc_security: GrpcSecurity,
+    as2_tls: Option<Arc<crate::tls::EdgeTls>>,
 }
 
 impl EdgeServer {
@@ -46,6 +47,7 @@ impl EdgeServer {
     /// `memory://`, and binds the AS2 and admin listeners (port 0 allowed).
     pub async fn bind(config: EdgeConfig) -> anyhow::Result<Self> {
         let grpc_security = GrpcSecurity::from_config(&config.grpc_tls)?;
+        let as2_tls = crate::tls::EdgeTls::from_config(&config.as2_tls)?;
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
@@ -57,6 +59,7 @@ impl EdgeServer {
             admin_listener,
             state,
             grpc_security,
+            as2_tls,
         })
     }
 
@@ -81,6 +84,7 @@ impl EdgeServer {
             admin_listener,
             state,
             grpc_security,
+            as2_tls,
         } = self;
         let as2_addr = as2_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -165,6 +169,7 @@ impl EdgeServer {
         runtime.spawn_frontend("as2 listener", async move {
             serve_as2(
                 as2_listener,
+                as2_tls,
                 processor.clone(),
                 limits,
                 stop_accepting,

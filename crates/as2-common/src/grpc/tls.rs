@@ -298,7 +298,8 @@ impl Credential {
     }
 }
 
-fn load_error(
+/// Turns an OpenSSL failure to load `path` into a [`TlsError::Load`].
+pub fn load_error(
     what: &'static str,
     path: &Path,
 ) -> impl FnOnce(openssl::error::ErrorStack) -> TlsError {
