@@ -206,6 +206,10 @@ AS2_DEFAULT_DECRYPTION_KEY_ID: {{ . | quote }}
 AS2_MDN_URL: {{ include "as2-gateway.grpcUrl" (dict "root" $root "component" "mdn") | quote }}
 {{- end }}
 AS2_EDGE_LISTEN: {{ printf "%s:%d" $values.listenHost (int $values.ports.as2) | quote }}
+{{- if $settings.tls.secretName }}
+AS2_EDGE_TLS_CERT: "/etc/as2/edge-tls/tls.crt"
+AS2_EDGE_TLS_KEY: "/etc/as2/edge-tls/tls.key"
+{{- end }}
 AS2_KAFKA_PUBLISH_TIMEOUT_MS: {{ $values.kafka.publishTimeoutMs | int64 | quote }}
 AS2_KAFKA_MAX_RECORD_BYTES: {{ $values.kafka.maxRecordBytes | int64 | quote }}
 AS2_MAX_BODY_BYTES: {{ $settings.maxBodyBytes | int64 | quote }}

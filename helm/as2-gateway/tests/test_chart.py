@@ -848,3 +848,15 @@ def test_plain_text_grpc_is_an_explicit_development_switch() -> None:
             if variable in env:
                 assert env[variable].startswith("http://"), env[variable]
     assert not [s for s in of_kind(documents, "Secret") if "grpc" in s["metadata"]["name"]]
+
+
+def test_the_edge_serves_https_from_a_tls_secret_when_given() -> None:
+    documents = render({"edge": {"tls": {"secretName": "as2-public-tls"}}})
+    env = config_map_env(documents, "edge")
+    spec = deployments(documents)["edge"]["spec"]["template"]["spec"]
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "edge-tls")
+    assert mount["readOnly"] is True
+    assert env["AS2_EDGE_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert env["AS2_EDGE_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    assert next(v for v in spec["volumes"] if v["name"] == "edge-tls")["secret"]["secretName"] == "as2-public-tls"
+    assert "AS2_EDGE_TLS_CERT" not in config_map_env(render(), "edge")
