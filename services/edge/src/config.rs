@@ -191,6 +191,25 @@ pub struct InboundConfig {
     )]
     pub body_min_rate_bytes_per_sec: u64,
 
+    /// Open connections to the AS2 endpoint at most; further clients wait in the
+    /// listen backlog until one closes (a flood of idle connections cannot exhaust file
+    /// descriptors or memory).
+    #[arg(
+        long = "max-connections",
+        env = "AS2_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+
+    /// Concurrent HTTP/2 streams per connection (each stream is a request with a
+    /// body; the memory budget bounds their bytes, this their number).
+    #[arg(
+        long = "http2-max-concurrent-streams",
+        env = "AS2_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 16
+    )]
+    pub http2_max_concurrent_streams: u32,
+
     /// Seconds a message stays claimed by the request processing it; a resend within
     /// that time gets 503. Must exceed the longest processing time (publish timeout
     /// included).
@@ -253,6 +272,8 @@ impl InboundConfig {
             header_read_timeout_secs: 30,
             body_read_timeout_secs: 300,
             body_min_rate_bytes_per_sec: 1024,
+            max_connections: 4096,
+            http2_max_concurrent_streams: 16,
             dedup_in_flight_secs: 120,
             dedup_retention_secs: 7 * 24 * 3600,
             route_cache_ttl_secs: 60,

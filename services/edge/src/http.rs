@@ -50,7 +50,21 @@ pub struct HttpLimits {
     /// Slowest average rate of a body, in bytes per second, once it has taken longer
     /// than `body_idle_timeout` (408 below it); 0: no minimum.
     pub body_min_rate: u64,
+    /// Open connections at most; the next is accepted once one closes.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
 }
+
+/// Streams a client may reset before the server sees them, per connection, before the
+/// connection is closed (the HTTP/2 rapid-reset attack, CVE-2023-44487).
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's protocol errors, per connection, before
+/// it closes the connection.
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 64;
+/// Largest header block of an HTTP/2 request (HTTP/1.1 has the same bound through its
+/// read buffer).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// How fast a body is arriving, against the idle timeout and the minimum rate.
 ///
@@ -124,10 +138,20 @@ pub async fn serve_as2(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        // A connection slot first: at the cap, clients wait in the listen backlog.
+        let slot = tokio::select! {
+            () = stop_accepting.cancelled() => break,
+            slot = connections.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -158,6 +182,7 @@ pub async fn serve_as2(
                 if let Err(error) = connection.await {
                     tracing::debug!(%peer, %error, "as2 connection ended with an error");
                 }
+                drop(slot);
             });
             continue;
         };
@@ -181,6 +206,7 @@ pub async fn serve_as2(
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, %error, "as2 connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -493,6 +519,8 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             body_idle_timeout: Duration::from_secs(idle_secs),
             body_min_rate: min_rate,
+            max_connections: 1,
+            http2_max_concurrent_streams: 1,
         })
     }
 

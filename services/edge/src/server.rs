@@ -164,6 +164,8 @@ impl EdgeServer {
             header_read_timeout: inbound.header_read_timeout(),
             body_idle_timeout: inbound.body_idle_timeout(),
             body_min_rate: inbound.body_min_rate_bytes_per_sec,
+            max_connections: inbound.max_connections.max(1),
+            http2_max_concurrent_streams: inbound.http2_max_concurrent_streams.max(1),
         };
         let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
         runtime.spawn_frontend("as2 listener", async move {

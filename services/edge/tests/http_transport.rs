@@ -346,3 +346,39 @@ async fn unknown_partners_and_missing_headers_are_answered_before_the_body() {
     stack.edge.stop().await;
     stack.routing.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_clients_wait_until_a_connection_closes() {
+    let stack = Stack::start().await;
+    let mut config = edge_config(
+        &stack.redis.url(),
+        "cap",
+        &stack.broker.bootstrap_servers(),
+        &stack.routing.url,
+        stack.keys_dir.path(),
+    );
+    config.inbound.max_connections = 2;
+    let edge = RunningEdge::start(config).await;
+
+    let get = b"GET /as2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Two idle connections hold both slots.
+    let first = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The third gets through TCP (the listen backlog) but is not served...
+    let mut third = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    third.write_all(get).await.unwrap();
+    let mut buffer = Vec::new();
+    let early = tokio::time::timeout(Duration::from_secs(1), third.read_to_end(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "served past the cap: {}",
+        String::from_utf8_lossy(&buffer)
+    );
+    // ...until a slot frees.
+    drop(first);
+    let _ = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut buffer)).await;
+    let answer = String::from_utf8_lossy(&buffer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    edge.stop().await;
+}
