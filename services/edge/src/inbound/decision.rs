@@ -371,7 +371,8 @@ impl DecisionSettings<'_> {
         error: &As2Error,
     ) -> Result<Rejection, Unavailable> {
         let status = error.disposition_status();
-        tracing::info!(%error, disposition = %status, "message rejected");
+        // The detail keeps what the answer leaves out (why a decryption failed).
+        tracing::info!(error = %error.detail(), disposition = %status, "message rejected");
         if !headers.wants_mdn() {
             return Ok(Rejection {
                 status,
