@@ -12,6 +12,7 @@ use as2_protocol::headers::{As2Id, As2RequestHeaders, MessageId, MicAlgorithm};
 use as2_protocol::outbound::{self, BuiltMessage, Encryption, OutboundMessage, Signing};
 use as2_protocol::unwrap::{UnwrapContext, unwrap_message};
 use as2_protocol::{As2Error, DECRYPTION_FAILED, DispositionStatus, ProcessingError};
+use as2_testkit::tamper::{flipped, rsa2048_wrapped_key};
 
 /// Zero bytes after the ciphertext of a CBC message as the crate writes it: the
 /// end-of-contents of the encryptedContent, the encryptedContentInfo, the
@@ -85,22 +86,6 @@ impl Fixture {
     }
 }
 
-/// The offset of the wrapped key of an RSA-2048 recipient (the 256 bytes of an OCTET
-/// STRING with a two-byte length), in the recipientInfos at the start of the message.
-fn wrapped_key(body: &[u8]) -> usize {
-    body.windows(4)
-        .take(2048)
-        .position(|window| window == [0x04, 0x82, 0x01, 0x00])
-        .expect("an RSA-2048 encryptedKey")
-        + 4
-}
-
-fn flipped(body: &[u8], index: usize) -> Vec<u8> {
-    let mut body = body.to_vec();
-    body[index] ^= 0xa5;
-    body
-}
-
 #[test]
 fn every_failure_before_the_first_authenticated_byte_reads_the_same() {
     let fixture = Fixture::new();
@@ -162,17 +147,17 @@ fn every_failure_before_the_first_authenticated_byte_reads_the_same() {
         (
             "corrupted PKCS #1 v1.5 wrapped key",
             &pkcs1,
-            flipped(&pkcs1.body, wrapped_key(&pkcs1.body) + 100),
+            flipped(&pkcs1.body, rsa2048_wrapped_key(&pkcs1.body) + 100),
         ),
         (
             "corrupted first byte of the wrapped key",
             &pkcs1,
-            flipped(&pkcs1.body, wrapped_key(&pkcs1.body)),
+            flipped(&pkcs1.body, rsa2048_wrapped_key(&pkcs1.body)),
         ),
         (
             "corrupted OAEP wrapped key",
             &oaep,
-            flipped(&oaep.body, wrapped_key(&oaep.body) + 7),
+            flipped(&oaep.body, rsa2048_wrapped_key(&oaep.body) + 7),
         ),
         (
             "GCM tag",
@@ -230,7 +215,7 @@ fn a_partnership_can_refuse_pkcs1v15_key_transport() {
     );
     // Decided on the algorithm identifier alone: a wrapped key that does not open is
     // refused the same way.
-    let corrupted = flipped(&pkcs1.body, wrapped_key(&pkcs1.body) + 100);
+    let corrupted = flipped(&pkcs1.body, rsa2048_wrapped_key(&pkcs1.body) + 100);
     assert_eq!(
         fixture
             .unwrap(&pkcs1, &corrupted, true)

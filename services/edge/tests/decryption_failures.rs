@@ -10,30 +10,18 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use as2_protocol::mdn::{MdnVerification, ParsedMdn, parse_mdn};
 use as2_rpc::routing::v1::SecurityPolicy;
+use as2_testkit::openssl_cli::run;
+use as2_testkit::tamper::{flipped, rsa2048_wrapped_key};
 use openssl::x509::X509;
 use support::{GATEWAY_ID, HttpResponse, KeyMaterial, PARTNER_ID, Stack, consume, post};
 
 const TOPIC: &str = "inbound-decryption-failures";
 const OAEP_ONLY_PARTNER_ID: &str = "oaep only partner";
 const OAEP_ONLY_TOPIC: &str = "inbound-decryption-failures-oaep";
-
-fn openssl(directory: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(directory)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// `signed.eml` encrypted (AES-256-CBC, DER) for the certificate in `recipient`.
 fn encrypt(directory: &Path, recipient: &str, key_options: &[&str]) -> Vec<u8> {
@@ -52,7 +40,7 @@ fn encrypt(directory: &Path, recipient: &str, key_options: &[&str]) -> Vec<u8> {
         "encrypted.der",
     ];
     args.extend_from_slice(key_options);
-    openssl(directory, &args);
+    run(directory, &args);
     std::fs::read(directory.join("encrypted.der")).unwrap()
 }
 
@@ -93,22 +81,6 @@ fn parsed(stack: &Stack, response: &HttpResponse) -> ParsedMdn {
     .unwrap_or_else(|error| panic!("the MDN does not parse: {error}\n{}", response.text()))
 }
 
-/// The offset of the first byte of the RSA-2048 wrapped key (an OCTET STRING of 256
-/// bytes) in the recipientInfos.
-fn wrapped_key(body: &[u8]) -> usize {
-    body.windows(4)
-        .take(2048)
-        .position(|window| window == [0x04, 0x82, 0x01, 0x00])
-        .expect("an RSA-2048 encryptedKey")
-        + 4
-}
-
-fn flipped(body: &[u8], index: usize) -> Vec<u8> {
-    let mut body = body.to_vec();
-    body[index] ^= 0x5a;
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decryption_failures_answer_the_same_and_pkcs1v15_can_be_refused() {
     let stack = Stack::start().await;
@@ -134,7 +106,7 @@ async fn decryption_failures_answer_the_same_and_pkcs1v15_can_be_refused() {
         format!("Content-Type: application/EDIFACT\r\n\r\n{payload}"),
     )
     .unwrap();
-    openssl(
+    run(
         dir,
         &[
             "cms",
@@ -182,7 +154,7 @@ async fn decryption_failures_answer_the_same_and_pkcs1v15_can_be_refused() {
         ("wrong-recipient", misaddressed),
         (
             "corrupted-wrapped-key",
-            flipped(&good, wrapped_key(&good) + 128),
+            flipped(&good, rsa2048_wrapped_key(&good) + 128),
         ),
     ];
     let mut answers = Vec::new();
