@@ -1561,6 +1561,38 @@ mod tests {
     }
 
     #[test]
+    fn decryption_failures_answer_the_same_whatever_the_reason() {
+        let decisions = Config::Standard.decisions();
+        let answers = |headers: &As2RequestHeaders| {
+            [
+                "bad padding",
+                "no recipient matches",
+                "GCM authentication failed",
+            ]
+            .map(|reason| {
+                let error = As2Error::DecryptionFailed(reason.to_owned());
+                let rejection = decisions
+                    .rejection(headers, &route(Partner::Plain), &error)
+                    .expect("a rejection");
+                let answer = match rejection.reply {
+                    RejectionReply::Mdn(plan, _) => plan.text,
+                    RejectionReply::Plain(answer) => format!("{answer:?}"),
+                };
+                assert!(!answer.contains(reason), "{answer}");
+                (rejection.status.to_string(), answer)
+            })
+        };
+        for headers in [request(&[SYNC_MDN]), request(&[])] {
+            let [first, rest @ ..] = answers(&headers);
+            assert_eq!(first.0, "processed/error: decryption-failed");
+            assert!(
+                rest.iter().all(|answer| *answer == first),
+                "{first:?} {rest:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_enqueue_request_names_the_original_message_and_carries_the_prepared_mdn() {
         let headers = request(&[SYNC_MDN, ASYNC_MDN]);
         let mdn = PendingAsyncMdn {
