@@ -2,6 +2,9 @@
 
 use crate::mdn::{DispositionStatus, ProcessingError};
 
+/// The one text of every [`As2Error::DecryptionFailed`].
+pub const DECRYPTION_FAILED: &str = "decryption failed";
+
 /// Everything that can go wrong while reading, unwrapping or building AS2 content.
 ///
 /// Each variant maps to the disposition an MDN reports for it through
@@ -38,7 +41,14 @@ pub enum As2Error {
     #[error("none of the required MIC algorithms is supported: {0}")]
     UnsupportedMicAlgorithms(String),
     /// The message could not be decrypted with any of our keys.
-    #[error("decryption failed: {0}")]
+    ///
+    /// Every failure between the recipient information and the first authenticated byte
+    /// (a verified GCM tag or signature) ends as this variant, and its text is always the
+    /// same: what reaches the sender must not tell a bad key-transport padding from a bad
+    /// content padding or a wrong certificate, or it is a padding oracle (Bleichenbacher,
+    /// Vaudenay). The string is the reason, for our own logs only: read it through
+    /// [`As2Error::detail`], never put it in an answer.
+    #[error("{DECRYPTION_FAILED}")]
     DecryptionFailed(String),
     /// The signature does not verify with any partner certificate.
     #[error("authentication failed: {0}")]
@@ -95,6 +105,25 @@ impl As2Error {
             | Self::Crypto(_) => {
                 DispositionStatus::Error(ProcessingError::UnexpectedProcessingError)
             }
+        }
+    }
+
+    /// The error with the reasons kept for our own logs: the same as its text, except for
+    /// [`As2Error::DecryptionFailed`], whose text is always [`DECRYPTION_FAILED`] while
+    /// this also says why (a wrong certificate, a bad padding, a failed tag).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::DecryptionFailed(reason) => format!("{DECRYPTION_FAILED}: {reason}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// This error as a [`As2Error::DecryptionFailed`] (its text kept as the detail),
+    /// for a failure before the first authenticated byte of encrypted content.
+    pub(crate) fn into_decryption_failure(self) -> Self {
+        match self {
+            Self::DecryptionFailed(_) => self,
+            other => Self::DecryptionFailed(other.to_string()),
         }
     }
 

@@ -24,7 +24,7 @@ pub mod outbound;
 mod stream;
 pub mod unwrap;
 
-pub use error::{As2Error, Result};
+pub use error::{As2Error, DECRYPTION_FAILED, Result};
 pub use headers::{
     As2Id, As2RequestHeaders, DispositionNotificationOptions, MessageId, MicAlgorithm,
 };

@@ -409,20 +409,7 @@ fn the_body_is_ber_with_indefinite_lengths_and_the_http_headers_name_the_outer_e
 // ---------------------------------------------------------------------------------------
 // The openssl command line as the independent reader.
 
-const OPENSSL: &str = "/usr/bin/openssl";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new(OPENSSL)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (install the openssl package)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use as2_testkit::openssl_cli::run as openssl;
 
 fn decrypt(dir: &Path, body: &[u8]) -> Vec<u8> {
     std::fs::write(dir.join("message.der"), body).unwrap();

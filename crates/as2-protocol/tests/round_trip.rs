@@ -242,7 +242,9 @@ fn failures_map_to_dispositions() {
         DispositionStatus::Error(ProcessingError::DecryptionFailed)
     );
 
-    // Not the partner's certificate: authentication-failed.
+    // Not the partner's certificate, inside CBC encryption (which authenticates
+    // nothing): answered as a decryption failure, like every failure before the first
+    // authenticated byte.
     let identities = [parties.receiver.clone()];
     let wrong_certificate = [stranger.certificate.clone()];
     assert_eq!(
@@ -252,8 +254,31 @@ fn failures_map_to_dispositions() {
             &identities,
             &wrong_certificate
         ),
-        DispositionStatus::Error(ProcessingError::AuthenticationFailed)
+        DispositionStatus::Error(ProcessingError::DecryptionFailed)
     );
+    // Inside GCM (the tag verified) or without encryption: authentication-failed.
+    for encryption in [
+        Some((ContentCipher::Aes256Gcm, KeyTransport::RsaPkcs1v15)),
+        None,
+    ] {
+        let signed = build(
+            &parties,
+            Some((MicAlgorithm::Sha256, SignatureScheme::RsaPkcs1v15)),
+            encryption,
+            None,
+            b"payload",
+            None,
+        );
+        assert_eq!(
+            failure(
+                &request_headers(&signed),
+                &signed.body,
+                &identities,
+                &wrong_certificate
+            ),
+            DispositionStatus::Error(ProcessingError::AuthenticationFailed)
+        );
+    }
 
     // Certificate rotation: the second configured certificate verifies.
     let rotated = [
@@ -290,22 +315,29 @@ fn failures_map_to_dispositions() {
         DispositionStatus::Error(ProcessingError::IntegrityCheckFailed)
     );
 
-    // Policy: unsigned when a signature is required.
-    let plain = build(
-        &parties,
-        None,
-        Some((ContentCipher::Aes128Cbc, KeyTransport::RsaPkcs1v15)),
-        None,
-        b"x",
-        None,
-    );
+    // Policy: unsigned when a signature is required (GCM or no encryption:
+    // insufficient-message-security; CBC: nothing is authenticated, decryption-failed).
     let mut context = UnwrapContext::new(&identities, &certificates);
     context.require_signature = true;
-    let error = unwrap_message(&request_headers(&plain), &plain.body, &context).unwrap_err();
-    assert_eq!(
-        error.disposition_status(),
-        DispositionStatus::Error(ProcessingError::InsufficientMessageSecurity)
-    );
+    for (encryption, expected) in [
+        (
+            Some((ContentCipher::Aes128Gcm, KeyTransport::RsaPkcs1v15)),
+            ProcessingError::InsufficientMessageSecurity,
+        ),
+        (None, ProcessingError::InsufficientMessageSecurity),
+        (
+            Some((ContentCipher::Aes128Cbc, KeyTransport::RsaPkcs1v15)),
+            ProcessingError::DecryptionFailed,
+        ),
+    ] {
+        let plain = build(&parties, None, encryption, None, b"x", None);
+        let error = unwrap_message(&request_headers(&plain), &plain.body, &context).unwrap_err();
+        assert_eq!(
+            error.disposition_status(),
+            DispositionStatus::Error(expected),
+            "{encryption:?}"
+        );
+    }
 
     // MD5 only when allowed.
     let md5 = build(

@@ -21,6 +21,7 @@ pub mod certificates;
 pub mod kafka;
 pub mod openssl_cli;
 mod process;
+pub mod tamper;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,21 @@
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+/// Runs `openssl` with `args` in `dir`; panics with its error output unless it
+/// succeeded.
+pub fn run(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (install the openssl package)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `openssl cms -sign -stream` (SHA-256, detached: S/MIME multipart/signed) piped into
 /// `openssl cms -encrypt -stream` (AES-256-CBC, DER with indefinite lengths): what is
 /// written to [`SignEncrypt::input`] comes out of [`SignEncrypt::output`] signed and

@@ -550,6 +550,11 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_md5: Option<bool>,
 
+    /// Refuse RSA PKCS #1 v1.5 key transport (accept RSA-OAEP only) in the partner's
+    /// encrypted messages.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub refuse_rsa_pkcs1v15_key_transport: Option<bool>,
+
     /// Sign MDNs when the partner asks for a signed receipt.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub signed_mdn: Option<bool>,
@@ -743,6 +748,7 @@ mod tests {
             "p1",
             "--require-signature",
             "--allow-md5=false",
+            "--refuse-rsa-pkcs1v15-key-transport",
             "--signing-digests",
             "sha256,sha512",
         ])
@@ -752,6 +758,10 @@ mod tests {
         };
         assert_eq!(update.settings.require_signature, Some(true));
         assert_eq!(update.settings.allow_md5, Some(false));
+        assert_eq!(
+            update.settings.refuse_rsa_pkcs1v15_key_transport,
+            Some(true)
+        );
         assert_eq!(
             update.settings.signing_digests,
             Some(vec![DigestArg::Sha256, DigestArg::Sha512])

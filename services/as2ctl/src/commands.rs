@@ -523,6 +523,10 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         settings.require_tls_client_cert,
     );
     flag(&mut policy.allow_md5, settings.allow_md5);
+    flag(
+        &mut policy.refuse_rsa_pkcs1v15_key_transport,
+        settings.refuse_rsa_pkcs1v15_key_transport,
+    );
     let mdn = partnership
         .mdn_preferences
         .get_or_insert_with(MdnPreferences::default);

@@ -53,6 +53,7 @@ struct SecurityPolicyView {
     allowed_signing_digests: Vec<&'static str>,
     allowed_encryption_ciphers: Vec<&'static str>,
     allow_md5: bool,
+    refuse_rsa_pkcs1v15_key_transport: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,6 +129,7 @@ impl From<&Partnership> for PartnershipView {
                     .map(|&cipher| cipher_name(cipher))
                     .collect(),
                 allow_md5: policy.allow_md5,
+                refuse_rsa_pkcs1v15_key_transport: policy.refuse_rsa_pkcs1v15_key_transport,
             },
             mdn_preferences: MdnPreferencesView {
                 offer_signed_mdn: mdn.offer_signed_mdn.unwrap_or(true),
@@ -282,6 +284,10 @@ pub fn render_detail(view: &PartnershipView) -> String {
         &list_or_default(&policy.allowed_encryption_ciphers),
     );
     line("allow md5:", yes_no(policy.allow_md5));
+    line(
+        "refuse pkcs1v15 key transport:",
+        yes_no(policy.refuse_rsa_pkcs1v15_key_transport),
+    );
     line(
         "signed mdn offered:",
         yes_no(view.mdn_preferences.offer_signed_mdn),

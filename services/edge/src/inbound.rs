@@ -820,6 +820,7 @@ impl InboundProcessor {
             context.check_certificate_validity = !interop.skip_certificate_validity_check;
             context.require_signature = policy.require_signature;
             context.require_encryption = policy.require_encryption;
+            context.refuse_rsa_pkcs1v15_key_transport = policy.refuse_rsa_pkcs1v15_key_transport;
             let mut chunks = ahead
                 .into_iter()
                 .chain(std::iter::from_fn(|| receiver.blocking_recv()));

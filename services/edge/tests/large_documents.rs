@@ -365,7 +365,8 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
     let url = stack.edge.url();
 
     // A bad signature, found at the end of a 32 MiB body whose document already went
-    // to the store.
+    // to the store (inside CBC encryption, which authenticates nothing, it is answered
+    // as a decryption failure: docs/security.md).
     let (chunks, generator) = openssl_stream(directory.path(), 32 * MIB, "stranger");
     let response = post_stream(
         &url,
@@ -377,7 +378,7 @@ async fn hostile_large_messages_get_their_answer_and_leave_nothing_behind() {
     let parsed = mdn(&stack, &response);
     assert_eq!(
         parsed.report.disposition.to_string(),
-        "automatic-action/MDN-sent-automatically; processed/error: authentication-failed"
+        "automatic-action/MDN-sent-automatically; processed/error: decryption-failed"
     );
 
     // The same message cut short: the CMS structure is incomplete.
@@ -735,7 +736,7 @@ async fn every_message_is_archived_as_received_with_the_answer_it_got() {
             .unwrap()
     };
     assert!(
-        String::from_utf8_lossy(&forged_answer).contains("authentication-failed"),
+        String::from_utf8_lossy(&forged_answer).contains("decryption-failed"),
         "a refused message is archived with its error MDN"
     );
 

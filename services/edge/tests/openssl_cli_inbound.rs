@@ -6,30 +6,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use as2_protocol::headers::MicAlgorithm;
 use as2_protocol::mdn::{MdnVerification, parse_mdn};
 use as2_protocol::mic::ReceivedContentMic;
 use as2_protocol::mime::{Entity, MimeLimits};
+use as2_testkit::openssl_cli::run;
 use openssl::x509::X509;
 use support::{GATEWAY_ID, PARTNER_ID, Stack, consume, post};
 
 const TOPIC: &str = "inbound-openssl";
-
-fn openssl(directory: &std::path::Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(directory)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_gcm_oaep_and_pss_messages_are_processed() {
@@ -80,7 +67,7 @@ async fn openssl_gcm_oaep_and_pss_messages_are_processed() {
             "signed.eml",
         ];
         sign.extend_from_slice(sign_options);
-        openssl(dir, &sign);
+        run(dir, &sign);
         let mut encrypt = vec![
             "cms",
             "-encrypt",
@@ -96,7 +83,7 @@ async fn openssl_gcm_oaep_and_pss_messages_are_processed() {
             "encrypted.der",
         ];
         encrypt.extend_from_slice(encrypt_options);
-        openssl(dir, &encrypt);
+        run(dir, &encrypt);
         let body = std::fs::read(dir.join("encrypted.der")).unwrap();
         let smime_type = if cipher.ends_with("gcm") {
             "authEnveloped-data"

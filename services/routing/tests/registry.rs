@@ -82,6 +82,7 @@ async fn partnership_crud_round_trip(url: &str) {
         require_signature: true,
         require_encryption: true,
         allowed_signing_digests: vec![SigningDigest::Sha256 as i32],
+        refuse_rsa_pkcs1v15_key_transport: true,
         ..SecurityPolicy::default()
     });
     let created = create(&mut client, input).await.unwrap();

@@ -1,8 +1,10 @@
 //! EnvelopedData (CBC ciphers) and AuthEnvelopedData (GCM) with RSA key transport.
 
 use openssl::encrypt::{Decrypter, Encrypter};
-use openssl::pkey::{HasPrivate, HasPublic, PKeyRef};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{HasPrivate, HasPublic, PKey, PKeyRef};
 use openssl::rsa::Padding;
+use openssl::sign::Signer;
 use openssl::symm::{Crypter, Mode};
 use openssl::x509::X509;
 
@@ -76,40 +78,111 @@ pub(crate) struct OpenedKey {
     pub key: Vec<u8>,
     pub key_transport: KeyTransport,
     pub identity_index: usize,
+    /// Why no recipient opened with our keys, when `key` is the substitute: for our logs
+    /// only (see [`open_content_key`]).
+    pub substituted: Option<&'static str>,
 }
 
 /// Opens the content-encryption key from the recipientInfos SET (raw bytes) with the
 /// first of `identities` that can: the content is decrypted once, as it streams, so the
 /// key is chosen before it (a key that does not fit the cipher is passed over).
+///
+/// Whether a wrapped key opened is told to no one (RFC 3218 section 2.3): with RSA
+/// PKCS #1 v1.5 on OpenSSL 3.0 (no implicit rejection) an answer that differs would be
+/// a Bleichenbacher oracle. So every candidate recipient is tried with every identity,
+/// also after one opened (the RSA work depends on how many there are, not on what they
+/// hold), and when none opens a substitute key of the cipher's length takes the place
+/// of the real one: the failure then shows only as content that does not decrypt, the
+/// same failure as a key that opened but is not the one the content was encrypted
+/// with. The substitute is derived from our private key and the wrapped key (as
+/// OpenSSL 3.2's implicit rejection does), not drawn at random: a resent message fails
+/// the same way each time, as a wrapped key that opens to a wrong key would, so resending
+/// does not tell the two apart either.
+///
+/// `refuse_pkcs1v15` passes over recipients with RSA PKCS #1 v1.5 key transport; a
+/// message with no other recipient is refused with insufficient-message-security, a
+/// decision on the algorithm identifiers, which are in the clear.
 pub(crate) fn open_content_key(
     recipient_set: &[u8],
     identities: &[Identity],
     cipher: ContentCipher,
+    refuse_pkcs1v15: bool,
 ) -> Result<OpenedKey> {
     let set = der::parse_single(recipient_set)?;
-    let recipients = parse_recipients(&set)?;
+    let mut recipients = parse_recipients(&set)?;
+    if refuse_pkcs1v15 {
+        recipients.retain(|recipient| recipient.key_transport != KeyTransport::RsaPkcs1v15);
+        if recipients.is_empty() {
+            return Err(As2Error::InsufficientMessageSecurity(
+                "RSA PKCS #1 v1.5 key transport is not allowed for this partnership".into(),
+            ));
+        }
+    }
+    let Some(first_identity) = identities.first() else {
+        return Err(As2Error::DecryptionFailed(
+            "no decryption key configured".into(),
+        ));
+    };
     let key_length = cipher.openssl().key_len();
-    let mut last_error = As2Error::DecryptionFailed("no decryption key configured".into());
+    let first_recipient = ordered_recipients(&recipients, &first_identity.certificate)
+        .into_iter()
+        .next()
+        .ok_or_else(|| As2Error::DecryptionFailed("no RSA key-transport recipient".into()))?;
+    // Computed whether or not it is needed.
+    let substitute = substitute_key(
+        &first_identity.key,
+        &first_recipient.encrypted_key,
+        key_length,
+    )?;
+    let mut opened: Option<OpenedKey> = None;
+    let mut reason = "the content-encryption key does not decrypt with our keys";
     for (identity_index, identity) in identities.iter().enumerate() {
         for recipient in ordered_recipients(&recipients, &identity.certificate) {
             match decrypt_key(&identity.key, recipient) {
                 Ok(key) if key.len() == key_length => {
-                    return Ok(OpenedKey {
-                        key,
-                        key_transport: recipient.key_transport,
-                        identity_index,
-                    });
+                    if opened.is_none() {
+                        opened = Some(OpenedKey {
+                            key,
+                            key_transport: recipient.key_transport,
+                            identity_index,
+                            substituted: None,
+                        });
+                    }
                 }
-                Ok(_) => {
-                    last_error = As2Error::DecryptionFailed(
-                        "content-encryption key has the wrong length".into(),
-                    );
-                }
-                Err(error) => last_error = error,
+                Ok(_) => reason = "the content-encryption key has the wrong length",
+                Err(_) => {}
             }
         }
     }
-    Err(last_error)
+    Ok(opened.unwrap_or(OpenedKey {
+        key: substitute,
+        key_transport: first_recipient.key_transport,
+        identity_index: 0,
+        substituted: Some(reason),
+    }))
+}
+
+/// The key used in place of a content-encryption key that did not open (see
+/// [`open_content_key`]): an HMAC, keyed by a digest of our private key, over the
+/// wrapped key; unpredictable without our key, the same for the same message.
+fn substitute_key<K: HasPrivate>(
+    key: &PKeyRef<K>,
+    wrapped: &[u8],
+    length: usize,
+) -> Result<Vec<u8>> {
+    let secret = openssl::hash::hash(MessageDigest::sha512(), &key.private_key_to_der()?)?;
+    let hmac_key = PKey::hmac(&secret)?;
+    let mut signer = Signer::new(MessageDigest::sha512(), &hmac_key)?;
+    signer.update(b"as2 substitute content-encryption key (RFC 3218 2.3)")?;
+    signer.update(wrapped)?;
+    let mut substitute = signer.sign_to_vec()?;
+    if substitute.len() < length {
+        return Err(As2Error::DecryptionFailed(
+            "no substitute key of that length".into(),
+        ));
+    }
+    substitute.truncate(length);
+    Ok(substitute)
 }
 
 fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
@@ -534,11 +607,69 @@ mod tests {
                 set.raw,
                 std::slice::from_ref(&identity),
                 ContentCipher::TripleDesCbc,
+                false,
             )
             .unwrap();
             assert_eq!(opened.key_transport, key_transport);
+            assert!(opened.substituted.is_none());
             assert_eq!(opened.key.len(), 24);
             assert!(opened.key.iter().all(|byte| byte.count_ones() % 2 == 1));
         }
+    }
+
+    /// The recipientInfos SET of a message written for `recipient`.
+    fn recipient_set(recipient: &X509, key_transport: KeyTransport) -> Vec<u8> {
+        let mut out = Vec::new();
+        let writer =
+            EnvelopedWriter::new(recipient, ContentCipher::Aes256Cbc, key_transport, &mut out)
+                .unwrap();
+        writer.finish(&mut out).unwrap();
+        let start = 2 + der::oid(oid::ENVELOPED_DATA).len() + 4 + 3;
+        der::Reader::new(&out[start..])
+            .next()
+            .unwrap()
+            .unwrap()
+            .raw
+            .to_vec()
+    }
+
+    #[test]
+    fn a_key_that_does_not_open_is_replaced_by_the_same_substitute_each_time() {
+        let identity = |name| {
+            let material = as2_testkit::certificates::TestCertificate::valid(name).generate();
+            Identity {
+                key: material.key,
+                certificate: material.certificate,
+            }
+        };
+        let ours = identity("ours");
+        let theirs = identity("theirs");
+        let ours = std::slice::from_ref(&ours);
+        let cipher = ContentCipher::Aes256Cbc;
+        let set = recipient_set(&theirs.certificate, KeyTransport::RsaPkcs1v15);
+        let first = open_content_key(&set, ours, cipher, false).unwrap();
+        let again = open_content_key(&set, ours, cipher, false).unwrap();
+        assert!(first.substituted.is_some());
+        assert_eq!(first.key.len(), 32);
+        assert_eq!(first.key, again.key);
+        // Another wrapped key, another substitute.
+        let other = recipient_set(&theirs.certificate, KeyTransport::RsaPkcs1v15);
+        let other = open_content_key(&other, ours, cipher, false).unwrap();
+        assert_ne!(first.key, other.key);
+        // Refused before any RSA work when only PKCS #1 v1.5 is offered.
+        assert!(matches!(
+            open_content_key(&set, ours, cipher, true),
+            Err(As2Error::InsufficientMessageSecurity(_))
+        ));
+        let oaep = recipient_set(
+            &theirs.certificate,
+            KeyTransport::RsaOaep(crate::headers::MicAlgorithm::Sha256),
+        );
+        assert!(
+            open_content_key(&oaep, ours, cipher, true)
+                .unwrap()
+                .substituted
+                .is_some()
+        );
     }
 }

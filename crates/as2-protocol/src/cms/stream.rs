@@ -68,6 +68,8 @@ pub(crate) struct CmsParams<'a> {
     pub expected: Option<CmsKind>,
     /// Our keys, for enveloped content.
     pub identities: &'a [Identity],
+    /// Refuse RSA PKCS #1 v1.5 key transport.
+    pub refuse_pkcs1v15: bool,
     /// A digest of signed content to compute besides those the SignedData announces
     /// (the MIC algorithm).
     pub extra_digest: Option<MicAlgorithm>,
@@ -125,6 +127,8 @@ struct State<'a> {
     encryption: Option<(ContentEncryption, KeyTransport, usize)>,
     decryptor: Option<ContentDecryptor>,
     mac: Option<Vec<u8>>,
+    /// Why the content-encryption key is a substitute (for the detail of the failure).
+    key_substituted: Option<&'static str>,
     digest_algorithms: Vec<MicAlgorithm>,
     digests: Option<Digests>,
     signer_set: Option<Vec<u8>>,
@@ -144,6 +148,7 @@ impl<'a> CmsLayer<'a> {
                 encryption: None,
                 decryptor: None,
                 mac: None,
+                key_substituted: None,
                 digest_algorithms: Vec::new(),
                 digests: None,
                 signer_set: None,
@@ -163,12 +168,18 @@ impl<'a> CmsLayer<'a> {
             state: &mut self.state,
             out,
         };
-        self.ber.push(data, &mut drive)
+        let pushed = self.ber.push(data, &mut drive);
+        self.state.uniform(pushed)
     }
 
     /// The end of the input: checks the structure ended, the padding or tag, the
     /// compressed stream's end.
     pub(crate) fn finish(mut self, out: &mut LayerOutput<'_>) -> Result<CmsOutcome> {
+        let finished = self.finish_inner(out);
+        self.state.uniform(finished)
+    }
+
+    fn finish_inner(&mut self, out: &mut LayerOutput<'_>) -> Result<CmsOutcome> {
         self.ber.finish()?;
         let state = &mut self.state;
         let kind = state.kind;
@@ -350,6 +361,30 @@ impl Driver for Drive<'_, '_, '_> {
 }
 
 impl State<'_> {
+    /// Once the content is known to be (Auth)EnvelopedData, every failure of the layer
+    /// is the same [`As2Error::DecryptionFailed`] (see [`enveloped::open_content_key`]
+    /// for why): the parse of the recipients and algorithms, the key transport, the
+    /// content cipher, the structure around the ciphertext, the CBC padding, the GCM tag,
+    /// and whatever the content's reader (the output) reported on the way. Before that
+    /// nothing secret has been touched. The reasons stay in the detail. The one exception
+    /// is the refusal of a key transport the partnership does not allow
+    /// ([`As2Error::InsufficientMessageSecurity`]), decided on the algorithm identifiers,
+    /// which are in the clear, before any RSA work.
+    fn uniform<T>(&self, result: Result<T>) -> Result<T> {
+        if !matches!(self.kind, Some(CmsKind::Enveloped | CmsKind::AuthEnveloped)) {
+            return result;
+        }
+        result.map_err(|error| match error {
+            As2Error::InsufficientMessageSecurity(_) => error,
+            error => match (error.into_decryption_failure(), self.key_substituted) {
+                (As2Error::DecryptionFailed(reason), Some(substituted)) => {
+                    As2Error::DecryptionFailed(format!("{reason} ({substituted})"))
+                }
+                (error, _) => error,
+            },
+        })
+    }
+
     fn kind(&self) -> Result<CmsKind> {
         self.kind
             .ok_or_else(|| As2Error::cms("missing contentType"))
@@ -477,8 +512,13 @@ impl State<'_> {
             .recipient_set
             .as_deref()
             .ok_or_else(|| As2Error::cms("missing recipientInfos"))?;
-        let opened =
-            enveloped::open_content_key(recipient_set, self.params.identities, encryption.cipher)?;
+        let opened = enveloped::open_content_key(
+            recipient_set,
+            self.params.identities,
+            encryption.cipher,
+            self.params.refuse_pkcs1v15,
+        )?;
+        self.key_substituted = opened.substituted;
         self.decryptor = Some(ContentDecryptor::new(&encryption, &opened.key)?);
         self.encryption = Some((encryption, opened.key_transport, opened.identity_index));
         Ok(())
@@ -517,6 +557,7 @@ fn whole_buffer_params(expected: CmsKind) -> CmsParams<'static> {
     CmsParams {
         expected: Some(expected),
         identities: &[],
+        refuse_pkcs1v15: false,
         extra_digest: None,
         content_required: false,
         max_decompressed: u64::MAX,

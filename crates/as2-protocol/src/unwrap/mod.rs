@@ -69,10 +69,14 @@ pub struct UnwrapContext<'a> {
     pub require_signature: bool,
     /// Fail with insufficient-message-security when the message is not encrypted.
     pub require_encryption: bool,
+    /// Refuse RSA PKCS #1 v1.5 key transport (only RSA-OAEP recipients are opened): a
+    /// message with no other recipient fails with insufficient-message-security.
+    pub refuse_rsa_pkcs1v15_key_transport: bool,
 }
 
 impl<'a> UnwrapContext<'a> {
-    /// A context with default limits, validity checks on, MD5 off and no requirements.
+    /// A context with default limits, validity checks on, MD5 off, no requirements and
+    /// every key transport accepted.
     pub fn new(decryption_identities: &'a [Identity], partner_certificates: &'a [X509]) -> Self {
         Self {
             decryption_identities,
@@ -82,6 +86,7 @@ impl<'a> UnwrapContext<'a> {
             check_certificate_validity: true,
             require_signature: false,
             require_encryption: false,
+            refuse_rsa_pkcs1v15_key_transport: false,
         }
     }
 
@@ -383,42 +388,61 @@ impl<'c, S: PayloadSink> StreamingUnwrap<'c, S> {
             return Err(self.shared.sink_error.take().unwrap_or(error));
         }
         let shared = self.shared;
-        let context = shared.context;
-        if context.require_encryption && shared.facts.encryption.is_none() {
-            return Err(As2Error::InsufficientMessageSecurity(
-                "the partnership requires encryption".into(),
-            ));
-        }
-        if context.require_signature && shared.facts.signature.is_none() {
-            return Err(As2Error::InsufficientMessageSecurity(
-                "the partnership requires a signature".into(),
-            ));
-        }
-        let best = shared
-            .mics
-            .iter()
-            .max_by_key(|(rank, ..)| *rank)
-            .map(|(_, digest, algorithm)| (digest.clone(), *algorithm));
-        let (digest, algorithm) = match (best, self.body_mic) {
-            (Some(best), _) => best,
-            (None, Some(mut hasher)) => {
-                (hasher.finish()?.to_vec(), shared.unsigned_mic_algorithm())
+        let unauthenticated = shared.unauthenticated_plaintext();
+        conclude(shared, self.body_mic).map_err(|error| {
+            if unauthenticated {
+                error.into_decryption_failure()
+            } else {
+                error
             }
-            (None, None) => return Err(As2Error::cms("no MIC candidate")),
-        };
-        let payload = shared
-            .payload
-            .ok_or_else(|| As2Error::UnsupportedFormat("a message without a document".into()))?;
-        Ok((
-            StreamedMessage {
-                payload,
-                payload_size: shared.payload_size,
-                facts: shared.facts,
-                mic: ReceivedContentMic { digest, algorithm },
-            },
-            shared.sink,
-        ))
+        })
     }
+}
+
+/// The checks at the end of a message whose layers all finished: the policy's
+/// requirements, the MIC, the document.
+///
+/// Content decrypted with a CBC cipher and not signed has no authenticated byte: what
+/// these checks find about it (it is not signed, it holds no document) may depend on
+/// whether a tampered last block happened to end in a valid padding, so their failures
+/// are answered as decryption failures too (the caller maps them).
+fn conclude<S: PayloadSink>(
+    shared: pipeline::Shared<'_, S>,
+    body_mic: Option<openssl::hash::Hasher>,
+) -> Result<(StreamedMessage, S)> {
+    let context = shared.context;
+    if context.require_encryption && shared.facts.encryption.is_none() {
+        return Err(As2Error::InsufficientMessageSecurity(
+            "the partnership requires encryption".into(),
+        ));
+    }
+    if context.require_signature && shared.facts.signature.is_none() {
+        return Err(As2Error::InsufficientMessageSecurity(
+            "the partnership requires a signature".into(),
+        ));
+    }
+    let best = shared
+        .mics
+        .iter()
+        .max_by_key(|(rank, ..)| *rank)
+        .map(|(_, digest, algorithm)| (digest.clone(), *algorithm));
+    let (digest, algorithm) = match (best, body_mic) {
+        (Some(best), _) => best,
+        (None, Some(mut hasher)) => (hasher.finish()?.to_vec(), shared.unsigned_mic_algorithm()),
+        (None, None) => return Err(As2Error::cms("no MIC candidate")),
+    };
+    let payload = shared
+        .payload
+        .ok_or_else(|| As2Error::UnsupportedFormat("a message without a document".into()))?;
+    Ok((
+        StreamedMessage {
+            payload,
+            payload_size: shared.payload_size,
+            facts: shared.facts,
+            mic: ReceivedContentMic { digest, algorithm },
+        },
+        shared.sink,
+    ))
 }
 
 /// Unwraps an AS2 message: `headers` are the request's headers (Content-Type and

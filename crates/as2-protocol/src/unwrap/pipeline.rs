@@ -96,6 +96,16 @@ impl<'c, S: PayloadSink> Shared<'c, S> {
         self.requested.unwrap_or(MicAlgorithm::Sha1)
     }
 
+    /// Whether the content was decrypted with an unauthenticated (CBC) cipher and no
+    /// signature has verified yet: no byte of it is authenticated, so what its readers
+    /// find wrong is answered as a decryption failure (see [`CmsBody::finish`]).
+    pub(super) fn unauthenticated_plaintext(&self) -> bool {
+        self.facts
+            .encryption
+            .is_some_and(|encryption| !encryption.cipher.is_authenticated())
+            && self.facts.signature.is_none()
+    }
+
     fn start_rank(&mut self, rank: MicRank) {
         self.best_rank = self.best_rank.max(rank);
     }
@@ -419,6 +429,7 @@ impl<'c> CmsBody<'c> {
         let params = CmsParams {
             expected,
             identities: context.decryption_identities,
+            refuse_pkcs1v15: context.refuse_rsa_pkcs1v15_key_transport,
             extra_digest: shared.requested,
             content_required: true,
             max_decompressed: context.limits.max_decompressed_size as u64,
@@ -448,6 +459,21 @@ impl<'c> CmsBody<'c> {
         })
     }
 
+    /// The end of the layer: its own checks (padding, tag, signature) come first, then
+    /// the child's outcome.
+    ///
+    /// After a CBC layer whose padding was valid, the child's failure (a MIME, CMS or
+    /// compression error, a signature that does not verify) is answered as a decryption
+    /// failure, unless a signature inside verified first. CBC authenticates nothing: a
+    /// tampered ciphertext (or, after a key transport that did not open, the substitute
+    /// key) yields garbage whose padding is valid about once in 256 tries, and if that
+    /// garbage then failed differently from a bad padding, the sender would learn which
+    /// of its tries had a valid padding: a Vaudenay padding oracle on the content, and
+    /// through the substitute key a Bleichenbacher oracle on the key transport. So until
+    /// the first authenticated byte every failure is the same. The price: a bad
+    /// signature inside CBC encryption is answered `decryption-failed`, not
+    /// `authentication-failed` (our logs keep the reason); inside GCM, whose tag has
+    /// been checked when the child's outcome is read, the answer says what failed.
     fn finish<S: PayloadSink>(self, shared: &mut Shared<'c, S>) -> Result<()> {
         let Self {
             mut decoder,
@@ -482,6 +508,14 @@ impl<'c> CmsBody<'c> {
                     identity_index,
                 });
                 record_mic(MicRank::Decrypted, mic, shared)?;
+                let inner = child.close(shared).and_then(|()| child.outcome());
+                return inner.map_err(|error| {
+                    if shared.sink_error.is_none() && shared.unauthenticated_plaintext() {
+                        error.into_decryption_failure()
+                    } else {
+                        error
+                    }
+                });
             }
             CmsOutcome::Compressed => record_mic(MicRank::Decompressed, mic, shared)?,
             CmsOutcome::Signed {

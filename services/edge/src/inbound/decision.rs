@@ -371,7 +371,8 @@ impl DecisionSettings<'_> {
         error: &As2Error,
     ) -> Result<Rejection, Unavailable> {
         let status = error.disposition_status();
-        tracing::info!(%error, disposition = %status, "message rejected");
+        // The detail keeps what the answer leaves out (why a decryption failed).
+        tracing::info!(error = %error.detail(), disposition = %status, "message rejected");
         if !headers.wants_mdn() {
             return Ok(Rejection {
                 status,
@@ -1557,6 +1558,38 @@ mod tests {
             plan.reply(built_mdn()).answer,
             Answer::text(200, "error MDN queued for asynchronous delivery")
         );
+    }
+
+    #[test]
+    fn decryption_failures_answer_the_same_whatever_the_reason() {
+        let decisions = Config::Standard.decisions();
+        let answers = |headers: &As2RequestHeaders| {
+            [
+                "bad padding",
+                "no recipient matches",
+                "GCM authentication failed",
+            ]
+            .map(|reason| {
+                let error = As2Error::DecryptionFailed(reason.to_owned());
+                let rejection = decisions
+                    .rejection(headers, &route(Partner::Plain), &error)
+                    .expect("a rejection");
+                let answer = match rejection.reply {
+                    RejectionReply::Mdn(plan, _) => plan.text,
+                    RejectionReply::Plain(answer) => format!("{answer:?}"),
+                };
+                assert!(!answer.contains(reason), "{answer}");
+                (rejection.status.to_string(), answer)
+            })
+        };
+        for headers in [request(&[SYNC_MDN]), request(&[])] {
+            let [first, rest @ ..] = answers(&headers);
+            assert_eq!(first.0, "processed/error: decryption-failed");
+            assert!(
+                rest.iter().all(|answer| *answer == first),
+                "{first:?} {rest:?}"
+            );
+        }
     }
 
     #[test]
