@@ -549,7 +549,7 @@ async fn server_handshake(
             {
                 let subject = context
                     .current_cert()
-                    .and_then(|cert| common_name(cert))
+                    .and_then(common_name)
                     .unwrap_or_default();
                 *failure = Some(format!(
                     "client certificate {subject:?} does not verify: {}",
