@@ -140,6 +140,20 @@ pub struct RedisConfig {
         default_value_t = 5_000
     )]
     pub redis_response_timeout_ms: u64,
+
+    /// PEM CA bundle that a `rediss://` server's certificate must chain to (default: the
+    /// system's trust store).
+    #[arg(long = "redis-tls-ca", env = "AS2_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a `rediss://` server that verifies clients
+    /// (`tls-auth-clients`), with `--redis-tls-key`.
+    #[arg(long = "redis-tls-cert", env = "AS2_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--redis-tls-cert`.
+    #[arg(long = "redis-tls-key", env = "AS2_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -150,6 +164,9 @@ impl RedisConfig {
             redis_key_prefix: redis_key_prefix.into(),
             redis_connect_timeout_ms: 5_000,
             redis_response_timeout_ms: 5_000,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
         }
     }
 

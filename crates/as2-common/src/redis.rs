@@ -26,6 +26,9 @@ pub enum RedisSetupError {
     /// The first connection failed.
     #[error("cannot connect to redis: {0}")]
     Connect(#[source] redis::RedisError),
+    /// The TLS settings are incomplete or do not load.
+    #[error("redis tls: {0}")]
+    Tls(String),
 }
 
 /// A connected Redis: the client (for dedicated connections such as pub/sub)
@@ -99,8 +102,7 @@ pub async fn connect_state(config: &RedisConfig) -> Result<StateBackend, RedisSe
 /// Connects to Redis as `config` says and checks the connection.
 pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
     let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
-    let client =
-        RedisClient::open(config.redis_url.as_str()).map_err(RedisSetupError::InvalidUrl)?;
+    let client = client(config)?;
     let connection = connect_manager(&client, config, config.response_timeout())
         .await
         .map_err(RedisSetupError::Connect)?;
@@ -109,6 +111,51 @@ pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
         connection,
         namespace,
     })
+}
+
+/// The client for `config`: `rediss://` with the configured CA bundle and client
+/// certificate (TLS through OpenSSL), or plain `redis://`.
+fn client(config: &RedisConfig) -> Result<RedisClient, RedisSetupError> {
+    let url = config.redis_url.as_str();
+    let tls_files = [
+        &config.redis_tls_ca,
+        &config.redis_tls_cert,
+        &config.redis_tls_key,
+    ];
+    if tls_files.iter().all(|file| file.is_none()) {
+        return RedisClient::open(url).map_err(RedisSetupError::InvalidUrl);
+    }
+    if !url.starts_with("rediss://") {
+        return Err(RedisSetupError::Tls(
+            "AS2_REDIS_TLS_* files are set but the redis url is not rediss://".to_owned(),
+        ));
+    }
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|error| {
+            RedisSetupError::Tls(format!("cannot read {}: {error}", path.display()))
+        })
+    };
+    let client_tls = match (&config.redis_tls_cert, &config.redis_tls_key) {
+        (Some(certificate), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(certificate)?,
+            client_key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(RedisSetupError::Tls(
+                "AS2_REDIS_TLS_CERT and AS2_REDIS_TLS_KEY go together".to_owned(),
+            ));
+        }
+    };
+    let root_cert = config.redis_tls_ca.as_ref().map(read).transpose()?;
+    RedisClient::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(RedisSetupError::InvalidUrl)
 }
 
 /// A further reconnecting connection to the same Redis, for commands that must not share
@@ -196,6 +243,84 @@ mod tests {
         assert!(matches!(
             bad_prefix,
             Err(RedisSetupError::InvalidPrefix { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rediss_verifies_the_server_and_presents_a_client_certificate() {
+        use crate::grpc::local_ca::{LocalCa, Validity};
+        use crate::grpc::tls::CredentialFiles;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path(), "redis test CA").unwrap();
+        let server_files = ca
+            .ensure_credential(dir.path(), "redis", "redis", &["127.0.0.1"])
+            .unwrap();
+        let client_files = ca
+            .ensure_credential(dir.path(), "edge", "edge", &[])
+            .unwrap();
+        let server = as2_testkit::RedisServer::start_tls(
+            &server_files.certificate,
+            &server_files.key,
+            &server_files.ca,
+            true,
+        );
+        assert!(server.url().starts_with("rediss://"));
+        let mut config = RedisConfig::new(server.url(), "tls");
+        config.redis_tls_ca = Some(client_files.ca.clone());
+        config.redis_tls_cert = Some(client_files.certificate.clone());
+        config.redis_tls_key = Some(client_files.key.clone());
+        let redis = connect(&config).await.unwrap();
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut redis.connection.clone())
+            .await
+            .unwrap();
+        assert_eq!(pong, "PONG");
+
+        // Without the client certificate the server refuses; without our CA the server's
+        // certificate does not verify; TLS files with a redis:// URL are a mistake.
+        let mut fast = RedisConfig::new(server.url(), "tls");
+        fast.redis_connect_timeout_ms = 1_000;
+        fast.redis_response_timeout_ms = 1_000;
+        let without_client = RedisConfig {
+            redis_tls_ca: Some(client_files.ca.clone()),
+            ..fast.clone()
+        };
+        assert!(connect(&without_client).await.is_err());
+        let other = tempfile::tempdir().unwrap();
+        let other_ca = LocalCa::load_or_create(other.path(), "another CA").unwrap();
+        let stranger = CredentialFiles {
+            certificate: client_files.certificate.clone(),
+            key: client_files.key.clone(),
+            ca: other.path().join("ca.crt"),
+        };
+        other_ca
+            .write_credential(
+                &CredentialFiles {
+                    certificate: other.path().join("x.crt"),
+                    key: other.path().join("x.key"),
+                    ca: stranger.ca.clone(),
+                },
+                "x",
+                &[],
+                Validity::default(),
+            )
+            .unwrap();
+        std::fs::write(&stranger.ca, other_ca.certificate_pem().unwrap()).unwrap();
+        let wrong_ca = RedisConfig {
+            redis_tls_ca: Some(stranger.ca.clone()),
+            redis_tls_cert: Some(stranger.certificate.clone()),
+            redis_tls_key: Some(stranger.key.clone()),
+            ..fast.clone()
+        };
+        assert!(connect(&wrong_ca).await.is_err());
+        let plain_url = RedisConfig {
+            redis_url: "redis://127.0.0.1:1/".to_owned(),
+            redis_tls_ca: Some(client_files.ca),
+            ..fast
+        };
+        assert!(matches!(
+            connect(&plain_url).await,
+            Err(RedisSetupError::Tls(_))
         ));
     }
 

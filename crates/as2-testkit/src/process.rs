@@ -139,18 +139,58 @@ fn start_on_port(
 pub struct RedisServer {
     process: OwnedProcess,
     port: u16,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server; panics with its log when it cannot start.
     pub fn start() -> Self {
         let (process, port) = start_on_free_port("redis", redis_command, redis_answers_ping);
-        Self { process, port }
+        Self {
+            process,
+            port,
+            tls: false,
+        }
     }
 
-    /// The connection URL, `redis://127.0.0.1:PORT/`.
+    /// Starts a server that speaks TLS only, with `certificate` and `key` (PEM files),
+    /// and verifies clients against `ca` when `client_certificates` is set (Redis's
+    /// `tls-auth-clients`).
+    pub fn start_tls(
+        certificate: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        client_certificates: bool,
+    ) -> Self {
+        let make = |port: u16| {
+            let mut command = redis_command(0);
+            command
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(certificate)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args([
+                    "--tls-auth-clients",
+                    if client_certificates { "yes" } else { "no" },
+                ]);
+            command
+        };
+        // Ready once the port is open (a plain PING cannot be read over TLS).
+        let (process, port) = start_on_free_port("redis (tls)", make, |_| true);
+        Self {
+            process,
+            port,
+            tls: true,
+        }
+    }
+
+    /// The connection URL, `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The port the server listens on.
