@@ -173,6 +173,13 @@ AS2_SHUTDOWN_GRACE_SECS: {{ $values.config.shutdownGraceSecs | int64 | quote }}
 AS2_REDIS_KEY_PREFIX: {{ $values.redis.keyPrefix | quote }}
 AS2_REDIS_CONNECT_TIMEOUT_MS: {{ $values.redis.connectTimeoutMs | int64 | quote }}
 AS2_REDIS_RESPONSE_TIMEOUT_MS: {{ $values.redis.responseTimeoutMs | int64 | quote }}
+{{- if $values.redis.tls.caSecret.name }}
+AS2_REDIS_TLS_CA: {{ printf "/etc/as2/redis-ca/%s" $values.redis.tls.caSecret.key | quote }}
+{{- end }}
+{{- if $values.redis.tls.clientSecret }}
+AS2_REDIS_TLS_CERT: "/etc/as2/redis-client/tls.crt"
+AS2_REDIS_TLS_KEY: "/etc/as2/redis-client/tls.key"
+{{- end }}
 {{- with $values.config.otlpEndpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}

@@ -201,7 +201,7 @@ def test_scenarios_match_the_values_schema(scenario: str) -> None:
     [
         {"edge": {"replicaCont": 3}},
         {"redis": {"passwrd": "x"}},
-        {"redis": {"url": "rediss://redis:6379/"}},
+        {"redis": {"url": "redis+sentinel://redis:26379/"}},
         {"kafka": {"options": "security.protocol"}},
         {"edge": {"publicService": {"type": "Loadbalancer"}}},
         {"keys": {"secrets": [{"id": "../etc", "secretName": "s"}]}},
@@ -860,3 +860,17 @@ def test_the_edge_serves_https_from_a_tls_secret_when_given() -> None:
     assert env["AS2_EDGE_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
     assert next(v for v in spec["volumes"] if v["name"] == "edge-tls")["secret"]["secretName"] == "as2-public-tls"
     assert "AS2_EDGE_TLS_CERT" not in config_map_env(render(), "edge")
+
+
+def test_redis_over_tls_mounts_its_ca_and_client_certificate() -> None:
+    documents = render({"redis": {"url": "rediss://redis:6380/", "tls": {"caSecret": {"name": "redis-ca"}, "clientSecret": "redis-client"}}})
+    for component, deployment in deployments(documents).items():
+        env = config_map_env(documents, component)
+        spec = deployment["spec"]["template"]["spec"]
+        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+        assert env["AS2_REDIS_TLS_CA"] == f"{mounts['redis-ca']['mountPath']}/ca.crt"
+        assert env["AS2_REDIS_TLS_CERT"] == f"{mounts['redis-client']['mountPath']}/tls.crt"
+        assert env["AS2_REDIS_TLS_KEY"] == f"{mounts['redis-client']['mountPath']}/tls.key"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["redis-ca"]["secret"]["secretName"] == "redis-ca"
+        assert volumes["redis-client"]["secret"]["secretName"] == "redis-client"
