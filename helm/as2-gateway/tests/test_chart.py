@@ -874,3 +874,16 @@ def test_redis_over_tls_mounts_its_ca_and_client_certificate() -> None:
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["redis-ca"]["secret"]["secretName"] == "redis-ca"
         assert volumes["redis-client"]["secret"]["secretName"] == "redis-client"
+
+
+def test_network_policies_are_on_by_default() -> None:
+    documents = render()
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in of_kind(documents, "NetworkPolicy")}
+    assert set(policies) == set(deployments(documents))
+    for component, policy in policies.items():
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}, component
+        for rule in policy["spec"]["ingress"]:
+            port = rule["ports"][0]["port"]
+            # Only the edge's AS2 port is open to anyone; gRPC and admin only to peers.
+            if port != "as2":
+                assert rule.get("from"), f"{component} port {port} is open to anyone"
