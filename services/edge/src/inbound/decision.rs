@@ -21,7 +21,7 @@ use as2_protocol::unwrap::UnwrappedMessage;
 use as2_rpc::mdn::v1::{
     EnqueueMdnDeliveryRequest, HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
 };
-use as2_rpc::routing::v1::{EncryptionCipher, SigningDigest};
+use as2_rpc::routing::v1::{AsyncMdnPolicy, EncryptionCipher, SigningDigest};
 use bytes::Bytes;
 
 use super::Answer;
@@ -361,14 +361,39 @@ impl DecisionSettings<'_> {
         }
     }
 
-    /// The rejection of a message of a known partnership that failed with `error`: 400
-    /// with the reason when no MDN was asked for, else an error MDN (`processed/error`
-    /// or `failed/Failure`), delivered as asked (in the response or asynchronously).
+    /// The rejection of a message of a known partnership that failed with `error`
+    /// before it was known to be authentic: 400 with the reason when no MDN was asked
+    /// for, else an error MDN (`processed/error` or `failed/Failure`). The MDN goes in
+    /// the response, not to the Receipt-Delivery-Option URL, when the message did not
+    /// authenticate as the partnership requires ([`honours_async_url`]): a URL from a
+    /// message nobody vouches for is never called.
     pub fn rejection(
         &self,
         headers: &As2RequestHeaders,
         route: &Route,
         error: &As2Error,
+    ) -> Result<Rejection, Unavailable> {
+        self.rejection_as(headers, route, error, honours_async_url(route, error))
+    }
+
+    /// The rejection of a message that was unwrapped and passed the partnership's
+    /// policy but could not be stored (Kafka refused the record): the error MDN is
+    /// delivered as asked.
+    pub fn rejection_of_accepted(
+        &self,
+        headers: &As2RequestHeaders,
+        route: &Route,
+        error: &As2Error,
+    ) -> Result<Rejection, Unavailable> {
+        self.rejection_as(headers, route, error, true)
+    }
+
+    fn rejection_as(
+        &self,
+        headers: &As2RequestHeaders,
+        route: &Route,
+        error: &As2Error,
+        authenticated: bool,
     ) -> Result<Rejection, Unavailable> {
         let status = error.disposition_status();
         tracing::info!(%error, disposition = %status, "message rejected");
@@ -381,10 +406,16 @@ impl DecisionSettings<'_> {
         let report = MdnReport::for_outcome(self.reporting_ua, headers, Err(error));
         let text = explanation(headers, &status, Some(&error.to_string()));
         let signing = self.mdn_signing(headers, route)?;
+        let async_url = async_url(headers);
+        if async_url.is_some() && !authenticated {
+            tracing::info!(
+                "the message did not authenticate as the partnership requires: its error mdn goes in the response, not to its receipt-delivery-option url"
+            );
+        }
         let plan = MdnPlan {
             report,
             text,
-            async_url: async_url(headers),
+            async_url: async_url.filter(|_| authenticated),
         };
         Ok(Rejection {
             status,
@@ -530,15 +561,36 @@ pub fn after_publish(published: Result<StoredRecord, PublishError>) -> AfterPubl
     }
 }
 
+/// Whether the asynchronous MDN of a message rejected with `error` may go to the
+/// message's Receipt-Delivery-Option URL: only when the message authenticated as the
+/// partnership requires. A message of a partnership that requires a signature was
+/// rejected before its signature was known to be good (or because it was not), and a
+/// signature that failed to verify marks a message as not the partner's whatever the
+/// partnership requires; both get their MDN in the response instead.
+pub fn honours_async_url(route: &Route, error: &As2Error) -> bool {
+    let requires_signature = route
+        .partnership
+        .security_policy
+        .as_ref()
+        .is_some_and(|policy| policy.require_signature);
+    !requires_signature
+        && !matches!(
+            error,
+            As2Error::AuthenticationFailed(_) | As2Error::IntegrityCheckFailed(_)
+        )
+}
+
 /// The request that hands `mdn` to the MDN service, for the message `headers` of the
-/// partnership `partnership_id`.
+/// partnership `partnership_id` whose asynchronous MDN policy is `policy`.
 pub fn enqueue_request(
     headers: &As2RequestHeaders,
     partnership_id: &str,
+    policy: Option<AsyncMdnPolicy>,
     mdn: &PendingAsyncMdn,
     traceparent: String,
 ) -> EnqueueMdnDeliveryRequest {
     EnqueueMdnDeliveryRequest {
+        policy,
         original_message_id: headers.message_id.original().to_owned(),
         partnership_id: partnership_id.to_owned(),
         // The original message's pair, as the contract asks (the MDN itself carries the
@@ -1567,7 +1619,7 @@ mod tests {
             headers: vec![("AS2-From".to_owned(), "us".to_owned())],
             body: b"mdn".to_vec(),
         };
-        let request = enqueue_request(&headers, "p-1", &mdn, "00-trace".to_owned());
+        let request = enqueue_request(&headers, "p-1", None, &mdn, "00-trace".to_owned());
         assert_eq!(request.original_message_id, "<m-1@partner.example>");
         assert_eq!(request.partnership_id, "p-1");
         assert_eq!(
