@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use as2_rpc::routing::v1::{
-    CertificateUsage, InteropSwitches, MdnPreferences, PartnerCertificate, Partnership,
-    SecurityPolicy,
+    AsyncMdnPolicy, CertificateUsage, InteropSwitches, MdnPreferences, PartnerCertificate,
+    Partnership, SecurityPolicy,
 };
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -109,6 +109,13 @@ impl DemoIdentities {
             security_policy: Some(SecurityPolicy::default()),
             mdn_preferences: Some(MdnPreferences::default()),
             interop: Some(InteropSwitches::default()),
+            // The quick start's partner (as2ctl send, pyas2lib) takes its asynchronous
+            // MDNs on this machine: the demo partnership opts in to loopback and
+            // private targets, which a real partnership should not need.
+            async_mdn: Some(AsyncMdnPolicy {
+                allow_private_targets: true,
+                ..AsyncMdnPolicy::default()
+            }),
             ..Partnership::default()
         })
     }

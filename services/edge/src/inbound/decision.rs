@@ -1598,7 +1598,7 @@ mod tests {
         assert_eq!(reply.receipt(true).pending_async_mdn, None);
         assert_eq!(reply.receipt(true).body, reply.answer.body.to_vec());
 
-        let error = As2Error::AuthenticationFailed("bad signature".to_owned());
+        let error = As2Error::DecompressionFailed("corrupt".to_owned());
         let rejection = decisions
             .rejection(&headers, &route(Partner::Plain), &error)
             .expect("a rejection");
@@ -1609,6 +1609,53 @@ mod tests {
             plan.reply(built_mdn()).answer,
             Answer::text(200, "error MDN queued for asynchronous delivery")
         );
+    }
+
+    /// The async URL of a rejected message of `route` failing with `error`.
+    fn rejection_url(route: &Route, error: &As2Error, accepted: bool) -> Option<String> {
+        let decisions = Config::Standard.decisions();
+        let headers = request(&[SYNC_MDN, ASYNC_MDN]);
+        let rejection = if accepted {
+            decisions.rejection_of_accepted(&headers, route, error)
+        } else {
+            decisions.rejection(&headers, route, error)
+        };
+        let RejectionReply::Mdn(plan, _) = rejection.expect("a rejection").reply else {
+            panic!("an error MDN was asked for");
+        };
+        plan.async_url
+    }
+
+    #[test]
+    fn only_messages_that_authenticated_as_required_have_their_async_url_honoured() {
+        let plain = route(Partner::Plain);
+        let signed = Route::new(Partnership {
+            security_policy: Some(SecurityPolicy {
+                require_signature: true,
+                ..SecurityPolicy::default()
+            }),
+            ..plain.partnership.clone()
+        });
+        let url = Some(MDN_URL.to_owned());
+        for error in [
+            As2Error::AuthenticationFailed("bad signature".to_owned()),
+            As2Error::IntegrityCheckFailed("digest mismatch".to_owned()),
+        ] {
+            assert_eq!(rejection_url(&plain, &error, false), None, "{error}");
+        }
+        for error in [
+            As2Error::DecompressionFailed("corrupt".to_owned()),
+            As2Error::DecryptionFailed("no key".to_owned()),
+            As2Error::InsufficientMessageSecurity("unsigned".to_owned()),
+            As2Error::AuthenticationFailed("bad signature".to_owned()),
+        ] {
+            assert_eq!(rejection_url(&signed, &error, false), None, "{error}");
+        }
+        let decompression = As2Error::DecompressionFailed("corrupt".to_owned());
+        assert_eq!(rejection_url(&plain, &decompression, false), url);
+        // Accepted (verified as required), then refused by Kafka: the URL is honoured.
+        let refused = As2Error::InvalidArgument("the document could not be stored".to_owned());
+        assert_eq!(rejection_url(&signed, &refused, true), url);
     }
 
     #[test]

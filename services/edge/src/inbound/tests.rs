@@ -211,6 +211,18 @@ fn unwrap_finds_a_bad_signature(
     ))
 }
 
+fn unwrap_finds_corrupt_compression(
+    _headers: &As2RequestHeaders,
+    chunks: &mut dyn Iterator<Item = Bytes>,
+    _context: &UnwrapContext<'_>,
+    _spool: &mut DocumentSpool,
+) -> Result<StreamedMessage, As2Error> {
+    chunks.for_each(drop);
+    Err(As2Error::DecompressionFailed(
+        "the compressed data is corrupt".to_owned(),
+    ))
+}
+
 fn unwrap_panics(
     _headers: &As2RequestHeaders,
     _chunks: &mut dyn Iterator<Item = Bytes>,
@@ -513,9 +525,24 @@ async fn a_bad_message_gets_an_error_mdn_and_nothing_is_published() {
 }
 
 #[tokio::test]
-async fn a_bad_message_asking_for_an_async_mdn_gets_the_error_mdn_enqueued() {
+async fn a_message_whose_signature_fails_gets_its_error_mdn_in_the_response_not_at_its_url() {
     let edge = edge(EdgeSetup {
         unwrap_message: unwrap_finds_a_bad_signature,
+        ..EdgeSetup::default()
+    });
+    let answer = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_mdn(&answer, "processed/error: authentication-failed");
+    assert!(edge.mdn_service.enqueued().is_empty());
+    assert!(edge.sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_message_asking_for_an_async_mdn_gets_the_error_mdn_enqueued() {
+    let edge = edge(EdgeSetup {
+        unwrap_message: unwrap_finds_corrupt_compression,
         ..EdgeSetup::default()
     });
     let answer = edge
