@@ -16,33 +16,10 @@ use as2_rpc::mdn::v1::{DeliveryState, EnqueueMdnDeliveryRequest};
 use as2_rpc::routing::v1::AsyncMdnPolicy;
 use support::{
     MEMORY_URL, Receiver, RecordingNetwork, RunningMdn, enqueue, enqueue_request, fast_config,
-    wait_for_state,
+    in_redis_and_in_memory, wait_for_state,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-macro_rules! in_redis_and_in_memory {
-    ($($scenario:ident),+ $(,)?) => {
-        mod in_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let redis = as2_testkit::RedisServer::start();
-                    super::$scenario(&redis.url()).await;
-                }
-            )+
-        }
-
-        mod in_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::MEMORY_URL).await;
-                }
-            )+
-        }
-    };
-}
 
 in_redis_and_in_memory!(
     urls_to_internal_targets_are_recorded_failed_without_a_connection,

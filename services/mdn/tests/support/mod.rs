@@ -1,7 +1,13 @@
 //! Test support: an in-process MDN service, a partner's MDN receiver whose answers the
 //! test controls, and request helpers.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    unused_macros,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +31,33 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Runs each scenario twice: `in_redis::{scenario}` with a Redis started for the test,
+/// `in_memory::{scenario}` with the service's state in its own process. The test file
+/// imports `MEMORY_URL`.
+macro_rules! in_redis_and_in_memory {
+    ($($scenario:ident),+ $(,)?) => {
+        mod in_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let redis = as2_testkit::RedisServer::start();
+                    super::$scenario(&redis.url()).await;
+                }
+            )+
+        }
+
+        mod in_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::MEMORY_URL).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use in_redis_and_in_memory;
 
 /// The Redis URL that keeps the service's state in its own process.
 pub const MEMORY_URL: &str = as2_common::redis::IN_MEMORY_URL;
