@@ -6,6 +6,8 @@
 //! - [`keys`]: our private keys and certificates, read from a directory of
 //!   `kubernetes.io/tls` Secrets;
 //! - [`transport`]: the HTTP(S) client that POSTs to partners;
+//! - [`target`]: which addresses and URLs a connection may go to (asynchronous MDN
+//!   URLs come from partners' messages), and the connector that keeps to them;
 //! - [`certificates`]: which of a partnership's certificates verify the partner's
 //!   signatures and which one we encrypt for;
 //! - [`algorithms`]: the routing service's enums (`SigningDigest`, `EncryptionCipher`,
@@ -20,4 +22,5 @@ pub mod archive;
 pub mod certificates;
 pub mod keys;
 pub mod retry;
+pub mod target;
 pub mod transport;

@@ -1,5 +1,7 @@
 //! POSTing to a partner and reading the answer: AS2 messages (the sender, `as2ctl send`)
-//! and asynchronous MDNs (the MDN service) go out through the same client.
+//! and asynchronous MDNs (the MDN service) go out through the same client, whose TCP
+//! connections are made by a [`CheckedConnector`]: operator-configured URLs with
+//! [`AddressPolicy::Any`], URLs from partners' messages with the partnership's policy.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -15,9 +17,10 @@ use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use openssl::ssl::{SslConnector, SslMethod};
+
+use crate::target::{AddressPolicy, CheckedConnector, Network, TargetRefused, refusal_in};
 
 /// How long idle connections to partners are kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,6 +87,9 @@ pub enum SendError {
     /// The request could not be built (a header that is not valid HTTP, a bad URL).
     #[error("cannot build the request: {0}")]
     Request(String),
+    /// The target's addresses are not allowed; no connection was attempted.
+    #[error("{0}")]
+    Refused(TargetRefused),
 }
 
 /// An error of a streamed request body (reading the object it comes from).
@@ -112,10 +118,12 @@ pub enum RequestBody {
 type ClientBody = UnsyncBoxBody<Bytes, BodyError>;
 
 /// Posts to partners over HTTP/1.1, plain or TLS (OpenSSL, the system's CA certificates
-/// plus an optional extra CA file). Cheap to clone; connections are pooled.
+/// plus an optional extra CA file). Redirects are never followed (a 3xx is the answer).
+/// Cheap to clone; connections are pooled, so one transport serves one
+/// [`AddressPolicy`]: a pooled connection was made to an address that policy allows.
 #[derive(Clone)]
 pub struct PartnerTransport {
-    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    client: Client<HttpsConnector<CheckedConnector>, ClientBody>,
     max_response_bytes: usize,
 }
 
@@ -127,15 +135,30 @@ impl PartnerTransport {
     }
 
     /// A transport with `limits` trusting the system's CA certificates plus
-    /// `extra_ca_file`.
+    /// `extra_ca_file`, to any address (for operator-configured URLs).
     pub fn with_limits(
         limits: TransportLimits,
         extra_ca_file: Option<&Path>,
     ) -> Result<Self, TransportSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(limits.connect_timeout));
-        http.set_nodelay(true);
+        Self::with_network(
+            limits,
+            extra_ca_file,
+            AddressPolicy::Any,
+            Network::default(),
+        )
+    }
+
+    /// A transport with `limits` trusting the system's CA certificates plus
+    /// `extra_ca_file`, connecting through `network` to the addresses `policy` allows
+    /// (a target whose host resolves to any other address gets
+    /// [`SendError::Refused`] without a connection).
+    pub fn with_network(
+        limits: TransportLimits,
+        extra_ca_file: Option<&Path>,
+        policy: AddressPolicy,
+        network: Network,
+    ) -> Result<Self, TransportSetupError> {
+        let http = CheckedConnector::new(policy, network, limits.connect_timeout);
         let mut tls = SslConnector::builder(SslMethod::tls_client())?;
         if let Some(file) = extra_ca_file {
             tls.set_ca_file(file)?;
@@ -241,7 +264,12 @@ impl PartnerTransport {
         self.client
             .request(request)
             .await
-            .map_err(|error| SendError::Connection(bounded(as2_common::error_chain(&error))))
+            .map_err(|error| match refusal_in(&error) {
+                Some(refused) => SendError::Refused(TargetRefused {
+                    reason: bounded(refused.reason.clone()),
+                }),
+                None => SendError::Connection(bounded(as2_common::error_chain(&error))),
+            })
     }
 }
 

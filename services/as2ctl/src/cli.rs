@@ -536,6 +536,22 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "DAYS")]
     pub archive_retention_days: Option<u32>,
 
+    /// URL patterns the partner's asynchronous MDN URLs must match
+    /// (comma-separated `scheme://host[:port][/path-prefix]`, host optionally
+    /// `*.name`); empty list: any URL.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "PATTERNS")]
+    pub async_mdn_url_patterns: Option<Vec<String>>,
+
+    /// Deliver asynchronous MDNs to loopback, private and other non-public
+    /// addresses too (default: public addresses only).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub async_mdn_allow_private_targets: Option<bool>,
+
+    /// Most asynchronous MDNs of this partner queued at once (0: the default,
+    /// 1000).
+    #[arg(long, value_name = "COUNT")]
+    pub async_mdn_max_queued: Option<u32>,
+
     /// Digests accepted in signatures (comma-separated); empty list: all
     /// supported.
     #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "DIGESTS")]

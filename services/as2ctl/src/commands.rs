@@ -594,6 +594,28 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         }
         changed = true;
     }
+    if settings.async_mdn_url_patterns.is_some()
+        || settings.async_mdn_allow_private_targets.is_some()
+        || settings.async_mdn_max_queued.is_some()
+    {
+        let async_mdn = partnership
+            .async_mdn
+            .get_or_insert_with(as2_rpc::routing::v1::AsyncMdnPolicy::default);
+        if let Some(patterns) = &settings.async_mdn_url_patterns {
+            async_mdn.allowed_url_patterns = patterns
+                .iter()
+                .map(|pattern| pattern.trim().to_owned())
+                .filter(|pattern| !pattern.is_empty())
+                .collect();
+        }
+        if let Some(allow) = settings.async_mdn_allow_private_targets {
+            async_mdn.allow_private_targets = allow;
+        }
+        if let Some(limit) = settings.async_mdn_max_queued {
+            async_mdn.max_queued = (limit > 0).then_some(limit);
+        }
+        changed = true;
+    }
     if let Some(digests) = &settings.signing_digests {
         policy.allowed_signing_digests = digests
             .iter()

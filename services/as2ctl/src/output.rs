@@ -26,6 +26,7 @@ pub struct PartnershipView {
     security_policy: SecurityPolicyView,
     mdn_preferences: MdnPreferencesView,
     interop: InteropView,
+    async_mdn: AsyncMdnView,
     outbound: OutboundView,
     created_at: Option<String>,
     updated_at: Option<String>,
@@ -63,6 +64,13 @@ struct MdnPreferencesView {
 }
 
 #[derive(Debug, Serialize)]
+struct AsyncMdnView {
+    allowed_url_patterns: Vec<String>,
+    allow_private_targets: bool,
+    max_queued: u32,
+}
+
+#[derive(Debug, Serialize)]
 struct InteropView {
     skip_certificate_validity_check: bool,
 }
@@ -91,6 +99,7 @@ impl From<&Partnership> for PartnershipView {
         let mdn = partnership.mdn_preferences.unwrap_or_default();
         let interop = partnership.interop.unwrap_or_default();
         let outbound = partnership.outbound.clone().unwrap_or_default();
+        let async_mdn = partnership.async_mdn.clone().unwrap_or_default();
         Self {
             id: partnership.id.clone(),
             revision: partnership.revision,
@@ -137,6 +146,13 @@ impl From<&Partnership> for PartnershipView {
             },
             interop: InteropView {
                 skip_certificate_validity_check: interop.skip_certificate_validity_check,
+            },
+            async_mdn: AsyncMdnView {
+                allowed_url_patterns: async_mdn.allowed_url_patterns,
+                allow_private_targets: async_mdn.allow_private_targets,
+                max_queued: async_mdn
+                    .max_queued
+                    .unwrap_or(as2_partner::target::DEFAULT_MAX_QUEUED),
             },
             outbound: OutboundView {
                 url: outbound.url,
@@ -302,6 +318,24 @@ pub fn render_detail(view: &PartnershipView) -> String {
         "skip certificate validity check:",
         yes_no(interop.skip_certificate_validity_check),
     );
+    let async_mdn = &view.async_mdn;
+    line(
+        "async mdn url patterns:",
+        &if async_mdn.allowed_url_patterns.is_empty() {
+            "any url".to_owned()
+        } else {
+            async_mdn.allowed_url_patterns.join(", ")
+        },
+    );
+    line(
+        "async mdn targets:",
+        if async_mdn.allow_private_targets {
+            "any address (private targets allowed)"
+        } else {
+            "public addresses only"
+        },
+    );
+    line("async mdn max queued:", &async_mdn.max_queued.to_string());
     let outbound = &view.outbound;
     if outbound.url.is_empty() {
         line("outbound:", "none");

@@ -234,6 +234,10 @@ async fn partnership_lifecycle_with_pem_and_der_certificates() {
                 "acme",
                 "--topic",
                 "edi.inbound.acme.v2",
+                "--async-mdn-url-patterns",
+                "https://as2.acme.example/mdn,https://*.acme.example:8443",
+                "--async-mdn-max-queued",
+                "20",
                 "--remove-partner-cert",
                 pem_fingerprint,
                 "--add-partner-cert",
@@ -258,6 +262,26 @@ async fn partnership_lifecycle_with_pem_and_der_certificates() {
     );
     // Unchanged settings survive the update.
     assert_eq!(updated["security_policy"]["require_signature"], true);
+    assert_eq!(
+        updated["async_mdn"],
+        serde_json::json!({
+            "allowed_url_patterns": ["https://as2.acme.example/mdn", "https://*.acme.example:8443"],
+            "allow_private_targets": false,
+            "max_queued": 20,
+        })
+    );
+    assert_fails_with(
+        &stack
+            .as2ctl(&[
+                "partnership",
+                "update",
+                "acme",
+                "--async-mdn-url-patterns",
+                "as2.acme.example/mdn",
+            ])
+            .await,
+        "invalid partnership: async_mdn.allowed_url_patterns[0]: \"as2.acme.example/mdn\": must start with http:// or https://",
+    );
 
     let stale = stack
         .as2ctl(&[

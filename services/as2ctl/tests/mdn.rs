@@ -42,6 +42,11 @@ fn request(message_id: &str, url: &str, partnership: &str) -> EnqueueMdnDelivery
         as2_to: "partner".to_owned(),
         delivery_url: url.to_owned(),
         traceparent: String::new(),
+        // The test's URLs are on loopback: the partnership opts in.
+        policy: Some(as2_rpc::routing::v1::AsyncMdnPolicy {
+            allow_private_targets: true,
+            ..Default::default()
+        }),
         mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
             headers: vec![HeaderField {
                 name: "Content-Type".to_owned(),

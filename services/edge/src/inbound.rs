@@ -909,8 +909,7 @@ impl InboundProcessor {
         };
         let reply = plan.reply(built);
         if let Some(mdn) = &reply.async_mdn {
-            let partnership_id = route.map_or("", |route| route.partnership.id.as_str());
-            self.enqueue_async(headers, partnership_id, mdn).await?;
+            self.enqueue_async(headers, route, mdn).await?;
         }
         Ok(Handled::new(reply.answer, outcome))
     }
@@ -1018,7 +1017,7 @@ impl InboundProcessor {
             }
             AfterPublish::Refused(failure) => {
                 self.release(claim).await;
-                let rejection = decisions.rejection(headers, route, &failure)?;
+                let rejection = decisions.rejection_of_accepted(headers, route, &failure)?;
                 return self
                     .deliver_rejection(headers, Some(route), rejection)
                     .await;
@@ -1031,9 +1030,7 @@ impl InboundProcessor {
         let built = self.build_mdn(headers, &plan, signing)?;
         let reply = plan.reply(built);
         if let Some(mdn) = &reply.async_mdn
-            && let Err(unavailable) = self
-                .enqueue_async(headers, &route.partnership.id, mdn)
-                .await
+            && let Err(unavailable) = self.enqueue_async(headers, Some(route), mdn).await
         {
             self.remember(claim, &reply.receipt(false)).await;
             return Err(unavailable);
@@ -1052,8 +1049,7 @@ impl InboundProcessor {
         replay: decision::Replay,
     ) -> Result<Handled, Unavailable> {
         if let Some(pending) = &replay.pending_async_mdn {
-            self.enqueue_async(headers, &route.partnership.id, pending)
-                .await?;
+            self.enqueue_async(headers, Some(route), pending).await?;
             if let Err(error) = self
                 .dedup
                 .update_receipt(message_key, &replay.handed_over)
@@ -1128,11 +1124,14 @@ impl InboundProcessor {
         })
     }
 
-    /// Hands an asynchronous MDN to the MDN service.
+    /// Hands an asynchronous MDN to the MDN service, with the partnership's policy for
+    /// its targets. A URL the policy does not allow is handed over all the same: the MDN
+    /// service records it as a failed delivery with the reason (and makes no
+    /// connection), where operators see it (`as2ctl mdn list --state failed`).
     async fn enqueue_async(
         &self,
         headers: &As2RequestHeaders,
-        partnership_id: &str,
+        route: Option<&Route>,
         mdn: &PendingAsyncMdn,
     ) -> Result<(), Unavailable> {
         let Some(queue) = &self.mdn_delivery else {
@@ -1140,8 +1139,25 @@ impl InboundProcessor {
                 "asynchronous MDNs are not available, please resend later",
             ));
         };
+        let partnership_id = route.map_or("", |route| route.partnership.id.as_str());
+        let policy = route.and_then(|route| route.partnership.async_mdn.clone());
+        let refused = as2_partner::target::AsyncMdnTargets::from_proto(policy.as_ref())
+            .map_err(|error| error.to_string())
+            .and_then(|targets| {
+                targets
+                    .check_url(&mdn.url)
+                    .map_err(|refused| refused.reason)
+            });
+        if let Err(reason) = refused {
+            tracing::warn!(
+                partnership = partnership_id,
+                url = mdn.url,
+                reason,
+                "asynchronous mdn url not allowed, the mdn service records the delivery as failed"
+            );
+        }
         let traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
-        let request = decision::enqueue_request(headers, partnership_id, mdn, traceparent);
+        let request = decision::enqueue_request(headers, partnership_id, policy, mdn, traceparent);
         match queue.enqueue(request).await {
             Ok(_) => Ok(()),
             Err(status) => {

@@ -20,8 +20,8 @@ use as2_common::grpc::local_ca::{self, LocalCa};
 use as2_common::grpc::tls::CredentialFiles;
 use as2_rpc::authorization::Role;
 use as2_rpc::routing::v1::{
-    CertificateUsage, InteropSwitches, MdnPreferences, PartnerCertificate, Partnership,
-    SecurityPolicy,
+    AsyncMdnPolicy, CertificateUsage, InteropSwitches, MdnPreferences, PartnerCertificate,
+    Partnership, SecurityPolicy,
 };
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -112,6 +112,13 @@ impl DemoIdentities {
             security_policy: Some(SecurityPolicy::default()),
             mdn_preferences: Some(MdnPreferences::default()),
             interop: Some(InteropSwitches::default()),
+            // The quick start's partner (as2ctl send, pyas2lib) takes its asynchronous
+            // MDNs on this machine: the demo partnership opts in to loopback and
+            // private targets, which a real partnership should not need.
+            async_mdn: Some(AsyncMdnPolicy {
+                allow_private_targets: true,
+                ..AsyncMdnPolicy::default()
+            }),
             ..Partnership::default()
         })
     }

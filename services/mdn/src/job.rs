@@ -1,5 +1,6 @@
 //! A delivery job: what is delivered where, how it got there, and its validation.
 
+use as2_partner::target::{AddressPolicy, AsyncMdnTargets};
 use as2_rpc::mdn::v1::{DeliveryState, EnqueueMdnDeliveryRequest, enqueue_mdn_delivery_request};
 
 /// Largest MDN body accepted, in bytes. An MDN is a few kilobytes; this bounds what a
@@ -105,6 +106,9 @@ pub struct NewDelivery {
     pub mdn: PreparedMdn,
     /// W3C traceparent of the request that produced the job.
     pub traceparent: String,
+    /// The partnership's policy for asynchronous MDN targets; `Err` with the reason
+    /// when the request's policy is not valid (the delivery is then refused).
+    pub targets: Result<AsyncMdnTargets, String>,
 }
 
 impl NewDelivery {
@@ -113,6 +117,45 @@ impl NewDelivery {
         match &self.target {
             DeliveryTarget::Http(url) | DeliveryTarget::Mailto(url) => url,
         }
+    }
+
+    /// Why the delivery cannot be attempted at all (recorded as failed at once, no
+    /// connection made): a mailto: URL, an invalid policy, or a URL the partnership's
+    /// policy does not allow (its patterns, or an address that is not allowed).
+    pub fn refusal(&self) -> Option<String> {
+        let url = match &self.target {
+            DeliveryTarget::Mailto(_) => {
+                return Some(
+                    "mailto: delivery of asynchronous MDNs is not supported (only http and https)"
+                        .to_owned(),
+                );
+            }
+            DeliveryTarget::Http(url) => url,
+        };
+        let targets = match &self.targets {
+            Ok(targets) => targets,
+            Err(reason) => return Some(reason.clone()),
+        };
+        targets
+            .check_url(url)
+            .err()
+            .map(|refused| format!("not delivered: {refused}"))
+    }
+
+    /// The addresses the URL's host may resolve to.
+    pub fn address_policy(&self) -> AddressPolicy {
+        self.targets
+            .as_ref()
+            .map_or(AddressPolicy::PublicOnly, |targets| targets.addresses)
+    }
+
+    /// Most deliveries of the partnership queued at once.
+    pub fn max_queued(&self) -> u32 {
+        self.targets
+            .as_ref()
+            .map_or(as2_partner::target::DEFAULT_MAX_QUEUED, |targets| {
+                targets.max_queued
+            })
     }
 }
 
@@ -128,6 +171,9 @@ pub fn validate_request(request: EnqueueMdnDeliveryRequest) -> Result<NewDeliver
     let partnership_id = bounded("partnership_id", request.partnership_id)?;
     let traceparent = bounded("traceparent", request.traceparent)?;
     let target = DeliveryTarget::parse(&required("delivery_url", request.delivery_url)?)?;
+    let targets = AsyncMdnTargets::from_proto(request.policy.as_ref()).map_err(|error| {
+        format!("not delivered: the partnership's asynchronous MDN policy is not valid: {error}")
+    });
     let mdn = match request.mdn {
         Some(enqueue_mdn_delivery_request::Mdn::Prepared(prepared)) => prepared,
         Some(enqueue_mdn_delivery_request::Mdn::Inputs(_)) => {
@@ -193,6 +239,7 @@ pub fn validate_request(request: EnqueueMdnDeliveryRequest) -> Result<NewDeliver
             body: mdn.body,
         },
         traceparent,
+        targets,
     })
 }
 
@@ -275,6 +322,7 @@ mod tests {
             as2_to: "partner".to_owned(),
             delivery_url: "https://partner.example/mdn".to_owned(),
             traceparent: String::new(),
+            policy: None,
             mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(
                 as2_rpc::mdn::v1::PreparedMdn {
                     headers: vec![

@@ -9,6 +9,7 @@ use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
 use as2_common::runtime::{GrpcListeners, Runtime};
+use as2_partner::target::Network;
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
 
 use crate::config::MdnConfig;
@@ -30,6 +31,7 @@ pub struct MdnServer {
     config: MdnConfig,
     listeners: GrpcListeners,
     store: DeliveryStore,
+    network: Network,
 }
 
 impl MdnServer {
@@ -68,7 +70,17 @@ impl MdnServer {
             config,
             listeners,
             store,
+            network: Network::default(),
         })
+    }
+
+    /// Makes the deliveries' connections through `network` (the system's resolver and
+    /// plain TCP unless given): tests resolve names and record connection attempts
+    /// without leaving the machine.
+    #[must_use]
+    pub fn with_network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
     }
 
     /// The address the gRPC server listens on.
@@ -91,6 +103,7 @@ impl MdnServer {
             config,
             listeners,
             store,
+            network,
         } = self;
         let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
 
@@ -113,9 +126,12 @@ impl MdnServer {
         if config.kafka.configured_bootstrap_servers().is_none() {
             tracing::warn!("no kafka brokers configured, mdn status events are not published");
         }
-        let transport =
-            MdnTransport::new(delivery.attempt_timeout(), delivery.tls_ca_file.as_deref())
-                .context("https client setup failed")?;
+        let transport = MdnTransport::new(
+            delivery.attempt_timeout(),
+            delivery.tls_ca_file.as_deref(),
+            network,
+        )
+        .context("https client setup failed")?;
         let deliverer = Arc::new(Deliverer {
             store: store.clone(),
             transport,

@@ -14,9 +14,7 @@ use as2_rpc::{ErrorKind, ServiceError, status_from_error};
 
 use crate::job::{FieldError, is_delivery_id, validate_request};
 use crate::metrics::{EnqueueLabels, MdnMetrics, RequestLabels};
-use crate::store::{
-    DeliveryRecord, DeliveryStore, ListCursor, ListFilter, StoreError, unsupported_reason,
-};
+use crate::store::{DeliveryRecord, DeliveryStore, Enqueued, ListCursor, ListFilter, StoreError};
 use crate::tracking::{StatusEvent, StatusEvents};
 use crate::worker::now_ms;
 
@@ -81,31 +79,36 @@ impl MdnApi {
             // trace of this call (continued from the gRPC metadata when it sent one).
             delivery.traceparent = as2_common::telemetry::current_traceparent().unwrap_or_default();
         }
-        let unsupported = unsupported_reason(&delivery.target);
+        let refusal = delivery.refusal();
         let now = now_ms();
-        let created = self.store.enqueue(&delivery, unsupported, now).await?;
-        let outcome = match (created, unsupported) {
-            (false, _) => "duplicate",
-            (true, None) => "new",
-            (true, Some(_)) => "unsupported",
+        let enqueued = self
+            .store
+            .enqueue(&delivery, refusal.as_deref(), now)
+            .await?;
+        let outcome = match &enqueued {
+            Enqueued::Duplicate => "duplicate",
+            Enqueued::Queued => "new",
+            Enqueued::Failed(_) => "unsupported",
         };
         self.metrics
             .enqueued
             .get_or_create(&EnqueueLabels { outcome })
             .inc();
+        let created = enqueued != Enqueued::Duplicate;
         if created {
-            let record = DeliveryRecord::enqueued(&delivery, unsupported, now);
-            let event = if unsupported.is_some() {
-                "failed"
-            } else {
-                "queued"
+            let failed = match &enqueued {
+                Enqueued::Failed(reason) => Some(reason.as_str()),
+                Enqueued::Duplicate | Enqueued::Queued => None,
             };
+            let record = DeliveryRecord::enqueued(&delivery, failed, now);
+            let event = if failed.is_some() { "failed" } else { "queued" };
             self.events
                 .publish(&StatusEvent::new(event, &record, now), &record.traceparent);
-            match unsupported {
+            match failed {
                 Some(reason) => tracing::warn!(
                     delivery_id = delivery.delivery_id,
                     partnership = delivery.partnership_id,
+                    url = delivery.url(),
                     reason,
                     "mdn delivery recorded as failed at once"
                 ),

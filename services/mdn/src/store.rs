@@ -14,6 +14,7 @@
 //! | `{prefix}:mdn:jobs` | stream | jobs ready to be attempted, one entry `id={delivery id}` each; consumer group `mdn-delivery` shared by all replicas; an entry is acknowledged and deleted when its attempt is recorded |
 //! | `{prefix}:mdn:retries` | sorted set | deliveries waiting for their next attempt, scored by its due time (ms); due members are moved back to the stream atomically |
 //! | `{prefix}:mdn:deliveries` | sorted set | every delivery by enqueue time (ms), for listing newest first; members older than the TTL are trimmed on enqueue, expired ones when a listing meets them |
+//! | `{prefix}:mdn:queued:{partnership}` | sorted set | the partnership's deliveries that are queued or being retried, by enqueue time (ms): its quota of queued MDNs is counted here; a delivery leaves it when it ends, members older than the TTL are trimmed on enqueue |
 //!
 //! The stream's pending entries list is what makes a crash harmless: an entry read by
 //! a replica that dies stays pending and is claimed by another replica (`XAUTOCLAIM`)
@@ -40,27 +41,51 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use as2_common::redis::KeyNamespace;
+use as2_partner::target::AddressPolicy;
 use as2_rpc::mdn::v1::DeliveryState;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
 use self::memory::MemoryStore;
-use crate::job::{DeliveryTarget, NewDelivery, PreparedMdn, state_from_name, state_name};
+use crate::job::{NewDelivery, PreparedMdn, state_from_name, state_name};
 
 /// Name of the consumer group of the job stream.
 pub const CONSUMER_GROUP: &str = "mdn-delivery";
 
-/// Stores a new delivery unless one with its id exists (atomic check and insert).
+/// Stores a new delivery unless one with its id exists (atomic check and insert), and
+/// records it as failed instead of queueing it when its partnership has its quota of
+/// queued deliveries already. Returns 0 for an existing delivery, 1 for a new one
+/// (queued, or failed at once as asked), 2 for one failed at once over the quota.
 ///
-/// KEYS: delivery hash, job stream, index. ARGV: id, ttl seconds, now ms, "1" to queue
-/// the job ("0" for a delivery recorded as failed at once), then field/value pairs.
+/// KEYS: delivery hash, job stream, index, the partnership's queued set. ARGV: id, ttl
+/// seconds, now ms, "1" to queue the job ("0" for a delivery recorded as failed at
+/// once), the quota, the reason recorded over the quota, then field/value pairs.
 const ENQUEUE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local cutoff = tonumber(ARGV[3]) - tonumber(ARGV[2]) * 1000
+local queue = ARGV[4] == '1'
+local over = false
+if queue then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then
+    queue = false
+    over = true
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if over then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'last_error', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'headers', 'body')
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if ARGV[4] == '1' then redis.call('XADD', KEYS[2], '*', 'id', ARGV[1]) end
+if queue then
+  redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[2]) * 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
+if over then return 2 end
 return 1
 ";
 
@@ -84,6 +109,7 @@ const STATUS_FIELDS: &[&str] = &[
     "as2_to",
     "url",
     "traceparent",
+    "targets",
     "state",
     "attempts",
     "last_http_status",
@@ -143,6 +169,9 @@ pub struct DeliveryRecord {
     pub url: String,
     /// W3C traceparent of the request that produced the job.
     pub traceparent: String,
+    /// The addresses the URL's host may resolve to (stored as `targets`: `public` or
+    /// `any`; a record without it is `public`).
+    pub address_policy: AddressPolicy,
     /// Where it stands.
     pub state: DeliveryState,
     /// Attempts started so far.
@@ -165,6 +194,7 @@ impl DeliveryRecord {
     /// The record of `delivery` as enqueued at `now_ms`: queued, or failed at once when
     /// `unsupported` names why it cannot be delivered.
     pub fn enqueued(delivery: &NewDelivery, unsupported: Option<&str>, now_ms: i64) -> Self {
+        let address_policy = delivery.address_policy();
         Self {
             delivery_id: delivery.delivery_id.clone(),
             original_message_id: delivery.original_message_id.clone(),
@@ -173,6 +203,7 @@ impl DeliveryRecord {
             as2_to: delivery.as2_to.clone(),
             url: delivery.url().to_owned(),
             traceparent: delivery.traceparent.clone(),
+            address_policy,
             state: if unsupported.is_some() {
                 DeliveryState::Failed
             } else {
@@ -212,6 +243,32 @@ impl DeliveryRecord {
                 self.next_attempt_at_ms = 0;
             }
         }
+    }
+}
+
+/// What enqueueing did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A delivery with this id exists already; nothing changed.
+    Duplicate,
+    /// Stored and queued.
+    Queued,
+    /// Stored and recorded as failed at once, for this reason.
+    Failed(String),
+}
+
+/// The reason recorded for a delivery over its partnership's quota.
+pub fn quota_reason(max_queued: u32) -> String {
+    format!(
+        "not delivered: the partnership has {max_queued} asynchronous MDNs queued already (its quota)"
+    )
+}
+
+/// How a policy is stored.
+fn targets_name(policy: AddressPolicy) -> &'static str {
+    match policy {
+        AddressPolicy::PublicOnly => "public",
+        AddressPolicy::Any => "any",
     }
 }
 
@@ -317,6 +374,11 @@ impl Keys {
     fn delivery(&self, id: &str) -> String {
         self.namespace.key(format_args!("mdn:delivery:{id}"))
     }
+
+    fn queued(&self, partnership_id: &str) -> String {
+        self.namespace
+            .key(format_args!("mdn:queued:{partnership_id}"))
+    }
 }
 
 /// Jobs, schedule and status of MDN deliveries, in Redis or in this process's memory.
@@ -400,14 +462,15 @@ impl DeliveryStore {
     }
 
     /// Stores `delivery` and queues it, or records it as failed at once when
-    /// `unsupported` names why it cannot be delivered. Returns `false` when a delivery
-    /// with this id exists already (nothing is changed then).
+    /// `unsupported` names why it cannot be delivered or its partnership has its quota
+    /// of queued deliveries ([`NewDelivery::max_queued`]) already. A delivery with this
+    /// id that exists already is left as it is.
     pub async fn enqueue(
         &self,
         delivery: &NewDelivery,
         unsupported: Option<&str>,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Enqueued, StoreError> {
         match &self.backend {
             Backend::Redis(redis) => redis.enqueue(delivery, unsupported, now_ms).await,
             Backend::Memory(memory) => Ok(memory.enqueue(delivery, unsupported, now_ms)),
@@ -479,15 +542,21 @@ impl DeliveryStore {
     }
 
     /// Records how an attempt ended and acknowledges its job entry, atomically: a
-    /// scheduled retry is in the retry schedule before the entry disappears.
+    /// scheduled retry is in the retry schedule before the entry disappears; a delivery
+    /// that ends leaves its partnership's queued deliveries.
     pub async fn finish_attempt(
         &self,
         entry_id: &str,
-        delivery_id: &str,
+        record: &DeliveryRecord,
         outcome: &AttemptRecord,
     ) -> Result<(), StoreError> {
+        let delivery_id = record.delivery_id.as_str();
         match &self.backend {
-            Backend::Redis(redis) => redis.finish_attempt(entry_id, delivery_id, outcome).await,
+            Backend::Redis(redis) => {
+                redis
+                    .finish_attempt(entry_id, delivery_id, &record.partnership_id, outcome)
+                    .await
+            }
             Backend::Memory(memory) => {
                 memory.finish_attempt(entry_id, delivery_id, outcome);
                 Ok(())
@@ -606,14 +675,13 @@ impl RedisStore {
     }
 
     /// Stores `delivery` and queues it, or records it as failed at once when
-    /// `unsupported` names why it cannot be delivered. Returns `false` when a delivery
-    /// with this id exists already (nothing is changed then).
+    /// `unsupported` names why it cannot be delivered or the quota is reached.
     async fn enqueue(
         &self,
         delivery: &NewDelivery,
         unsupported: Option<&str>,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Enqueued, StoreError> {
         let headers =
             serde_json::to_string(&delivery.mdn.headers).map_err(|error| StoreError::Corrupt {
                 id: delivery.delivery_id.clone(),
@@ -629,10 +697,13 @@ impl RedisStore {
             .key(self.keys.delivery(&delivery.delivery_id))
             .key(&self.keys.jobs)
             .key(&self.keys.index)
+            .key(self.keys.queued(&delivery.partnership_id))
             .arg(&delivery.delivery_id)
             .arg(self.status_ttl_secs)
             .arg(now_ms)
             .arg(if unsupported.is_some() { "0" } else { "1" })
+            .arg(delivery.max_queued())
+            .arg(quota_reason(delivery.max_queued()))
             .arg("original_message_id")
             .arg(&delivery.original_message_id)
             .arg("partnership_id")
@@ -645,6 +716,8 @@ impl RedisStore {
             .arg(delivery.url())
             .arg("traceparent")
             .arg(&delivery.traceparent)
+            .arg("targets")
+            .arg(targets_name(delivery.address_policy()))
             .arg("state")
             .arg(state_name(state))
             .arg("attempts")
@@ -662,7 +735,12 @@ impl RedisStore {
         }
         let mut connection = self.connection.clone();
         let created: i64 = invocation.invoke_async(&mut connection).await?;
-        Ok(created == 1)
+        Ok(match (created, unsupported) {
+            (0, _) => Enqueued::Duplicate,
+            (2, _) => Enqueued::Failed(quota_reason(delivery.max_queued())),
+            (_, Some(reason)) => Enqueued::Failed(reason.to_owned()),
+            (_, None) => Enqueued::Queued,
+        })
     }
 
     /// The status of one delivery; `None` when unknown or expired.
@@ -801,11 +879,16 @@ impl RedisStore {
         &self,
         entry_id: &str,
         delivery_id: &str,
+        partnership_id: &str,
         outcome: &AttemptRecord,
     ) -> Result<(), StoreError> {
         let key = self.keys.delivery(delivery_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
+        if !matches!(outcome, AttemptRecord::RetryScheduled { .. }) {
+            pipe.zrem(self.keys.queued(partnership_id), delivery_id)
+                .ignore();
+        }
         match outcome {
             AttemptRecord::Delivered { http_status, at_ms } => {
                 pipe.hset_multiple(
@@ -1070,6 +1153,13 @@ fn record_from_fields<N: AsRef<str>>(
             "as2_to" => record.as2_to = text,
             "url" => record.url = text,
             "traceparent" => record.traceparent = text,
+            "targets" => {
+                record.address_policy = if text == "any" {
+                    AddressPolicy::Any
+                } else {
+                    AddressPolicy::PublicOnly
+                };
+            }
             "state" => {
                 has_state = true;
                 record.state = state_from_name(&text);
@@ -1085,16 +1175,6 @@ fn record_from_fields<N: AsRef<str>>(
         }
     }
     has_state.then_some(record)
-}
-
-/// Whether a delivery to `url` can be attempted at all.
-pub fn unsupported_reason(target: &DeliveryTarget) -> Option<&'static str> {
-    match target {
-        DeliveryTarget::Http(_) => None,
-        DeliveryTarget::Mailto(_) => {
-            Some("mailto: delivery of asynchronous MDNs is not supported (only http and https)")
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1184,7 +1264,76 @@ mod tests {
         a_job_goes_through_retries_to_delivery,
         jobs_fail_are_discarded_and_reclaimed,
         deliveries_are_listed_in_pages,
+        a_partnership_past_its_quota_gets_failed_deliveries,
     );
+
+    /// The quota counts a partnership's queued and retried deliveries, not its ended
+    /// ones nor other partnerships'.
+    async fn a_partnership_past_its_quota_gets_failed_deliveries(store: &DeliveryStore) {
+        let limited = |number| {
+            let mut new = delivery(number, "partner-q");
+            new.targets = Ok(as2_partner::target::AsyncMdnTargets {
+                max_queued: 2,
+                ..as2_partner::target::AsyncMdnTargets::default()
+            });
+            new
+        };
+        for number in [1, 2] {
+            assert_eq!(
+                store.enqueue(&limited(number), None, 1_000).await.unwrap(),
+                Enqueued::Queued
+            );
+        }
+        let over = limited(3);
+        assert_eq!(
+            store.enqueue(&over, None, 1_001).await.unwrap(),
+            Enqueued::Failed(quota_reason(2))
+        );
+        let record = store.status(&over.delivery_id).await.unwrap().unwrap();
+        assert_eq!(record.state, DeliveryState::Failed);
+        assert_eq!(record.last_error, quota_reason(2));
+        assert!(
+            store
+                .job(&over.delivery_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .mdn
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .enqueue(&delivery(4, "partner-other"), None, 1_002)
+                .await
+                .unwrap(),
+            Enqueued::Queued,
+            "another partnership has its own quota"
+        );
+        // One ends: there is room again.
+        let read = store.read_new("c1", 10, 100).await.unwrap();
+        let first = read
+            .iter()
+            .find(|entry| entry.delivery_id.as_deref() == Some(limited(1).delivery_id.as_str()))
+            .unwrap()
+            .clone();
+        finish(
+            store,
+            &first,
+            &AttemptRecord::Delivered {
+                http_status: 200,
+                at_ms: 1_003,
+            },
+        )
+        .await;
+        assert_eq!(
+            store.enqueue(&limited(5), None, 1_004).await.unwrap(),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            store.enqueue(&limited(6), None, 1_005).await.unwrap(),
+            Enqueued::Failed(quota_reason(2))
+        );
+    }
 
     /// Delivery number `number` of `partnership` (its id is `number` in hex).
     fn delivery(number: u32, partnership: &str) -> NewDelivery {
@@ -1201,6 +1350,7 @@ mod tests {
                 body: format!("mdn {number}").into_bytes(),
             },
             traceparent: String::new(),
+            targets: Ok(as2_partner::target::AsyncMdnTargets::default()),
         }
     }
 
@@ -1235,8 +1385,9 @@ mod tests {
     /// Records `outcome` for the job of `entry`.
     async fn finish(store: &DeliveryStore, entry: &JobEntry, outcome: &AttemptRecord) {
         let delivery_id = entry.delivery_id.as_deref().unwrap();
+        let record = store.status(delivery_id).await.unwrap().unwrap();
         store
-            .finish_attempt(&entry.entry_id, delivery_id, outcome)
+            .finish_attempt(&entry.entry_id, &record, outcome)
             .await
             .unwrap();
     }
@@ -1244,11 +1395,14 @@ mod tests {
     /// Enqueue (idempotent), read, attempt, retry, promote, read again, deliver.
     async fn a_job_goes_through_retries_to_delivery(store: &DeliveryStore) {
         let first = delivery(1, "partner-a");
-        assert!(store.enqueue(&first, None, 1_000).await.unwrap());
+        assert_eq!(
+            store.enqueue(&first, None, 1_000).await.unwrap(),
+            Enqueued::Queued
+        );
         let mut changed = first.clone();
         changed.mdn.body = b"another body".to_vec();
         assert!(
-            !store.enqueue(&changed, None, 2_000).await.unwrap(),
+            store.enqueue(&changed, None, 2_000).await.unwrap() == Enqueued::Duplicate,
             "the same id is enqueued once"
         );
         let record = store.status(&first.delivery_id).await.unwrap().unwrap();
@@ -1313,11 +1467,12 @@ mod tests {
     /// Unsupported deliveries, failures, discarded and reclaimed entries.
     async fn jobs_fail_are_discarded_and_reclaimed(store: &DeliveryStore) {
         let mailto = delivery(2, "partner-a");
-        assert!(
+        assert_eq!(
             store
                 .enqueue(&mailto, Some("no mailto"), 1_000)
                 .await
-                .unwrap()
+                .unwrap(),
+            Enqueued::Failed("no mailto".to_owned())
         );
         let job = store.job(&mailto.delivery_id).await.unwrap().unwrap();
         assert_eq!(job.record.state, DeliveryState::Failed);
@@ -1450,7 +1605,7 @@ mod tests {
         );
         assert_eq!(list_all(&store, &ListFilter::default(), 10).await, vec![1]);
         assert!(
-            store.enqueue(&untouched, None, 62_000).await.unwrap(),
+            store.enqueue(&untouched, None, 62_000).await.unwrap() == Enqueued::Queued,
             "an expired id can be enqueued anew"
         );
 

@@ -363,7 +363,10 @@ impl Deliverer {
             .await?;
         self.metrics.in_flight.inc();
         let clock = Instant::now();
-        let outcome = self.transport.post(&record.url, mdn).await;
+        let outcome = self
+            .transport
+            .post(&record.url, mdn, record.address_policy)
+            .await;
         tracing::Span::current().record("outcome", outcome.label());
         self.metrics.in_flight.dec();
         self.metrics
@@ -381,6 +384,10 @@ impl Deliverer {
             AttemptOutcome::Accepted { status } => AttemptRecord::Delivered {
                 http_status: u32::from(*status),
                 at_ms: finished_ms,
+            },
+            failed if failed.is_final() => AttemptRecord::Failed {
+                http_status: failed.http_status(),
+                error: failed.error_text(),
             },
             failed => {
                 let http_status = failed.http_status();
@@ -409,9 +416,7 @@ impl Deliverer {
         record: &mut crate::store::DeliveryRecord,
         result: AttemptRecord,
     ) -> Result<(), StoreError> {
-        self.store
-            .finish_attempt(entry_id, &record.delivery_id, &result)
-            .await?;
+        self.store.finish_attempt(entry_id, record, &result).await?;
         record.apply_outcome(&result);
         let now = now_ms();
         let event = match &result {

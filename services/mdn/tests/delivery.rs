@@ -18,36 +18,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;
 use support::{
-    MEMORY_URL, Receiver, RunningMdn, enqueue_request, fast_config, status, wait_for_state,
-    wait_for_status,
+    MEMORY_URL, Receiver, RunningMdn, enqueue_request, fast_config, in_redis_and_in_memory, status,
+    wait_for_state, wait_for_status,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs each scenario twice: `in_redis::{scenario}` with a Redis started for the test,
-/// `in_memory::{scenario}` with the service's state in its own process.
-macro_rules! in_redis_and_in_memory {
-    ($($scenario:ident),+ $(,)?) => {
-        mod in_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let redis = as2_testkit::RedisServer::start();
-                    super::$scenario(&redis.url()).await;
-                }
-            )+
-        }
-
-        mod in_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::MEMORY_URL).await;
-                }
-            )+
-        }
-    };
-}
 
 in_redis_and_in_memory!(
     an_mdn_is_delivered_once_and_its_events_are_published,

@@ -114,6 +114,11 @@ async fn async_mdns_reach_the_partner_and_verify_in_pyas2lib() {
                 security_policy: Some(SecurityPolicy::default()),
                 mdn_preferences: Some(MdnPreferences::default()),
                 interop: Some(InteropSwitches::default()),
+                // pyas2lib's MDN receiver listens on loopback: the partnership opts in.
+                async_mdn: Some(as2_rpc::routing::v1::AsyncMdnPolicy {
+                    allow_private_targets: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         })

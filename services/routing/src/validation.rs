@@ -208,8 +208,23 @@ pub fn prepare_partnership(
     prepare_certificates(&mut partnership, now)?;
     check_algorithms(&partnership)?;
     check_outbound(&partnership)?;
+    check_async_mdn(&mut partnership)?;
     check_certificate_coverage(&partnership)?;
     Ok(partnership)
+}
+
+/// Checks the asynchronous MDN policy ([`as2_partner::target::AsyncMdnTargets`] has
+/// the pattern syntax) and stores the patterns trimmed.
+fn check_async_mdn(partnership: &mut Partnership) -> Result<(), FieldError> {
+    let Some(policy) = partnership.async_mdn.as_mut() else {
+        return Ok(());
+    };
+    for pattern in &mut policy.allowed_url_patterns {
+        *pattern = pattern.trim().to_owned();
+    }
+    as2_partner::target::AsyncMdnTargets::from_proto(Some(policy))
+        .map_err(|error| FieldError::new(format!("async_mdn.{}", error.field), error.reason))?;
+    Ok(())
 }
 
 fn prepare_certificates(partnership: &mut Partnership, now: SystemTime) -> Result<(), FieldError> {
@@ -472,6 +487,45 @@ mod tests {
     fn a_minimal_partnership_is_valid() {
         let prepared = prepare_partnership(minimal(), SystemTime::now()).unwrap();
         assert_eq!(prepared.as2_from, "PARTNER A");
+    }
+
+    #[test]
+    fn async_mdn_policies_are_checked() {
+        use as2_rpc::routing::v1::AsyncMdnPolicy;
+        let now = SystemTime::now();
+        let with = |policy: AsyncMdnPolicy| Partnership {
+            async_mdn: Some(policy),
+            ..minimal()
+        };
+        let prepared = prepare_partnership(
+            with(AsyncMdnPolicy {
+                allowed_url_patterns: vec![" https://*.partner.example/mdn ".to_owned()],
+                allow_private_targets: false,
+                max_queued: Some(50),
+            }),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            prepared.async_mdn.unwrap().allowed_url_patterns,
+            ["https://*.partner.example/mdn"]
+        );
+        let bad_pattern = with(AsyncMdnPolicy {
+            allowed_url_patterns: vec!["https://ok.example/".to_owned(), "ftp://x/".to_owned()],
+            ..AsyncMdnPolicy::default()
+        });
+        assert_eq!(
+            field_of(prepare_partnership(bad_pattern, now)),
+            "async_mdn.allowed_url_patterns[1]"
+        );
+        let bad_quota = with(AsyncMdnPolicy {
+            max_queued: Some(0),
+            ..AsyncMdnPolicy::default()
+        });
+        assert_eq!(
+            field_of(prepare_partnership(bad_quota, now)),
+            "async_mdn.max_queued"
+        );
     }
 
     #[test]

@@ -284,6 +284,11 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
                     pem: partner_cert.clone(),
                     ..PartnerCertificate::default()
                 }],
+                // The MDN receiver listens on loopback: the partnership opts in.
+                async_mdn: Some(as2_rpc::routing::v1::AsyncMdnPolicy {
+                    allow_private_targets: true,
+                    ..Default::default()
+                }),
                 ..Partnership::default()
             }),
         })

@@ -21,7 +21,7 @@ use as2_protocol::unwrap::UnwrappedMessage;
 use as2_rpc::mdn::v1::{
     EnqueueMdnDeliveryRequest, HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
 };
-use as2_rpc::routing::v1::{EncryptionCipher, SigningDigest};
+use as2_rpc::routing::v1::{AsyncMdnPolicy, EncryptionCipher, SigningDigest};
 use bytes::Bytes;
 
 use super::Answer;
@@ -361,14 +361,39 @@ impl DecisionSettings<'_> {
         }
     }
 
-    /// The rejection of a message of a known partnership that failed with `error`: 400
-    /// with the reason when no MDN was asked for, else an error MDN (`processed/error`
-    /// or `failed/Failure`), delivered as asked (in the response or asynchronously).
+    /// The rejection of a message of a known partnership that failed with `error`
+    /// before it was known to be authentic: 400 with the reason when no MDN was asked
+    /// for, else an error MDN (`processed/error` or `failed/Failure`). The MDN goes in
+    /// the response, not to the Receipt-Delivery-Option URL, when the message did not
+    /// authenticate as the partnership requires ([`honours_async_url`]): a URL from a
+    /// message nobody vouches for is never called.
     pub fn rejection(
         &self,
         headers: &As2RequestHeaders,
         route: &Route,
         error: &As2Error,
+    ) -> Result<Rejection, Unavailable> {
+        self.rejection_as(headers, route, error, honours_async_url(route, error))
+    }
+
+    /// The rejection of a message that was unwrapped and passed the partnership's
+    /// policy but could not be stored (Kafka refused the record): the error MDN is
+    /// delivered as asked.
+    pub fn rejection_of_accepted(
+        &self,
+        headers: &As2RequestHeaders,
+        route: &Route,
+        error: &As2Error,
+    ) -> Result<Rejection, Unavailable> {
+        self.rejection_as(headers, route, error, true)
+    }
+
+    fn rejection_as(
+        &self,
+        headers: &As2RequestHeaders,
+        route: &Route,
+        error: &As2Error,
+        authenticated: bool,
     ) -> Result<Rejection, Unavailable> {
         let status = error.disposition_status();
         // The detail keeps what the answer leaves out (why a decryption failed).
@@ -382,10 +407,16 @@ impl DecisionSettings<'_> {
         let report = MdnReport::for_outcome(self.reporting_ua, headers, Err(error));
         let text = explanation(headers, &status, Some(&error.to_string()));
         let signing = self.mdn_signing(headers, route)?;
+        let async_url = async_url(headers);
+        if async_url.is_some() && !authenticated {
+            tracing::info!(
+                "the message did not authenticate as the partnership requires: its error mdn goes in the response, not to its receipt-delivery-option url"
+            );
+        }
         let plan = MdnPlan {
             report,
             text,
-            async_url: async_url(headers),
+            async_url: async_url.filter(|_| authenticated),
         };
         Ok(Rejection {
             status,
@@ -531,15 +562,36 @@ pub fn after_publish(published: Result<StoredRecord, PublishError>) -> AfterPubl
     }
 }
 
+/// Whether the asynchronous MDN of a message rejected with `error` may go to the
+/// message's Receipt-Delivery-Option URL: only when the message authenticated as the
+/// partnership requires. A message of a partnership that requires a signature was
+/// rejected before its signature was known to be good (or because it was not), and a
+/// signature that failed to verify marks a message as not the partner's whatever the
+/// partnership requires; both get their MDN in the response instead.
+pub fn honours_async_url(route: &Route, error: &As2Error) -> bool {
+    let requires_signature = route
+        .partnership
+        .security_policy
+        .as_ref()
+        .is_some_and(|policy| policy.require_signature);
+    !requires_signature
+        && !matches!(
+            error,
+            As2Error::AuthenticationFailed(_) | As2Error::IntegrityCheckFailed(_)
+        )
+}
+
 /// The request that hands `mdn` to the MDN service, for the message `headers` of the
-/// partnership `partnership_id`.
+/// partnership `partnership_id` whose asynchronous MDN policy is `policy`.
 pub fn enqueue_request(
     headers: &As2RequestHeaders,
     partnership_id: &str,
+    policy: Option<AsyncMdnPolicy>,
     mdn: &PendingAsyncMdn,
     traceparent: String,
 ) -> EnqueueMdnDeliveryRequest {
     EnqueueMdnDeliveryRequest {
+        policy,
         original_message_id: headers.message_id.original().to_owned(),
         partnership_id: partnership_id.to_owned(),
         // The original message's pair, as the contract asks (the MDN itself carries the
@@ -1547,7 +1599,7 @@ mod tests {
         assert_eq!(reply.receipt(true).pending_async_mdn, None);
         assert_eq!(reply.receipt(true).body, reply.answer.body.to_vec());
 
-        let error = As2Error::AuthenticationFailed("bad signature".to_owned());
+        let error = As2Error::DecompressionFailed("corrupt".to_owned());
         let rejection = decisions
             .rejection(&headers, &route(Partner::Plain), &error)
             .expect("a rejection");
@@ -1558,6 +1610,53 @@ mod tests {
             plan.reply(built_mdn()).answer,
             Answer::text(200, "error MDN queued for asynchronous delivery")
         );
+    }
+
+    /// The async URL of a rejected message of `route` failing with `error`.
+    fn rejection_url(route: &Route, error: &As2Error, accepted: bool) -> Option<String> {
+        let decisions = Config::Standard.decisions();
+        let headers = request(&[SYNC_MDN, ASYNC_MDN]);
+        let rejection = if accepted {
+            decisions.rejection_of_accepted(&headers, route, error)
+        } else {
+            decisions.rejection(&headers, route, error)
+        };
+        let RejectionReply::Mdn(plan, _) = rejection.expect("a rejection").reply else {
+            panic!("an error MDN was asked for");
+        };
+        plan.async_url
+    }
+
+    #[test]
+    fn only_messages_that_authenticated_as_required_have_their_async_url_honoured() {
+        let plain = route(Partner::Plain);
+        let signed = Route::new(Partnership {
+            security_policy: Some(SecurityPolicy {
+                require_signature: true,
+                ..SecurityPolicy::default()
+            }),
+            ..plain.partnership.clone()
+        });
+        let url = Some(MDN_URL.to_owned());
+        for error in [
+            As2Error::AuthenticationFailed("bad signature".to_owned()),
+            As2Error::IntegrityCheckFailed("digest mismatch".to_owned()),
+        ] {
+            assert_eq!(rejection_url(&plain, &error, false), None, "{error}");
+        }
+        for error in [
+            As2Error::DecompressionFailed("corrupt".to_owned()),
+            As2Error::DecryptionFailed("no key".to_owned()),
+            As2Error::InsufficientMessageSecurity("unsigned".to_owned()),
+            As2Error::AuthenticationFailed("bad signature".to_owned()),
+        ] {
+            assert_eq!(rejection_url(&signed, &error, false), None, "{error}");
+        }
+        let decompression = As2Error::DecompressionFailed("corrupt".to_owned());
+        assert_eq!(rejection_url(&plain, &decompression, false), url);
+        // Accepted (verified as required), then refused by Kafka: the URL is honoured.
+        let refused = As2Error::InvalidArgument("the document could not be stored".to_owned());
+        assert_eq!(rejection_url(&signed, &refused, true), url);
     }
 
     #[test]
@@ -1600,7 +1699,7 @@ mod tests {
             headers: vec![("AS2-From".to_owned(), "us".to_owned())],
             body: b"mdn".to_vec(),
         };
-        let request = enqueue_request(&headers, "p-1", &mdn, "00-trace".to_owned());
+        let request = enqueue_request(&headers, "p-1", None, &mdn, "00-trace".to_owned());
         assert_eq!(request.original_message_id, "<m-1@partner.example>");
         assert_eq!(request.partnership_id, "p-1");
         assert_eq!(

@@ -211,6 +211,18 @@ fn unwrap_finds_a_bad_signature(
     ))
 }
 
+fn unwrap_finds_corrupt_compression(
+    _headers: &As2RequestHeaders,
+    chunks: &mut dyn Iterator<Item = Bytes>,
+    _context: &UnwrapContext<'_>,
+    _spool: &mut DocumentSpool,
+) -> Result<StreamedMessage, As2Error> {
+    chunks.for_each(drop);
+    Err(As2Error::DecompressionFailed(
+        "the compressed data is corrupt".to_owned(),
+    ))
+}
+
 fn unwrap_panics(
     _headers: &As2RequestHeaders,
     _chunks: &mut dyn Iterator<Item = Bytes>,
@@ -512,10 +524,32 @@ async fn a_bad_message_gets_an_error_mdn_and_nothing_is_published() {
     );
 }
 
+/// A message asking for an async MDN, processed by an edge set up as `setup`, gets an
+/// error MDN with `disposition` in the response: nothing is enqueued or published.
+async fn assert_error_mdn_in_the_response(setup: EdgeSetup, disposition: &str) {
+    let edge = edge(setup);
+    let answer = edge
+        .processor
+        .process(message(&[SYNC_MDN, ASYNC_MDN]))
+        .await;
+    assert_mdn(&answer, disposition);
+    assert!(edge.mdn_service.enqueued().is_empty());
+    assert!(edge.sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn a_message_whose_signature_fails_gets_its_error_mdn_in_the_response_not_at_its_url() {
+    let setup = EdgeSetup {
+        unwrap_message: unwrap_finds_a_bad_signature,
+        ..EdgeSetup::default()
+    };
+    assert_error_mdn_in_the_response(setup, "processed/error: authentication-failed").await;
+}
+
 #[tokio::test]
 async fn a_bad_message_asking_for_an_async_mdn_gets_the_error_mdn_enqueued() {
     let edge = edge(EdgeSetup {
-        unwrap_message: unwrap_finds_a_bad_signature,
+        unwrap_message: unwrap_finds_corrupt_compression,
         ..EdgeSetup::default()
     });
     let answer = edge
@@ -538,17 +572,11 @@ async fn a_bad_message_asking_for_an_async_mdn_gets_the_error_mdn_enqueued() {
 
 #[tokio::test]
 async fn an_unknown_partner_gets_the_error_mdn_in_the_response_even_when_async_is_asked() {
-    let edge = edge(EdgeSetup {
+    let setup = EdgeSetup {
         partnership: None,
         ..EdgeSetup::default()
-    });
-    let answer = edge
-        .processor
-        .process(message(&[SYNC_MDN, ASYNC_MDN]))
-        .await;
-    assert_mdn(&answer, "processed/error: unknown-trading-partner");
-    assert!(edge.mdn_service.enqueued().is_empty());
-    assert!(edge.sink.published().is_empty());
+    };
+    assert_error_mdn_in_the_response(setup, "processed/error: unknown-trading-partner").await;
 }
 
 #[tokio::test]

@@ -226,6 +226,11 @@ pub fn partnership_for(partner: &KeyMaterial, as2_from: &str, topic: &str) -> Pa
         security_policy: Some(SecurityPolicy::default()),
         mdn_preferences: Some(MdnPreferences::default()),
         interop: Some(InteropSwitches::default()),
+        // The tests' MDN receivers listen on loopback: the partnership opts in.
+        async_mdn: Some(as2_rpc::routing::v1::AsyncMdnPolicy {
+            allow_private_targets: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

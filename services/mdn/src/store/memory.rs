@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use as2_rpc::mdn::v1::DeliveryState;
 use tokio::sync::Notify;
 
-use super::{AttemptRecord, DeliveryRecord, JobEntry, ListCursor, ListFilter, StoredJob};
+use super::{
+    AttemptRecord, DeliveryRecord, Enqueued, JobEntry, ListCursor, ListFilter, StoredJob,
+    quota_reason,
+};
 use crate::job::{NewDelivery, PreparedMdn};
 
 /// Longest time between two sweeps of expired records (they are also dropped whenever
@@ -89,13 +92,30 @@ impl MemoryStore {
         delivery: &NewDelivery,
         unsupported: Option<&str>,
         now_ms: i64,
-    ) -> bool {
+    ) -> Enqueued {
         let now = self.now();
         let mut state = self.lock();
         state.sweep_if_due(now);
         if state.live(&delivery.delivery_id, now).is_some() {
-            return false;
+            return Enqueued::Duplicate;
         }
+        let over_quota = unsupported.is_none() && {
+            let queued = state
+                .deliveries
+                .values()
+                .filter(|stored| {
+                    stored.expires_at > now
+                        && stored.record.partnership_id == delivery.partnership_id
+                        && !matches!(
+                            stored.record.state,
+                            DeliveryState::Delivered | DeliveryState::Failed
+                        )
+                })
+                .count();
+            queued >= delivery.max_queued() as usize
+        };
+        let quota = over_quota.then(|| quota_reason(delivery.max_queued()));
+        let unsupported = unsupported.or(quota.as_deref());
         let record = DeliveryRecord::enqueued(delivery, unsupported, now_ms);
         state.index.insert((now_ms, delivery.delivery_id.clone()));
         state.deliveries.insert(
@@ -106,12 +126,15 @@ impl MemoryStore {
                 expires_at: now + self.status_ttl,
             },
         );
-        if unsupported.is_none() {
-            state.push_ready(delivery.delivery_id.clone());
-            drop(state);
-            self.jobs_ready.notify_waiters();
+        match unsupported {
+            Some(reason) => Enqueued::Failed(reason.to_owned()),
+            None => {
+                state.push_ready(delivery.delivery_id.clone());
+                drop(state);
+                self.jobs_ready.notify_waiters();
+                Enqueued::Queued
+            }
         }
-        true
     }
 
     pub(super) fn status(&self, delivery_id: &str) -> Option<DeliveryRecord> {

@@ -1,7 +1,13 @@
 //! Test support: an in-process MDN service, a partner's MDN receiver whose answers the
 //! test controls, and request helpers.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    unused_macros,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +21,7 @@ use as2_rpc::mdn::v1::{
     DeliveryState, DeliveryStatus, EnqueueMdnDeliveryRequest, GetDeliveryStatusRequest,
     HeaderField, PreparedMdn, enqueue_mdn_delivery_request,
 };
+use as2_rpc::routing::v1::AsyncMdnPolicy;
 use as2_rpc::tonic::transport::Channel;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -24,6 +31,33 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Runs each scenario twice: `in_redis::{scenario}` with a Redis started for the test,
+/// `in_memory::{scenario}` with the service's state in its own process. The test file
+/// imports `MEMORY_URL`.
+macro_rules! in_redis_and_in_memory {
+    ($($scenario:ident),+ $(,)?) => {
+        mod in_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let redis = as2_testkit::RedisServer::start();
+                    super::$scenario(&redis.url()).await;
+                }
+            )+
+        }
+
+        mod in_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::MEMORY_URL).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use in_redis_and_in_memory;
 
 /// The Redis URL that keeps the service's state in its own process.
 pub const MEMORY_URL: &str = as2_common::redis::IN_MEMORY_URL;
@@ -37,7 +71,15 @@ pub struct RunningMdn {
 
 impl RunningMdn {
     pub async fn start(config: MdnConfig) -> Self {
-        let server = MdnServer::bind(config).await.unwrap();
+        Self::start_with_network(config, as2_partner::target::Network::default()).await
+    }
+
+    /// Starts the service with its connections made through `network`.
+    pub async fn start_with_network(
+        config: MdnConfig,
+        network: as2_partner::target::Network,
+    ) -> Self {
+        let server = MdnServer::bind(config).await.unwrap().with_network(network);
         let url = format!("http://{}", server.grpc_addr().unwrap());
         let admin_addr = server.admin_addr().unwrap();
         let service = as2_common::runtime::ServiceHandle::spawn("mdn", |stop| server.serve(stop));
@@ -98,6 +140,7 @@ impl ReceivedMdn {
 pub struct Receiver {
     pub addr: SocketAddr,
     status: Arc<AtomicU16>,
+    location: Arc<Mutex<Option<String>>>,
     hold: watch::Sender<bool>,
     received: Arc<Mutex<Vec<ReceivedMdn>>>,
     requests_seen: Arc<AtomicUsize>,
@@ -119,13 +162,14 @@ impl Receiver {
     fn start_on(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
+        let location: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let (hold, hold_watch) = watch::channel(false);
         let received = Arc::new(Mutex::new(Vec::new()));
         let requests_seen = Arc::new(AtomicUsize::new(0));
         let arrived = Arc::new(Notify::new());
         let stop = CancellationToken::new();
         let state = (
-            status.clone(),
+            (status.clone(), location.clone()),
             hold_watch,
             received.clone(),
             requests_seen.clone(),
@@ -143,7 +187,7 @@ impl Receiver {
                 };
                 let (status, hold, received, seen, arrived) = state.clone();
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (status, mut hold, received, seen, arrived) = (
+                    let ((status, location), mut hold, received, seen, arrived) = (
                         status.clone(),
                         hold.clone(),
                         received.clone(),
@@ -172,6 +216,11 @@ impl Receiver {
                         }
                         let mut response = http::Response::new(Full::new(Bytes::new()));
                         *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                        if let Some(target) = location.lock().unwrap().clone() {
+                            response
+                                .headers_mut()
+                                .insert(http::header::LOCATION, target.parse().unwrap());
+                        }
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -189,6 +238,7 @@ impl Receiver {
         Self {
             addr,
             status,
+            location,
             hold,
             received,
             requests_seen,
@@ -204,6 +254,12 @@ impl Receiver {
     /// The status every following request gets.
     pub fn answer_with(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers every following request with `status` and a Location of `target`.
+    pub fn redirect_to(&self, status: u16, target: &str) {
+        *self.location.lock().unwrap() = Some(target.to_owned());
+        self.answer_with(status);
     }
 
     /// Holds requests unanswered (`true`) or releases them.
@@ -255,6 +311,11 @@ pub fn enqueue_request(message_id: &str, url: &str) -> EnqueueMdnDeliveryRequest
         as2_to: "partner".to_owned(),
         delivery_url: url.to_owned(),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        // The test receivers listen on loopback: the partnership opts in.
+        policy: Some(AsyncMdnPolicy {
+            allow_private_targets: true,
+            ..AsyncMdnPolicy::default()
+        }),
         mdn: Some(enqueue_mdn_delivery_request::Mdn::Prepared(PreparedMdn {
             headers: vec![
                 header("AS2-From", "gateway"),
@@ -338,4 +399,86 @@ pub async fn enqueue(
         .unwrap()
         .into_inner()
         .delivery_id
+}
+
+/// A network for the service under test that never leaves the machine: names in the
+/// test's table resolve to its addresses (every other name fails), and every connection
+/// attempt is recorded; attempts to addresses outside loopback fail without a packet.
+#[derive(Clone, Default)]
+pub struct RecordingNetwork {
+    names: Arc<Mutex<Vec<(String, std::net::IpAddr)>>>,
+    lookups: Arc<Mutex<Vec<String>>>,
+    dials: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl RecordingNetwork {
+    /// Makes `name` resolve to `ip`.
+    pub fn add_name(&self, name: &str, ip: &str) {
+        self.names
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), ip.parse().unwrap()));
+    }
+
+    /// The names looked up so far.
+    pub fn lookups(&self) -> Vec<String> {
+        self.lookups.lock().unwrap().clone()
+    }
+
+    /// The addresses connections were attempted to so far.
+    pub fn dials(&self) -> Vec<SocketAddr> {
+        self.dials.lock().unwrap().clone()
+    }
+
+    /// The service's network.
+    pub fn network(&self) -> as2_partner::target::Network {
+        as2_partner::target::Network {
+            resolver: Arc::new(self.clone()),
+            dialer: Arc::new(self.clone()),
+        }
+    }
+}
+
+impl as2_partner::target::Resolve for RecordingNetwork {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+        self.lookups.lock().unwrap().push(host.to_owned());
+        let found: Vec<SocketAddr> = self
+            .names
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name == host)
+            .map(|(_, ip)| SocketAddr::new(*ip, port))
+            .collect();
+        Box::pin(async move {
+            if found.is_empty() {
+                Err(std::io::Error::other(
+                    "the test resolver knows no such name",
+                ))
+            } else {
+                Ok(found)
+            }
+        })
+    }
+}
+
+impl as2_partner::target::Dial for RecordingNetwork {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> {
+        self.dials.lock().unwrap().push(addr);
+        Box::pin(async move {
+            if !addr.ip().is_loopback() {
+                return Err(std::io::Error::other(
+                    "the test dialer connects to loopback only",
+                ));
+            }
+            tokio::net::TcpStream::connect(addr).await
+        })
+    }
 }
