@@ -52,6 +52,10 @@ pub const IN_MEMORY_URL: &str = "memory://";
 
 /// Where a service keeps its shared state, as its Redis URL selects.
 #[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per service, made once at start-up; boxing would only add a deref"
+)]
 pub enum StateBackend {
     /// A real Redis, shared by every replica.
     Redis(Redis),
