@@ -9,7 +9,7 @@
 //! |---|---|
 //! | AS2-From, AS2-To or Message-ID missing or malformed | 400 with the reason, no MDN |
 //! | the message itself is bad (signature, decryption, policy, ...) | 200 with an error MDN (`processed/error: ...` or `failed/Failure: ...`), nothing published |
-//! | unknown (AS2-From, AS2-To) pair | 200 with an error MDN (`unknown-trading-partner`), in the response even when an asynchronous MDN was asked for: we do not call out to URLs of parties we do not know |
+//! | unknown (AS2-From, AS2-To) pair | 200 with an error MDN (`unknown-trading-partner`), in the response even when an asynchronous MDN was asked for: we do not call out to URLs of parties we do not know; never signed: no private-key work for strangers |
 //! | processed | 200 with the sync MDN, or 200 and the MDN handed to the MDN service |
 //! | processed before (same Message-ID) | the stored answer again, nothing published |
 //! | the same Message-ID is being processed right now | 503 with Retry-After |

@@ -12,21 +12,11 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::json;
-use support::{GATEWAY_ID, PARTNER_ID, RunningEdge, Stack, edge_config, message_parts, python};
+use support::{GATEWAY_ID, PARTNER_ID, RunningEdge, Stack, edge_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn signed_message(stack: &Stack) -> (Vec<(String, String)>, Vec<u8>) {
-    use base64::Engine as _;
-    let mut request = stack.pyas2lib_request(PARTNER_ID);
-    let fields = request.as_object_mut().unwrap();
-    fields.insert(
-        "payload_b64".into(),
-        json!(base64::engine::general_purpose::STANDARD.encode("UNB+UNOA:2+P+G'\r\n")),
-    );
-    fields.insert("sign".into(), json!(true));
-    fields.insert("mdn_mode".into(), json!("SYNC"));
-    message_parts(&python("pyas2lib_sender.py", "build", &request))
+    stack.signed_sync_message(PARTNER_ID)
 }
 
 fn request_with<B>(url: &str, headers: &[(String, String)], body: B) -> http::Request<B> {

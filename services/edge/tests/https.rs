@@ -16,24 +16,15 @@ use as2_common::grpc::local_ca::{LocalCa, Validity};
 use as2_common::grpc::tls::CredentialFiles;
 use as2_edge::tls::As2TlsConfig;
 use as2_rpc::routing::v1::{CertificateUsage, PartnerCertificate};
-use serde_json::json;
-use support::{Stack, message_parts, python};
+use support::Stack;
 
 const OPEN: &str = "https-open";
 const PINNED: &str = "https-pinned";
 
-/// A message from `as2_from`, built by pyas2lib, signed, asking for a sync MDN.
+/// A message from `as2_from`, built by pyas2lib, signed, asking for a sync MDN: curl's
+/// header arguments and the body in a file.
 fn message(stack: &Stack, as2_from: &str, directory: &Path) -> (Vec<String>, std::path::PathBuf) {
-    use base64::Engine as _;
-    let mut request = stack.pyas2lib_request(as2_from);
-    let fields = request.as_object_mut().unwrap();
-    fields.insert(
-        "payload_b64".into(),
-        json!(base64::engine::general_purpose::STANDARD.encode("UNB+UNOA:2+P+G'\r\n")),
-    );
-    fields.insert("sign".into(), json!(true));
-    fields.insert("mdn_mode".into(), json!("SYNC"));
-    let (headers, body) = message_parts(&python("pyas2lib_sender.py", "build", &request));
+    let (headers, body) = stack.signed_sync_message(as2_from);
     let path = directory.join(format!("{as2_from}.body"));
     std::fs::write(&path, body).unwrap();
     let headers = headers

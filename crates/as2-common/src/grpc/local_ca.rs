@@ -73,21 +73,36 @@ fn serial() -> anyhow::Result<openssl::asn1::Asn1Integer> {
     Ok(serial.to_asn1_integer()?)
 }
 
+/// A new P-256 key and a certificate builder for it: version 3, a random serial, the
+/// subject `CN=common_name`, issued by `issuer` (itself when `None`), valid as said.
+fn certificate_builder(
+    common_name: &str,
+    issuer: Option<&openssl::x509::X509NameRef>,
+    validity: Validity,
+) -> anyhow::Result<(PKey<Private>, openssl::x509::X509Builder)> {
+    let key = p256_key()?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
+    let name = name.build();
+    let mut builder = X509::builder()?;
+    builder.set_version(2)?;
+    builder.set_serial_number(&*serial()?)?;
+    builder.set_subject_name(&name)?;
+    builder.set_issuer_name(issuer.unwrap_or(&name))?;
+    builder.set_pubkey(&key)?;
+    builder.set_not_before(&*days_from_now(validity.not_before_days)?)?;
+    builder.set_not_after(&*days_from_now(validity.not_after_days)?)?;
+    Ok((key, builder))
+}
+
 impl LocalCa {
     /// A new CA named `common_name`.
     pub fn generate(common_name: &str) -> anyhow::Result<Self> {
-        let key = p256_key()?;
-        let mut name = X509NameBuilder::new()?;
-        name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
-        let name = name.build();
-        let mut builder = X509::builder()?;
-        builder.set_version(2)?;
-        builder.set_serial_number(&*serial()?)?;
-        builder.set_subject_name(&name)?;
-        builder.set_issuer_name(&name)?;
-        builder.set_pubkey(&key)?;
-        builder.set_not_before(&*days_from_now(-1)?)?;
-        builder.set_not_after(&*days_from_now(CA_DAYS)?)?;
+        let ca_validity = Validity {
+            not_before_days: -1,
+            not_after_days: CA_DAYS,
+        };
+        let (key, mut builder) = certificate_builder(common_name, None, ca_validity)?;
         builder.append_extension(BasicConstraints::new().critical().ca().build()?)?;
         builder.append_extension(
             KeyUsage::new()
@@ -143,18 +158,8 @@ impl LocalCa {
         hosts: &[&str],
         validity: Validity,
     ) -> anyhow::Result<(PKey<Private>, X509)> {
-        let key = p256_key()?;
-        let mut name = X509NameBuilder::new()?;
-        name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
-        let name = name.build();
-        let mut builder = X509::builder()?;
-        builder.set_version(2)?;
-        builder.set_serial_number(&*serial()?)?;
-        builder.set_subject_name(&name)?;
-        builder.set_issuer_name(self.certificate.subject_name())?;
-        builder.set_pubkey(&key)?;
-        builder.set_not_before(&*days_from_now(validity.not_before_days)?)?;
-        builder.set_not_after(&*days_from_now(validity.not_after_days)?)?;
+        let issuer = Some(self.certificate.subject_name());
+        let (key, mut builder) = certificate_builder(common_name, issuer, validity)?;
         builder.append_extension(BasicConstraints::new().critical().build()?)?;
         builder.append_extension(
             KeyUsage::new()

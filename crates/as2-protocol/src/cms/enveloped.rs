@@ -61,6 +61,11 @@ pub fn decrypt(data: &[u8], identities: &[Identity]) -> Result<Decrypted> {
 /// can cause.
 const MAX_UNNAMED_ATTEMPTS: usize = 4;
 
+/// How many recipients naming one of our certificates are tried: a message that names
+/// our certificate in many recipients (each costing an RSA private-key operation) gets
+/// no more work than this.
+const MAX_NAMED_ATTEMPTS: usize = 4;
+
 /// Recipients naming `certificate` first, then a few of the others.
 fn ordered_recipients<'e, 'a>(
     recipients: &'e [RecipientInfo<'a>],
@@ -69,6 +74,7 @@ fn ordered_recipients<'e, 'a>(
     let (mut named, others): (Vec<_>, Vec<_>) = recipients
         .iter()
         .partition(|r| super::identifies(&r.identifier, certificate));
+    named.truncate(MAX_NAMED_ATTEMPTS);
     named.extend(others.into_iter().take(MAX_UNNAMED_ATTEMPTS));
     named
 }

@@ -307,16 +307,10 @@ impl DecisionSettings<'_> {
         );
         report.disposition = Disposition::automatic(status.clone());
         let text = explanation(headers, &status, Some(&reason));
-        let signing = match (
-            self.default_signing_key_id,
-            signed_receipt_digest(headers, false),
-        ) {
-            (Some(key_id), Some(digest)) => MdnSigning::IfAvailable {
-                key_id: key_id.to_owned(),
-                digest,
-            },
-            _ => MdnSigning::Unsigned,
-        };
+        // Never signed: a signature is a private-key operation, and anyone can send
+        // messages under an unknown pair, so signing them would let anyone spend our
+        // CPU (and a partner we have no partnership with has nothing to verify it with).
+        let signing = MdnSigning::Unsigned;
         let plan = MdnPlan {
             report,
             text,
@@ -1195,16 +1189,13 @@ mod tests {
                 ),
             },
             Row {
-                name: "unknown partner asking for an async signed MDN: in the response all the same, signed if the default key loads",
+                name: "unknown partner asking for an async signed MDN: in the response all the same, unsigned (no private-key work for strangers)",
                 config: Config::Standard,
                 step: Step::Lookup(&[SYNC_MDN, ASYNC_MDN, SIGNED_RECEIPT], Found::Nothing),
                 expect: with_mdn(
                     "processed/error: unknown-trading-partner",
                     None,
-                    MdnSigning::IfAvailable {
-                        key_id: "default-signing".to_owned(),
-                        digest: MicAlgorithm::Sha384,
-                    },
+                    MdnSigning::Unsigned,
                 ),
             },
             Row {

@@ -198,6 +198,23 @@ impl Stack {
             .unwrap()
     }
 
+    /// A small EDI document from `as2_from`, built and signed by pyas2lib, asking for
+    /// a signed synchronous MDN: (headers, body).
+    pub fn signed_sync_message(&self, as2_from: &str) -> (Vec<(String, String)>, Vec<u8>) {
+        use base64::Engine as _;
+        let mut request = self.pyas2lib_request(as2_from);
+        let fields = request.as_object_mut().unwrap();
+        fields.insert(
+            "payload_b64".into(),
+            serde_json::json!(
+                base64::engine::general_purpose::STANDARD.encode("UNB+UNOA:2+P+G'\r\n")
+            ),
+        );
+        fields.insert("sign".into(), serde_json::json!(true));
+        fields.insert("mdn_mode".into(), serde_json::json!("SYNC"));
+        message_parts(&python("pyas2lib_sender.py", "build", &request))
+    }
+
     /// Request fields for pyas2lib_sender.py: the partner sends to us.
     pub fn pyas2lib_request(&self, as2_from: &str) -> serde_json::Value {
         serde_json::json!({
