@@ -231,6 +231,7 @@ AS2_BODY_READ_TIMEOUT_SECS: {{ $settings.bodyReadTimeoutSecs | int64 | quote }}
 AS2_BODY_MIN_RATE_BYTES_PER_SEC: {{ $settings.bodyMinRateBytesPerSec | int64 | quote }}
 AS2_MAX_CONNECTIONS: {{ $settings.maxConnections | int64 | quote }}
 AS2_HTTP2_MAX_CONCURRENT_STREAMS: {{ $settings.http2MaxConcurrentStreams | int64 | quote }}
+AS2_RATE_LIMIT_PER_SOURCE_PER_MINUTE: {{ $settings.rateLimitPerSourcePerMinute | int64 | quote }}
 AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
 AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
 AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}

@@ -523,6 +523,11 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub require_tls_client_cert: Option<bool>,
 
+    /// Messages a minute accepted from this partner by each edge replica (bursts of as
+    /// many); more get 429 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "COUNT")]
+    pub max_messages_per_minute: Option<u32>,
+
     /// Largest message and document accepted from this partner, in bytes (0: the
     /// edge's global limit).
     #[arg(long, value_name = "BYTES")]

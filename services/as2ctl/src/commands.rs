@@ -582,6 +582,10 @@ fn apply_settings(partnership: &mut Partnership, settings: &SettingsArgs) -> boo
         policy.max_message_bytes = (limit > 0).then_some(limit);
         changed = true;
     }
+    if let Some(per_minute) = settings.max_messages_per_minute {
+        policy.max_messages_per_minute = (per_minute > 0).then_some(per_minute);
+        changed = true;
+    }
     if settings.archive.is_some() || settings.archive_retention_days.is_some() {
         let archive = partnership
             .archive

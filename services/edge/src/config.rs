@@ -210,6 +210,18 @@ pub struct InboundConfig {
     )]
     pub http2_max_concurrent_streams: u32,
 
+    /// Requests a minute accepted from one source address (IPv6: one /64) by this
+    /// replica, in bursts of up to as many; more get 429 with Retry-After before
+    /// anything else is done. 0: no limit (the default: behind a load balancer every
+    /// request comes from its address; limit at the balancer then, and per partnership
+    /// with `max_messages_per_minute`).
+    #[arg(
+        long = "rate-limit-per-source-per-minute",
+        env = "AS2_RATE_LIMIT_PER_SOURCE_PER_MINUTE",
+        default_value_t = 0
+    )]
+    pub rate_limit_per_source_per_minute: u32,
+
     /// Seconds a message stays claimed by the request processing it; a resend within
     /// that time gets 503. Must exceed the longest processing time (publish timeout
     /// included).
@@ -274,6 +286,7 @@ impl InboundConfig {
             body_min_rate_bytes_per_sec: 1024,
             max_connections: 4096,
             http2_max_concurrent_streams: 16,
+            rate_limit_per_source_per_minute: 0,
             dedup_in_flight_secs: 120,
             dedup_retention_secs: 7 * 24 * 3600,
             route_cache_ttl_secs: 60,

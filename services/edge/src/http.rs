@@ -31,6 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::rate::{Limited, RateLimiter};
 use crate::tls::{EdgeTls, TlsClient};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +55,8 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// Requests a minute from one source address; 0: no limit.
+    pub per_source_per_minute: u32,
 }
 
 /// Streams a client may reset before the server sees them, per connection, before the
@@ -145,6 +148,7 @@ pub async fn serve_as2(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let rates = Arc::new(RateLimiter::default());
     loop {
         // A connection slot first: at the cap, clients wait in the listen backlog.
         let slot = tokio::select! {
@@ -166,11 +170,17 @@ pub async fn serve_as2(
         };
         let _ = stream.set_nodelay(true);
         let processor = processor.clone();
+        let rates = rates.clone();
         let service = move |client: TlsClient| {
-            let client = Arc::new(client);
+            let peer = Arc::new(Peer {
+                tls: client,
+                source: crate::rate::source_key(peer.ip()),
+            });
             service_fn(move |request| {
-                let (processor, client) = (processor.clone(), client.clone());
-                async move { Ok::<_, Infallible>(handle(request, &processor, limits, &client).await) }
+                let (processor, peer, rates) = (processor.clone(), peer.clone(), rates.clone());
+                async move {
+                    Ok::<_, Infallible>(handle(request, &processor, limits, &peer, &rates).await)
+                }
             })
         };
         let Some(tls) = tls.clone() else {
@@ -234,12 +244,39 @@ const MDN_PEEK_BYTES: usize = 64 * 1024;
 /// The largest partner's MDN read (MDNs are a few KiB).
 const MAX_MDN_BYTES: usize = 1024 * 1024;
 
+/// Who sent a request: what TLS showed, and the rate-limit key of its address.
+struct Peer {
+    tls: TlsClient,
+    source: String,
+}
+
+/// 429 with Retry-After.
+fn too_many(what: &str, limited: Limited) -> Response<Full<Bytes>> {
+    let mut response = to_response(Answer::text(
+        429,
+        format!("too many messages {what}, please resend later"),
+    ));
+    if let Ok(value) = HeaderValue::from_str(&limited.retry_after_secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 async fn handle(
     request: Request<Incoming>,
     processor: &InboundProcessor,
     limits: HttpLimits,
-    client: &TlsClient,
+    peer: &Peer,
+    rates: &RateLimiter,
 ) -> Response<Full<Bytes>> {
+    // Before anything else, unknown senders included.
+    if let Err(limited) = rates.check(
+        &format!("source {}", peer.source),
+        limits.per_source_per_minute,
+    ) {
+        return too_many("from this address", limited);
+    }
+    let client = &peer.tls;
     if request.method() != Method::POST {
         let mut response = to_response(Answer::text(405, "AS2 messages are sent with POST"));
         response
@@ -292,15 +329,25 @@ async fn handle(
     }
     // The partnership is judged before the size: the limit is the partnership's.
     let admitted = match processor.preflight(&headers).await {
-        Preflight::ReadBody(admitted) => match admitted.check_tls_client(client) {
-            Ok(()) => admitted,
-            Err(answer) => {
+        Preflight::ReadBody(admitted) => {
+            let refused = match admitted.check_tls_client(client) {
+                Err(answer) => Some(to_response(answer)),
+                Ok(()) => {
+                    let (key, per_minute) = admitted.rate_limit();
+                    rates
+                        .check(&key, per_minute)
+                        .err()
+                        .map(|limited| too_many("from this partner", limited))
+                }
+            };
+            if let Some(response) = refused {
                 if !expects_continue && !prefix.ended {
                     drain(body, pace, PREFLIGHT_DRAIN_LIMIT).await;
                 }
-                return to_response(answer);
+                return response;
             }
-        },
+            admitted
+        }
         Preflight::Answered(answer) => {
             // With `Expect: 100-continue` the body is never asked for: hyper sends the
             // 100 only when the body is first read.
@@ -521,6 +568,7 @@ mod tests {
             body_min_rate: min_rate,
             max_connections: 1,
             http2_max_concurrent_streams: 1,
+            per_source_per_minute: 0,
         })
     }
 

@@ -229,6 +229,17 @@ impl AdmittedMessage {
         self.route.max_message_bytes().unwrap_or(global)
     }
 
+    /// The rate-limit key of the message's partnership and its limit a minute (0: none).
+    pub fn rate_limit(&self) -> (String, u32) {
+        let partnership = &self.route.partnership;
+        let per_minute = partnership
+            .security_policy
+            .as_ref()
+            .and_then(|policy| policy.max_messages_per_minute)
+            .unwrap_or(0);
+        (format!("partnership {}", partnership.id), per_minute)
+    }
+
     /// Whether the connection's TLS client may send for this partnership
     /// ([`crate::tls::check_client`]); the refusal is a 403 with the reason, before the
     /// body is read.

@@ -24,6 +24,7 @@ pub mod kafka;
 pub mod keys;
 pub mod metrics;
 pub mod partner_mdn;
+pub mod rate;
 pub mod record;
 pub mod retention;
 pub mod routes;

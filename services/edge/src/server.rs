@@ -166,6 +166,7 @@ impl EdgeServer {
             body_min_rate: inbound.body_min_rate_bytes_per_sec,
             max_connections: inbound.max_connections.max(1),
             http2_max_concurrent_streams: inbound.http2_max_concurrent_streams.max(1),
+            per_source_per_minute: inbound.rate_limit_per_source_per_minute,
         };
         let (stop_accepting, grace) = (runtime.accepting(), config.shutdown.grace_period());
         runtime.spawn_frontend("as2 listener", async move {

@@ -372,3 +372,56 @@ async fn past_the_connection_cap_clients_wait_until_a_connection_closes() {
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_over_their_rate_get_429_with_retry_after_before_their_body() {
+    let stack = Stack::start().await;
+    let mut limited = stack.partnership(PARTNER_ID, "rate");
+    limited
+        .security_policy
+        .get_or_insert_with(Default::default)
+        .max_messages_per_minute = Some(1);
+    stack.create_partnership(limited).await;
+    let (headers, body) = signed_message(&stack);
+
+    // The partnership's limit: one a minute.
+    let first = support::post(&stack.edge.url(), &headers, body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = support::post(&stack.edge.url(), &headers, body.clone()).await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(
+        second.text().trim(),
+        "too many messages from this partner, please resend later"
+    );
+    let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // The per-source limit comes first, for anyone: two a minute from one address.
+    let mut config = edge_config(
+        &stack.redis.url(),
+        "rate",
+        &stack.broker.bootstrap_servers(),
+        &stack.routing.url,
+        stack.keys_dir.path(),
+    );
+    config.inbound.rate_limit_per_source_per_minute = 2;
+    let edge = RunningEdge::start(config).await;
+    let unknown = vec![
+        ("AS2-From".to_owned(), "nobody".to_owned()),
+        ("AS2-To".to_owned(), GATEWAY_ID.to_owned()),
+        ("Message-ID".to_owned(), "<r@x>".to_owned()),
+        ("Content-Type".to_owned(), "application/edi-x12".to_owned()),
+    ];
+    for _ in 0..2 {
+        let answer = support::post(&edge.url(), &unknown, b"x".to_vec()).await;
+        assert_ne!(answer.status, 429);
+    }
+    let third = support::post(&edge.url(), &unknown, b"x".to_vec()).await;
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(
+        third.text().trim(),
+        "too many messages from this address, please resend later"
+    );
+    assert!(third.header("retry-after").is_some());
+    edge.stop().await;
+}
