@@ -75,6 +75,17 @@ impl ByteBudget {
             .map(|permit| Reservation { _permit: permit })
     }
 
+    /// Reserves `bytes` now only if `keep_free` bytes stay available after it: large
+    /// requests use this so that they cannot take the whole budget from small ones. The
+    /// check and the reservation are not one step, so two large requests at once may
+    /// dip into the part kept free; the budget itself is never exceeded.
+    pub fn try_reserve_leaving(&self, bytes: usize, keep_free: usize) -> Option<Reservation> {
+        if self.available() < bytes.saturating_add(keep_free) {
+            return None;
+        }
+        self.try_reserve(bytes)
+    }
+
     /// Takes `bytes` of `reservation` into a reservation of their own (to be given back
     /// at another time), when it holds that many.
     pub fn split(&self, reservation: &mut Reservation, bytes: usize) -> Option<Reservation> {
@@ -434,6 +445,24 @@ pub async fn delete_stored(storage: &DocumentStorage, document: &StoredDocument)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_reservations_leave_the_kept_part_to_small_ones() {
+        const MIB: usize = 1024 * 1024;
+        let budget = ByteBudget::new(8 * MIB);
+        let large = budget.try_reserve_leaving(5 * MIB, 2 * MIB).expect("room");
+        assert!(
+            budget.try_reserve_leaving(2 * MIB, 2 * MIB).is_none(),
+            "a second large one would eat into the kept part"
+        );
+        let small = budget.try_reserve(2 * MIB).expect("small ones may use it");
+        assert!(
+            budget.try_reserve(2 * MIB).is_none(),
+            "the budget itself holds"
+        );
+        drop((large, small));
+        assert_eq!(budget.available(), 8 * MIB);
+    }
 
     #[test]
     fn a_split_share_is_given_back_on_its_own() {

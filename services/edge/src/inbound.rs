@@ -214,6 +214,10 @@ pub struct AdmittedMessage {
     _reservation: Option<Reserved>,
 }
 
+/// Requests whose reservation is at most this are small: they may use the quarter of the
+/// memory budget that large ones leave free.
+const SMALL_REQUEST_RESERVATION: usize = 2 * 1024 * 1024;
+
 /// Memory reserved for a request before its body is read, and what it covers.
 pub struct Reserved {
     _reservation: Reservation,
@@ -542,22 +546,27 @@ impl InboundProcessor {
             + 2 * usize::try_from(inline).unwrap_or(usize::MAX)
             + usize::from(archive) * archive_bytes
             + usize::from(document_upload) * upload;
-        let reserved = self
-            .documents
-            .budget
-            .try_reserve(bytes)
-            .map(|mut reservation| {
-                // The archive's share goes with the archive upload, which may outlive the
-                // request by the moment it takes to complete.
-                let archive = archive
-                    .then(|| self.documents.budget.split(&mut reservation, archive_bytes))
-                    .flatten();
-                Reserved {
-                    _reservation: reservation,
-                    archive,
-                    document_upload,
-                }
-            });
+        // A quarter of the budget is kept for small requests (a 1 KiB message reserves
+        // about 600 KiB, mostly its body channel): large documents take the rest, and
+        // past it get 503 while small messages still go through.
+        let budget = &self.documents.budget;
+        let reservation = if bytes > SMALL_REQUEST_RESERVATION {
+            budget.try_reserve_leaving(bytes, budget.total() / 4)
+        } else {
+            budget.try_reserve(bytes)
+        };
+        let reserved = reservation.map(|mut reservation| {
+            // The archive's share goes with the archive upload, which may outlive the
+            // request by the moment it takes to complete.
+            let archive = archive
+                .then(|| self.documents.budget.split(&mut reservation, archive_bytes))
+                .flatten();
+            Reserved {
+                _reservation: reservation,
+                archive,
+                document_upload,
+            }
+        });
         reserved.ok_or_else(|| {
             self.metrics.budget_exhausted();
             tracing::warn!(
