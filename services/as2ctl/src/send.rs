@@ -363,7 +363,28 @@ fn judge(
     };
     let parsed: ParsedMdn = match parse_mdn(content_type, body, &verification) {
         Ok(parsed) => parsed,
-        Err(error) => return format!("the MDN does not check out: {error}"),
+        Err(error) => {
+            // An unsigned error MDN (the gateway signs none for partners it does not
+            // know) cannot vouch for anything, but its refusal is worth reporting.
+            let unsigned = MdnVerification {
+                require_signature: false,
+                ..verification
+            };
+            return match parse_mdn(content_type, body, &unsigned) {
+                Ok(parsed)
+                    if parsed.signature.is_none()
+                        && !parsed.report.disposition.status.is_processed() =>
+                {
+                    report.disposition = Some(parsed.report.disposition.status.to_string());
+                    report.mdn_signature = Some("unsigned".to_owned());
+                    format!(
+                        "not processed: {} (the MDN is not signed)",
+                        parsed.report.disposition.status
+                    )
+                }
+                _ => format!("the MDN does not check out: {error}"),
+            };
+        }
     };
     report.disposition = Some(parsed.report.disposition.status.to_string());
     report.returned_mic = parsed.report.received_content_mic.as_ref().map(mic_text);
