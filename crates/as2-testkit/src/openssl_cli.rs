@@ -18,6 +18,28 @@ pub fn run(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl cms -sign -binary -md sha256` over `entity.txt` in `dir` with the partner's
+/// `partner.pem` and `partner.key`, plus `extra` options, into `signed.eml`.
+pub fn sign_entity(dir: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "cms",
+        "-sign",
+        "-binary",
+        "-in",
+        "entity.txt",
+        "-signer",
+        "partner.pem",
+        "-inkey",
+        "partner.key",
+        "-md",
+        "sha256",
+        "-out",
+        "signed.eml",
+    ];
+    args.extend_from_slice(extra);
+    run(dir, &args);
+}
+
 /// `openssl cms -sign -stream` (SHA-256, detached: S/MIME multipart/signed) piped into
 /// `openssl cms -encrypt -stream` (AES-256-CBC, DER with indefinite lengths): what is
 /// written to [`SignEncrypt::input`] comes out of [`SignEncrypt::output`] signed and

@@ -93,7 +93,7 @@ impl EdgeTls {
             .ssl()
             .peer_certificate()
             .and_then(|certificate| certificate.digest(MessageDigest::sha256()).ok())
-            .map(|digest| hex(&digest));
+            .map(|digest| as2_store::keys::hex(&digest));
         Ok((
             stream,
             TlsClient {
@@ -102,10 +102,6 @@ impl EdgeTls {
             },
         ))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn build_acceptor(certificate: &PathBuf, key: &PathBuf) -> Result<SslAcceptor, TlsError> {

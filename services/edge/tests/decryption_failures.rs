@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use as2_protocol::mdn::{MdnVerification, ParsedMdn, parse_mdn};
 use as2_rpc::routing::v1::SecurityPolicy;
-use as2_testkit::openssl_cli::run;
+use as2_testkit::openssl_cli::{run, sign_entity};
 use as2_testkit::tamper::{flipped, rsa2048_wrapped_key};
 use openssl::x509::X509;
 use support::{GATEWAY_ID, HttpResponse, KeyMaterial, PARTNER_ID, Stack, consume, post};
@@ -106,24 +106,7 @@ async fn decryption_failures_answer_the_same_and_pkcs1v15_can_be_refused() {
         format!("Content-Type: application/EDIFACT\r\n\r\n{payload}"),
     )
     .unwrap();
-    run(
-        dir,
-        &[
-            "cms",
-            "-sign",
-            "-binary",
-            "-in",
-            "entity.txt",
-            "-signer",
-            "partner.pem",
-            "-inkey",
-            "partner.key",
-            "-md",
-            "sha256",
-            "-out",
-            "signed.eml",
-        ],
-    );
+    sign_entity(dir, &[]);
     let good = encrypt(dir, "gateway.pem", &[]);
     let misaddressed = encrypt(dir, "stranger.pem", &[]);
     let oaep = encrypt(dir, "gateway.pem", &["-keyopt", "rsa_padding_mode:oaep"]);

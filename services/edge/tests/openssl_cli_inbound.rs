@@ -12,7 +12,7 @@ use as2_protocol::headers::MicAlgorithm;
 use as2_protocol::mdn::{MdnVerification, parse_mdn};
 use as2_protocol::mic::ReceivedContentMic;
 use as2_protocol::mime::{Entity, MimeLimits};
-use as2_testkit::openssl_cli::run;
+use as2_testkit::openssl_cli::{run, sign_entity};
 use openssl::x509::X509;
 use support::{GATEWAY_ID, PARTNER_ID, Stack, consume, post};
 
@@ -51,23 +51,7 @@ async fn openssl_gcm_oaep_and_pss_messages_are_processed() {
             "Content-Type: application/EDI-X12\r\nContent-Disposition: attachment; filename=\"cli-{index}.x12\"\r\n\r\n{payload}"
         );
         std::fs::write(dir.join("entity.txt"), &entity).unwrap();
-        let mut sign = vec![
-            "cms",
-            "-sign",
-            "-binary",
-            "-in",
-            "entity.txt",
-            "-signer",
-            "partner.pem",
-            "-inkey",
-            "partner.key",
-            "-md",
-            "sha256",
-            "-out",
-            "signed.eml",
-        ];
-        sign.extend_from_slice(sign_options);
-        run(dir, &sign);
+        sign_entity(dir, sign_options);
         let mut encrypt = vec![
             "cms",
             "-encrypt",

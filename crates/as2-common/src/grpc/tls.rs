@@ -29,7 +29,6 @@ use openssl::nid::Nid;
 use openssl::ssl::{
     AlpnError, Ssl, SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion,
 };
-use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -286,11 +285,6 @@ impl Credential {
         let source = files.clone();
         let contexts = Reloading::new("gRPC credential", paths, move || build_contexts(&source))?;
         Ok(Self { files, contexts })
-    }
-
-    /// The credential's files.
-    pub fn files(&self) -> &CredentialFiles {
-        &self.files
     }
 
     fn contexts(&self) -> Arc<Contexts> {
@@ -584,12 +578,6 @@ fn common_name(certificate: &openssl::x509::X509Ref) -> Option<String> {
         .entries_by_nid(Nid::COMMONNAME)
         .next()
         .and_then(|entry| entry.data().to_string().ok())
-}
-
-/// The subject common name of the first certificate in a PEM file, e.g. to say which
-/// identity a tool connects as.
-pub fn certificate_common_name(pem: &[u8]) -> Option<String> {
-    X509::from_pem(pem).ok().as_deref().and_then(common_name)
 }
 
 /// The client side: a connector for `Endpoint::connect_with_connector` that opens TCP to
