@@ -160,6 +160,10 @@ pub struct Record<'a> {
     pub topic: &'a str,
     /// Record key (the partnership id, so one partnership's records stay in order).
     pub key: &'a str,
+    /// The partition to write to; `None` lets librdkafka's partitioner choose from the key
+    /// (`consistent_random`: CRC-32 of the key modulo the partition count, the same as
+    /// [`partition_for_key`]).
+    pub partition: Option<i32>,
     /// Record headers, in order.
     pub headers: Vec<(&'a str, String)>,
     /// Record value.
@@ -197,6 +201,17 @@ pub enum ErrorClass {
     /// The producer's idempotence state is broken: replace the producer; the record may
     /// be tried again on the new one.
     Fatal,
+}
+
+/// `error` as a [`PublishError`] by its class (fatal counts as unavailable).
+fn classified(error: KafkaError) -> PublishError {
+    match error
+        .rdkafka_error_code()
+        .map_or(ErrorClass::Retriable, classify)
+    {
+        ErrorClass::Permanent => PublishError::Rejected(error),
+        ErrorClass::Retriable | ErrorClass::Fatal => PublishError::Unavailable(error),
+    }
 }
 
 /// The class of `code`; codes on no list are retriable (see the module docs).
@@ -330,10 +345,7 @@ impl IdempotentProducer {
     pub async fn send(&self, record: Record<'_>) -> Result<StoredRecord, PublishError> {
         let current = self.current();
         let headers = owned_headers(&record.headers);
-        let future_record = FutureRecord::to(record.topic)
-            .key(record.key)
-            .payload(record.payload)
-            .headers(headers);
+        let future_record = future_record(&record, headers);
         let queue_timeout = Timeout::After(self.inner.publish_timeout);
         match current.producer.send(future_record, queue_timeout).await {
             Ok(delivery) => Ok(StoredRecord {
@@ -356,10 +368,7 @@ impl IdempotentProducer {
     > {
         let current = self.current();
         let headers = owned_headers(&record.headers);
-        let future_record = FutureRecord::to(record.topic)
-            .key(record.key)
-            .payload(record.payload)
-            .headers(headers);
+        let future_record = future_record(&record, headers);
         let acknowledgement = match current.producer.send_result(future_record) {
             Ok(acknowledgement) => acknowledgement,
             Err((error, _record)) => return Err(self.failed(&current, error)),
@@ -385,6 +394,46 @@ impl IdempotentProducer {
         }
     }
 
+    /// How many partitions `topic` has, from the cluster's metadata. Blocks: call it from
+    /// a blocking thread.
+    pub fn partition_count(&self, topic: &str, timeout: Duration) -> Result<i32, PublishError> {
+        let current = self.current();
+        let metadata = current
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Timeout::After(timeout))
+            .map_err(classified)?;
+        let Some(found) = metadata.topics().iter().find(|found| found.name() == topic) else {
+            return Err(PublishError::Unavailable(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
+        };
+        if let Some(error) = found.error() {
+            return Err(classified(KafkaError::MetadataFetch(error.into())));
+        }
+        match i32::try_from(found.partitions().len()) {
+            Ok(count) if count > 0 => Ok(count),
+            _ => Err(PublishError::Unavailable(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::LeaderNotAvailable,
+            ))),
+        }
+    }
+
+    /// The low and high watermarks (first offset, offset of the next record) of one
+    /// partition. Blocks: call it from a blocking thread.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), PublishError> {
+        self.current()
+            .producer
+            .client()
+            .fetch_watermarks(topic, partition, Timeout::After(timeout))
+            .map_err(classified)
+    }
+
     fn current(&self) -> Generation {
         self.inner
             .current
@@ -404,10 +453,7 @@ impl IdempotentProducer {
         if broken {
             self.replace(generation.number, &error);
         }
-        match class {
-            ErrorClass::Permanent => PublishError::Rejected(error),
-            ErrorClass::Retriable | ErrorClass::Fatal => PublishError::Unavailable(error),
-        }
+        classified(error)
     }
 
     /// Replaces the producer of generation `number`, unless another record already did.
@@ -440,6 +486,26 @@ impl IdempotentProducer {
             ),
         }
     }
+}
+
+fn future_record<'a>(record: &Record<'a>, headers: OwnedHeaders) -> FutureRecord<'a, str, [u8]> {
+    let future_record = FutureRecord::to(record.topic)
+        .key(record.key)
+        .payload(record.payload)
+        .headers(headers);
+    match record.partition {
+        Some(partition) => future_record.partition(partition),
+        None => future_record,
+    }
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`) picks for a
+/// record with `key` in a topic of `partitions` partitions: the CRC-32 of the key modulo
+/// the partition count. Choosing it explicitly keeps a partnership's records where they
+/// went before.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let count = u32::try_from(partitions).unwrap_or(1).max(1);
+    i32::try_from(crc32fast::hash(key) % count).unwrap_or(0)
 }
 
 fn owned_headers(headers: &[(&str, String)]) -> OwnedHeaders {

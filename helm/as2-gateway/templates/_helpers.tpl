@@ -232,7 +232,7 @@ AS2_BODY_MIN_RATE_BYTES_PER_SEC: {{ $settings.bodyMinRateBytesPerSec | int64 | q
 AS2_MAX_CONNECTIONS: {{ $settings.maxConnections | int64 | quote }}
 AS2_HTTP2_MAX_CONCURRENT_STREAMS: {{ $settings.http2MaxConcurrentStreams | int64 | quote }}
 AS2_RATE_LIMIT_PER_SOURCE_PER_MINUTE: {{ $settings.rateLimitPerSourcePerMinute | int64 | quote }}
-AS2_DEDUP_IN_FLIGHT_SECS: {{ $settings.dedupInFlightSecs | int64 | quote }}
+AS2_DEDUP_LEASE_MS: {{ $settings.dedupLeaseMs | int64 | quote }}
 AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
 AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}
 AS2_REPORTING_UA: {{ $settings.reportingUa | quote }}
@@ -305,9 +305,6 @@ AS2_MDN_TLS_CA_FILE: {{ printf "/etc/as2/mdn-ca/%s" $settings.tlsCaSecret.key | 
 {{- if lt (int64 $values.mdn.statusTtlSecs) (int64 $values.mdn.maxAgeSecs) }}
 {{- fail "mdn.statusTtlSecs must be at least mdn.maxAgeSecs" }}
 {{- end }}
-{{- end }}
-{{- if and $values.edge.enabled (le (mul (int64 $values.edge.dedupInFlightSecs) 1000) (int64 $values.kafka.publishTimeoutMs)) }}
-{{- fail "edge.dedupInFlightSecs must exceed kafka.publishTimeoutMs, or a slow publish loses its claim" }}
 {{- end }}
 {{- range $values.keys.secrets }}
 {{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" .id) }}

@@ -223,7 +223,6 @@ def test_the_schema_rejects_typos_and_wrong_types(values: dict[str, Any]) -> Non
         ({"edge": {"terminationGracePeriodSeconds": 25}}, "terminationGracePeriodSeconds"),
         ({"mdn": {"reclaimIdleMs": 30000}}, "reclaimIdleMs"),
         ({"mdn": {"statusTtlSecs": 60}}, "statusTtlSecs"),
-        ({"edge": {"dedupInFlightSecs": 5}}, "dedupInFlightSecs"),
         ({"edge": {"pdb": {"minAvailable": 1}}}, "not both"),
         (
             {"edge": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},

@@ -222,15 +222,16 @@ pub struct InboundConfig {
     )]
     pub rate_limit_per_source_per_minute: u32,
 
-    /// Seconds a message stays claimed by the request processing it; a resend within
-    /// that time gets 503. Must exceed the longest processing time (publish timeout
-    /// included).
+    /// Milliseconds a message stays claimed by a request that stopped renewing its claim
+    /// (the request renews it every third of this while it works, however long that
+    /// takes). A resend while the claim is held gets 503; after an edge dies, its
+    /// messages are free again within this time.
     #[arg(
-        long = "dedup-in-flight-secs",
-        env = "AS2_DEDUP_IN_FLIGHT_SECS",
-        default_value_t = 120
+        long = "dedup-lease-ms",
+        env = "AS2_DEDUP_LEASE_MS",
+        default_value_t = 5_000
     )]
-    pub dedup_in_flight_secs: u64,
+    pub dedup_lease_ms: u64,
 
     /// Seconds the answer to a processed message is kept, so a resend within that time
     /// gets the same MDN and publishes nothing.
@@ -287,7 +288,7 @@ impl InboundConfig {
             max_connections: 4096,
             http2_max_concurrent_streams: 16,
             rate_limit_per_source_per_minute: 0,
-            dedup_in_flight_secs: 120,
+            dedup_lease_ms: 5_000,
             dedup_retention_secs: 7 * 24 * 3600,
             route_cache_ttl_secs: 60,
             reporting_ua: "as2-gateway edge".to_owned(),

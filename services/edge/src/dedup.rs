@@ -1,20 +1,39 @@
-//! Duplicate detection on (AS2-From, AS2-To, Message-ID), shared by all edge replicas.
+//! Duplicate detection on (AS2-From, AS2-To, Message-ID), shared by all edge replicas,
+//! and the bookkeeping that lets a resend find an earlier attempt's record in Kafka.
 //!
 //! Before a document is published, the edge claims its message key in Redis:
 //!
-//! - nobody has it: the claim succeeds (state `in_flight`, with a short TTL so that a
-//!   replica dying mid-request does not block the message forever);
-//! - another request holds it: [`Claim::InFlight`] (the edge answers 503 with Retry-After,
-//!   the partner resends later);
+//! - nobody has it: the claim succeeds (state `in_flight` with a *lease*: the holder
+//!   renews it every third of [`DedupTimes::lease`] for as long as it works on the
+//!   message, so a replica that dies lets go within one lease);
+//! - a live request holds it: [`Claim::InFlight`] with the time left on its lease (the
+//!   edge answers 503 with that Retry-After, the partner resends later);
 //! - it was processed before: [`Claim::Done`] with the receipt that was sent then, which
-//!   the edge sends again without publishing anything.
+//!   the edge sends again without publishing anything;
+//! - the holder's lease ran out: the claim is taken over ([`Claim::Claimed`]), and when the
+//!   earlier holder may have published ([`ClaimToken::earlier`]), the new holder must look
+//!   for that record in Kafka before publishing.
 //!
-//! After the publish, [`DedupStore::complete`] stores the receipt (state `done`, long TTL).
-//! When the publish fails, [`DedupStore::release`] drops the claim so that the resend can
-//! go through at once.
+//! Right before it hands the record to the producer, the holder *arms* the claim
+//! ([`DedupStore::arm`]): it writes where the record will land (topic, partition, an
+//! offset at or below the one it will get) and until when it can still land (the publish
+//! window, longer than the producer's delivery timeout). Arming succeeds only while the
+//! holder's lease is valid, in one script, so a holder that lost its lease cannot
+//! publish. A record of that attempt can only appear in that partition, after that
+//! offset, before the window ends: whoever takes the claim over scans exactly that range
+//! and waits for the window to pass before concluding that it is absent (the argument is
+//! in docs/architecture.md).
+//!
+//! After the publish, [`DedupStore::complete`] stores the receipt (state `done`, kept for
+//! the retention). When nothing was published for certain, [`DedupStore::release`] drops
+//! the claim so that the resend goes through at once; when the record may or may not
+//! have been written (a publish timeout), [`DedupStore::abandon`] ends the lease at once
+//! and keeps the armed attempt for the resend to look up.
 //!
 //! Keys are `{prefix}:dedup:{sha256 of from, to and message id}`: a Message-ID can be up to
-//! 998 characters of almost anything, so it is hashed rather than embedded.
+//! 998 characters of almost anything, so it is hashed rather than embedded. Every script
+//! touches that one key (Redis Cluster places it anywhere). Times are Redis's clock
+//! (`TIME`), so the replicas' clocks do not matter.
 //!
 //! ## In memory
 //!
@@ -22,7 +41,7 @@
 //! the single-process quick start), with the same answers: every operation runs under one
 //! lock, as each Lua script runs alone in Redis. TTLs work as in Redis: a record past its
 //! TTL counts as absent when it is next looked at, and expired records are also purged as
-//! time passes, so memory holds only the records written within the last in-flight TTL or
+//! time passes, so memory holds only the records written within the last claim TTL or
 //! retention period, never everything ever received. Each write queues its deadline (one
 //! queue per TTL, so each queue is in deadline order) and every operation first drops the
 //! records whose deadline has passed, in amortised constant time. Memory use is therefore
@@ -31,6 +50,7 @@
 //! another replica.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,7 +72,7 @@ pub struct MessageKey<'a> {
 impl MessageKey<'_> {
     /// Hex SHA-256 over the three parts; angle brackets and surrounding whitespace of the
     /// Message-ID do not count, so `<a@b>` and `a@b` are the same message.
-    fn digest(&self) -> String {
+    pub fn digest(&self) -> String {
         let message_id = self.message_id.trim();
         let message_id = message_id
             .strip_prefix('<')
@@ -104,19 +124,91 @@ pub struct PendingAsyncMdn {
 /// The outcome of [`DedupStore::claim`].
 #[derive(Debug)]
 pub enum Claim {
-    /// This request owns the message now; pass the token to `complete` or `release`.
+    /// This request owns the message now; pass the token to `arm`, then `complete`,
+    /// `release` or `abandon`.
     Claimed(ClaimToken),
-    /// Another request is processing the same message.
-    InFlight,
+    /// A live request is processing the same message; its lease runs for `retry_after`
+    /// more (it renews it while it works).
+    InFlight {
+        /// The time left on the holder's lease, at least a millisecond.
+        retry_after: Duration,
+    },
     /// The message was processed before; this is what was answered then.
     Done(StoredReceipt),
 }
 
-/// Proof of a claim.
+/// Where an attempt's record goes: written into the claim before the record is handed to
+/// the producer ([`DedupStore::arm`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishAttempt {
+    /// The topic.
+    pub topic: String,
+    /// The partition the record is written to (chosen by the edge, not by librdkafka).
+    pub partition: i32,
+    /// An offset at or below the one the record gets: a search starts there.
+    pub scan_from: i64,
+    /// The object-store key of the document the record references, if any: deleted by
+    /// whoever proves the record absent.
+    pub object: Option<String>,
+}
+
+/// An attempt of an earlier holder whose lease ran out after it armed the claim: its
+/// record may be in Kafka.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlierAttempt {
+    /// Where its record would be.
+    pub attempt: PublishAttempt,
+    /// How long after the takeover its record could still land: until then a search that
+    /// finds nothing proves nothing.
+    pub window_left: Duration,
+}
+
+/// Proof of a claim. While it lives, a background task renews the lease; dropping it
+/// stops the renewals (the lease then runs out by itself).
 #[derive(Debug)]
 pub struct ClaimToken {
     key: String,
     token: String,
+    earlier: Option<EarlierAttempt>,
+    lost: Arc<AtomicBool>,
+    renewals: Option<tokio::task::AbortHandle>,
+}
+
+impl ClaimToken {
+    /// The earlier holder's armed attempt, when this claim was taken over from a holder
+    /// that may have published; `None` once [`earlier_absent`](Self::earlier_absent) was
+    /// called.
+    pub fn earlier(&self) -> Option<&EarlierAttempt> {
+        self.earlier.as_ref()
+    }
+
+    /// Records that the earlier attempt's record was searched for after its window and
+    /// is not in Kafka: from now on this claim can be released like a fresh one.
+    pub fn earlier_absent(&mut self) {
+        self.earlier = None;
+    }
+
+    /// Stops renewing the lease, as a stalled process would: it runs out within one
+    /// lease unless the claim ends first.
+    pub fn stop_renewing(&mut self) {
+        if let Some(renewals) = self.renewals.take() {
+            renewals.abort();
+        }
+    }
+
+    /// Whether a renewal found the lease gone (taken over by another request): the
+    /// holder must not publish.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClaimToken {
+    fn drop(&mut self) {
+        if let Some(renewals) = &self.renewals {
+            renewals.abort();
+        }
+    }
 }
 
 /// Why the dedup store could not answer.
@@ -128,19 +220,96 @@ pub enum DedupError {
     /// A stored receipt does not decode (written by an incompatible version).
     #[error("stored receipt does not decode: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A script answered something this version does not know.
+    #[error("unexpected dedup record: {0}")]
+    Unexpected(&'static str),
 }
+
+/// The durations of the claim protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupTimes {
+    /// How long a claim stays held without a renewal; the holder renews every third of it.
+    pub lease: Duration,
+    /// How long after arming a record can still land: longer than the producer's
+    /// delivery timeout (`message.timeout.ms`) plus the time from arming to producing.
+    pub publish_window: Duration,
+    /// How long a receipt (and an armed claim) is kept: the window in which a resend is
+    /// recognised.
+    pub retention: Duration,
+}
+
+impl DedupTimes {
+    /// How long an unarmed claim's record lives (ten leases; the renewals keep it): past
+    /// that nothing of it matters, since it never published.
+    fn claim_ttl(&self) -> Duration {
+        self.lease.saturating_mul(10)
+    }
+}
+
+// Scripts. Each touches one key; `now` is Redis's clock in milliseconds. Fields of an
+// `in_flight` record: token, lease_until, and once armed topic, partition, scan_from,
+// object, publish_until. A record an older version wrote has no lease_until: it is held
+// until its TTL ends, as that version expected.
+const NOW: &str = "local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+";
 
 const CLAIM_SCRIPT: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {'claimed'}
-end
 if state == 'done' then
   return {'done', redis.call('HGET', KEYS[1], 'receipt')}
 end
-return {'in_flight'}
+if state == 'in_flight' then
+  local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until'))
+  if not lease_until then
+    return {'in_flight', math.max(1, redis.call('PTTL', KEYS[1]))}
+  end
+  if now < lease_until then
+    return {'in_flight', lease_until - now}
+  end
+  redis.call('HSET', KEYS[1], 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]))
+  local armed = redis.call('HMGET', KEYS[1], 'topic', 'partition', 'scan_from', 'object', 'publish_until')
+  if armed[1] then
+    return {'taken_over', armed[1], armed[2], armed[3], armed[4] or '', math.max(0, tonumber(armed[5]) - now)}
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'claimed'}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {'claimed'}
+";
+
+/// Checks that ARGV[1] holds the claim; ends the script with 0 otherwise.
+const HELD: &str = "if redis.call('HGET', KEYS[1], 'state') ~= 'in_flight' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+";
+
+const RENEW_SCRIPT: &str = r"
+local lease_until = now + tonumber(ARGV[2])
+if lease_until > (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) then
+  redis.call('HSET', KEYS[1], 'lease_until', lease_until)
+end
+if redis.call('HEXISTS', KEYS[1], 'topic') == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+";
+
+const ARM_SCRIPT: &str = r"
+if now >= (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'topic', ARGV[3], 'partition', ARGV[4], 'scan_from', ARGV[5], 'object', ARGV[6], 'publish_until', now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+";
+
+const ABANDON_SCRIPT: &str = r"
+redis.call('HSET', KEYS[1], 'lease_until', now)
+return 1
 ";
 
 const COMPLETE_SCRIPT: &str = r"
@@ -151,18 +320,14 @@ return 1
 ";
 
 const RELEASE_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'state') == 'in_flight' and redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
+return redis.call('DEL', KEYS[1])
 ";
 
 /// Claims and receipts in Redis or in the process's memory.
 #[derive(Clone)]
 pub struct DedupStore {
     namespace: KeyNamespace,
-    in_flight_ttl: Duration,
-    done_ttl: Duration,
+    times: DedupTimes,
     backend: Backend,
 }
 
@@ -171,43 +336,54 @@ pub struct DedupStore {
 enum Backend {
     Redis {
         connection: ConnectionManager,
-        claim_script: redis::Script,
-        complete_script: redis::Script,
-        release_script: redis::Script,
+        scripts: Arc<Scripts>,
     },
     Memory(Arc<Mutex<MemoryRecords>>),
 }
 
+struct Scripts {
+    claim: redis::Script,
+    renew: redis::Script,
+    arm: redis::Script,
+    abandon: redis::Script,
+    complete: redis::Script,
+    release: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let held = |body: &str| redis::Script::new(&format!("{HELD}{NOW}{body}"));
+        Self {
+            claim: redis::Script::new(&format!("{NOW}{CLAIM_SCRIPT}")),
+            renew: held(RENEW_SCRIPT),
+            arm: held(ARM_SCRIPT),
+            abandon: held(ABANDON_SCRIPT),
+            complete: redis::Script::new(COMPLETE_SCRIPT),
+            release: held(RELEASE_SCRIPT),
+        }
+    }
+}
+
 impl DedupStore {
-    /// A store over `connection`; claims expire after `in_flight_ttl`, receipts after
-    /// `done_ttl`.
-    pub fn new(
-        connection: ConnectionManager,
-        namespace: KeyNamespace,
-        in_flight_ttl: Duration,
-        done_ttl: Duration,
-    ) -> Self {
+    /// A store over `connection` with the durations of `times`.
+    pub fn new(connection: ConnectionManager, namespace: KeyNamespace, times: DedupTimes) -> Self {
         Self {
             namespace,
-            in_flight_ttl,
-            done_ttl,
+            times,
             backend: Backend::Redis {
                 connection,
-                claim_script: redis::Script::new(CLAIM_SCRIPT),
-                complete_script: redis::Script::new(COMPLETE_SCRIPT),
-                release_script: redis::Script::new(RELEASE_SCRIPT),
+                scripts: Arc::new(Scripts::new()),
             },
         }
     }
 
     /// An empty store in this process's memory (see the module docs), for the Redis URL
-    /// `memory://`; claims expire after `in_flight_ttl`, receipts after `done_ttl`, as
-    /// with [`new`](Self::new). Clones share the records.
-    pub fn in_memory(namespace: KeyNamespace, in_flight_ttl: Duration, done_ttl: Duration) -> Self {
+    /// `memory://`, with the durations of `times` as with [`new`](Self::new). Clones share
+    /// the records.
+    pub fn in_memory(namespace: KeyNamespace, times: DedupTimes) -> Self {
         Self {
             namespace,
-            in_flight_ttl,
-            done_ttl,
+            times,
             backend: Backend::Memory(Arc::new(Mutex::new(MemoryRecords::default()))),
         }
     }
@@ -220,38 +396,137 @@ impl DedupStore {
         }
     }
 
-    /// Claims `message` for this request, or says who has it.
+    /// The durations in force.
+    pub fn times(&self) -> DedupTimes {
+        self.times
+    }
+
+    /// Claims `message` for this request, or says who has it. A successful claim starts
+    /// renewing its lease in the background (needs a Tokio runtime).
     pub async fn claim(&self, message: &MessageKey<'_>) -> Result<Claim, DedupError> {
         let key = self.key(message);
         let token = as2_store::keys::hex(&random_token());
-        let (connection, claim_script) = match &self.backend {
+        let found = match &self.backend {
+            Backend::Memory(records) => {
+                lock(records).claim(&key, &token, &self.times, Instant::now())
+            }
             Backend::Redis {
                 connection,
-                claim_script,
-                ..
-            } => (connection, claim_script),
-            Backend::Memory(records) => {
-                let claim = lock(records).claim(&key, &token, self.in_flight_ttl, Instant::now());
-                return Ok(match claim {
-                    MemoryClaim::Claimed => Claim::Claimed(ClaimToken { key, token }),
-                    MemoryClaim::InFlight => Claim::InFlight,
-                    MemoryClaim::Done(receipt) => Claim::Done(receipt),
-                });
+                scripts,
+            } => {
+                let reply: Vec<redis::Value> = scripts
+                    .claim
+                    .key(&key)
+                    .arg(&token)
+                    .arg(millis(self.times.lease))
+                    .arg(millis(self.times.claim_ttl()))
+                    .invoke_async(&mut connection.clone())
+                    .await?;
+                decode_claim(&reply)?
             }
         };
-        let reply: Vec<Vec<u8>> = claim_script
-            .key(&key)
-            .arg(&token)
-            .arg(millis(self.in_flight_ttl))
-            .invoke_async(&mut connection.clone())
-            .await?;
-        match reply.first().map(Vec::as_slice) {
-            Some(b"claimed") => Ok(Claim::Claimed(ClaimToken { key, token })),
-            Some(b"done") => {
-                let receipt = reply.get(1).map(Vec::as_slice).unwrap_or_default();
-                Ok(Claim::Done(serde_json::from_slice(receipt)?))
+        Ok(match found {
+            Found::Claimed(earlier) => Claim::Claimed(self.held(key, token, earlier)),
+            Found::InFlight(retry_after) => Claim::InFlight { retry_after },
+            Found::Done(receipt) => Claim::Done(receipt),
+        })
+    }
+
+    /// A claim token that renews its lease until dropped.
+    fn held(&self, key: String, token: String, earlier: Option<EarlierAttempt>) -> ClaimToken {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewals = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let store = self.clone();
+            let (key, token, lost) = (key.clone(), token.clone(), Arc::clone(&lost));
+            runtime
+                .spawn(async move { store.keep_renewing(&key, &token, &lost).await })
+                .abort_handle()
+        });
+        ClaimToken {
+            key,
+            token,
+            earlier,
+            lost,
+            renewals,
+        }
+    }
+
+    async fn keep_renewing(&self, key: &str, token: &str, lost: &AtomicBool) {
+        let period = (self.times.lease / 3).max(Duration::from_millis(1));
+        loop {
+            tokio::time::sleep(period).await;
+            match self.renew(key, token).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("the dedup lease was taken over; this request will not publish");
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                // The lease may still be valid; arming checks it in the store anyway.
+                Err(error) => tracing::warn!(%error, "could not renew the dedup lease"),
             }
-            _ => Ok(Claim::InFlight),
+        }
+    }
+
+    async fn renew(&self, key: &str, token: &str) -> Result<bool, DedupError> {
+        match &self.backend {
+            Backend::Memory(records) => {
+                Ok(lock(records).renew(key, token, &self.times, Instant::now()))
+            }
+            Backend::Redis {
+                connection,
+                scripts,
+            } => {
+                let renewed: i64 = scripts
+                    .renew
+                    .key(key)
+                    .arg(token)
+                    .arg(millis(self.times.lease))
+                    .arg(millis(self.times.claim_ttl()))
+                    .invoke_async(&mut connection.clone())
+                    .await?;
+                Ok(renewed == 1)
+            }
+        }
+    }
+
+    /// Writes `attempt` into the claim and opens its publish window; `false` when this
+    /// request no longer holds a valid lease (then it must not publish). Call it right
+    /// before handing the record to the producer.
+    pub async fn arm(
+        &self,
+        claim: &ClaimToken,
+        attempt: &PublishAttempt,
+    ) -> Result<bool, DedupError> {
+        if claim.lost() {
+            return Ok(false);
+        }
+        match &self.backend {
+            Backend::Memory(records) => Ok(lock(records).arm(
+                &claim.key,
+                &claim.token,
+                attempt,
+                &self.times,
+                Instant::now(),
+            )),
+            Backend::Redis {
+                connection,
+                scripts,
+            } => {
+                let armed: i64 = scripts
+                    .arm
+                    .key(&claim.key)
+                    .arg(&claim.token)
+                    .arg(millis(self.times.publish_window))
+                    .arg(&attempt.topic)
+                    .arg(attempt.partition)
+                    .arg(attempt.scan_from)
+                    .arg(attempt.object.as_deref().unwrap_or_default())
+                    .arg(millis(self.times.retention))
+                    .invoke_async(&mut connection.clone())
+                    .await?;
+                Ok(armed == 1)
+            }
         }
     }
 
@@ -279,41 +554,65 @@ impl DedupStore {
     }
 
     async fn store_receipt(&self, key: &str, receipt: &StoredReceipt) -> Result<(), DedupError> {
-        let (connection, complete_script) = match &self.backend {
+        let (connection, scripts) = match &self.backend {
             Backend::Redis {
                 connection,
-                complete_script,
-                ..
-            } => (connection, complete_script),
+                scripts,
+            } => (connection, scripts),
             Backend::Memory(records) => {
-                lock(records).store_receipt(key, receipt.clone(), self.done_ttl, Instant::now());
+                lock(records).store_receipt(
+                    key,
+                    receipt.clone(),
+                    self.times.retention,
+                    Instant::now(),
+                );
                 return Ok(());
             }
         };
         let encoded = serde_json::to_vec(receipt)?;
-        let _: i64 = complete_script
+        let _: i64 = scripts
+            .complete
             .key(key)
             .arg(encoded)
-            .arg(millis(self.done_ttl))
+            .arg(millis(self.times.retention))
             .invoke_async(&mut connection.clone())
             .await?;
         Ok(())
     }
 
-    /// Drops a claim whose message was not published, if this request still holds it.
+    /// Drops a claim whose message was certainly not published (by this request, nor by
+    /// an earlier one: a claim taken over from an armed attempt that was not proven
+    /// absent is [abandoned](Self::abandon) instead), if this request still holds it.
     pub async fn release(&self, claim: ClaimToken) -> Result<(), DedupError> {
-        let (connection, release_script) = match &self.backend {
+        if claim.earlier.is_some() {
+            return self.abandon(claim).await;
+        }
+        self.end(claim, Ending::Release).await
+    }
+
+    /// Ends this request's lease at once, keeping what the claim says about where a record
+    /// may be: for a publish whose outcome is unknown (a timeout). A resend takes the claim
+    /// over and searches before publishing.
+    pub async fn abandon(&self, claim: ClaimToken) -> Result<(), DedupError> {
+        self.end(claim, Ending::Abandon).await
+    }
+
+    async fn end(&self, claim: ClaimToken, ending: Ending) -> Result<(), DedupError> {
+        let (connection, scripts) = match &self.backend {
             Backend::Redis {
                 connection,
-                release_script,
-                ..
-            } => (connection, release_script),
+                scripts,
+            } => (connection, scripts),
             Backend::Memory(records) => {
-                lock(records).release(&claim.key, &claim.token, Instant::now());
+                lock(records).end(&claim.key, &claim.token, ending, Instant::now());
                 return Ok(());
             }
         };
-        let _: i64 = release_script
+        let script = match ending {
+            Ending::Release => &scripts.release,
+            Ending::Abandon => &scripts.abandon,
+        };
+        let _: i64 = script
             .key(&claim.key)
             .arg(&claim.token)
             .invoke_async(&mut connection.clone())
@@ -322,14 +621,82 @@ impl DedupStore {
     }
 }
 
+/// How a claim ends without a receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Nothing was published: the record goes.
+    Release,
+    /// Something may have been published: the lease ends, the armed attempt stays.
+    Abandon,
+}
+
+/// What a claim found, from either backend.
+#[derive(Debug, PartialEq)]
+enum Found {
+    Claimed(Option<EarlierAttempt>),
+    InFlight(Duration),
+    Done(StoredReceipt),
+}
+
+/// Decodes the claim script's reply.
+fn decode_claim(reply: &[redis::Value]) -> Result<Found, DedupError> {
+    let text = |index: usize| -> Option<String> {
+        match reply.get(index)? {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+            redis::Value::SimpleString(text) => Some(text.clone()),
+            redis::Value::Int(number) => Some(number.to_string()),
+            _ => None,
+        }
+    };
+    let number = |index: usize| -> Result<i64, DedupError> {
+        text(index)
+            .and_then(|text| text.parse::<f64>().ok())
+            .filter(|number| number.is_finite())
+            // Scripts compute with Lua numbers; whole milliseconds and offsets fit.
+            .map(|number| number as i64)
+            .ok_or(DedupError::Unexpected("a number is missing"))
+    };
+    let duration = |index: usize| {
+        number(index).map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    };
+    match text(0).as_deref() {
+        Some("claimed") => Ok(Found::Claimed(None)),
+        Some("in_flight") => Ok(Found::InFlight(duration(1)?.max(Duration::from_millis(1)))),
+        Some("done") => {
+            let receipt = match reply.get(1) {
+                Some(redis::Value::BulkString(bytes)) => bytes.as_slice(),
+                _ => return Err(DedupError::Unexpected("a receipt is missing")),
+            };
+            Ok(Found::Done(serde_json::from_slice(receipt)?))
+        }
+        Some("taken_over") => {
+            let topic = text(1).ok_or(DedupError::Unexpected("the topic is missing"))?;
+            let partition = i32::try_from(number(2)?)
+                .map_err(|_| DedupError::Unexpected("the partition is out of range"))?;
+            let object = text(4).filter(|object| !object.is_empty());
+            Ok(Found::Claimed(Some(EarlierAttempt {
+                attempt: PublishAttempt {
+                    topic,
+                    partition,
+                    scan_from: number(3)?,
+                    object,
+                },
+                window_left: duration(5)?,
+            })))
+        }
+        _ => Err(DedupError::Unexpected("unknown claim state")),
+    }
+}
+
 /// The in-memory records: what the Redis keys hold, with their deadlines.
 #[derive(Default)]
 struct MemoryRecords {
     records: HashMap<String, MemoryRecord>,
-    /// Deadlines of in-flight claims as they were written, hence in deadline order.
-    in_flight_deadlines: VecDeque<(Instant, String)>,
-    /// Deadlines of receipts as they were written, hence in deadline order.
-    done_deadlines: VecDeque<(Instant, String)>,
+    /// Deadlines of claims as they were written, hence in deadline order.
+    claim_deadlines: VecDeque<(Instant, String)>,
+    /// Deadlines of receipts and armed claims as they were written, hence in deadline
+    /// order.
+    retention_deadlines: VecDeque<(Instant, String)>,
 }
 
 /// One message's record; it counts as absent from `expires_at` on, like a Redis key past
@@ -340,31 +707,107 @@ struct MemoryRecord {
 }
 
 enum MemoryState {
-    InFlight { token: String },
+    InFlight(MemoryClaim),
     Done(StoredReceipt),
 }
 
-/// What [`MemoryRecords::claim`] found.
-#[derive(Debug, PartialEq)]
-enum MemoryClaim {
-    Claimed,
-    InFlight,
-    Done(StoredReceipt),
+struct MemoryClaim {
+    token: String,
+    lease_until: Instant,
+    armed: Option<(PublishAttempt, Instant)>,
 }
 
 impl MemoryRecords {
     /// [`CLAIM_SCRIPT`].
-    fn claim(&mut self, key: &str, token: &str, ttl: Duration, now: Instant) -> MemoryClaim {
+    fn claim(&mut self, key: &str, token: &str, times: &DedupTimes, now: Instant) -> Found {
         self.purge_expired(now);
-        match self.live(key, now).map(|record| &record.state) {
-            Some(MemoryState::Done(receipt)) => MemoryClaim::Done(receipt.clone()),
-            Some(MemoryState::InFlight { .. }) => MemoryClaim::InFlight,
-            None => {
-                let state = MemoryState::InFlight {
-                    token: token.to_owned(),
-                };
-                self.write(key, state, ttl, now);
-                MemoryClaim::Claimed
+        let lease_until = deadline(now, times.lease);
+        match self.live_mut(key, now).map(|record| &mut record.state) {
+            Some(MemoryState::Done(receipt)) => return Found::Done(receipt.clone()),
+            Some(MemoryState::InFlight(claim)) if now < claim.lease_until => {
+                return Found::InFlight(claim.lease_until - now);
+            }
+            Some(MemoryState::InFlight(claim)) => {
+                claim.token = token.to_owned();
+                claim.lease_until = lease_until;
+                if let Some((attempt, publish_until)) = &claim.armed {
+                    return Found::Claimed(Some(EarlierAttempt {
+                        attempt: attempt.clone(),
+                        window_left: publish_until.saturating_duration_since(now),
+                    }));
+                }
+            }
+            None => {}
+        }
+        let claim = MemoryClaim {
+            token: token.to_owned(),
+            lease_until,
+            armed: None,
+        };
+        self.write(
+            key,
+            MemoryState::InFlight(claim),
+            times.claim_ttl(),
+            now,
+            false,
+        );
+        Found::Claimed(None)
+    }
+
+    /// The claim under `key` while `token` holds it.
+    fn held(&mut self, key: &str, token: &str, now: Instant) -> Option<&mut MemoryClaim> {
+        self.purge_expired(now);
+        match self.live_mut(key, now).map(|record| &mut record.state) {
+            Some(MemoryState::InFlight(claim)) if claim.token == token => Some(claim),
+            _ => None,
+        }
+    }
+
+    /// [`RENEW_SCRIPT`].
+    fn renew(&mut self, key: &str, token: &str, times: &DedupTimes, now: Instant) -> bool {
+        let Some(claim) = self.held(key, token, now) else {
+            return false;
+        };
+        claim.lease_until = claim.lease_until.max(deadline(now, times.lease));
+        if claim.armed.is_none()
+            && let Some(record) = self.records.remove(key)
+        {
+            self.write(key, record.state, times.claim_ttl(), now, false);
+        }
+        true
+    }
+
+    /// [`ARM_SCRIPT`].
+    fn arm(
+        &mut self,
+        key: &str,
+        token: &str,
+        attempt: &PublishAttempt,
+        times: &DedupTimes,
+        now: Instant,
+    ) -> bool {
+        let Some(claim) = self.held(key, token, now) else {
+            return false;
+        };
+        if now >= claim.lease_until {
+            return false;
+        }
+        claim.armed = Some((attempt.clone(), deadline(now, times.publish_window)));
+        if let Some(record) = self.records.remove(key) {
+            self.write(key, record.state, times.retention, now, true);
+        }
+        true
+    }
+
+    /// [`RELEASE_SCRIPT`] and [`ABANDON_SCRIPT`].
+    fn end(&mut self, key: &str, token: &str, ending: Ending, now: Instant) {
+        let Some(claim) = self.held(key, token, now) else {
+            return;
+        };
+        match ending {
+            Ending::Abandon => claim.lease_until = now,
+            Ending::Release => {
+                self.records.remove(key);
             }
         }
     }
@@ -372,33 +815,31 @@ impl MemoryRecords {
     /// [`COMPLETE_SCRIPT`]: whatever was there, the receipt is stored with a fresh TTL.
     fn store_receipt(&mut self, key: &str, receipt: StoredReceipt, ttl: Duration, now: Instant) {
         self.purge_expired(now);
-        self.write(key, MemoryState::Done(receipt), ttl, now);
-    }
-
-    /// [`RELEASE_SCRIPT`]: drops the record only while it is this token's claim.
-    fn release(&mut self, key: &str, token: &str, now: Instant) {
-        self.purge_expired(now);
-        let held = matches!(
-            self.live(key, now).map(|record| &record.state),
-            Some(MemoryState::InFlight { token: holder }) if holder == token
-        );
-        if held {
-            self.records.remove(key);
-        }
+        self.write(key, MemoryState::Done(receipt), ttl, now, true);
     }
 
     /// The record under `key` unless it has expired.
-    fn live(&self, key: &str, now: Instant) -> Option<&MemoryRecord> {
+    fn live_mut(&mut self, key: &str, now: Instant) -> Option<&mut MemoryRecord> {
         self.records
-            .get(key)
+            .get_mut(key)
             .filter(|record| record.expires_at > now)
     }
 
-    fn write(&mut self, key: &str, state: MemoryState, ttl: Duration, now: Instant) {
+    /// Writes `state` with `ttl`; `retained` says which deadline queue the TTL belongs to
+    /// (each queue holds one TTL, hence stays in deadline order).
+    fn write(
+        &mut self,
+        key: &str,
+        state: MemoryState,
+        ttl: Duration,
+        now: Instant,
+        retained: bool,
+    ) {
         let expires_at = deadline(now, ttl);
-        let deadlines = match state {
-            MemoryState::InFlight { .. } => &mut self.in_flight_deadlines,
-            MemoryState::Done(_) => &mut self.done_deadlines,
+        let deadlines = if retained {
+            &mut self.retention_deadlines
+        } else {
+            &mut self.claim_deadlines
         };
         deadlines.push_back((expires_at, key.to_owned()));
         self.records
@@ -408,7 +849,7 @@ impl MemoryRecords {
     /// Drops every record whose deadline has passed. A queued deadline whose record was
     /// rewritten since (a later deadline) or released leaves the record alone.
     fn purge_expired(&mut self, now: Instant) {
-        for deadlines in [&mut self.in_flight_deadlines, &mut self.done_deadlines] {
+        for deadlines in [&mut self.claim_deadlines, &mut self.retention_deadlines] {
             while let Some((expires_at, _)) = deadlines.front()
                 && *expires_at <= now
             {
@@ -524,68 +965,134 @@ mod tests {
         }
     }
 
-    const IN_FLIGHT_TTL: Duration = Duration::from_secs(120);
-    const DONE_TTL: Duration = Duration::from_secs(3_600);
+    const TIMES: DedupTimes = DedupTimes {
+        lease: Duration::from_secs(5),
+        publish_window: Duration::from_secs(12),
+        retention: Duration::from_secs(3_600),
+    };
+
+    fn attempt() -> PublishAttempt {
+        PublishAttempt {
+            topic: "t".to_owned(),
+            partition: 2,
+            scan_from: 40,
+            object: Some("documents/x".to_owned()),
+        }
+    }
 
     /// Claims the message `k` with `token` at `now`.
-    fn claim_k(records: &mut MemoryRecords, token: &str, now: Instant) -> MemoryClaim {
-        records.claim("k", token, IN_FLIGHT_TTL, now)
+    fn claim_k(records: &mut MemoryRecords, token: &str, now: Instant) -> Found {
+        records.claim("k", token, &TIMES, now)
     }
 
     #[test]
-    fn an_abandoned_memory_claim_expires_after_its_ttl() {
+    fn a_memory_lease_runs_out_unless_renewed() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "first", start), MemoryClaim::Claimed);
-        let just_before = start + IN_FLIGHT_TTL - Duration::from_millis(1);
+        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        let just_before = start + TIMES.lease - Duration::from_millis(1);
         assert_eq!(
             claim_k(&mut records, "second", just_before),
-            MemoryClaim::InFlight
+            Found::InFlight(Duration::from_millis(1))
         );
-        let at_expiry = start + IN_FLIGHT_TTL;
+        // A renewal pushes the lease on.
+        assert!(records.renew("k", "first", &TIMES, just_before));
+        assert!(matches!(
+            claim_k(&mut records, "second", start + TIMES.lease),
+            Found::InFlight(_)
+        ));
+        // Unrenewed, it runs out and the claim is taken over; the old token holds nothing.
+        let expired = just_before + TIMES.lease;
         assert_eq!(
-            claim_k(&mut records, "third", at_expiry),
-            MemoryClaim::Claimed
+            claim_k(&mut records, "third", expired),
+            Found::Claimed(None)
         );
-        // The expired claim's token no longer releases anything: the third one holds it.
-        records.release("k", "first", at_expiry);
+        assert!(!records.renew("k", "first", &TIMES, expired));
+        assert!(!records.arm("k", "first", &attempt(), &TIMES, expired));
+        records.end("k", "first", Ending::Release, expired);
+        assert!(matches!(
+            claim_k(&mut records, "fourth", expired),
+            Found::InFlight(_)
+        ));
+        records.end("k", "third", Ending::Release, expired);
         assert_eq!(
-            claim_k(&mut records, "fourth", at_expiry),
-            MemoryClaim::InFlight
+            claim_k(&mut records, "fifth", expired),
+            Found::Claimed(None)
         );
-        records.release("k", "third", at_expiry);
+    }
+
+    #[test]
+    fn a_taken_over_armed_claim_tells_where_to_look_and_how_long_to_wait() {
+        let mut records = MemoryRecords::default();
+        let start = Instant::now();
+        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        assert!(records.arm("k", "first", &attempt(), &TIMES, start));
+        // The holder dies: after its lease the resend takes over and learns the attempt.
+        let later = start + TIMES.lease;
         assert_eq!(
-            claim_k(&mut records, "fifth", at_expiry),
-            MemoryClaim::Claimed
+            claim_k(&mut records, "second", later),
+            Found::Claimed(Some(EarlierAttempt {
+                attempt: attempt(),
+                window_left: TIMES.publish_window - TIMES.lease,
+            }))
         );
+        // An abandoned claim is free at once, and still carries the attempt.
+        records.end("k", "second", Ending::Abandon, later);
+        assert!(matches!(
+            claim_k(&mut records, "third", later),
+            Found::Claimed(Some(_))
+        ));
+        // The armed record outlives ten leases (an unarmed one would not).
+        let much_later = start + TIMES.lease * 20;
+        assert!(matches!(
+            claim_k(&mut records, "fourth", much_later),
+            Found::Claimed(Some(EarlierAttempt { window_left, .. })) if window_left.is_zero()
+        ));
+    }
+
+    #[test]
+    fn arming_needs_a_valid_lease() {
+        let mut records = MemoryRecords::default();
+        let start = Instant::now();
+        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        // Nobody took it over, but the lease ran out: a holder that stalled cannot arm.
+        assert!(!records.arm("k", "first", &attempt(), &TIMES, start + TIMES.lease));
+    }
+
+    #[test]
+    fn an_unarmed_memory_claim_is_forgotten_after_ten_leases() {
+        let mut records = MemoryRecords::default();
+        let start = Instant::now();
+        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        records.claim("probe", "t", &TIMES, start + TIMES.claim_ttl());
+        assert_eq!(records.records.len(), 1);
     }
 
     #[test]
     fn a_memory_receipt_is_kept_for_the_retention_then_forgotten() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "token", start), MemoryClaim::Claimed);
-        records.store_receipt("k", stored(200), DONE_TTL, start);
-        // Past the in-flight TTL the receipt is still there: completing resets the TTL.
-        let later = start + IN_FLIGHT_TTL * 2;
+        assert_eq!(claim_k(&mut records, "token", start), Found::Claimed(None));
+        records.store_receipt("k", stored(200), TIMES.retention, start);
+        let later = start + TIMES.claim_ttl() * 2;
         assert_eq!(
             claim_k(&mut records, "other", later),
-            MemoryClaim::Done(stored(200))
+            Found::Done(stored(200))
         );
         // A late release of the old token does not drop the receipt.
-        records.release("k", "token", later);
-        let retention_end = start + DONE_TTL;
+        records.end("k", "token", Ending::Release, later);
+        let retention_end = start + TIMES.retention;
         assert_eq!(
             claim_k(
                 &mut records,
                 "other",
                 retention_end - Duration::from_millis(1)
             ),
-            MemoryClaim::Done(stored(200))
+            Found::Done(stored(200))
         );
         assert_eq!(
             claim_k(&mut records, "new", retention_end),
-            MemoryClaim::Claimed
+            Found::Claimed(None)
         );
     }
 
@@ -593,19 +1100,17 @@ mod tests {
     fn an_updated_memory_receipt_gets_a_fresh_retention() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        records.store_receipt("k", stored(200), DONE_TTL, start);
-        let updated_at = start + DONE_TTL / 2;
-        records.store_receipt("k", stored(202), DONE_TTL, updated_at);
-        // The first write's deadline passes: its queued deadline must not purge the
-        // rewritten record.
-        let after_first_deadline = start + DONE_TTL + Duration::from_secs(1);
+        records.store_receipt("k", stored(200), TIMES.retention, start);
+        let updated_at = start + TIMES.retention / 2;
+        records.store_receipt("k", stored(202), TIMES.retention, updated_at);
+        let after_first_deadline = start + TIMES.retention + Duration::from_secs(1);
         assert_eq!(
             claim_k(&mut records, "t", after_first_deadline),
-            MemoryClaim::Done(stored(202))
+            Found::Done(stored(202))
         );
         assert_eq!(
-            claim_k(&mut records, "t", updated_at + DONE_TTL),
-            MemoryClaim::Claimed
+            claim_k(&mut records, "t", updated_at + TIMES.retention),
+            Found::Claimed(None)
         );
     }
 
@@ -616,49 +1121,136 @@ mod tests {
         for index in 0..1_000 {
             let key = format!("message {index}");
             let at = start + Duration::from_millis(index);
-            assert_eq!(
-                records.claim(&key, "t", IN_FLIGHT_TTL, at),
-                MemoryClaim::Claimed
-            );
+            assert_eq!(records.claim(&key, "t", &TIMES, at), Found::Claimed(None));
             if index % 2 == 0 {
-                records.store_receipt(&key, stored(200), DONE_TTL, at);
+                records.store_receipt(&key, stored(200), TIMES.retention, at);
             }
         }
         assert_eq!(records.records.len(), 1_000);
 
-        // One operation on another key after the in-flight TTL drops every abandoned
-        // claim; the receipts stay.
-        let after_claims = start + Duration::from_millis(1_000) + IN_FLIGHT_TTL;
-        records.claim("probe", "t", IN_FLIGHT_TTL, after_claims);
+        // One operation on another key after the claim TTL drops every abandoned claim;
+        // the receipts stay.
+        let after_claims = start + Duration::from_millis(1_000) + TIMES.claim_ttl();
+        records.claim("probe", "t", &TIMES, after_claims);
         assert_eq!(records.records.len(), 500 + 1);
-        assert_eq!(records.in_flight_deadlines.len(), 1);
+        assert_eq!(records.claim_deadlines.len(), 1);
 
         // After the retention nothing of the old messages is left, queued deadlines
         // included.
-        let after_receipts = start + Duration::from_millis(1_000) + DONE_TTL;
-        records.release("probe", "t", after_receipts);
+        let after_receipts = start + Duration::from_millis(1_000) + TIMES.retention;
+        records.end("probe", "t", Ending::Release, after_receipts);
         assert!(records.records.is_empty(), "{}", records.records.len());
-        assert!(records.in_flight_deadlines.is_empty());
-        assert!(records.done_deadlines.is_empty());
+        assert!(records.claim_deadlines.is_empty());
+        assert!(records.retention_deadlines.is_empty());
     }
 
     #[tokio::test]
     async fn the_in_memory_store_answers_like_the_scripts() {
-        let store =
-            DedupStore::in_memory(KeyNamespace::new("unit").unwrap(), IN_FLIGHT_TTL, DONE_TTL);
+        let store = DedupStore::in_memory(KeyNamespace::new("unit").unwrap(), TIMES);
         let Claim::Claimed(token) = store.claim(&key("<m@p>")).await.unwrap() else {
             panic!("the first claim wins");
         };
         assert_eq!(token.key, format!("unit:dedup:{}", key("m@p").digest()));
+        assert!(token.earlier().is_none());
         assert!(matches!(
             store.claim(&key("m@p")).await.unwrap(),
-            Claim::InFlight
+            Claim::InFlight { .. }
         ));
+        assert!(store.arm(&token, &attempt()).await.unwrap());
         store.complete(token, &stored(200)).await.unwrap();
         assert!(matches!(
             store.claim(&key("m@p")).await.unwrap(),
             Claim::Done(receipt) if receipt == stored(200)
         ));
+    }
+
+    #[tokio::test]
+    async fn releasing_a_claim_whose_earlier_attempt_is_unproven_keeps_the_attempt() {
+        let times = DedupTimes {
+            lease: Duration::from_millis(30),
+            ..TIMES
+        };
+        let store = DedupStore::in_memory(KeyNamespace::new("unit").unwrap(), times);
+        let Claim::Claimed(first) = store.claim(&key("m")).await.unwrap() else {
+            panic!("the first claim wins");
+        };
+        assert!(store.arm(&first, &attempt()).await.unwrap());
+        store.abandon(first).await.unwrap();
+        let Claim::Claimed(second) = store.claim(&key("m")).await.unwrap() else {
+            panic!("an abandoned claim is free");
+        };
+        assert_eq!(
+            second.earlier().map(|earlier| &earlier.attempt),
+            Some(&attempt())
+        );
+        // Released before the search: the attempt must stay for the next resend.
+        store.release(second).await.unwrap();
+        let Claim::Claimed(mut third) = store.claim(&key("m")).await.unwrap() else {
+            panic!("released");
+        };
+        assert!(third.earlier().is_some());
+        third.earlier_absent();
+        store.release(third).await.unwrap();
+        let Claim::Claimed(fourth) = store.claim(&key("m")).await.unwrap() else {
+            panic!("released");
+        };
+        assert!(fourth.earlier().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_held_claim_is_renewed_in_the_background() {
+        // Long enough that a busy test machine still renews in time (every 100 ms).
+        let times = DedupTimes {
+            lease: Duration::from_millis(300),
+            ..TIMES
+        };
+        let store = DedupStore::in_memory(KeyNamespace::new("unit").unwrap(), times);
+        let Claim::Claimed(token) = store.claim(&key("m")).await.unwrap() else {
+            panic!("the first claim wins");
+        };
+        tokio::time::sleep(times.lease * 4).await;
+        assert!(matches!(
+            store.claim(&key("m")).await.unwrap(),
+            Claim::InFlight { .. }
+        ));
+        assert!(store.arm(&token, &attempt()).await.unwrap());
+        // Dropped (the request died): the lease runs out and the resend takes over.
+        drop(token);
+        tokio::time::sleep(times.lease * 2).await;
+        assert!(matches!(
+            store.claim(&key("m")).await.unwrap(),
+            Claim::Claimed(token) if token.earlier().is_some()
+        ));
+    }
+
+    #[test]
+    fn claim_replies_decode() {
+        use redis::Value::{BulkString, Int};
+        let text = |text: &str| BulkString(text.as_bytes().to_vec());
+        assert_eq!(
+            decode_claim(&[text("claimed")]).unwrap(),
+            Found::Claimed(None)
+        );
+        assert_eq!(
+            decode_claim(&[text("in_flight"), Int(1500)]).unwrap(),
+            Found::InFlight(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            decode_claim(&[
+                text("taken_over"),
+                text("t"),
+                text("2"),
+                text("40"),
+                text("documents/x"),
+                Int(7000)
+            ])
+            .unwrap(),
+            Found::Claimed(Some(EarlierAttempt {
+                attempt: attempt(),
+                window_left: Duration::from_secs(7),
+            }))
+        );
+        assert!(decode_claim(&[text("what")]).is_err());
     }
 
     #[test]

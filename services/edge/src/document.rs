@@ -435,10 +435,16 @@ impl SpooledDocument {
 
 /// Deletes a stored document whose record could not be published.
 pub async fn delete_stored(storage: &DocumentStorage, document: &StoredDocument) {
+    delete_object(storage, &document.key).await;
+}
+
+/// Deletes the object under `key`, a document no record references (an absent one is
+/// fine).
+pub async fn delete_object(storage: &DocumentStorage, key: &str) {
     if let Some(store) = &storage.store
-        && let Err(error) = store.delete(&document.key).await
+        && let Err(error) = store.delete(key).await
     {
-        tracing::warn!(%error, key = document.key, "could not delete an unpublished document");
+        tracing::warn!(%error, key, "could not delete an unpublished document");
     }
 }
 

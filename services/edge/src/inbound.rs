@@ -1,7 +1,7 @@
 //! The inbound path, in order: read the AS2 headers, resolve the partnership, unwrap
 //! (decrypt, decompress, verify, decompress), enforce the partnership's policy, claim
-//! the message against duplicates, publish the document and wait for the broker's
-//! acknowledgement, and only then answer with an MDN.
+//! the message against duplicates, build the MDN, publish the document and wait for the
+//! broker's acknowledgement, and only then answer with the MDN.
 //!
 //! What the partner gets back:
 //!
@@ -12,7 +12,8 @@
 //! | unknown (AS2-From, AS2-To) pair | 200 with an error MDN (`unknown-trading-partner`), in the response even when an asynchronous MDN was asked for: we do not call out to URLs of parties we do not know; never signed: no private-key work for strangers |
 //! | processed | 200 with the sync MDN, or 200 and the MDN handed to the MDN service |
 //! | processed before (same Message-ID) | the stored answer again, nothing published |
-//! | the same Message-ID is being processed right now | 503 with Retry-After |
+//! | published by an earlier attempt that could not answer (its edge crashed, or the acknowledgement was lost) | found in its partition ([`crate::dedup`]): a processed MDN, nothing published again |
+//! | the same Message-ID is being processed right now | 503 with Retry-After (at most the time left on the holder's lease) |
 //! | Redis, Kafka, the routing or MDN service unavailable | 503 with Retry-After, nothing acknowledged |
 //! | our own unwrap failed (the CMS/MIME task panicked) | 503 with Retry-After, no MDN: our fault, not the message's (logged at error level, counted as `unavailable`) |
 //! | no MDN asked for, message bad | 400 with the reason |
@@ -62,8 +63,11 @@ use crate::document::{DocumentSpool, DocumentStorage, Reservation, SpoolFailure,
 
 use crate::clients::{MdnDeliveryQueue, MdnReconciler};
 use crate::config::InboundConfig;
-use crate::dedup::{ClaimToken, DedupStore, MessageKey, PendingAsyncMdn, StoredReceipt};
-use crate::kafka::{DocumentSink, OutgoingRecord};
+use crate::dedup::{
+    ClaimToken, DedupStore, EarlierAttempt, MessageKey, PendingAsyncMdn, PublishAttempt,
+    StoredReceipt,
+};
+use crate::kafka::{DocumentSink, OutgoingRecord, PublishError, Search, StoredRecord};
 use crate::keys::{KeyPair, KeyStore};
 use crate::metrics::{EdgeMetrics, Outcome};
 use crate::record;
@@ -949,17 +953,26 @@ impl InboundProcessor {
             as2_to: headers.as2_to.as_str(),
             message_id: headers.message_id.original(),
         };
-        let claim = match decision::after_claim(self.dedup.claim(&message_key).await) {
+        let mut claim = match decision::after_claim(self.dedup.claim(&message_key).await) {
             AfterClaim::Proceed(claim) => claim,
             AfterClaim::Replay(replay) => {
                 document.discard().await;
                 self.metrics.dedup_hit("done");
                 return self.replay(&message_key, headers, route, *replay).await;
             }
-            AfterClaim::InFlight(unavailable) => {
+            AfterClaim::InFlight(unavailable, lease_left) => {
                 document.discard().await;
                 self.metrics.dedup_hit("in_flight");
-                return Err(unavailable);
+                // The holder renews its lease while it works: ask for the resend when the
+                // lease would have run out, so a dead holder's message is taken over then.
+                let retry_after = lease_left
+                    .as_secs()
+                    .saturating_add(1)
+                    .min(self.settings.retry_after_secs.max(1));
+                return Ok(Handled::new(
+                    unavailable.answer(retry_after),
+                    Outcome::Unavailable,
+                ));
             }
             AfterClaim::StoreUnavailable(unavailable) => {
                 document.discard().await;
@@ -967,7 +980,8 @@ impl InboundProcessor {
             }
         };
 
-        // Everything that can fail for reasons of ours is settled before the publish.
+        // Everything that can fail for reasons of ours is settled before the publish,
+        // the MDN included: after the acknowledgement only storing the receipt is left.
         let signing = match decisions
             .mdn_signing(headers, route)
             .and_then(|signing| self.load_signing(&signing))
@@ -979,6 +993,43 @@ impl InboundProcessor {
                 return Err(unavailable);
             }
         };
+        let plan = decisions.processed_mdn(headers, &message);
+        let reply = match self.build_mdn(headers, &plan, signing) {
+            Ok(built) => plan.reply(built),
+            Err(unavailable) => {
+                document.discard().await;
+                self.release(claim).await;
+                return Err(unavailable);
+            }
+        };
+
+        // A holder whose lease ran out may have published this message: find its record
+        // before publishing another.
+        if let Some(earlier) = claim.earlier().cloned() {
+            match self.find_earlier(&message_key, &earlier).await {
+                Ok(Some(record)) => {
+                    document.discard().await;
+                    self.metrics.dedup_hit("recovered");
+                    tracing::info!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        "an earlier attempt published this message; answering for it"
+                    );
+                    return self.answer_published(claim, headers, route, reply).await;
+                }
+                Ok(None) => {
+                    if let Some(object) = &earlier.attempt.object {
+                        crate::document::delete_object(&self.documents, object).await;
+                    }
+                    claim.earlier_absent();
+                }
+                Err(unavailable) => {
+                    document.discard().await;
+                    self.abandon(claim).await;
+                    return Err(unavailable);
+                }
+            }
+        }
 
         // A large document becomes visible in the store before its record is written:
         // no record points at a partial object.
@@ -993,6 +1044,69 @@ impl InboundProcessor {
                 ));
             }
         };
+        let forget_stored = || async {
+            if let Some(stored) = &stored {
+                crate::document::delete_stored(&self.documents, stored).await;
+            }
+        };
+        let topic = route.partnership.kafka_topic.as_str();
+        let placement = match self.publisher.place(topic, &route.partnership.id).await {
+            Ok(placement) => placement,
+            Err(error) => {
+                forget_stored().await;
+                self.release(claim).await;
+                return match decision::after_publish(Err(error)) {
+                    AfterPublish::Refused(failure) => {
+                        let rejection =
+                            decisions.rejection_of_accepted(headers, route, &failure)?;
+                        self.deliver_rejection(headers, Some(route), rejection)
+                            .await
+                    }
+                    AfterPublish::Unavailable(unavailable) => Err(unavailable),
+                    AfterPublish::Published(_) => Err(Unavailable(
+                        "the document store is unavailable, please resend later",
+                    )),
+                };
+            }
+        };
+        let attempt = PublishAttempt {
+            topic: topic.to_owned(),
+            partition: placement.partition,
+            scan_from: placement.scan_from,
+            object: stored.as_ref().map(|stored| stored.key.clone()),
+        };
+        // Arming is the fence: only a request whose lease is valid gets here, and the
+        // record is handed to the producer at once, well within the window.
+        let arming = Instant::now();
+        let armed = self.dedup.arm(&claim, &attempt).await;
+        let in_time = arming.elapsed() < crate::server::PUBLISH_WINDOW_MARGIN / 2;
+        match armed {
+            Ok(true) if in_time => {}
+            Ok(true) => {
+                tracing::warn!("arming the claim took too long; not publishing");
+                forget_stored().await;
+                self.abandon(claim).await;
+                return Err(Unavailable(
+                    "the message store is slow, please resend later",
+                ));
+            }
+            Ok(false) => {
+                tracing::warn!("the dedup lease ran out before the publish; not publishing");
+                forget_stored().await;
+                return Err(Unavailable(
+                    "this message is being processed, please resend later",
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not arm the dedup claim; not publishing");
+                forget_stored().await;
+                self.abandon(claim).await;
+                return Err(Unavailable(
+                    "the message store is unavailable, please resend later",
+                ));
+            }
+        }
+
         let received_at = record::now_rfc3339();
         let mut record_headers = record::document_headers(headers, route, &message, &received_at);
         record::add_document_fields(&mut record_headers, document_size, &sha256, stored.as_ref());
@@ -1003,8 +1117,9 @@ impl InboundProcessor {
         let published = self
             .publisher
             .publish(OutgoingRecord {
-                topic: &route.partnership.kafka_topic,
+                topic,
                 key: &route.partnership.id,
+                partition: Some(placement.partition),
                 headers: record_headers,
                 payload: &message.payload.data,
             })
@@ -1014,11 +1129,6 @@ impl InboundProcessor {
             message.payload.data.len(),
             published.is_ok(),
         );
-        if published.is_err()
-            && let Some(stored) = &stored
-        {
-            crate::document::delete_stored(&self.documents, stored).await;
-        }
         match decision::after_publish(published) {
             AfterPublish::Published(record) => {
                 if stored.is_some() {
@@ -1032,10 +1142,13 @@ impl InboundProcessor {
                 );
             }
             AfterPublish::Unavailable(unavailable) => {
-                self.release(claim).await;
+                // The record may still have been written: its object stays, and the
+                // resend looks for it before publishing again.
+                self.abandon(claim).await;
                 return Err(unavailable);
             }
             AfterPublish::Refused(failure) => {
+                forget_stored().await;
                 self.release(claim).await;
                 let rejection = decisions.rejection_of_accepted(headers, route, &failure)?;
                 return self
@@ -1043,12 +1156,67 @@ impl InboundProcessor {
                     .await;
             }
         }
+        crate::fault::after_publish();
+        self.answer_published(claim, headers, route, reply).await
+    }
 
-        let plan = decisions.processed_mdn(headers, &message);
-        // Published but no receipt: keep the claim so a resend does not publish again; it
-        // expires and the resend then goes through dedup as new.
-        let built = self.build_mdn(headers, &plan, signing)?;
-        let reply = plan.reply(built);
+    /// Searches for the record of an earlier holder's attempt: in its partition from its
+    /// offset, and once more after its publish window has passed (a record can land until
+    /// then). `None` proves it absent.
+    async fn find_earlier(
+        &self,
+        message_key: &MessageKey<'_>,
+        earlier: &EarlierAttempt,
+    ) -> Result<Option<StoredRecord>, Unavailable> {
+        let started = Instant::now();
+        let attempt = &earlier.attempt;
+        let unavailable = |error: PublishError| {
+            tracing::warn!(%error, "could not search for an earlier attempt's record");
+            Unavailable("the document store is unavailable, please resend later")
+        };
+        let search = self
+            .publisher
+            .find(
+                &attempt.topic,
+                attempt.partition,
+                attempt.scan_from,
+                message_key,
+            )
+            .await
+            .map_err(unavailable)?;
+        let end = match search {
+            Search::Found(record) => return Ok(Some(record)),
+            Search::Absent { end } => end,
+        };
+        let left = earlier.window_left.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        tracing::info!(
+            wait_ms = left.as_millis(),
+            "an earlier attempt's record may still land; waiting for its window to pass"
+        );
+        tokio::time::sleep(left).await;
+        match self
+            .publisher
+            .find(&attempt.topic, attempt.partition, end, message_key)
+            .await
+            .map_err(unavailable)?
+        {
+            Search::Found(record) => Ok(Some(record)),
+            Search::Absent { .. } => Ok(None),
+        }
+    }
+
+    /// Answers a message whose record is in Kafka: hands over its asynchronous MDN, then
+    /// stores the receipt.
+    async fn answer_published(
+        &self,
+        claim: ClaimToken,
+        headers: &As2RequestHeaders,
+        route: &Route,
+        reply: decision::MdnReply,
+    ) -> Result<Handled, Unavailable> {
         if let Some(mdn) = &reply.async_mdn
             && let Err(unavailable) = self.enqueue_async(headers, Some(route), mdn).await
         {
@@ -1091,7 +1259,13 @@ impl InboundProcessor {
 
     async fn release(&self, claim: ClaimToken) {
         if let Err(error) = self.dedup.release(claim).await {
-            tracing::warn!(%error, "could not release the dedup claim; it expires by itself");
+            tracing::warn!(%error, "could not release the dedup claim; its lease runs out by itself");
+        }
+    }
+
+    async fn abandon(&self, claim: ClaimToken) {
+        if let Err(error) = self.dedup.abandon(claim).await {
+            tracing::warn!(%error, "could not end the dedup lease; it runs out by itself");
         }
     }
 

@@ -18,6 +18,7 @@ pub mod clients;
 pub mod config;
 pub mod dedup;
 pub mod document;
+mod fault;
 pub mod http;
 pub mod inbound;
 pub mod kafka;

@@ -20,7 +20,7 @@ use as2_store::Store;
 use crate::config::{
     EdgeConfig, INLINE_ONLY_MAX_BODY_BYTES, INLINE_ONLY_MAX_DOCUMENT_BYTES, InboundConfig,
 };
-use crate::dedup::DedupStore;
+use crate::dedup::{DedupStore, DedupTimes};
 use crate::document::{ByteBudget, DocumentStorage};
 use crate::http::{HttpLimits, serve_as2};
 use crate::inbound::InboundProcessor;
@@ -148,8 +148,11 @@ impl EdgeServer {
             default_signing_key_id: config.keys.default_signing_key_id.clone(),
             dedup: dedup_store(
                 &state,
-                Duration::from_secs(inbound.dedup_in_flight_secs),
-                Duration::from_secs(inbound.dedup_retention_secs),
+                DedupTimes {
+                    lease: Duration::from_millis(inbound.dedup_lease_ms.max(1)),
+                    publish_window: publisher.publish_timeout() + PUBLISH_WINDOW_MARGIN,
+                    retention: Duration::from_secs(inbound.dedup_retention_secs),
+                },
             ),
             publisher: Arc::new(publisher.clone()),
             mdn_delivery,
@@ -241,19 +244,20 @@ fn document_storage(config: &EdgeConfig) -> anyhow::Result<(DocumentStorage, Inb
 }
 
 /// The dedup store on the configured state backend.
-fn dedup_store(state: &StateBackend, in_flight_ttl: Duration, done_ttl: Duration) -> DedupStore {
+fn dedup_store(state: &StateBackend, times: DedupTimes) -> DedupStore {
     match state {
-        StateBackend::Redis(redis) => DedupStore::new(
-            redis.connection.clone(),
-            redis.namespace.clone(),
-            in_flight_ttl,
-            done_ttl,
-        ),
-        StateBackend::InMemory { namespace } => {
-            DedupStore::in_memory(namespace.clone(), in_flight_ttl, done_ttl)
+        StateBackend::Redis(redis) => {
+            DedupStore::new(redis.connection.clone(), redis.namespace.clone(), times)
         }
+        StateBackend::InMemory { namespace } => DedupStore::in_memory(namespace.clone(), times),
     }
 }
+
+/// How much longer than the producer's delivery timeout a record may still land after
+/// its claim was armed: the time from arming to handing the record to the producer is
+/// held under half of it ([`crate::inbound`]), the rest covers the broker's handling of
+/// the last request.
+pub const PUBLISH_WINDOW_MARGIN: Duration = Duration::from_secs(2);
 
 /// Binds and serves until `shutdown` completes.
 pub async fn run(

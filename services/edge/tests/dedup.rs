@@ -7,26 +7,38 @@ use std::time::Duration;
 
 use as2_common::config::RedisConfig;
 use as2_common::redis::KeyNamespace;
-use as2_edge::dedup::{Claim, DedupStore, MessageKey, StoredReceipt};
+use as2_edge::dedup::{Claim, DedupStore, DedupTimes, MessageKey, PublishAttempt, StoredReceipt};
 
-async fn redis_store(redis: &as2_testkit::RedisServer, in_flight_ttl: Duration) -> DedupStore {
+/// Short enough for the takeover scenarios to run quickly; the holder renews every 100 ms.
+const LEASE: Duration = Duration::from_millis(300);
+const PUBLISH_WINDOW: Duration = Duration::from_millis(900);
+
+fn times(lease: Duration) -> DedupTimes {
+    DedupTimes {
+        lease,
+        publish_window: PUBLISH_WINDOW,
+        retention: Duration::from_secs(60),
+    }
+}
+
+async fn redis_store(redis: &as2_testkit::RedisServer, lease: Duration) -> DedupStore {
     let connected = as2_common::redis::connect(&RedisConfig::new(redis.url(), "dedup-test"))
         .await
         .unwrap();
-    DedupStore::new(
-        connected.connection,
-        connected.namespace,
-        in_flight_ttl,
-        Duration::from_secs(60),
-    )
+    DedupStore::new(connected.connection, connected.namespace, times(lease))
 }
 
 fn memory_store() -> DedupStore {
-    DedupStore::in_memory(
-        KeyNamespace::new("dedup-test").unwrap(),
-        Duration::from_secs(30),
-        Duration::from_secs(60),
-    )
+    DedupStore::in_memory(KeyNamespace::new("dedup-test").unwrap(), times(LEASE))
+}
+
+fn attempt() -> PublishAttempt {
+    PublishAttempt {
+        topic: "documents".to_owned(),
+        partition: 3,
+        scan_from: 1_234_567_890_123,
+        object: None,
+    }
 }
 
 fn receipt() -> StoredReceipt {
@@ -56,7 +68,7 @@ macro_rules! on_both_backends {
                 #[tokio::test]
                 async fn $scenario() {
                     let redis = as2_testkit::RedisServer::start();
-                    let store = super::redis_store(&redis, std::time::Duration::from_secs(30)).await;
+                    let store = super::redis_store(&redis, super::LEASE).await;
                     assert_eq!(store.backend_kind(), "redis");
                     super::$scenario(store).await;
                 }
@@ -82,6 +94,10 @@ on_both_backends!(
     an_updated_receipt_replaces_the_stored_one,
     concurrent_claims_have_exactly_one_winner,
     messages_differ_by_every_part,
+    a_live_holder_keeps_its_claim_past_the_lease,
+    a_dead_holders_armed_attempt_is_handed_to_the_resend,
+    a_holder_that_lost_its_lease_cannot_arm,
+    an_abandoned_claim_is_free_at_once_and_keeps_its_attempt,
 );
 
 async fn first_claim_wins_then_resends_see_in_flight_then_done(store: DedupStore) {
@@ -90,7 +106,7 @@ async fn first_claim_wins_then_resends_see_in_flight_then_done(store: DedupStore
     };
     assert!(matches!(
         store.claim(&MESSAGE).await.unwrap(),
-        Claim::InFlight
+        Claim::InFlight { .. }
     ));
 
     store.complete(token, &receipt()).await.unwrap();
@@ -151,7 +167,7 @@ async fn concurrent_claims_have_exactly_one_winner(store: DedupStore) {
         .count();
     let in_flight = claims
         .iter()
-        .filter(|claim| matches!(claim, Ok(Claim::InFlight)))
+        .filter(|claim| matches!(claim, Ok(Claim::InFlight { .. })))
         .count();
     assert_eq!((winners, in_flight), (1, 19));
 }
@@ -183,14 +199,119 @@ async fn messages_differ_by_every_part(store: DedupStore) {
     }
 }
 
-#[tokio::test]
-async fn an_abandoned_claim_expires_in_redis() {
-    let redis = as2_testkit::RedisServer::start();
-    let store = redis_store(&redis, Duration::from_millis(200)).await;
-    let Claim::Claimed(_abandoned) = store.claim(&MESSAGE).await.unwrap() else {
+async fn a_live_holder_keeps_its_claim_past_the_lease(store: DedupStore) {
+    let Claim::Claimed(token) = store.claim(&MESSAGE).await.unwrap() else {
         panic!("claim")
     };
+    tokio::time::sleep(LEASE * 3).await;
+    match store.claim(&MESSAGE).await.unwrap() {
+        Claim::InFlight { retry_after } => assert!(retry_after <= LEASE, "{retry_after:?}"),
+        other => panic!("a renewed claim is held, got {other:?}"),
+    }
+    assert!(store.arm(&token, &attempt()).await.unwrap());
+}
+
+async fn a_dead_holders_armed_attempt_is_handed_to_the_resend(store: DedupStore) {
+    let Claim::Claimed(token) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("claim")
+    };
+    assert!(store.arm(&token, &attempt()).await.unwrap());
+    // The holder dies (its renewals stop with it).
+    drop(token);
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    let Claim::Claimed(taken_over) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("a dead holder's claim is taken over")
+    };
+    let earlier = taken_over.earlier().expect("the armed attempt");
+    assert_eq!(earlier.attempt, attempt());
+    assert!(
+        earlier.window_left > Duration::ZERO && earlier.window_left <= PUBLISH_WINDOW - LEASE,
+        "{:?}",
+        earlier.window_left
+    );
+    // The new holder's lease is renewed like any other.
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(matches!(
+        store.claim(&MESSAGE).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+}
+
+async fn a_holder_that_lost_its_lease_cannot_arm(store: DedupStore) {
+    let Claim::Claimed(mut stalled) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("claim")
+    };
+    // A stalled process renews nothing: its lease runs out and a resend takes over.
+    stalled.stop_renewing();
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    let Claim::Claimed(other) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("an unrenewed claim is taken over")
+    };
+    assert!(!store.arm(&stalled, &attempt()).await.unwrap());
+    assert!(store.arm(&other, &attempt()).await.unwrap());
+}
+
+async fn an_abandoned_claim_is_free_at_once_and_keeps_its_attempt(store: DedupStore) {
+    let Claim::Claimed(token) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("claim")
+    };
+    assert!(store.arm(&token, &attempt()).await.unwrap());
+    store.abandon(token).await.unwrap();
+    let Claim::Claimed(next) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("an abandoned claim is free")
+    };
+    assert_eq!(
+        next.earlier().map(|earlier| &earlier.attempt),
+        Some(&attempt())
+    );
+}
+
+#[tokio::test]
+async fn an_unrenewed_claim_runs_out_in_redis() {
+    let redis = as2_testkit::RedisServer::start();
+    let store = redis_store(&redis, Duration::from_millis(200)).await;
+    let Claim::Claimed(abandoned) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("claim")
+    };
+    drop(abandoned);
     tokio::time::sleep(Duration::from_millis(400)).await;
+    match store.claim(&MESSAGE).await.unwrap() {
+        Claim::Claimed(token) => assert!(token.earlier().is_none(), "it never armed"),
+        other => panic!("expected the claim, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_claim_written_by_the_previous_version_is_held_until_it_expires() {
+    let redis = as2_testkit::RedisServer::start();
+    let store = redis_store(&redis, LEASE).await;
+    let key = format!("dedup-test:dedup:{}", MESSAGE.digest());
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("in_flight")
+        .arg("token")
+        .arg("old")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(400)
+        .query_async(&mut connection)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    assert!(matches!(
+        store.claim(&MESSAGE).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(matches!(
         store.claim(&MESSAGE).await.unwrap(),
         Claim::Claimed(_)
@@ -200,7 +321,7 @@ async fn an_abandoned_claim_expires_in_redis() {
 #[tokio::test]
 async fn redis_down_is_an_error_not_a_claim() {
     let mut redis = as2_testkit::RedisServer::start();
-    let store = redis_store(&redis, Duration::from_secs(30)).await;
+    let store = redis_store(&redis, LEASE).await;
     redis.stop();
     assert!(store.claim(&MESSAGE).await.is_err());
 }
@@ -216,7 +337,7 @@ async fn in_memory_stores_are_separate() {
     // A clone shares the records; another store does not.
     assert!(matches!(
         first.clone().claim(&MESSAGE).await.unwrap(),
-        Claim::InFlight
+        Claim::InFlight { .. }
     ));
     assert!(matches!(
         second.claim(&MESSAGE).await.unwrap(),

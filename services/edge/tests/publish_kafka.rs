@@ -13,6 +13,7 @@ fn record(payload: &[u8]) -> OutgoingRecord<'_> {
     OutgoingRecord {
         topic: "documents",
         key: "acme",
+        partition: None,
         headers: vec![
             ("as2-from", "acme".to_owned()),
             ("as2-message-id", "<1@acme>".to_owned()),

@@ -163,6 +163,7 @@ impl StatusEvents {
         let record = Record {
             topic: &publisher.topic,
             key,
+            partition: None,
             headers,
             payload: &payload,
         };

@@ -186,6 +186,7 @@ impl ReceiptPublisher {
             .send(Record {
                 topic: &self.topic,
                 key: &receipt.partnership_id,
+                partition: None,
                 headers,
                 payload: &payload,
             })

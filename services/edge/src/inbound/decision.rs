@@ -195,8 +195,9 @@ pub enum AfterClaim {
     Proceed(ClaimToken),
     /// Processed before: answer as then, publish nothing.
     Replay(Box<Replay>),
-    /// Another request is processing the same message: 503.
-    InFlight(Unavailable),
+    /// Another request is processing the same message: 503, with a Retry-After of at
+    /// most the time left on its lease.
+    InFlight(Unavailable, std::time::Duration),
     /// The dedup store cannot answer: 503.
     StoreUnavailable(Unavailable),
 }
@@ -504,9 +505,10 @@ impl MdnPlan {
 pub fn after_claim(claim: Result<Claim, DedupError>) -> AfterClaim {
     match claim {
         Ok(Claim::Claimed(token)) => AfterClaim::Proceed(token),
-        Ok(Claim::InFlight) => AfterClaim::InFlight(Unavailable(
-            "this message is being processed, please resend later",
-        )),
+        Ok(Claim::InFlight { retry_after }) => AfterClaim::InFlight(
+            Unavailable("this message is being processed, please resend later"),
+            retry_after,
+        ),
         Ok(Claim::Done(receipt)) => {
             tracing::info!("duplicate of a processed message, answering as before");
             AfterClaim::Replay(Box::new(replay(receipt)))
@@ -1040,9 +1042,8 @@ mod tests {
                     )),
                     ..Decided::answer(&replay.answer)
                 },
-                AfterClaim::InFlight(unavailable) | AfterClaim::StoreUnavailable(unavailable) => {
-                    Decided::unavailable(unavailable)
-                }
+                AfterClaim::InFlight(unavailable, _)
+                | AfterClaim::StoreUnavailable(unavailable) => Decided::unavailable(unavailable),
             },
             Step::Publish(headers, published) => match after_publish(published()) {
                 AfterPublish::Published(_) => Decided::next(Next::Answer),
@@ -1242,7 +1243,11 @@ mod tests {
             Row {
                 name: "being processed right now: 503 with Retry-After",
                 config: Config::Standard,
-                step: Step::Claim(|| Ok(Claim::InFlight)),
+                step: Step::Claim(|| {
+                    Ok(Claim::InFlight {
+                        retry_after: std::time::Duration::from_secs(3),
+                    })
+                }),
                 expect: retry_later(),
             },
             Row {

@@ -19,7 +19,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::*;
 use crate::clients::{PartnershipEvents, PartnershipRegistry};
-use crate::kafka::{PublishError, StoredRecord};
+use crate::dedup::DedupTimes;
+use crate::kafka::{Placement, PublishError, Search, StoredRecord};
+
+/// The publish window of the test processor: short, so a resend that must wait for an
+/// earlier attempt's window does not slow the tests down.
+const TEST_PUBLISH_WINDOW: Duration = Duration::from_millis(300);
 
 // Shared with the decision tests (`decision::tests`).
 pub(super) const RETRY_AFTER_SECS: u64 = 42;
@@ -62,11 +67,16 @@ impl PartnershipRegistry for FakeRegistry {
     }
 }
 
-/// Kafka: records what it is given; refuses while `down`.
+/// Kafka: records what it is given; refuses while `down`. With `lose_acks` it stores the
+/// record but answers as a publish timeout would (the acknowledgement was lost).
 #[derive(Default)]
 struct FakeSink {
     down: AtomicBool,
+    lose_acks: AtomicBool,
     published: Mutex<Vec<(String, String, Vec<u8>)>>,
+    /// The message key digest of each published record, by offset.
+    digests: Mutex<Vec<String>>,
+    searches: AtomicUsize,
 }
 
 impl FakeSink {
@@ -78,16 +88,33 @@ impl FakeSink {
     }
 }
 
+fn timed_out() -> PublishError {
+    PublishError::Unavailable(KafkaError::MessageProduction(
+        RDKafkaErrorCode::MessageTimedOut,
+    ))
+}
+
 impl DocumentSink for FakeSink {
     fn publish<'a>(
         &'a self,
         record: OutgoingRecord<'a>,
     ) -> BoxFuture<'a, Result<StoredRecord, PublishError>> {
         let answer = if self.down.load(Ordering::SeqCst) {
-            Err(PublishError::Unavailable(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            )))
+            Err(timed_out())
         } else {
+            let header = |name: &str| {
+                record
+                    .headers
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map_or("", |(_, value)| value.as_str())
+            };
+            let digest = MessageKey {
+                as2_from: header(record::HEADER_AS2_FROM),
+                as2_to: header(record::HEADER_AS2_TO),
+                message_id: header(record::HEADER_MESSAGE_ID),
+            }
+            .digest();
             let mut published = self
                 .published
                 .lock()
@@ -97,11 +124,68 @@ impl DocumentSink for FakeSink {
                 record.key.to_owned(),
                 record.payload.to_vec(),
             ));
+            self.digests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(digest);
             let offset = i64::try_from(published.len()).unwrap_or(i64::MAX) - 1;
-            Ok(StoredRecord {
+            if self.lose_acks.load(Ordering::SeqCst) {
+                Err(timed_out())
+            } else {
+                Ok(StoredRecord {
+                    partition: 0,
+                    offset,
+                })
+            }
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn place<'a>(
+        &'a self,
+        _topic: &'a str,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<Placement, PublishError>> {
+        let end = self
+            .digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        let placement = Placement {
+            partition: 0,
+            scan_from: i64::try_from(end).unwrap_or(i64::MAX),
+        };
+        Box::pin(async move { Ok(placement) })
+    }
+
+    fn find<'a>(
+        &'a self,
+        _topic: &'a str,
+        _partition: i32,
+        from: i64,
+        message: &'a MessageKey<'a>,
+    ) -> BoxFuture<'a, Result<Search, PublishError>> {
+        self.searches.fetch_add(1, Ordering::SeqCst);
+        let digest = message.digest();
+        let digests = self
+            .digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        let found = digests
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find(|(_, candidate)| **candidate == digest)
+            .map(|(offset, _)| StoredRecord {
                 partition: 0,
-                offset,
-            })
+                offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            });
+        let end = i64::try_from(digests.len()).unwrap_or(i64::MAX);
+        let answer = if self.down.load(Ordering::SeqCst) {
+            Err(timed_out())
+        } else {
+            Ok(found.map_or(Search::Absent { end }, Search::Found))
         };
         Box::pin(async move { answer })
     }
@@ -296,7 +380,14 @@ fn edge(setup: EdgeSetup) -> Edge {
         keys: Arc::new(KeyStore::new("/nonexistent/edge-test-keys")),
         default_decryption_key_id: None,
         default_signing_key_id: None,
-        dedup: DedupStore::in_memory(namespace, Duration::from_secs(60), Duration::from_secs(600)),
+        dedup: DedupStore::in_memory(
+            namespace,
+            DedupTimes {
+                lease: Duration::from_secs(60),
+                publish_window: TEST_PUBLISH_WINDOW,
+                retention: Duration::from_secs(600),
+            },
+        ),
         publisher: sink.clone(),
         mdn_delivery: setup
             .mdn_service
@@ -433,6 +524,45 @@ async fn a_processed_message_without_an_mdn_request_is_answered_200_and_publishe
     // The receipt is built all the same: it is what a resend gets.
     assert_eq!(answer.status, 200, "{}", body(&answer));
     assert_eq!(edge.sink.published().len(), 1);
+}
+
+#[tokio::test]
+async fn a_publish_whose_acknowledgement_was_lost_is_found_by_the_resend_and_not_repeated() {
+    let edge = edge(EdgeSetup::default());
+    edge.sink.lose_acks.store(true, Ordering::SeqCst);
+    let first = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&first);
+    assert_eq!(edge.sink.published().len(), 1, "the broker stored it");
+
+    edge.sink.lose_acks.store(false, Ordering::SeqCst);
+    let resend = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_eq!(resend.status, 200, "{}", body(&resend));
+    assert!(body(&resend).contains("processed"), "{}", body(&resend));
+    assert_eq!(edge.sink.published().len(), 1, "found, not published again");
+    assert_eq!(edge.sink.searches.load(Ordering::SeqCst), 1);
+    // The receipt is stored now: a third send is a plain duplicate.
+    let third = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(edge.sink.published().len(), 1);
+    assert_eq!(edge.sink.searches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_publish_that_timed_out_unwritten_is_published_by_the_resend_after_its_window() {
+    let edge = edge(EdgeSetup::default());
+    edge.sink.down.store(true, Ordering::SeqCst);
+    let first = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_retry_later(&first);
+    assert!(edge.sink.published().is_empty());
+
+    edge.sink.down.store(false, Ordering::SeqCst);
+    let resent_at = std::time::Instant::now();
+    let resend = edge.processor.process(message(&[SYNC_MDN])).await;
+    assert_eq!(resend.status, 200, "{}", body(&resend));
+    assert_eq!(edge.sink.published().len(), 1);
+    // Nothing found at first; it waited for what was left of the window and looked again.
+    assert_eq!(edge.sink.searches.load(Ordering::SeqCst), 2);
+    assert!(resent_at.elapsed() < TEST_PUBLISH_WINDOW + Duration::from_secs(1));
 }
 
 #[tokio::test]
