@@ -16,6 +16,7 @@
 #![allow(clippy::print_stderr)]
 
 pub mod admin;
+pub mod balancer;
 pub mod certificates;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -140,6 +140,8 @@ pub struct RedisServer {
     process: OwnedProcess,
     port: u16,
     tls: bool,
+    /// The data directory of a durable server.
+    durable: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -150,6 +152,28 @@ impl RedisServer {
             process,
             port,
             tls: false,
+            durable: None,
+        }
+    }
+
+    /// Starts a server that writes every change to its append-only file before it
+    /// answers (`appendonly yes`, `appendfsync always`) in a directory of its own, so a
+    /// [`restart`](Self::restart), even after a kill, keeps everything it acknowledged.
+    pub fn start_durable() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "as2-redis-{}-{}",
+            std::process::id(),
+            crate::random_u32()
+        ));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+        let make = |port: u16| durable_redis_command(port, &dir);
+        let (process, port) = start_on_free_port("redis (durable)", make, redis_answers_ping);
+        Self {
+            process,
+            port,
+            tls: false,
+            durable: Some(dir),
         }
     }
 
@@ -184,6 +208,7 @@ impl RedisServer {
             process,
             port,
             tls: true,
+            durable: None,
         }
     }
 
@@ -209,12 +234,39 @@ impl RedisServer {
         self.process.kill();
     }
 
-    /// Starts the server again on the same port (empty, as persistence is off).
+    /// Starts the server again on the same port: empty, as persistence is off, unless it
+    /// was started with [`start_durable`](Self::start_durable).
     pub fn restart(&mut self) {
         self.process.kill();
-        self.process = start_on_port("redis", &redis_command, &redis_answers_ping, self.port)
+        let restarted = match &self.durable {
+            Some(dir) => start_on_port(
+                "redis (durable)",
+                &|port| durable_redis_command(port, dir),
+                &redis_answers_ping,
+                self.port,
+            ),
+            None => start_on_port("redis", &redis_command, &redis_answers_ping, self.port),
+        };
+        self.process = restarted
             .unwrap_or_else(|log| panic!("redis did not restart on port {}\n{log}", self.port));
     }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.process.kill();
+        if let Some(dir) = &self.durable {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn durable_redis_command(port: u16, dir: &std::path::Path) -> Command {
+    let mut command = redis_command(port);
+    command
+        .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+        .arg(dir);
+    command
 }
 
 fn redis_command(port: u16) -> Command {

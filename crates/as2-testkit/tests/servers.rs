@@ -28,6 +28,15 @@ fn redis_starts_stores_and_restarts_empty() {
 }
 
 #[test]
+fn a_durable_redis_keeps_what_it_acknowledged_across_a_kill() {
+    let mut redis = as2_testkit::RedisServer::start_durable();
+    assert_eq!(redis_command(redis.port(), b"SET k v\r\n"), "+OK\r\n");
+    // restart kills the process (SIGKILL): only the append-only file brings `k` back.
+    redis.restart();
+    assert_eq!(redis_command(redis.port(), b"GET k\r\n"), "$1\r\nv\r\n");
+}
+
+#[test]
 fn kafka_broker_accepts_connections_and_stops() {
     let mut broker = as2_testkit::KafkaBroker::start();
     let port = broker.port();

@@ -20,7 +20,7 @@ pub fn after_publish() {
     if let Some(crash_at) = *crash_at
         && PUBLISHED.fetch_add(1, Ordering::SeqCst) + 1 == crash_at
     {
-        eprintln!("fault injection: aborting after publish {crash_at}");
+        tracing::error!(crash_at, "fault injection: aborting after this publish");
         std::process::abort();
     }
 }

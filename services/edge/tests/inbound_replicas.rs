@@ -5,38 +5,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use support::{PARTNER_ID, RunningEdge, Stack, consume, edge_config, message_parts, post, python};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Accepts on a loopback port and hands connections to `backends` in turn.
-async fn round_robin_balancer(backends: Vec<SocketAddr>) -> (SocketAddr, Arc<Vec<AtomicUsize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served: Arc<Vec<AtomicUsize>> =
-        Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
-    let counters = served.clone();
-    tokio::spawn(async move {
-        let mut next = 0;
-        while let Ok((mut client, _)) = listener.accept().await {
-            let index = next % backends.len();
-            next += 1;
-            counters[index].fetch_add(1, Ordering::SeqCst);
-            let backend = backends[index];
-            tokio::spawn(async move {
-                if let Ok(mut upstream) = TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
-        }
-    });
-    (addr, served)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_behind_one_address_serve_the_same_partnerships() {
@@ -53,7 +25,7 @@ async fn two_replicas_behind_one_address_serve_the_same_partnerships() {
         stack.keys_dir.path(),
     ))
     .await;
-    let (balancer, served) = round_robin_balancer(vec![stack.edge.addr, second.addr]).await;
+    let balancer = as2_testkit::balancer::Balancer::start(vec![stack.edge.addr, second.addr]).await;
 
     let requests: Vec<_> = (0..9)
         .map(|index| {
@@ -79,7 +51,7 @@ async fn two_replicas_behind_one_address_serve_the_same_partnerships() {
         .map(message_parts)
         .collect();
 
-    let url = format!("http://{balancer}/as2");
+    let url = format!("http://{}/as2", balancer.addr());
     for (headers, body) in &messages[..8] {
         let response = post(&url, headers, body.clone()).await;
         assert_eq!(response.status, 200, "{}", response.text());
@@ -89,11 +61,8 @@ async fn two_replicas_behind_one_address_serve_the_same_partnerships() {
             response.text()
         );
     }
-    for (index, counter) in served.iter().enumerate() {
-        assert!(
-            counter.load(Ordering::SeqCst) >= 4,
-            "replica {index} served too little"
-        );
+    for (index, served) in balancer.served().into_iter().enumerate() {
+        assert!(served >= 4, "replica {index} served too little");
     }
 
     // One replica processes, the other recognises the resend.

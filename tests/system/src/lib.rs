@@ -5,6 +5,8 @@
 //!   exactly as its own binary does (configuration from flags and `AS2_*`
 //!   variables, telemetry, run until SIGTERM). Cargo only hands a crate's tests
 //!   the binaries of that crate, so this crate has its own;
+//! - [`service::ServiceProcess`] runs one of them as a child process (killed, restarted
+//!   and reaped by the tests, its output in a log file);
 //! - [`otlp_sink`] is an OTLP/gRPC trace receiver that keeps or counts the spans
 //!   it is sent (the `as2-otlp-sink` binary serves it for benchmarks).
 //!
@@ -14,3 +16,4 @@
 #![forbid(unsafe_code)]
 
 pub mod otlp_sink;
+pub mod service;

@@ -12,20 +12,19 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use as2_common::config::GrpcTlsConfig;
-use as2_common::grpc::{ChannelSettings, GrpcSecurity};
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
 use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm, ReceiptDeliveryOption};
 use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{CreatePartnershipRequest, PartnerCertificate, Partnership};
 use as2_system_tests::otlp_sink::{ReceivedSpan, RunningSink};
+use as2_system_tests::service::{ServiceProcess, grpc_channel};
 use as2_testkit::certificates::TestCertificate;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -40,49 +39,27 @@ const KEY_ID: &str = "gateway-key";
 const TOPIC: &str = "traced-documents";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A service process, killed when dropped.
+/// A service process (`as2-service NAME`), killed when dropped.
 struct Service {
     name: &'static str,
-    child: Child,
-    log: PathBuf,
+    process: ServiceProcess,
 }
 
 impl Service {
     fn start(name: &'static str, dir: &Path, env: &[(&str, String)]) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let stdout = std::fs::File::create(&log).unwrap();
-        let stderr = stdout.try_clone().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_as2-service"));
-        command
-            .arg(name)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        for (key, value) in env {
-            command.env(key, value);
+        let binary = Path::new(env!("CARGO_BIN_EXE_as2-service"));
+        Self {
+            name,
+            process: ServiceProcess::start(binary, name, name, dir, env),
         }
-        let child = command.spawn().unwrap();
-        Self { name, child, log }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     fn wait_for(&mut self, addr: SocketAddr) {
-        if !as2_testkit::wait_for_port(addr, WAIT) {
-            let _ = self.child.kill();
-            panic!("{} did not listen on {addr}:\n{}", self.name, self.log());
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.wait_for(addr);
     }
 }
 
@@ -258,22 +235,8 @@ async fn one_message_is_one_trace_across_edge_routing_and_mdn() {
     edge.wait_for(edge_as2);
     edge.wait_for(edge_admin);
 
-    let operator = GrpcSecurity::from_config(&GrpcTlsConfig::mutual_tls(
-        grpc.join("operator.crt"),
-        grpc.join("operator.key"),
-        grpc.join("ca.crt"),
-    ))
-    .unwrap();
-    let mut registry = RoutingServiceClient::new(
-        as2_common::grpc::connect(
-            "routing",
-            &format!("https://{routing_grpc}"),
-            ChannelSettings::default(),
-            &operator,
-        )
-        .await
-        .unwrap(),
-    );
+    let mut registry =
+        RoutingServiceClient::new(grpc_channel(&grpc, "operator", "routing", routing_grpc).await);
     let partnership = registry
         .create_partnership(CreatePartnershipRequest {
             partnership: Some(Partnership {

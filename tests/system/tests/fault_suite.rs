@@ -1,0 +1,626 @@
+//! The fault suite: signed and encrypted messages through two edge processes behind a
+//! round-robin balancer while the edges crash (SIGKILL at random moments, and a crash
+//! right after the broker's acknowledgement, before the receipt is stored, at a
+//! deterministic fault point), the broker stalls (SIGSTOP for 3 s) and Redis restarts
+//! (killed, restarted from its append-only file). The partner resends whatever was not
+//! answered with a processed MDN, as a partner does. Then every record of the topic is
+//! counted per Message-ID: each message must be there exactly once.
+//!
+//! `AS2_FAULT_SUITE_MESSAGES` sets the number of messages (a soak runs it with many
+//! more); the counts of each run are printed at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
+use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm};
+use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
+use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
+use as2_rpc::routing::v1::{CreatePartnershipRequest, PartnerCertificate, Partnership};
+use as2_system_tests::service::{ServiceProcess, grpc_channel};
+use as2_testkit::certificates::TestCertificate;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use openssl::x509::X509;
+use tokio::sync::Mutex;
+
+const GATEWAY_ID: &str = "faults-gateway";
+const PARTNER_ID: &str = "faults-partner";
+const KEY_ID: &str = "gateway-key";
+const TOPIC: &str = "fault-documents";
+const CONCURRENCY: usize = 12;
+/// A message not answered within this long fails the suite: something hangs.
+const GIVE_UP: Duration = Duration::from_secs(120);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], as2_testkit::free_port()))
+}
+
+fn service(name: &str, dir: &Path, service: &str, env: &[(&str, String)]) -> ServiceProcess {
+    ServiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_as2-service")),
+        service,
+        name,
+        dir,
+        env,
+    )
+}
+
+/// A number in `range` from OpenSSL's generator.
+fn random_in(range: std::ops::Range<u64>) -> u64 {
+    range.start + u64::from(as2_testkit::random_u32()) % (range.end - range.start)
+}
+
+/// Sends SIGSTOP or SIGCONT.
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// One prepared message: its Message-ID, headers and body.
+struct Prepared {
+    message_id: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// What the partner saw for one message.
+#[derive(Default)]
+struct Sent {
+    attempts: usize,
+    /// From the first answer that was not "processed" to the processed one.
+    recovery: Option<Duration>,
+}
+
+/// Counters of the faults that were injected.
+#[derive(Default)]
+struct Faults {
+    edge_kills: AtomicUsize,
+    fault_point_crashes: AtomicUsize,
+    broker_stalls: AtomicUsize,
+    redis_restarts: AtomicUsize,
+}
+
+/// Everything running: Redis, the broker, routing, two edges behind a balancer, and the
+/// prepared messages.
+struct Gateway {
+    redis: Arc<Mutex<as2_testkit::RedisServer>>,
+    broker: as2_testkit::KafkaBroker,
+    broker_pid: u32,
+    _routing: ServiceProcess,
+    edge_a: ServiceProcess,
+    edge_b: ServiceProcess,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+    balancer: as2_testkit::balancer::Balancer,
+    prepared: Vec<Prepared>,
+    _dir: tempfile::TempDir,
+}
+
+/// The fault point of edge "b": crash right after the Nth acknowledged publish.
+fn crash_after() -> (&'static str, String) {
+    (
+        "AS2_FAULT_CRASH_AFTER_PUBLISH",
+        random_in(20..90).to_string(),
+    )
+}
+
+/// Starts the gateway (edge "b" with its fault point armed when `crash_b`) and prepares
+/// `messages` messages.
+async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
+    let redis = Arc::new(Mutex::new(as2_testkit::RedisServer::start_durable()));
+    let redis_url = redis.lock().await.url();
+    let broker = as2_testkit::KafkaBroker::start();
+    let broker_pid = broker.pid().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Keys: ours (decrypts, signs MDNs) and the partner's (signs).
+    let keys_dir = dir.path().join("keys");
+    let gateway = TestCertificate::new("faults gateway").generate();
+    std::fs::create_dir_all(keys_dir.join(KEY_ID)).unwrap();
+    std::fs::write(keys_dir.join(KEY_ID).join("tls.key"), &gateway.key_pem).unwrap();
+    std::fs::write(keys_dir.join(KEY_ID).join("tls.crt"), &gateway.cert_pem).unwrap();
+    let partner_material = TestCertificate::new("faults partner").generate();
+
+    // gRPC over mutual TLS with the credentials of deploy/local/grpc-credentials.
+    let grpc = dir.path().join("grpc");
+    let script = as2_testkit::workspace_root().join("deploy/local/grpc-credentials");
+    assert!(Command::new(&script).arg(&grpc).status().unwrap().success());
+    let common = |name: &str, extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            (
+                "AS2_GRPC_TLS_CERT",
+                grpc.join(format!("{name}.crt")).display().to_string(),
+            ),
+            (
+                "AS2_GRPC_TLS_KEY",
+                grpc.join(format!("{name}.key")).display().to_string(),
+            ),
+            ("AS2_GRPC_TLS_CA", grpc.join("ca.crt").display().to_string()),
+            ("AS2_REDIS_URL", redis_url.clone()),
+            ("AS2_REDIS_KEY_PREFIX", "faults".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let (routing_grpc, routing_admin) = (loopback(), loopback());
+    let mut routing = service(
+        "routing",
+        dir.path(),
+        "routing",
+        &common(
+            "routing",
+            &[
+                ("AS2_GRPC_LISTEN", routing_grpc.to_string()),
+                ("AS2_HTTP_LISTEN", routing_admin.to_string()),
+            ],
+        ),
+    );
+    routing.wait_for(routing_grpc);
+    let edge_env = |as2: SocketAddr, extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("AS2_EDGE_LISTEN", as2.to_string()),
+            ("AS2_HTTP_LISTEN", loopback().to_string()),
+            ("AS2_ROUTING_URL", format!("https://{routing_grpc}")),
+            ("AS2_KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers()),
+            ("AS2_KAFKA_PUBLISH_TIMEOUT_MS", "5000".to_owned()),
+            ("AS2_KEYS_DIR", keys_dir.display().to_string()),
+            ("AS2_DEFAULT_DECRYPTION_KEY_ID", KEY_ID.to_owned()),
+            ("AS2_DEFAULT_SIGNING_KEY_ID", KEY_ID.to_owned()),
+            ("AS2_RETRY_AFTER_SECS", "1".to_owned()),
+            ("AS2_SHUTDOWN_GRACE_SECS", "1".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        common("edge", &env)
+    };
+    // Edge "a" is killed at random; edge "b" crashes at its fault point, right after the
+    // Nth acknowledged publish, and is restarted with a new N each time.
+    let (a_addr, b_addr) = (loopback(), loopback());
+    let b_extra: Vec<_> = crash_b.then(crash_after).into_iter().collect();
+    let mut edge_a = service("edge-a", dir.path(), "edge", &edge_env(a_addr, &[]));
+    let mut edge_b = service("edge-b", dir.path(), "edge", &edge_env(b_addr, &b_extra));
+    edge_a.wait_for(a_addr);
+    edge_b.wait_for(b_addr);
+    let balancer = as2_testkit::balancer::Balancer::start(vec![a_addr, b_addr]).await;
+
+    let mut registry =
+        RoutingServiceClient::new(grpc_channel(&grpc, "operator", "routing", routing_grpc).await);
+    registry
+        .create_partnership(CreatePartnershipRequest {
+            partnership: Some(Partnership {
+                as2_from: PARTNER_ID.to_owned(),
+                as2_to: GATEWAY_ID.to_owned(),
+                kafka_topic: TOPIC.to_owned(),
+                partner_certificates: vec![PartnerCertificate {
+                    pem: partner_material.cert_pem.clone(),
+                    ..PartnerCertificate::default()
+                }],
+                ..Partnership::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    // Every message signed (SHA-256) and encrypted (AES-256-CBC), asking for a signed
+    // synchronous MDN.
+    let partner = Identity::from_pem(
+        partner_material.key_pem.as_bytes(),
+        partner_material.cert_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let gateway_certificate = X509::from_pem(gateway.cert_pem.as_bytes()).unwrap();
+    let prepared: Vec<Prepared> = (0..messages)
+        .map(|index| {
+            let message_id = MessageId::generate("faults.partner.example").unwrap();
+            let payload =
+                format!("UNB+UNOA:2+FAULTS+GATEWAY+261204:0100+{index}'\r\nUNZ+1+{index}'\r\n");
+            let built = build_message(&OutboundMessage {
+                as2_from: &As2Id::new(PARTNER_ID).unwrap(),
+                as2_to: &As2Id::new(GATEWAY_ID).unwrap(),
+                message_id: &message_id,
+                subject: Some("fault suite"),
+                payload: payload.as_bytes(),
+                content_type: "application/EDIFACT",
+                filename: None,
+                signing: Some(Signing {
+                    identity: &partner,
+                    digest: MicAlgorithm::Sha256,
+                    scheme: SignatureScheme::RsaPkcs1v15,
+                }),
+                encryption: Some(Encryption {
+                    recipient: &gateway_certificate,
+                    cipher: ContentCipher::Aes256Cbc,
+                    key_transport: KeyTransport::RsaPkcs1v15,
+                }),
+                compression: None,
+                mdn: Some(MdnRequest {
+                    disposition_notification_to: "edi@faults.partner.example".to_owned(),
+                    signed_receipt_algorithms: vec![MicAlgorithm::Sha256],
+                    receipt_delivery_option: None,
+                }),
+            })
+            .unwrap();
+            Prepared {
+                message_id: bare(&message_id.to_string()).to_owned(),
+                headers: built.headers,
+                body: Bytes::from(built.body),
+            }
+        })
+        .collect();
+
+    Gateway {
+        redis,
+        broker,
+        broker_pid,
+        _routing: routing,
+        edge_a,
+        edge_b,
+        a_addr,
+        b_addr,
+        balancer,
+        prepared,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_redis_fail() {
+    let messages: usize = std::env::var("AS2_FAULT_SUITE_MESSAGES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_500);
+    let Gateway {
+        redis,
+        broker,
+        broker_pid,
+        _routing,
+        mut edge_a,
+        mut edge_b,
+        a_addr,
+        b_addr,
+        balancer,
+        prepared,
+        _dir,
+    } = start_gateway(messages, true).await;
+
+    // The faults, until the partner is done.
+    let done = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(Faults::default());
+    let chaos = {
+        let (done, faults, redis) = (Arc::clone(&done), Arc::clone(&faults), Arc::clone(&redis));
+        tokio::spawn(async move {
+            let mut round = 0_u64;
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(random_in(1_500..3_500))).await;
+                if edge_b.has_exited() {
+                    faults.fault_point_crashes.fetch_add(1, Ordering::SeqCst);
+                    edge_b.restart(&[crash_after()]);
+                    edge_b.wait_for(b_addr);
+                }
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                round += 1;
+                match round % 4 {
+                    // Edge "a" dies at a random moment and comes back.
+                    0 | 2 => {
+                        edge_a.kill();
+                        faults.edge_kills.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        edge_a.restart(&[]);
+                        edge_a.wait_for(a_addr);
+                    }
+                    // The broker stops answering for 3 s.
+                    1 => {
+                        signal(broker_pid, "STOP");
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        signal(broker_pid, "CONT");
+                        faults.broker_stalls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // Redis is killed and restarted from its append-only file.
+                    _ => {
+                        redis.lock().await.restart();
+                        faults.redis_restarts.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            (edge_a, edge_b)
+        })
+    };
+
+    // The partner: resends what was not answered with a processed MDN.
+    let url = format!("http://{}/as2", balancer.addr());
+    let client = http_client();
+    let prepared = Arc::new(prepared);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (prepared, next, client, url) = (
+                Arc::clone(&prepared),
+                Arc::clone(&next),
+                client.clone(),
+                url.clone(),
+            );
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(message) = prepared.get(index) else {
+                        return sent;
+                    };
+                    sent.push((
+                        index,
+                        send_until_processed(&client, &url, message, Duration::from_secs(1)).await,
+                    ));
+                }
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Sent>> = (0..messages).map(|_| None).collect();
+    for worker in workers {
+        for (index, sent) in worker.await.unwrap() {
+            outcomes[index] = Some(sent);
+        }
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let (edge_a, edge_b) = chaos.await.unwrap();
+
+    // Count the records per Message-ID.
+    let records = as2_testkit::kafka::consume(
+        &broker.bootstrap_servers(),
+        TOPIC,
+        messages,
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        let id = bare(record.header("as2-message-id").unwrap_or_default()).to_owned();
+        *per_message.entry(id).or_default() += 1;
+    }
+    let lost: Vec<_> = prepared
+        .iter()
+        .filter(|message| !per_message.contains_key(&message.message_id))
+        .map(|message| message.message_id.clone())
+        .collect();
+    let duplicated: Vec<_> = per_message
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, count)| format!("{id} x{count}"))
+        .collect();
+    let unknown = per_message
+        .keys()
+        .filter(|id| !prepared.iter().any(|message| &message.message_id == *id))
+        .count();
+
+    let outcomes: Vec<Sent> = outcomes.into_iter().map(Option::unwrap).collect();
+    let resends: usize = outcomes.iter().map(|sent| sent.attempts - 1).sum();
+    let mut recoveries: Vec<Duration> = outcomes.iter().filter_map(|sent| sent.recovery).collect();
+    recoveries.sort();
+    let logs = format!("{}{}", edge_a.log(), edge_b.log());
+    let recovered = logs
+        .matches("an earlier attempt published this message")
+        .count();
+    let waited = logs.matches("may still land; waiting").count();
+    println!(
+        "fault suite: {messages} messages in {:.1} s, {} records; lost {}, duplicated {}; \
+         {resends} resends; faults: {} edge kills, {} crashes after the acknowledgement, \
+         {} broker stalls, {} redis restarts; {recovered} resends answered for a record an \
+         earlier attempt published, {waited} waited out a publish window; recovery (first \
+         refused answer to processed MDN) p50 {:?} p99 {:?} max {:?}; balancer {:?}",
+        elapsed.as_secs_f64(),
+        records.len(),
+        lost.len(),
+        duplicated.len(),
+        faults.edge_kills.load(Ordering::SeqCst),
+        faults.fault_point_crashes.load(Ordering::SeqCst),
+        faults.broker_stalls.load(Ordering::SeqCst),
+        faults.redis_restarts.load(Ordering::SeqCst),
+        percentile(&recoveries, 50),
+        percentile(&recoveries, 99),
+        recoveries.last(),
+        balancer.served(),
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert_eq!(unknown, 0, "records of messages never sent");
+    assert_eq!(records.len(), messages);
+    // The suite must have hurt: each kind of fault happened.
+    assert!(faults.edge_kills.load(Ordering::SeqCst) >= 1);
+    assert!(faults.fault_point_crashes.load(Ordering::SeqCst) >= 1);
+    assert!(faults.broker_stalls.load(Ordering::SeqCst) >= 1);
+    assert!(faults.redis_restarts.load(Ordering::SeqCst) >= 1);
+    assert!(
+        recovered >= 1,
+        "no crash after an acknowledgement was recovered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_edge_crashes_between_the_acknowledgement_and_the_receipt_a_resend_is_answered_within_ten_seconds()
+ {
+    let mut gateway = start_gateway(2, false).await;
+    let client = http_client();
+    // Edge "b" publishes the first message, then dies before it stores the receipt.
+    gateway
+        .edge_b
+        .restart(&[("AS2_FAULT_CRASH_AFTER_PUBLISH", "1".to_owned())]);
+    gateway.edge_b.wait_for(gateway.b_addr);
+    let message = &gateway.prepared[0];
+    let to_b = send_once(&client, &format!("http://{}/as2", gateway.b_addr), message).await;
+    let crashed_at = Instant::now();
+    assert!(to_b.is_none(), "edge b answered: {to_b:?}");
+    let exited = async {
+        while !gateway.edge_b.has_exited() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exited)
+        .await
+        .expect("edge b aborted at its fault point");
+
+    // The partner resends to the other replica, waiting as long as Retry-After says.
+    let url_a = format!("http://{}/as2", gateway.a_addr);
+    let sent = send_until_processed(&client, &url_a, message, Duration::from_secs(60)).await;
+    let answered_after = crashed_at.elapsed();
+    println!(
+        "crash after the acknowledgement: the resend was answered with a processed MDN \
+         {answered_after:?} after the crash, after {} attempts",
+        sent.attempts
+    );
+    assert!(
+        answered_after < Duration::from_secs(10),
+        "{answered_after:?}"
+    );
+    assert!(
+        gateway
+            .edge_a
+            .log()
+            .contains("an earlier attempt published this message"),
+        "{}",
+        gateway.edge_a.log()
+    );
+    // The second message goes through as usual; the first is in the topic once.
+    send_until_processed(
+        &client,
+        &url_a,
+        &gateway.prepared[1],
+        Duration::from_secs(60),
+    )
+    .await;
+    let records = as2_testkit::kafka::consume(
+        &gateway.broker.bootstrap_servers(),
+        TOPIC,
+        2,
+        Duration::from_secs(3),
+    )
+    .await;
+    let first = records
+        .iter()
+        .filter(|record| {
+            bare(record.header("as2-message-id").unwrap_or_default()) == message.message_id
+        })
+        .count();
+    assert_eq!((records.len(), first), (2, 1));
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn http_client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Full<Bytes>>()
+}
+
+/// Posts `message` once: the status, Retry-After and body, or `None` when the connection
+/// broke or nothing came back within 30 s.
+async fn send_once(
+    client: &Client,
+    url: &str,
+    message: &Prepared,
+) -> Option<(http::StatusCode, Option<u64>, Bytes)> {
+    let mut request = http::Request::post(url);
+    for (name, value) in &message.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(message.body.clone())).ok()?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let response = client.request(request).await.ok()?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, retry_after, body))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A Message-ID without its angle brackets.
+fn bare(message_id: &str) -> &str {
+    let trimmed = message_id.trim();
+    trimmed
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+        .unwrap_or(trimmed)
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let index = (sorted.len() * percent / 100).min(sorted.len() - 1);
+    Some(sorted[index])
+}
+
+/// Posts `message` until the answer is a processed MDN; panics on an error MDN or any
+/// answer a partner would not resend on.
+async fn send_until_processed(
+    client: &Client,
+    url: &str,
+    message: &Prepared,
+    longest_wait: Duration,
+) -> Sent {
+    let first = Instant::now();
+    let mut sent = Sent::default();
+    let mut first_refusal: Option<Instant> = None;
+    loop {
+        assert!(
+            first.elapsed() < GIVE_UP,
+            "{} never processed",
+            message.message_id
+        );
+        sent.attempts += 1;
+        let answer = send_once(client, url, message).await;
+        match answer {
+            Some((status, _, body)) if status == 200 => {
+                let text = String::from_utf8_lossy(&body);
+                assert!(
+                    text.contains("; processed\r\n"),
+                    "{} got a non-processed MDN: {text}",
+                    message.message_id
+                );
+                sent.recovery = first_refusal.map(|at| at.elapsed());
+                return sent;
+            }
+            Some((status, retry_after, body)) => {
+                assert_eq!(
+                    status,
+                    503,
+                    "{}: {}",
+                    message.message_id,
+                    String::from_utf8_lossy(&body)
+                );
+                first_refusal.get_or_insert_with(Instant::now);
+                // A partner waits Retry-After (the suite at most `longest_wait` of it).
+                let wait = Duration::from_secs(retry_after.unwrap_or(1)).min(longest_wait);
+                tokio::time::sleep(wait).await;
+            }
+            // The connection broke (the edge died) or nothing came back in time.
+            None => {
+                first_refusal.get_or_insert_with(Instant::now);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
