@@ -300,17 +300,39 @@ fn redis_answers_ping(addr: SocketAddr) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
-/// A Kafka-protocol broker (Tansu, in-memory storage) on a free loopback port.
+/// A Kafka-protocol broker (Tansu) on a free loopback port: in-memory storage, or an
+/// object store that survives restarts ([`KafkaBroker::start_durable`]).
 pub struct KafkaBroker {
     process: OwnedProcess,
     port: u16,
+    /// The object store of a durable broker (dropped after the broker).
+    storage: Option<S3Server>,
 }
 
 impl KafkaBroker {
     /// Starts a broker; panics with its log when it cannot start.
     pub fn start() -> Self {
         let (process, port) = start_on_free_port("tansu", tansu_command, |_| true);
-        Self { process, port }
+        Self {
+            process,
+            port,
+            storage: None,
+        }
+    }
+
+    /// Starts a broker that keeps its topics in an S3-protocol object store (an
+    /// [`S3Server`] of its own, Tansu's `s3://` storage engine), so a
+    /// [`restart`](Self::restart), even after a kill, keeps every acknowledged record.
+    pub fn start_durable() -> Self {
+        let storage = S3Server::start();
+        storage.create_bucket("tansu");
+        let make = |port: u16| durable_tansu_command(port, &storage);
+        let (process, port) = start_on_free_port("tansu (s3)", make, |_| true);
+        Self {
+            process,
+            port,
+            storage: Some(storage),
+        }
     }
 
     /// The bootstrap address, `127.0.0.1:PORT`.
@@ -333,21 +355,46 @@ impl KafkaBroker {
         self.process.kill();
     }
 
-    /// Starts the broker again on the same port (with empty storage).
+    /// Starts the broker again on the same port: with empty storage, unless it was
+    /// started with [`start_durable`](Self::start_durable).
     pub fn restart(&mut self) {
         self.process.kill();
-        self.process = start_on_port("tansu", &tansu_command, &|_| true, self.port)
+        let restarted = match &self.storage {
+            Some(storage) => start_on_port(
+                "tansu (s3)",
+                &|port| durable_tansu_command(port, storage),
+                &|_| true,
+                self.port,
+            ),
+            None => start_on_port("tansu", &tansu_command, &|_| true, self.port),
+        };
+        self.process = restarted
             .unwrap_or_else(|log| panic!("tansu did not restart on port {}\n{log}", self.port));
     }
 }
 
+fn durable_tansu_command(port: u16, storage: &S3Server) -> Command {
+    let mut command = tansu_command_on(port, "s3://tansu/");
+    command
+        .env("AWS_ACCESS_KEY_ID", storage.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", storage.secret_access_key())
+        .env("AWS_DEFAULT_REGION", storage.region())
+        .env("AWS_ENDPOINT", storage.endpoint())
+        .env("AWS_ALLOW_HTTP", "true");
+    command
+}
+
 fn tansu_command(port: u16) -> Command {
+    tansu_command_on(port, "memory://tansu/")
+}
+
+fn tansu_command_on(port: u16, storage_engine: &str) -> Command {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(tansu_binary());
     command
         .arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", storage_engine])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     command
 }
