@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 
 use as2_rpc::routing::v1::PartnerHttps;
 use hyper_openssl::client::legacy::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
@@ -375,9 +376,86 @@ fn describe(certificate: &X509Ref) -> String {
     )
 }
 
+/// The first read or write error of one connection (a TLS alert the partner sent after
+/// the handshake, a reset), which hyper keeps to its connection task: the request that
+/// failed on the connection finds it through the connection's metadata
+/// (`hyper_util::client::legacy::connect::capture_connection`), so its recorded reason
+/// says what happened instead of "connection was not ready".
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionFailure(Arc<Mutex<Option<String>>>);
+
+impl ConnectionFailure {
+    /// The error noted, if any.
+    pub fn noted(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn note(&self, error: &std::io::Error) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| error.to_string());
+    }
+}
+
+/// A connection that notes its first I/O error in a [`ConnectionFailure`], which its
+/// metadata carries.
+pub struct RecordedStream<T> {
+    inner: T,
+    failure: ConnectionFailure,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for RecordedStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Err(error)) = &polled {
+            this.failure.note(error);
+        }
+        polled
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for RecordedStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(error)) = &polled {
+            this.failure.note(error);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connection> Connection for RecordedStream<T> {
+    fn connected(&self) -> Connected {
+        self.inner.connected().extra(self.failure.clone())
+    }
+}
+
 /// hyper-openssl's connector around a [`CheckedConnector`], keeping the reason our
 /// verify callback refused the server's certificate: a handshake that failed for it
-/// ends in a [`ServerCertificateRefused`] instead of OpenSSL's generic error.
+/// ends in a [`ServerCertificateRefused`] instead of OpenSSL's generic error. Its
+/// connections note their first I/O error ([`ConnectionFailure`]).
 #[derive(Clone)]
 pub struct VerifyingConnector {
     inner: HttpsConnector<CheckedConnector>,
@@ -395,7 +473,7 @@ impl VerifyingConnector {
 type BoxError = Box<dyn Error + Send + Sync>;
 
 impl tower_service::Service<http::Uri> for VerifyingConnector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = RecordedStream<MaybeHttpsStream<TokioIo<TcpStream>>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -408,7 +486,7 @@ impl tower_service::Service<http::Uri> for VerifyingConnector {
         let refusal = slot.clone();
         let connecting = self.inner.call(uri);
         Box::pin(HANDSHAKE_REFUSAL.scope(slot, async move {
-            connecting.await.map_err(|error| {
+            let connected = connecting.await.map_err(|error| {
                 let noted = refusal
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -417,6 +495,10 @@ impl tower_service::Service<http::Uri> for VerifyingConnector {
                     Some(reason) => Box::new(ServerCertificateRefused { reason }) as BoxError,
                     None => error,
                 }
+            })?;
+            Ok(RecordedStream {
+                inner: connected,
+                failure: ConnectionFailure::default(),
             })
         }))
     }

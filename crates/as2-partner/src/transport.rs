@@ -22,7 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::https::{
-    self, HttpsSettings, ServerCertificateRefused, ServerTrust, VerifyingConnector,
+    self, ConnectionFailure, HttpsSettings, ServerCertificateRefused, ServerTrust,
+    VerifyingConnector,
 };
 use crate::keys::{KeyError, KeyPair, KeyStore};
 use crate::proxy::EgressProxy;
@@ -317,8 +318,9 @@ impl PartnerTransport {
 
     async fn send(
         &self,
-        request: http::Request<ClientBody>,
+        mut request: http::Request<ClientBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let connection = hyper_util::client::legacy::connect::capture_connection(&mut request);
         self.client.request(request).await.map_err(|error| {
             if let Some(refused) = refusal_in(&error) {
                 return SendError::Refused(TargetRefused {
@@ -328,11 +330,28 @@ impl PartnerTransport {
             if let Some(untrusted) = source_of::<ServerCertificateRefused>(&error) {
                 return SendError::Untrusted(bounded(untrusted.reason.clone()));
             }
-            let reason = as2_common::error_chain(&error);
+            // The connection's own failure (a TLS alert) is the cause; hyper's words
+            // for the request ("connection was not ready") follow it.
+            let mut reason = as2_common::error_chain(&error);
+            if let Some(failure) = connection_failure(&connection)
+                && !reason.contains(&failure)
+            {
+                reason = format!("{failure} ({reason})");
+            }
             let hint = client_certificate_hint(&reason, self.client_certificate.as_deref());
             SendError::Connection(bounded(format!("{hint}{reason}")))
         })
     }
+}
+
+/// The I/O error the request's connection noted, if it got one.
+fn connection_failure(
+    connection: &hyper_util::client::legacy::connect::CaptureConnection,
+) -> Option<String> {
+    let metadata = connection.connection_metadata();
+    let mut extras = http::Extensions::new();
+    metadata.as_ref()?.get_extras(&mut extras);
+    extras.get::<ConnectionFailure>()?.noted()
 }
 
 /// What a TLS alert of the partner's server about client certificates means for us,
