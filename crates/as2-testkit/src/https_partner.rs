@@ -210,6 +210,11 @@ fn acceptor(options: &HttpsPartnerOptions) -> SslAcceptor {
                 .expect("add a client CA");
         }
         builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        // Without a session id context OpenSSL refuses to resume the sessions of
+        // verified clients (internal_error alert), and clients do resume.
+        builder
+            .set_session_id_context(b"as2-testkit https partner")
+            .expect("set the session id context");
     }
     builder.build()
 }
