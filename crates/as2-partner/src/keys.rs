@@ -98,7 +98,9 @@ impl KeyStore {
     }
 }
 
-fn valid_key_id(id: &str) -> bool {
+/// Whether `id` is a key id: 1 to 128 characters of `[A-Za-z0-9._-]`, starting with a
+/// letter or digit (a plain directory name).
+pub fn is_valid_key_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id
             .bytes()
@@ -107,7 +109,7 @@ fn valid_key_id(id: &str) -> bool {
 }
 
 fn load_key_pair(directory: &Path, id: &str) -> Result<KeyPair, KeyError> {
-    if !valid_key_id(id) {
+    if !is_valid_key_id(id) {
         return Err(KeyError::InvalidId(id.to_owned()));
     }
     let read = |name: &str| {
@@ -154,11 +156,11 @@ mod tests {
 
     #[test]
     fn key_ids_are_plain_names() {
-        assert!(valid_key_id("acme-2026.signing_1"));
-        assert!(!valid_key_id(""));
-        assert!(!valid_key_id("../etc"));
-        assert!(!valid_key_id("a/b"));
-        assert!(!valid_key_id(".hidden"));
+        assert!(is_valid_key_id("acme-2026.signing_1"));
+        assert!(!is_valid_key_id(""));
+        assert!(!is_valid_key_id("../etc"));
+        assert!(!is_valid_key_id("a/b"));
+        assert!(!is_valid_key_id(".hidden"));
     }
 
     #[test]

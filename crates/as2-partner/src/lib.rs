@@ -5,7 +5,11 @@
 //!
 //! - [`keys`]: our private keys and certificates, read from a directory of
 //!   `kubernetes.io/tls` Secrets;
-//! - [`transport`]: the HTTP(S) client that POSTs to partners;
+//! - [`transport`]: the HTTP(S) client that POSTs to partners, one per way of
+//!   connecting ([`transport::PartnerClients`]);
+//! - [`https`]: a partnership's HTTPS settings (our TLS client certificate, the server
+//!   certificates trusted, the egress proxy) and the TLS configuration they make;
+//! - [`proxy`]: the egress proxy, reached with HTTP `CONNECT` to checked addresses;
 //! - [`target`]: which addresses and URLs a connection may go to (asynchronous MDN
 //!   URLs come from partners' messages), and the connector that keeps to them;
 //! - [`certificates`]: which of a partnership's certificates verify the partner's
@@ -20,7 +24,9 @@
 pub mod algorithms;
 pub mod archive;
 pub mod certificates;
+pub mod https;
 pub mod keys;
+pub mod proxy;
 pub mod retry;
 pub mod target;
 pub mod transport;

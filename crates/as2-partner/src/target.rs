@@ -19,7 +19,8 @@
 //!   and the connection (DNS rebinding).
 //!
 //! Operator-configured partner URLs (the sender's) go through the same connector with
-//! [`AddressPolicy::Any`].
+//! [`AddressPolicy::Any`]. With an egress proxy the connector still resolves and checks
+//! the host itself and tunnels to the checked address ([`crate::proxy`]).
 
 use std::fmt;
 use std::future::Future;
@@ -34,6 +35,9 @@ use as2_rpc::routing::v1::AsyncMdnPolicy;
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::https::HttpsSettings;
+use crate::proxy::EgressProxy;
 
 /// Most URL patterns of one partnership.
 pub const MAX_URL_PATTERNS: usize = 32;
@@ -502,15 +506,20 @@ pub struct AsyncMdnTargets {
     pub addresses: AddressPolicy,
     /// Most deliveries queued or being retried at once.
     pub max_queued: u32,
+    /// How the MDN service connects: our client certificate, the server certificates
+    /// trusted, the egress proxy.
+    pub https: HttpsSettings,
 }
 
 impl Default for AsyncMdnTargets {
-    /// Any URL, public addresses only, [`DEFAULT_MAX_QUEUED`].
+    /// Any URL, public addresses only, [`DEFAULT_MAX_QUEUED`], the default HTTPS
+    /// settings.
     fn default() -> Self {
         Self {
             patterns: Vec::new(),
             addresses: AddressPolicy::PublicOnly,
             max_queued: DEFAULT_MAX_QUEUED,
+            https: HttpsSettings::default(),
         }
     }
 }
@@ -519,7 +528,8 @@ impl Default for AsyncMdnTargets {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct PolicyError {
-    /// The field path below `async_mdn`, e.g. `allowed_url_patterns[1]`.
+    /// The field path below `async_mdn`, e.g. `allowed_url_patterns[1]` or
+    /// `https.egress_proxy_url`.
     pub field: String,
     /// What is wrong.
     pub reason: String,
@@ -558,8 +568,14 @@ impl AsyncMdnTargets {
                 });
             }
         };
+        let https =
+            HttpsSettings::from_proto(policy.https.as_ref()).map_err(|error| PolicyError {
+                field: format!("https.{}", error.field),
+                reason: error.reason,
+            })?;
         Ok(Self {
             patterns,
+            https,
             addresses: if policy.allow_private_targets {
                 AddressPolicy::Any
             } else {
@@ -674,22 +690,32 @@ pub enum ConnectError {
 
 /// The TCP half of the HTTP client: resolves the host once, checks every address
 /// against its [`AddressPolicy`] (one address that is not allowed refuses the target)
-/// and connects to the checked addresses in order, each within the connect timeout.
+/// and connects to the checked addresses in order, each within the connect timeout:
+/// directly, or through a tunnel of its [`EgressProxy`] to that address (the proxy
+/// resolves nothing; see [`crate::proxy`]).
 #[derive(Clone)]
 pub struct CheckedConnector {
     policy: AddressPolicy,
     network: Network,
     connect_timeout: Duration,
+    proxy: Option<EgressProxy>,
 }
 
 impl CheckedConnector {
-    /// A connector that allows `policy`'s addresses.
+    /// A connector that allows `policy`'s addresses and connects directly.
     pub fn new(policy: AddressPolicy, network: Network, connect_timeout: Duration) -> Self {
         Self {
             policy,
             network,
             connect_timeout,
+            proxy: None,
         }
+    }
+
+    /// The same connector, tunnelling through `proxy` when one is given.
+    pub fn with_proxy(mut self, proxy: Option<EgressProxy>) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// The checked addresses of `uri`'s host.
@@ -747,10 +773,18 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
         let policy = self.policy;
         let network = self.network.clone();
         let timeout = self.connect_timeout;
+        let proxy = self.proxy.clone();
         Box::pin(async move {
             let addresses = Self::addresses(policy, network.resolver.clone(), &uri).await?;
             let mut reason = String::new();
             for address in addresses {
+                if let Some(proxy) = &proxy {
+                    match proxy.open_tunnel(address, &network, timeout).await {
+                        Ok(stream) => return Ok(TokioIo::new(stream)),
+                        Err(error) => reason = error,
+                    }
+                    continue;
+                }
                 match tokio::time::timeout(timeout, network.dialer.dial(address)).await {
                     Ok(Ok(stream)) => return Ok(TokioIo::new(stream)),
                     Ok(Err(error)) => reason = format!("{address}: {error}"),
@@ -905,6 +939,7 @@ mod tests {
             allowed_url_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
             allow_private_targets: private,
             max_queued: None,
+            https: None,
         }))
         .unwrap()
     }

@@ -2,8 +2,11 @@
 //! and asynchronous MDNs (the MDN service) go out through the same client, whose TCP
 //! connections are made by a [`CheckedConnector`]: operator-configured URLs with
 //! [`AddressPolicy::Any`], URLs from partners' messages with the partnership's policy.
+//! TLS on top is set up from the partnership's [`HttpsSettings`] ([`crate::https`]);
+//! [`PartnerClients`] keeps one client per policy and settings.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -15,11 +18,15 @@ use futures::stream::BoxStream;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::Frame;
-use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use openssl::ssl::{SslConnector, SslMethod};
 
+use crate::https::{
+    self, ConnectionFailure, HttpsSettings, ServerCertificateRefused, ServerTrust,
+    VerifyingConnector,
+};
+use crate::keys::{KeyError, KeyPair, KeyStore};
+use crate::proxy::EgressProxy;
 use crate::target::{AddressPolicy, CheckedConnector, Network, TargetRefused, refusal_in};
 
 /// How long idle connections to partners are kept for reuse.
@@ -30,9 +37,13 @@ const MAX_ERROR_CHARS: usize = 300;
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportSetupError {
-    /// OpenSSL refused the TLS setup (for example an unreadable CA file).
+    /// OpenSSL refused the TLS setup (for example an unreadable CA file, a client
+    /// certificate that does not match its key).
     #[error("tls setup failed: {0}")]
     Tls(#[from] openssl::error::ErrorStack),
+    /// Our key for the TLS client certificate cannot be loaded.
+    #[error("our TLS client certificate: {0}")]
+    ClientCertificate(#[from] KeyError),
 }
 
 /// Limits of a [`PartnerTransport`].
@@ -90,6 +101,10 @@ pub enum SendError {
     /// The target's addresses are not allowed; no connection was attempted.
     #[error("{0}")]
     Refused(TargetRefused),
+    /// The partner's TLS server certificate is not trusted (not the pinned one, not of
+    /// the partnership's CAs, ...): the handshake was broken off, nothing was sent.
+    #[error("{0}; nothing was sent")]
+    Untrusted(String),
 }
 
 /// An error of a streamed request body (reading the object it comes from).
@@ -118,13 +133,34 @@ pub enum RequestBody {
 type ClientBody = UnsyncBoxBody<Bytes, BodyError>;
 
 /// Posts to partners over HTTP/1.1, plain or TLS (OpenSSL, the system's CA certificates
-/// plus an optional extra CA file). Redirects are never followed (a 3xx is the answer).
-/// Cheap to clone; connections are pooled, so one transport serves one
-/// [`AddressPolicy`]: a pooled connection was made to an address that policy allows.
+/// plus an optional extra CA file, or what a partnership's [`HttpsSettings`] trust).
+/// Redirects are never followed (a 3xx is the answer). Cheap to clone; connections are
+/// pooled, so one transport serves one [`AddressPolicy`] and one way of connecting
+/// ([`Connections`]): a pooled connection was made to an address that policy allows,
+/// with that client certificate and that trust.
 #[derive(Clone)]
 pub struct PartnerTransport {
-    client: Client<HttpsConnector<CheckedConnector>, ClientBody>,
+    client: Client<VerifyingConnector, ClientBody>,
     max_response_bytes: usize,
+    /// The key id of the TLS client certificate presented, if any.
+    client_certificate: Option<String>,
+}
+
+/// How the connections of one [`PartnerTransport`] are made.
+#[derive(Clone, Debug, Default)]
+pub struct Connections<'a> {
+    /// Which addresses they may go to.
+    pub policy: AddressPolicy,
+    /// The resolver and dialer.
+    pub network: Network,
+    /// Which server certificates are accepted.
+    pub trust: ServerTrust,
+    /// More CA certificates trusted under [`ServerTrust::System`].
+    pub extra_ca_file: Option<&'a Path>,
+    /// Our TLS client certificate, if one is presented.
+    pub client_certificate: Option<&'a KeyPair>,
+    /// The egress proxy they are tunnelled through, if any.
+    pub proxy: Option<EgressProxy>,
 }
 
 impl PartnerTransport {
@@ -158,18 +194,41 @@ impl PartnerTransport {
         policy: AddressPolicy,
         network: Network,
     ) -> Result<Self, TransportSetupError> {
-        let http = CheckedConnector::new(policy, network, limits.connect_timeout);
-        let mut tls = SslConnector::builder(SslMethod::tls_client())?;
-        if let Some(file) = extra_ca_file {
-            tls.set_ca_file(file)?;
-        }
-        let connector = HttpsConnector::with_connector(http, tls)?;
+        Self::with_connections(
+            limits,
+            Connections {
+                policy,
+                network,
+                extra_ca_file,
+                ..Connections::default()
+            },
+        )
+    }
+
+    /// A transport with `limits` whose connections are made as `connections` says.
+    pub fn with_connections(
+        limits: TransportLimits,
+        connections: Connections<'_>,
+    ) -> Result<Self, TransportSetupError> {
+        let tcp = CheckedConnector::new(
+            connections.policy,
+            connections.network,
+            limits.connect_timeout,
+        )
+        .with_proxy(connections.proxy);
+        let tls = https::client_tls(
+            &connections.trust,
+            connections.extra_ca_file,
+            connections.client_certificate,
+        )?;
+        let connector = VerifyingConnector::new(tcp, tls)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
         Ok(Self {
             client,
             max_response_bytes: limits.max_response_bytes,
+            client_certificate: connections.client_certificate.map(|key| key.id.clone()),
         })
     }
 
@@ -259,17 +318,158 @@ impl PartnerTransport {
 
     async fn send(
         &self,
-        request: http::Request<ClientBody>,
+        mut request: http::Request<ClientBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        self.client
-            .request(request)
-            .await
-            .map_err(|error| match refusal_in(&error) {
-                Some(refused) => SendError::Refused(TargetRefused {
+        let connection = hyper_util::client::legacy::connect::capture_connection(&mut request);
+        self.client.request(request).await.map_err(|error| {
+            if let Some(refused) = refusal_in(&error) {
+                return SendError::Refused(TargetRefused {
                     reason: bounded(refused.reason.clone()),
-                }),
-                None => SendError::Connection(bounded(as2_common::error_chain(&error))),
-            })
+                });
+            }
+            if let Some(untrusted) = source_of::<ServerCertificateRefused>(&error) {
+                return SendError::Untrusted(bounded(untrusted.reason.clone()));
+            }
+            // The connection's own failure (a TLS alert) is the cause; hyper's words
+            // for the request ("connection was not ready") follow it.
+            let mut reason = as2_common::error_chain(&error);
+            if let Some(failure) = connection_failure(&connection)
+                && !reason.contains(&failure)
+            {
+                reason = format!("{failure} ({reason})");
+            }
+            let hint = client_certificate_hint(&reason, self.client_certificate.as_deref());
+            SendError::Connection(bounded(format!("{hint}{reason}")))
+        })
+    }
+}
+
+/// The I/O error the request's connection noted, if it got one.
+fn connection_failure(
+    connection: &hyper_util::client::legacy::connect::CaptureConnection,
+) -> Option<String> {
+    let metadata = connection.connection_metadata();
+    let mut extras = http::Extensions::new();
+    metadata.as_ref()?.get_extras(&mut extras);
+    extras.get::<ConnectionFailure>()?.noted()
+}
+
+/// What a TLS alert of the partner's server about client certificates means for us,
+/// to lead the error text ("" for other errors).
+fn client_certificate_hint(reason: &str, presented: Option<&str>) -> String {
+    const CLIENT_CERTIFICATE_ALERTS: [&str; 4] = [
+        "alert certificate required",
+        "alert bad certificate",
+        "alert unknown ca",
+        "alert certificate unknown",
+    ];
+    if !CLIENT_CERTIFICATE_ALERTS
+        .iter()
+        .any(|alert| reason.contains(alert))
+    {
+        return String::new();
+    }
+    match presented {
+        None => "the partner requires a TLS client certificate and the partnership names none (https.client_certificate_key_id): ".to_owned(),
+        Some(id) => format!("the partner did not accept our TLS client certificate (key {id:?}): "),
+    }
+}
+
+/// The `T` somewhere in `error`'s source chain.
+fn source_of<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// Most clients one [`PartnerClients`] keeps; past it they are all dropped and made
+/// again on use (their pooled connections close).
+const MAX_CLIENTS: usize = 256;
+
+/// What every client of a [`PartnerClients`] shares.
+#[derive(Clone, Debug)]
+pub struct ClientDefaults {
+    /// Connect timeout and response size limit.
+    pub limits: TransportLimits,
+    /// The resolver and dialer.
+    pub network: Network,
+    /// More CA certificates trusted with the system's (for partnerships that name no CA
+    /// bundle and pin no certificate).
+    pub extra_ca_file: Option<PathBuf>,
+    /// The service's egress proxy (`AS2_EGRESS_PROXY_URL`), for partnerships that name
+    /// none and do not bypass it.
+    pub egress_proxy: Option<EgressProxy>,
+}
+
+/// A service's HTTP clients to partners: one [`PartnerTransport`] per address policy
+/// and [`HttpsSettings`], made on first use and kept, so a connection opened with one
+/// partnership's client certificate, trust or proxy never serves another's. The TLS
+/// client certificates are our keys from `keys`, by key id.
+pub struct PartnerClients {
+    defaults: ClientDefaults,
+    keys: Arc<KeyStore>,
+    made: Mutex<HashMap<(AddressPolicy, HttpsSettings), PartnerTransport>>,
+}
+
+impl PartnerClients {
+    /// Clients sharing `defaults`, with client certificates from `keys`. Fails when the
+    /// extra CA file does not load.
+    pub fn new(defaults: ClientDefaults, keys: Arc<KeyStore>) -> Result<Self, TransportSetupError> {
+        let clients = Self {
+            defaults,
+            keys,
+            made: Mutex::new(HashMap::new()),
+        };
+        clients.client(AddressPolicy::Any, &HttpsSettings::default())?;
+        Ok(clients)
+    }
+
+    /// The client for targets `policy` allows, connecting as `https` says.
+    pub fn client(
+        &self,
+        policy: AddressPolicy,
+        https: &HttpsSettings,
+    ) -> Result<PartnerTransport, TransportSetupError> {
+        let key = (policy, https.clone());
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client_certificate = match &https.client_certificate_key_id {
+            Some(id) => Some(self.keys.get(id)?),
+            None => None,
+        };
+        let client = PartnerTransport::with_connections(
+            self.defaults.limits,
+            Connections {
+                policy,
+                network: self.defaults.network.clone(),
+                trust: https.trust.clone(),
+                extra_ca_file: self.defaults.extra_ca_file.as_deref(),
+                client_certificate: client_certificate.as_deref(),
+                proxy: https.proxy.effective(self.defaults.egress_proxy.as_ref()),
+            },
+        )?;
+        let mut made = self.lock();
+        if made.len() >= MAX_CLIENTS {
+            made.clear();
+        }
+        made.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(AddressPolicy, HttpsSettings), PartnerTransport>> {
+        self.made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

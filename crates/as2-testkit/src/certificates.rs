@@ -13,7 +13,7 @@ use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, SubjectKeyIdentifier};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName, SubjectKeyIdentifier};
 use openssl::x509::{X509, X509NameBuilder};
 
 const DAY_SECONDS: i64 = 86_400;
@@ -34,6 +34,8 @@ pub struct TestCertificate {
     /// Whether the certificate is marked as a CA (critical basic constraints) with a
     /// subject key identifier, as the OpenSSL command line wants of a trust anchor.
     pub certificate_authority: bool,
+    /// DNS names and IP addresses of the subject alternative names (a TLS server's).
+    pub hosts: Vec<String>,
 }
 
 impl TestCertificate {
@@ -46,6 +48,7 @@ impl TestCertificate {
             not_after_days: 365,
             key_bits: 2048,
             certificate_authority: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -87,6 +90,12 @@ impl TestCertificate {
         self
     }
 
+    /// The same, for these DNS names and IP addresses (subject alternative names).
+    pub fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.hosts = hosts.iter().map(|host| (*host).to_owned()).collect();
+        self
+    }
+
     /// A fresh key and the certificate.
     ///
     /// # Panics
@@ -94,12 +103,25 @@ impl TestCertificate {
     /// When OpenSSL fails, which only a broken installation does.
     pub fn generate(&self) -> KeyMaterial {
         let (key, certificate) = self
-            .build()
+            .build(None)
             .expect("openssl builds a self-signed test certificate");
         KeyMaterial::new(key, certificate)
     }
 
-    fn build(&self) -> Result<(PKey<Private>, X509), ErrorStack> {
+    /// A fresh key and the certificate, issued by `issuer` (a CA made with
+    /// [`TestCertificate::certificate_authority`]) instead of self-signed.
+    ///
+    /// # Panics
+    ///
+    /// When OpenSSL fails, which only a broken installation does.
+    pub fn issued_by(&self, issuer: &KeyMaterial) -> KeyMaterial {
+        let (key, certificate) = self
+            .build(Some(issuer))
+            .expect("openssl builds an issued test certificate");
+        KeyMaterial::new(key, certificate)
+    }
+
+    fn build(&self, issuer: Option<&KeyMaterial>) -> Result<(PKey<Private>, X509), ErrorStack> {
         let key = PKey::from_rsa(Rsa::generate(self.key_bits)?)?;
         let mut name = X509NameBuilder::new()?;
         name.append_entry_by_text("CN", &self.common_name)?;
@@ -118,7 +140,8 @@ impl TestCertificate {
         let serial = serial.to_asn1_integer()?;
         builder.set_serial_number(&serial)?;
         builder.set_subject_name(&name)?;
-        builder.set_issuer_name(&name)?;
+        builder
+            .set_issuer_name(issuer.map_or(&*name, |issuer| issuer.certificate.subject_name()))?;
         builder.set_pubkey(&key)?;
         let not_before = Asn1Time::from_unix(now + self.not_before_days * DAY_SECONDS)?;
         let not_after = Asn1Time::from_unix(now + self.not_after_days * DAY_SECONDS)?;
@@ -130,7 +153,21 @@ impl TestCertificate {
                 SubjectKeyIdentifier::new().build(&builder.x509v3_context(None, None))?;
             builder.append_extension(key_identifier)?;
         }
-        builder.sign(&key, MessageDigest::sha256())?;
+        if !self.hosts.is_empty() {
+            let mut names = SubjectAlternativeName::new();
+            for host in &self.hosts {
+                if host.parse::<std::net::IpAddr>().is_ok() {
+                    names.ip(host);
+                } else {
+                    names.dns(host);
+                }
+            }
+            let issuer_certificate = issuer.map(|issuer| &*issuer.certificate);
+            let names = names.build(&builder.x509v3_context(issuer_certificate, None))?;
+            builder.append_extension(names)?;
+        }
+        let signer = issuer.map_or(&key, |issuer| &issuer.key);
+        builder.sign(signer, MessageDigest::sha256())?;
         Ok((key, builder.build()))
     }
 }

@@ -7,10 +7,13 @@
 //! dependency is missing the helpers panic with a message that names the command
 //! which installs it (`tests/run`, the README's test command).
 //!
-//! The helpers are synchronous (std and OpenSSL only) so that both plain and
+//! The process helpers are synchronous (std and OpenSSL only) so that both plain and
 //! `#[tokio::test]` tests can use them. Test keys and certificates come from
 //! [`certificates`]; [`admin`] asks a service under test whether it is ready (with the
 //! services' own `as2_common::runtime::ServiceHandle`, that is the services harness).
+//! For outbound connections, [`https_partner`] is a partner's HTTPS endpoint (optionally
+//! requiring a client certificate) and [`connect_proxy`] an egress proxy; both run on
+//! the test's tokio runtime and record what reached them.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stderr)]
@@ -18,6 +21,8 @@
 pub mod admin;
 pub mod balancer;
 pub mod certificates;
+pub mod connect_proxy;
+pub mod https_partner;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod openssl_cli;

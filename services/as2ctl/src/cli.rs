@@ -557,6 +557,28 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "COUNT")]
     pub async_mdn_max_queued: Option<u32>,
 
+    /// Asynchronous MDNs: id of our key presented as the TLS client certificate
+    /// (`tls.crt`, `tls.key` of the MDN service's key directory); empty: none.
+    #[arg(long, value_name = "KEY_ID")]
+    pub async_mdn_tls_client_key_id: Option<String>,
+
+    /// Asynchronous MDNs: a file of the CA certificates (PEM or DER) the partner's
+    /// server certificate must chain to, instead of the system's; empty: the system's.
+    #[arg(long, value_name = "FILE")]
+    pub async_mdn_tls_ca_file: Option<String>,
+
+    /// Asynchronous MDNs: pin the partner's server certificate, by SHA-256
+    /// fingerprint (colons optional) or a certificate file (PEM or DER) whose
+    /// fingerprint is taken; comma-separated for several; empty list: no pin.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "SHA256_OR_FILE")]
+    pub async_mdn_tls_pin: Option<Vec<String>>,
+
+    /// Asynchronous MDNs: the egress proxy, `http://host:port` (tunnelled with
+    /// CONNECT), `direct` (none, whatever the MDN service has) or `default` (the
+    /// service's AS2_EGRESS_PROXY_URL).
+    #[arg(long, value_name = "URL|direct|default")]
+    pub async_mdn_egress_proxy: Option<String>,
+
     /// Digests accepted in signatures (comma-separated); empty list: all
     /// supported.
     #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "DIGESTS")]
@@ -644,6 +666,30 @@ pub struct SettingsArgs {
     /// Outbound: send bodies with chunked transfer coding instead of a Content-Length.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub outbound_chunked: Option<bool>,
+
+    /// Outbound: id of our key presented as the TLS client certificate to the
+    /// partner's HTTPS endpoint (`tls.crt`, `tls.key` of the sender's key directory);
+    /// empty: none.
+    #[arg(long, value_name = "KEY_ID")]
+    pub outbound_tls_client_key_id: Option<String>,
+
+    /// Outbound: a file of the CA certificates (PEM or DER) the partner's server
+    /// certificate must chain to, instead of the system's; empty: the system's.
+    #[arg(long, value_name = "FILE")]
+    pub outbound_tls_ca_file: Option<String>,
+
+    /// Outbound: pin the partner's server certificate, by SHA-256 fingerprint (colons
+    /// optional) or a certificate file (PEM or DER) whose fingerprint is taken;
+    /// comma-separated for several; empty list: no pin. A server presenting another
+    /// certificate gets nothing.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "SHA256_OR_FILE")]
+    pub outbound_tls_pin: Option<Vec<String>>,
+
+    /// Outbound: the egress proxy, `http://host:port` (tunnelled with CONNECT),
+    /// `direct` (none, whatever the sender has) or `default` (the sender's
+    /// AS2_EGRESS_PROXY_URL).
+    #[arg(long, value_name = "URL|direct|default")]
+    pub outbound_egress_proxy: Option<String>,
 }
 
 /// A signing digest on the command line and in JSON output.

@@ -24,6 +24,7 @@ use crate::certificates::{
 use crate::cli::{
     AddArgs, Cli, Command, PartnershipCommand, RemoveArgs, SettingsArgs, ShowArgs, UpdateArgs,
 };
+use crate::https::apply_https_settings;
 use crate::output::{PartnershipView, render_detail, render_table};
 
 /// How long connecting to the routing service may take.
@@ -271,6 +272,7 @@ async fn add(
         ..Partnership::default()
     };
     apply_settings(&mut partnership, &args.settings);
+    apply_https_settings(&mut partnership, &args.settings)?;
     let created = client
         .create_partnership(CreatePartnershipRequest {
             partnership: Some(partnership),
@@ -302,6 +304,7 @@ async fn update(
         )));
     }
     let mut changed = apply_settings(&mut partnership, &args.settings);
+    changed |= apply_https_settings(&mut partnership, &args.settings)?;
     for (value, target) in [
         (args.from, &mut partnership.as2_from),
         (args.to, &mut partnership.as2_to),

@@ -11,6 +11,7 @@ mod cli;
 mod commands;
 mod consume;
 mod deliveries;
+mod https;
 mod output;
 mod send;
 

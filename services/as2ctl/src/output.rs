@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use as2_rpc::prost_types::Timestamp;
 use as2_rpc::routing::v1::{
-    CertificateUsage, Compression, EncryptionCipher, MdnMode, PartnerCertificate, Partnership,
-    SigningDigest,
+    CertificateUsage, Compression, EncryptionCipher, MdnMode, PartnerCertificate, PartnerHttps,
+    Partnership, SigningDigest,
 };
 use serde::Serialize;
 
@@ -68,6 +68,58 @@ struct AsyncMdnView {
     allowed_url_patterns: Vec<String>,
     allow_private_targets: bool,
     max_queued: u32,
+    https: HttpsView,
+}
+
+/// A `PartnerHttps`: `egress_proxy` is `default` (the service's), `direct` or the URL.
+#[derive(Debug, Serialize)]
+struct HttpsView {
+    client_certificate_key_id: String,
+    trusted_ca_pem: String,
+    pinned_server_certificate_sha256: Vec<String>,
+    egress_proxy: String,
+}
+
+impl From<Option<PartnerHttps>> for HttpsView {
+    fn from(https: Option<PartnerHttps>) -> Self {
+        let https = https.unwrap_or_default();
+        Self {
+            client_certificate_key_id: https.client_certificate_key_id,
+            trusted_ca_pem: https.trusted_ca_pem,
+            pinned_server_certificate_sha256: https.pinned_server_certificate_sha256,
+            egress_proxy: match (https.egress_proxy_url.is_empty(), https.bypass_egress_proxy) {
+                (true, false) => "default".to_owned(),
+                (true, true) => "direct".to_owned(),
+                (false, _) => https.egress_proxy_url,
+            },
+        }
+    }
+}
+
+impl HttpsView {
+    /// One line: client certificate, trust, proxy.
+    fn summary(&self) -> String {
+        let client = if self.client_certificate_key_id.is_empty() {
+            "no client certificate".to_owned()
+        } else {
+            format!("client certificate {}", self.client_certificate_key_id)
+        };
+        let trust = if !self.pinned_server_certificate_sha256.is_empty() {
+            format!(
+                "pinned {}",
+                self.pinned_server_certificate_sha256.join(", ")
+            )
+        } else if !self.trusted_ca_pem.is_empty() {
+            let count = self.trusted_ca_pem.matches("BEGIN CERTIFICATE").count();
+            format!("the partnership's {count} CA certificate(s)")
+        } else {
+            "the system's CA certificates".to_owned()
+        };
+        format!(
+            "{client}; trusts {trust}; egress proxy {}",
+            self.egress_proxy
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +143,7 @@ struct OutboundView {
     max_retries: u32,
     subject: String,
     chunked: bool,
+    https: HttpsView,
 }
 
 impl From<&Partnership> for PartnershipView {
@@ -153,6 +206,7 @@ impl From<&Partnership> for PartnershipView {
                 max_queued: async_mdn
                     .max_queued
                     .unwrap_or(as2_partner::target::DEFAULT_MAX_QUEUED),
+                https: HttpsView::from(async_mdn.https),
             },
             outbound: OutboundView {
                 url: outbound.url,
@@ -179,6 +233,7 @@ impl From<&Partnership> for PartnershipView {
                 max_retries: outbound.max_retries,
                 subject: outbound.subject,
                 chunked: outbound.chunked,
+                https: HttpsView::from(outbound.https),
             },
             created_at: partnership.created_at.as_ref().map(rfc3339),
             updated_at: partnership.updated_at.as_ref().map(rfc3339),
@@ -336,6 +391,7 @@ pub fn render_detail(view: &PartnershipView) -> String {
         },
     );
     line("async mdn max queued:", &async_mdn.max_queued.to_string());
+    line("async mdn https:", &async_mdn.https.summary());
     let outbound = &view.outbound;
     if outbound.url.is_empty() {
         line("outbound:", "none");
@@ -365,6 +421,7 @@ pub fn render_detail(view: &PartnershipView) -> String {
         if !outbound.async_mdn_url.is_empty() {
             line("async mdn url:", &outbound.async_mdn_url);
         }
+        line("outbound https:", &outbound.https.summary());
     }
     if let Some(created_at) = &view.created_at {
         line("created:", created_at);

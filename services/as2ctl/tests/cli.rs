@@ -268,6 +268,12 @@ async fn partnership_lifecycle_with_pem_and_der_certificates() {
             "allowed_url_patterns": ["https://as2.acme.example/mdn", "https://*.acme.example:8443"],
             "allow_private_targets": false,
             "max_queued": 20,
+            "https": {
+                "client_certificate_key_id": "",
+                "trusted_ca_pem": "",
+                "pinned_server_certificate_sha256": [],
+                "egress_proxy": "default",
+            },
         })
     );
     assert_fails_with(
@@ -355,6 +361,115 @@ async fn partnership_lifecycle_with_pem_and_der_certificates() {
     assert_fails_with(
         &stack.as2ctl(&["partnership", "remove", "acme"]).await,
         "not found",
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_settings_of_both_directions_from_files_and_fingerprints() {
+    let stack = Stack::start().await;
+    let partner_server = TestCertificate::new("partner https server").generate();
+    let pin_file = stack.file("partner-server.crt", &partner_server.cert_pem);
+    let ca = TestCertificate::new("partner mdn ca")
+        .certificate_authority()
+        .generate();
+    let ca_file = stack.file("partner-ca.der", ca.cert_der());
+    let fingerprint = as2_partner::https::sha256_fingerprint(&partner_server.certificate).unwrap();
+    let second_pin = "AB:".repeat(31) + "AB";
+    let created = json(
+        &stack
+            .as2ctl(&[
+                "--json",
+                "partnership",
+                "add",
+                "--id",
+                "tls-partner",
+                "--from",
+                "TLS PARTNER",
+                "--to",
+                "OUR-GATEWAY",
+                "--topic",
+                "edi.tls",
+                "--outbound-url",
+                "https://as2.partner.example/as2",
+                "--outbound-tls-client-key-id",
+                "our-tls-client",
+                "--outbound-tls-pin",
+                &format!("{},{second_pin}", path_arg(&pin_file)),
+                "--outbound-egress-proxy",
+                "direct",
+                "--async-mdn-tls-ca-file",
+                path_arg(&ca_file),
+                "--async-mdn-egress-proxy",
+                "http://Proxy.Internal:3128",
+            ])
+            .await,
+    );
+    assert_eq!(
+        created["outbound"]["https"],
+        serde_json::json!({
+            "client_certificate_key_id": "our-tls-client",
+            "trusted_ca_pem": "",
+            "pinned_server_certificate_sha256": [fingerprint, "ab".repeat(32)],
+            "egress_proxy": "direct",
+        })
+    );
+    let mdn_https = &created["async_mdn"]["https"];
+    assert_eq!(mdn_https["trusted_ca_pem"], ca.cert_pem.as_str());
+    assert_eq!(mdn_https["egress_proxy"], "http://proxy.internal:3128");
+
+    let shown = stdout(&stack.as2ctl(&["partnership", "show", "tls-partner"]).await);
+    assert!(
+        shown.contains("client certificate our-tls-client; trusts pinned")
+            && shown.contains(
+                "the partnership's 1 CA certificate(s); egress proxy http://proxy.internal:3128"
+            ),
+        "{shown}"
+    );
+
+    // Clearing the pins and the key id, and a proxy the routing service refuses.
+    let updated = json(
+        &stack
+            .as2ctl(&[
+                "--json",
+                "partnership",
+                "update",
+                "tls-partner",
+                "--outbound-tls-pin",
+                "",
+                "--outbound-tls-client-key-id",
+                "",
+            ])
+            .await,
+    );
+    assert_eq!(
+        updated["outbound"]["https"]["pinned_server_certificate_sha256"],
+        serde_json::json!([])
+    );
+    assert_eq!(updated["outbound"]["https"]["egress_proxy"], "direct");
+    assert_fails_with(
+        &stack
+            .as2ctl(&[
+                "partnership",
+                "update",
+                "tls-partner",
+                "--outbound-egress-proxy",
+                "http://user:secret@proxy:3128",
+            ])
+            .await,
+        "invalid partnership: outbound.https.egress_proxy_url: \"http://user:secret@proxy:3128\": user info is not supported in the egress proxy URL",
+    );
+    assert_fails_with(
+        &stack
+            .as2ctl(&[
+                "partnership",
+                "update",
+                "tls-partner",
+                "--async-mdn-tls-pin",
+                "0123",
+            ])
+            .await,
+        "cannot read certificate file 0123",
     );
     stack.stop().await;
 }

@@ -8,6 +8,7 @@ use as2_common::config::{
     AdminServerConfig, GrpcServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
 };
 use as2_common::kafka::KafkaConfig;
+use as2_partner::proxy::EgressProxy;
 use clap::{Args, Parser};
 
 /// Everything the MDN service needs to run.
@@ -142,9 +143,30 @@ pub struct DeliveryConfig {
     pub consumer_name: Option<String>,
 
     /// A PEM file of extra CA certificates trusted for https deliveries, next to the
-    /// system's.
+    /// system's (not for partnerships that name their own CA certificates or pin the
+    /// partner's certificate).
     #[arg(long = "mdn-tls-ca-file", env = "AS2_MDN_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+
+    /// Our keys: `<dir>/<key-id>/tls.key` and `tls.crt` (a mounted `kubernetes.io/tls`
+    /// Secret per key). Only the TLS client certificates that partnerships name
+    /// (`async_mdn.https.client_certificate_key_id`) are read from here.
+    #[arg(
+        long = "keys-dir",
+        env = "AS2_KEYS_DIR",
+        default_value = "/etc/as2/keys"
+    )]
+    pub keys_dir: PathBuf,
+
+    /// An HTTP proxy (`http://host:port`) that deliveries are tunnelled through with
+    /// CONNECT, to the address the service resolved and checked itself; a partnership's
+    /// `async_mdn.https` may name another or bypass it. Unset: direct connections.
+    #[arg(
+        long = "egress-proxy-url",
+        env = "AS2_EGRESS_PROXY_URL",
+        value_parser = EgressProxy::parse
+    )]
+    pub egress_proxy: Option<EgressProxy>,
 }
 
 impl DeliveryConfig {
@@ -162,6 +184,8 @@ impl DeliveryConfig {
             status_ttl_secs: 7 * 24 * 3600,
             consumer_name: None,
             tls_ca_file: None,
+            keys_dir: PathBuf::from("/etc/as2/keys"),
+            egress_proxy: None,
         }
     }
 

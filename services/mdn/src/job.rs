@@ -149,6 +149,18 @@ impl NewDelivery {
             .map_or(AddressPolicy::PublicOnly, |targets| targets.addresses)
     }
 
+    /// The partnership's HTTPS settings, encoded as the store keeps them (empty: the
+    /// defaults, or a policy that is not valid, which is refused anyway).
+    pub fn encoded_https(&self) -> Vec<u8> {
+        use as2_rpc::prost::Message as _;
+        self.targets
+            .as_ref()
+            .ok()
+            .and_then(|targets| targets.https.to_proto())
+            .map(|https| https.encode_to_vec())
+            .unwrap_or_default()
+    }
+
     /// Most deliveries of the partnership queued at once.
     pub fn max_queued(&self) -> u32 {
         self.targets

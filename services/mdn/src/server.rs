@@ -9,6 +9,7 @@ use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::redis::StateBackend;
 use as2_common::runtime::{GrpcListeners, Runtime};
+use as2_partner::keys::KeyStore;
 use as2_partner::target::Network;
 use as2_rpc::mdn::v1::mdn_delivery_service_server::{MdnDeliveryServiceServer, SERVICE_NAME};
 
@@ -18,7 +19,7 @@ use crate::retry::RetryPolicy;
 use crate::service::MdnApi;
 use crate::store::DeliveryStore;
 use crate::tracking::StatusEvents;
-use crate::transport::MdnTransport;
+use crate::transport::{MdnConnections, MdnTransport};
 use crate::worker::{Deliverer, WorkerSettings, run_workers};
 
 /// How long status events get to be acknowledged when the service stops.
@@ -127,9 +128,13 @@ impl MdnServer {
             tracing::warn!("no kafka brokers configured, mdn status events are not published");
         }
         let transport = MdnTransport::new(
-            delivery.attempt_timeout(),
-            delivery.tls_ca_file.as_deref(),
-            network,
+            MdnConnections {
+                attempt_timeout: delivery.attempt_timeout(),
+                extra_ca_file: delivery.tls_ca_file.clone(),
+                egress_proxy: delivery.egress_proxy.clone(),
+                network,
+            },
+            Arc::new(KeyStore::new(&delivery.keys_dir)),
         )
         .context("https client setup failed")?;
         let deliverer = Arc::new(Deliverer {

@@ -172,6 +172,11 @@ pub struct DeliveryRecord {
     /// The addresses the URL's host may resolve to (stored as `targets`: `public` or
     /// `any`; a record without it is `public`).
     pub address_policy: AddressPolicy,
+    /// The partnership's HTTPS settings for the delivery, the encoded
+    /// `as2.routing.v1.PartnerHttps` (stored as `https`, only when there are any: our
+    /// client certificate's key id, the trusted CA certificates or pins, the proxy;
+    /// never a key). Empty: the defaults.
+    pub https: Vec<u8>,
     /// Where it stands.
     pub state: DeliveryState,
     /// Attempts started so far.
@@ -204,6 +209,7 @@ impl DeliveryRecord {
             url: delivery.url().to_owned(),
             traceparent: delivery.traceparent.clone(),
             address_policy,
+            https: delivery.encoded_https(),
             state: if unsupported.is_some() {
                 DeliveryState::Failed
             } else {
@@ -726,6 +732,10 @@ impl RedisStore {
             .arg(now_ms)
             .arg("last_error")
             .arg(unsupported.unwrap_or_default());
+        let https = delivery.encoded_https();
+        if !https.is_empty() {
+            invocation.arg("https").arg(https);
+        }
         if unsupported.is_none() {
             invocation
                 .arg("headers")
@@ -1144,6 +1154,10 @@ fn record_from_fields<N: AsRef<str>>(
     let mut has_state = false;
     for (name, value) in fields {
         let Some(value) = value else { continue };
+        if name.as_ref() == "https" {
+            record.https = value;
+            continue;
+        }
         let text = String::from_utf8_lossy(&value).into_owned();
         let number = || text.parse::<i64>().unwrap_or(0);
         match name.as_ref() {

@@ -1,13 +1,18 @@
 //! Sending one MDN: an HTTP(S) POST to the partner's Receipt-Delivery-Option URL, to
-//! addresses the partnership allows only ([`as2_partner::target`]), redirects not
-//! followed.
+//! addresses the partnership allows only ([`as2_partner::target`]), connecting as the
+//! partnership's HTTPS settings say (client certificate, trusted server certificates,
+//! egress proxy: [`as2_partner::https`]), redirects not followed.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use as2_partner::https::HttpsSettings;
+use as2_partner::keys::KeyStore;
+use as2_partner::proxy::EgressProxy;
 use as2_partner::target::{AddressPolicy, Network};
 pub use as2_partner::transport::TransportSetupError;
-use as2_partner::transport::{PartnerTransport, SendError, TransportLimits};
+use as2_partner::transport::{ClientDefaults, PartnerClients, SendError, TransportLimits};
 
 use crate::job::PreparedMdn;
 
@@ -44,6 +49,14 @@ pub enum AttemptOutcome {
         /// The status code.
         status: u16,
     },
+    /// Not sent: the partner's TLS server certificate is not trusted (the handshake was
+    /// broken off before any byte of the MDN), or the partnership's HTTPS settings
+    /// cannot be used (our client certificate's key is missing). Final: an operator
+    /// must act.
+    Untrusted {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AttemptOutcome {
@@ -58,13 +71,17 @@ impl AttemptOutcome {
             Self::TimedOut => "timeout",
             Self::NotAllowed { .. } => "not_allowed",
             Self::Redirected { .. } => "redirect",
+            Self::Untrusted { .. } => "tls_refused",
         }
     }
 
     /// Whether another attempt cannot end otherwise (a target that is not allowed, a
-    /// redirect), so the delivery fails now.
+    /// redirect, a server certificate that is not trusted), so the delivery fails now.
     pub fn is_final(&self) -> bool {
-        matches!(self, Self::NotAllowed { .. } | Self::Redirected { .. })
+        matches!(
+            self,
+            Self::NotAllowed { .. } | Self::Redirected { .. } | Self::Untrusted { .. }
+        )
     }
 
     /// The HTTP status received, 0 without a response.
@@ -73,7 +90,10 @@ impl AttemptOutcome {
             Self::Accepted { status } | Self::Refused { status } | Self::Redirected { status } => {
                 u32::from(*status)
             }
-            Self::NoResponse { .. } | Self::TimedOut | Self::NotAllowed { .. } => 0,
+            Self::NoResponse { .. }
+            | Self::TimedOut
+            | Self::NotAllowed { .. }
+            | Self::Untrusted { .. } => 0,
         }
     }
 
@@ -88,7 +108,9 @@ impl AttemptOutcome {
             ),
             Self::NoResponse { error } => error.clone(),
             Self::TimedOut => "no response within the attempt timeout".to_owned(),
-            Self::NotAllowed { reason } => format!("not delivered: {reason}"),
+            Self::NotAllowed { reason } | Self::Untrusted { reason } => {
+                format!("not delivered: {reason}")
+            }
         }
     }
 }
@@ -103,49 +125,68 @@ fn status_text(status: u16) -> String {
         .to_owned()
 }
 
-/// Posts MDNs over HTTP/1.1, plain or TLS ([`PartnerTransport`]: OpenSSL, the system's
-/// CA certificates plus an optional extra CA file). One pooled client per
-/// [`AddressPolicy`], so a connection made for a partnership that allows private
-/// targets never serves one that does not. Cheap to clone.
+/// Where and how the MDN service connects, beyond each partnership's settings.
+#[derive(Clone, Debug)]
+pub struct MdnConnections {
+    /// Timeout of one attempt, the connect included.
+    pub attempt_timeout: Duration,
+    /// More CA certificates trusted with the system's.
+    pub extra_ca_file: Option<PathBuf>,
+    /// The service's egress proxy.
+    pub egress_proxy: Option<EgressProxy>,
+    /// The resolver and dialer.
+    pub network: Network,
+}
+
+/// Posts MDNs over HTTP/1.1, plain or TLS ([`PartnerClients`]: OpenSSL, the system's
+/// CA certificates plus an optional extra CA file, or what the partnership trusts). One
+/// pooled client per [`AddressPolicy`] and HTTPS settings, so a connection made for a
+/// partnership that allows private targets, or with one partnership's client
+/// certificate, never serves another. Cheap to clone.
 #[derive(Clone)]
 pub struct MdnTransport {
-    public_only: PartnerTransport,
-    any_address: PartnerTransport,
+    clients: Arc<PartnerClients>,
     attempt_timeout: Duration,
 }
 
 impl MdnTransport {
-    /// A transport whose attempts (the connect included) give up after
-    /// `attempt_timeout`, connecting through `network`.
+    /// A transport whose attempts (the connect included) give up after the attempt
+    /// timeout, presenting client certificates from `keys`.
     pub fn new(
-        attempt_timeout: Duration,
-        extra_ca_file: Option<&Path>,
-        network: Network,
+        connections: MdnConnections,
+        keys: Arc<KeyStore>,
     ) -> Result<Self, TransportSetupError> {
-        let limits = TransportLimits {
-            connect_timeout: attempt_timeout,
-            max_response_bytes: MAX_RESPONSE_BYTES,
+        let defaults = ClientDefaults {
+            limits: TransportLimits {
+                connect_timeout: connections.attempt_timeout,
+                max_response_bytes: MAX_RESPONSE_BYTES,
+            },
+            network: connections.network,
+            extra_ca_file: connections.extra_ca_file,
+            egress_proxy: connections.egress_proxy,
         };
-        let transport =
-            |policy| PartnerTransport::with_network(limits, extra_ca_file, policy, network.clone());
         Ok(Self {
-            public_only: transport(AddressPolicy::PublicOnly)?,
-            any_address: transport(AddressPolicy::Any)?,
-            attempt_timeout,
+            clients: Arc::new(PartnerClients::new(defaults, keys)?),
+            attempt_timeout: connections.attempt_timeout,
         })
     }
 
-    /// POSTs `mdn` to `url`, connecting only to addresses `policy` allows, and reports
-    /// how it went; never fails otherwise.
+    /// POSTs `mdn` to `url`, connecting only to addresses `policy` allows and as
+    /// `https` says, and reports how it went; never fails otherwise.
     pub async fn post(
         &self,
         url: &str,
         mdn: &PreparedMdn,
         policy: AddressPolicy,
+        https: &HttpsSettings,
     ) -> AttemptOutcome {
-        let transport = match policy {
-            AddressPolicy::PublicOnly => &self.public_only,
-            AddressPolicy::Any => &self.any_address,
+        let transport = match self.clients.client(policy, https) {
+            Ok(transport) => transport,
+            Err(error) => {
+                return AttemptOutcome::Untrusted {
+                    reason: as2_partner::transport::bounded(error.to_string()),
+                };
+            }
         };
         let answer = transport
             .post_for_status(url, &mdn.headers, &mdn.body, self.attempt_timeout)
@@ -168,6 +209,9 @@ impl MdnTransport {
             Err(SendError::Refused(refused)) => AttemptOutcome::NotAllowed {
                 reason: refused.reason,
             },
+            Err(error @ SendError::Untrusted(_)) => AttemptOutcome::Untrusted {
+                reason: error.to_string(),
+            },
         }
     }
 }
@@ -189,20 +233,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_no_response() {
-        let transport =
-            MdnTransport::new(Duration::from_secs(2), None, Network::default()).unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let transport = MdnTransport::new(
+            MdnConnections {
+                attempt_timeout: Duration::from_secs(2),
+                extra_ca_file: None,
+                egress_proxy: None,
+                network: Network::default(),
+            },
+            Arc::new(KeyStore::new(keys.path())),
+        )
+        .unwrap();
+        let https = HttpsSettings::default();
         let port = as2_testkit::free_port();
         let mdn = PreparedMdn {
             headers: vec![("Content-Type".to_owned(), "text/plain".to_owned())],
             body: b"x".to_vec(),
         };
         let url = format!("http://127.0.0.1:{port}/mdn");
-        let outcome = transport.post(&url, &mdn, AddressPolicy::Any).await;
+        let outcome = transport.post(&url, &mdn, AddressPolicy::Any, &https).await;
         assert!(
             matches!(outcome, AttemptOutcome::NoResponse { .. }),
             "{outcome:?}"
         );
-        let outcome = transport.post(&url, &mdn, AddressPolicy::PublicOnly).await;
+        let outcome = transport
+            .post(&url, &mdn, AddressPolicy::PublicOnly, &https)
+            .await;
         assert!(outcome.is_final(), "{outcome:?}");
         assert_eq!(
             outcome.error_text(),

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use as2_partner::https::HttpsSettings;
 use as2_rpc::mdn::v1::DeliveryState;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -363,10 +364,16 @@ impl Deliverer {
             .await?;
         self.metrics.in_flight.inc();
         let clock = Instant::now();
-        let outcome = self
-            .transport
-            .post(&record.url, mdn, record.address_policy)
-            .await;
+        let outcome = match stored_https(&record.https) {
+            Ok(https) => {
+                self.transport
+                    .post(&record.url, mdn, record.address_policy, &https)
+                    .await
+            }
+            // Fail closed: without its settings the delivery could go out with less
+            // than the partnership asked for (no pin, no client certificate).
+            Err(reason) => AttemptOutcome::Untrusted { reason },
+        };
         tracing::Span::current().record("outcome", outcome.label());
         self.metrics.in_flight.dec();
         self.metrics
@@ -480,4 +487,13 @@ impl Deliverer {
             tracing::warn!(entry = entry_id, %error, "cannot discard an mdn job entry");
         }
     }
+}
+
+/// The HTTPS settings a delivery was stored with (see `DeliveryRecord::https`).
+fn stored_https(encoded: &[u8]) -> Result<HttpsSettings, String> {
+    use as2_rpc::prost::Message as _;
+    let https = as2_rpc::routing::v1::PartnerHttps::decode(encoded)
+        .map_err(|error| format!("the stored https settings are unreadable: {error}"))?;
+    HttpsSettings::from_proto(Some(&https))
+        .map_err(|error| format!("the stored https settings are not valid: {error}"))
 }

@@ -55,6 +55,7 @@ async fn urls_to_internal_targets_are_recorded_failed_without_a_connection(redis
         allowed_url_patterns: vec!["https://as2.partner.example/mdn".to_owned()],
         allow_private_targets: true,
         max_queued: None,
+        https: None,
     });
     let cases: Vec<(String, Option<AsyncMdnPolicy>, &str)> = vec![
         (
@@ -185,6 +186,7 @@ async fn an_allowed_loopback_target_is_delivered_through_the_checked_connector(r
         allowed_url_patterns: vec![format!("http://partner.test:{port}/mdn")],
         allow_private_targets: true,
         max_queued: None,
+        https: None,
     });
     let url = format!("http://partner.test:{port}/mdn/receipts");
     let id = enqueue(&mut client, with_policy("allowed", &url, policy)).await;

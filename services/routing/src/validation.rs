@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::SystemTime;
 
+use as2_partner::https::HttpsSettings;
 use as2_rpc::routing::v1::{
     CertificateUsage, Compression, EncryptionCipher, MdnMode, Partnership, SigningDigest,
 };
@@ -208,6 +209,7 @@ pub fn prepare_partnership(
     prepare_certificates(&mut partnership, now)?;
     check_algorithms(&partnership)?;
     check_outbound(&partnership)?;
+    check_outbound_https(&mut partnership)?;
     check_async_mdn(&mut partnership)?;
     check_certificate_coverage(&partnership)?;
     Ok(partnership)
@@ -222,8 +224,22 @@ fn check_async_mdn(partnership: &mut Partnership) -> Result<(), FieldError> {
     for pattern in &mut policy.allowed_url_patterns {
         *pattern = pattern.trim().to_owned();
     }
-    as2_partner::target::AsyncMdnTargets::from_proto(Some(policy))
+    let targets = as2_partner::target::AsyncMdnTargets::from_proto(Some(policy))
         .map_err(|error| FieldError::new(format!("async_mdn.{}", error.field), error.reason))?;
+    policy.https = targets.https.to_proto();
+    Ok(())
+}
+
+/// Checks the HTTPS settings of outbound connections ([`HttpsSettings`] has the rules)
+/// and stores them normalised.
+fn check_outbound_https(partnership: &mut Partnership) -> Result<(), FieldError> {
+    let Some(outbound) = partnership.outbound.as_mut() else {
+        return Ok(());
+    };
+    let https = HttpsSettings::from_proto(outbound.https.as_ref()).map_err(|error| {
+        FieldError::new(format!("outbound.https.{}", error.field), error.reason)
+    })?;
+    outbound.https = https.to_proto();
     Ok(())
 }
 
@@ -490,6 +506,85 @@ mod tests {
     }
 
     #[test]
+    fn https_settings_are_checked_and_stored_normalised() {
+        use as2_rpc::routing::v1::{AsyncMdnPolicy, PartnerHttps};
+        let now = SystemTime::now();
+        let pin = "AB:".repeat(31) + "AB";
+        let https = PartnerHttps {
+            client_certificate_key_id: "our-tls".to_owned(),
+            pinned_server_certificate_sha256: vec![pin],
+            egress_proxy_url: "HTTP://Proxy.Internal:3128/".to_owned(),
+            ..PartnerHttps::default()
+        };
+        let partnership = Partnership {
+            outbound: Some(OutboundSettings {
+                url: "https://partner.example/as2".to_owned(),
+                https: Some(https.clone()),
+                ..OutboundSettings::default()
+            }),
+            async_mdn: Some(AsyncMdnPolicy {
+                https: Some(https),
+                ..AsyncMdnPolicy::default()
+            }),
+            ..minimal()
+        };
+        let prepared = prepare_partnership(partnership, now).unwrap();
+        for stored in [
+            prepared.outbound.unwrap().https.unwrap(),
+            prepared.async_mdn.unwrap().https.unwrap(),
+        ] {
+            assert_eq!(stored.pinned_server_certificate_sha256, ["ab".repeat(32)]);
+            assert_eq!(stored.egress_proxy_url, "http://proxy.internal:3128");
+        }
+
+        let with_outbound = |https: PartnerHttps| Partnership {
+            outbound: Some(OutboundSettings {
+                https: Some(https),
+                ..OutboundSettings::default()
+            }),
+            ..minimal()
+        };
+        let error = prepare_partnership(
+            with_outbound(PartnerHttps {
+                egress_proxy_url: "http://user:secret@proxy:3128".to_owned(),
+                ..PartnerHttps::default()
+            }),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "outbound.https.egress_proxy_url");
+        assert!(error.reason.contains("user info"), "{error}");
+        let error = prepare_partnership(
+            with_outbound(PartnerHttps {
+                trusted_ca_pem: "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"
+                    .to_owned(),
+                ..PartnerHttps::default()
+            }),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "outbound.https.trusted_ca_pem");
+        let mdn_error = prepare_partnership(
+            Partnership {
+                async_mdn: Some(AsyncMdnPolicy {
+                    https: Some(PartnerHttps {
+                        client_certificate_key_id: "../key".to_owned(),
+                        ..PartnerHttps::default()
+                    }),
+                    ..AsyncMdnPolicy::default()
+                }),
+                ..minimal()
+            },
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(mdn_error.field, "async_mdn.https.client_certificate_key_id");
+        // Empty settings are not stored.
+        let empty = prepare_partnership(with_outbound(PartnerHttps::default()), now).unwrap();
+        assert_eq!(empty.outbound.unwrap().https, None);
+    }
+
+    #[test]
     fn async_mdn_policies_are_checked() {
         use as2_rpc::routing::v1::AsyncMdnPolicy;
         let now = SystemTime::now();
@@ -502,6 +597,7 @@ mod tests {
                 allowed_url_patterns: vec![" https://*.partner.example/mdn ".to_owned()],
                 allow_private_targets: false,
                 max_queued: Some(50),
+                https: None,
             }),
             now,
         )

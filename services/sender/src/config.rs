@@ -8,6 +8,7 @@ use as2_common::config::{
     AdminServerConfig, GrpcServerConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
 };
 use as2_common::kafka::{KafkaConfig, legacy};
+use as2_partner::proxy::EgressProxy;
 use clap::{Args, Parser};
 
 /// Everything the sender needs to run.
@@ -273,9 +274,20 @@ pub struct SendingConfig {
     pub record_ttl_secs: u64,
 
     /// A PEM file of extra CA certificates trusted for https partners, next to the
-    /// system's.
+    /// system's (not for partnerships that name their own CA certificates or pin the
+    /// partner's certificate).
     #[arg(long = "sender-tls-ca-file", env = "AS2_SENDER_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
+
+    /// An HTTP proxy (`http://host:port`) that connections to partners are tunnelled
+    /// through with CONNECT, to the address the sender resolved itself; a partnership's
+    /// `outbound.https` may name another or bypass it. Unset: direct connections.
+    #[arg(
+        long = "egress-proxy-url",
+        env = "AS2_EGRESS_PROXY_URL",
+        value_parser = EgressProxy::parse
+    )]
+    pub egress_proxy: Option<EgressProxy>,
 
     /// Days each message sent to a partnership that sets no retention of its own is
     /// archived (the message as sent, the partner's answer and MDN, in the object
@@ -314,6 +326,7 @@ impl SendingConfig {
             sweep_interval_ms: 5_000,
             record_ttl_secs: 30 * 24 * 3600,
             tls_ca_file: None,
+            egress_proxy: None,
             archive_retention_days: 365,
             max_large_builds: 2,
         }

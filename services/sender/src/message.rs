@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use as2_partner::algorithms::{compression_order, content_cipher, mic_algorithm};
 use as2_partner::certificates::encryption_certificate;
+use as2_partner::https::HttpsSettings;
 use as2_partner::keys::{KeyError, KeyPair, KeyStore};
 use as2_protocol::cms::{KeyTransport, SignatureScheme};
 use as2_protocol::headers::ReceiptDeliveryOption;
@@ -278,6 +279,8 @@ pub struct SendPlan {
     pub timeout_secs: u32,
     /// Sends after the first one.
     pub max_retries: u32,
+    /// How the connection to `url` is made (client certificate, trust, proxy).
+    pub https: HttpsSettings,
 }
 
 /// A send planned and its message started: the document still to be written.
@@ -324,6 +327,8 @@ pub fn start(
     if settings.url.trim().is_empty() {
         return Err(PlanError::NoOutboundUrl(partnership.id.clone()));
     }
+    let https = HttpsSettings::from_proto(settings.https.as_ref())
+        .map_err(|error| PlanError::Unsupported(format!("https.{error}")))?;
     // The partnership's pair is the one inbound messages carry; outbound reverses it.
     let as2_from = As2Id::new(partnership.as2_to.clone())?;
     let as2_to = As2Id::new(partnership.as2_from.clone())?;
@@ -410,6 +415,7 @@ pub fn start(
             settings.timeout_seconds
         },
         max_retries: settings.max_retries,
+        https,
     };
     Ok(Started {
         plan,

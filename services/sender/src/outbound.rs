@@ -17,7 +17,8 @@ use as2_partner::certificates::signing_certificates;
 use as2_partner::keys::KeyStore;
 pub use as2_partner::retry::Backoff;
 use as2_partner::retry::random_jitter;
-use as2_partner::transport::{PartnerResponse, PartnerTransport, RequestBody, SendError};
+use as2_partner::target::AddressPolicy;
+use as2_partner::transport::{PartnerClients, PartnerResponse, RequestBody, SendError};
 use as2_protocol::{As2Id, ReceivedContentMic};
 use as2_rpc::routing::v1::Partnership;
 use as2_store::archive::{self, ArchiveEntry};
@@ -100,8 +101,8 @@ pub struct OutboundSender {
     pub routing: Arc<dyn PartnershipDirectory>,
     /// Our keys.
     pub keys: Arc<KeyStore>,
-    /// HTTP to partners.
-    pub transport: PartnerTransport,
+    /// HTTP to partners: one client per partnership's HTTPS settings.
+    pub clients: Arc<PartnerClients>,
     /// The object stores: referenced documents, large messages, the archive.
     pub objects: Arc<Objects>,
     /// The receipts topic.
@@ -372,6 +373,11 @@ impl OutboundSender {
     ) -> Result<Result<PartnerResponse, (String, u32)>, Interrupted> {
         let id = plan.message_id.original();
         let timeout = Duration::from_secs(u64::from(plan.timeout_secs));
+        // Operators set the URL, so any address is allowed.
+        let transport = match self.clients.client(AddressPolicy::Any, &plan.https) {
+            Ok(transport) => transport,
+            Err(error) => return Ok(Err((format!("not sent: {error}"), 0))),
+        };
         let (mut last_error, mut last_status) = (String::new(), 0);
         loop {
             let attempts = self
@@ -382,7 +388,7 @@ impl OutboundSender {
             let started = Instant::now();
             let result = match request_body(plan, prepared).await {
                 Ok(body) => {
-                    self.transport
+                    transport
                         .post_body(&plan.url, &prepared.headers, body, timeout)
                         .await
                 }
@@ -854,7 +860,8 @@ fn classify(result: Result<PartnerResponse, SendError>) -> SendResult {
                 }
             }
         }
-        Err(error @ SendError::Request(_)) => SendResult::Permanent {
+        // A certificate that is not trusted stays so until an operator acts.
+        Err(error @ (SendError::Request(_) | SendError::Untrusted(_))) => SendResult::Permanent {
             reason: error.to_string(),
             http_status: 0,
         },

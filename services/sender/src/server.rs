@@ -10,7 +10,8 @@ use as2_common::grpc::{self, ChannelSettings};
 use as2_common::prometheus_client::registry::Registry;
 use as2_common::runtime::{GrpcListeners, Runtime};
 use as2_partner::keys::KeyStore;
-use as2_partner::transport::PartnerTransport;
+use as2_partner::target::Network;
+use as2_partner::transport::{ClientDefaults, PartnerClients, TransportLimits};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::sender::v1::outbound_service_server::{OutboundServiceServer, SERVICE_NAME};
 use as2_store::Store;
@@ -90,6 +91,7 @@ impl SenderServer {
         )?;
         let receipts =
             ReceiptPublisher::new(&config.kafka).context("kafka producer setup failed")?;
+        let keys = Arc::new(KeyStore::new(&sending.keys_dir));
         let sender = Arc::new(OutboundSender {
             store: MessageStore::new(
                 redis.connection.clone(),
@@ -97,9 +99,19 @@ impl SenderServer {
                 sending.record_ttl_secs,
             ),
             routing: Arc::new(RoutingServiceClient::new(routing_channel)),
-            keys: Arc::new(KeyStore::new(&sending.keys_dir)),
-            transport: PartnerTransport::new(sending.tls_ca_file.as_deref())
+            keys: keys.clone(),
+            clients: Arc::new(
+                PartnerClients::new(
+                    ClientDefaults {
+                        limits: TransportLimits::default(),
+                        network: Network::default(),
+                        extra_ca_file: sending.tls_ca_file.clone(),
+                        egress_proxy: sending.egress_proxy.clone(),
+                    },
+                    keys,
+                )
                 .context("https client setup failed")?,
+            ),
             objects: Arc::new(objects(&config)?),
             receipts: receipts.clone(),
             metrics,
