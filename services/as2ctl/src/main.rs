@@ -12,6 +12,7 @@ mod commands;
 mod consume;
 mod deliveries;
 mod output;
+mod redis_acl;
 mod send;
 
 use std::io::Write as _;

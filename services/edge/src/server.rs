@@ -51,6 +51,8 @@ impl EdgeServer {
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
+        // Fails here, before anything listens, rather than when serving starts.
+        dedup_store(&state, Duration::ZERO, Duration::ZERO)?;
         let as2_listener = runtime::bind(config.as2_listen, "as2").await?;
         let admin_listener = runtime::bind(config.admin.http_listen, "http").await?;
         Ok(Self {
@@ -150,7 +152,7 @@ impl EdgeServer {
                 &state,
                 Duration::from_secs(inbound.dedup_in_flight_secs),
                 Duration::from_secs(inbound.dedup_retention_secs),
-            ),
+            )?,
             publisher: Arc::new(publisher.clone()),
             mdn_delivery,
             mdn_reconciler,
@@ -241,18 +243,33 @@ fn document_storage(config: &EdgeConfig) -> anyhow::Result<(DocumentStorage, Inb
 }
 
 /// The dedup store on the configured state backend.
-fn dedup_store(state: &StateBackend, in_flight_ttl: Duration, done_ttl: Duration) -> DedupStore {
-    match state {
-        StateBackend::Redis(redis) => DedupStore::new(
-            redis.connection.clone(),
-            redis.namespace.clone(),
-            in_flight_ttl,
-            done_ttl,
-        ),
+///
+/// A Redis Cluster is refused for now: the dedup records are cluster-safe (one key per
+/// script), but [`DedupStore::new`] takes a single server's connection manager.
+fn dedup_store(
+    state: &StateBackend,
+    in_flight_ttl: Duration,
+    done_ttl: Duration,
+) -> anyhow::Result<DedupStore> {
+    Ok(match state {
+        StateBackend::Redis(redis) => {
+            let Some(connection) = redis.connection.as_standalone() else {
+                anyhow::bail!(
+                    "the edge cannot use a Redis Cluster yet: its dedup store takes a \
+                     single-server connection (redis:// or rediss://)"
+                );
+            };
+            DedupStore::new(
+                connection.clone(),
+                redis.namespace.clone(),
+                in_flight_ttl,
+                done_ttl,
+            )
+        }
         StateBackend::InMemory { namespace } => {
             DedupStore::in_memory(namespace.clone(), in_flight_ttl, done_ttl)
         }
-    }
+    })
 }
 
 /// Binds and serves until `shutdown` completes.

@@ -14,7 +14,7 @@ async fn redis_store(redis: &as2_testkit::RedisServer, in_flight_ttl: Duration) 
         .await
         .unwrap();
     DedupStore::new(
-        connected.connection,
+        connected.connection.as_standalone().unwrap().clone(),
         connected.namespace,
         in_flight_ttl,
         Duration::from_secs(60),
