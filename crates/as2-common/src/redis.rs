@@ -131,6 +131,10 @@ pub struct Redis {
 
 /// What further connections are made from.
 #[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per service, made once at start-up"
+)]
 enum Topology {
     Standalone(RedisClient),
     Cluster {

@@ -99,7 +99,7 @@ async fn async_mdn_lifecycle(url: &str) {
     let id = MessageStore::record_id(message_id);
     assert_eq!(
         store.overdue(NOW_MS + 2_000, 10).await.unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert!(
         store
@@ -117,7 +117,7 @@ async fn async_mdn_lifecycle(url: &str) {
     assert!(store.overdue(NOW_MS + 2_000, 10).await.unwrap().is_empty());
     assert_eq!(
         store.unpublished(NOW_MS + 1_000, 10).await.unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     store.receipt_published(message_id).await.unwrap();
     assert!(
