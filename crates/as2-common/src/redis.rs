@@ -1,13 +1,35 @@
-//! Redis setup: the shared connection and the key namespace.
+//! Redis setup: the shared connection (one server, or a Redis Cluster) and the key
+//! namespace.
+//!
+//! The Redis URL chooses the topology: `redis://` and `rediss://` name one server
+//! (standalone, or the current master behind a Sentinel-managed address),
+//! `redis+cluster://host:port,host:port,...` the seed nodes of a Redis Cluster, and
+//! `memory://` keeps the state in the process. Every service talks to either through
+//! [`RedisConnection`].
+//!
+//! In a cluster, a script or transaction may only touch keys of one hash slot. Each
+//! service's keys that its scripts use together therefore share a hash tag
+//! ([`KeyGroup`]); [`layout`] moves the keys of a deployment made before the tags
+//! existed, and [`acl`] derives the per-service Redis users from the same groups.
+
+pub mod acl;
+pub mod layout;
 
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::RedisConfig;
 
 pub use redis::Client as RedisClient;
+
+/// The scheme of a Redis URL that names the seed nodes of a Redis Cluster:
+/// `redis+cluster://[user:password@]host:port[,host:port...]/`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// Why Redis could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +37,9 @@ pub enum RedisSetupError {
     /// The URL does not parse.
     #[error("invalid redis url: {0}")]
     InvalidUrl(#[source] redis::RedisError),
+    /// A `redis+cluster://` URL that names no usable node list.
+    #[error("invalid redis cluster url: {0}")]
+    InvalidClusterUrl(String),
     /// The key prefix is not usable.
     #[error("invalid redis key prefix {prefix:?}: {reason}")]
     InvalidPrefix {
@@ -29,18 +54,140 @@ pub enum RedisSetupError {
     /// The TLS settings are incomplete or do not load.
     #[error("redis tls: {0}")]
     Tls(String),
+    /// Moving the keys of an older layout failed.
+    #[error("redis key layout migration: {0}")]
+    Migration(#[source] redis::RedisError),
 }
 
-/// A connected Redis: the client (for dedicated connections such as pub/sub)
-/// and the shared multiplexed connection that reconnects by itself.
+/// The shared connection for commands, to one Redis server or to a Redis Cluster.
+///
+/// Cheap to clone; clones share the connection. Both kinds reconnect by themselves; a
+/// cluster connection also follows slot moves (`MOVED`, `ASK`) and failovers.
+#[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "held once per store and cloned; boxing would only add a deref"
+)]
+pub enum RedisConnection {
+    /// One server (`redis://`, `rediss://`).
+    Standalone(ConnectionManager),
+    /// A Redis Cluster (`redis+cluster://`).
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// The connection manager of a standalone server; `None` for a cluster.
+    pub fn as_standalone(&self) -> Option<&ConnectionManager> {
+        match self {
+            Self::Standalone(manager) => Some(manager),
+            Self::Cluster(_) => None,
+        }
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(manager) => manager.req_packed_command(cmd),
+            Self::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(manager) => manager.get_db(),
+            Self::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
+/// A connected Redis: the shared connection, and what makes further connections (such
+/// as pub/sub subscriptions and blocking reads).
 #[derive(Clone)]
 pub struct Redis {
-    /// For connections that cannot be shared, such as pub/sub subscriptions.
-    pub client: RedisClient,
     /// The shared connection for commands; cheap to clone.
-    pub connection: ConnectionManager,
+    pub connection: RedisConnection,
     /// Where this service's keys live.
     pub namespace: KeyNamespace,
+    topology: Topology,
+}
+
+/// What further connections are made from.
+#[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per service, made once at start-up"
+)]
+enum Topology {
+    Standalone(RedisClient),
+    Cluster {
+        client: ClusterClient,
+        /// One client per seed node, for pub/sub: a message published on any node of a
+        /// cluster reaches the subscribers of every node.
+        nodes: Vec<RedisClient>,
+    },
+}
+
+impl Redis {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
+    }
+
+    /// Clients for pub/sub subscriptions, to try in turn: the server, or each seed node
+    /// of a cluster (classic pub/sub reaches the subscribers of every node).
+    pub fn pubsub_clients(&self) -> Vec<RedisClient> {
+        match &self.topology {
+            Topology::Standalone(client) => vec![client.clone()],
+            Topology::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    /// A further connection to the same Redis, for commands that must not share the
+    /// multiplexed one (blocking reads), with its own response timeout.
+    pub async fn connect_another(
+        &self,
+        config: &RedisConfig,
+        response_timeout: Duration,
+    ) -> Result<RedisConnection, redis::RedisError> {
+        match &self.topology {
+            Topology::Standalone(client) => connect_manager(client, config, response_timeout)
+                .await
+                .map(RedisConnection::Standalone),
+            Topology::Cluster { nodes, .. } => {
+                let client = cluster_client(nodes_of(nodes), config, response_timeout)?;
+                client
+                    .get_async_connection()
+                    .await
+                    .map(RedisConnection::Cluster)
+            }
+        }
+    }
+
+    /// The cluster client, for tests that need one of their own.
+    pub fn cluster_client(&self) -> Option<&ClusterClient> {
+        match &self.topology {
+            Topology::Standalone(_) => None,
+            Topology::Cluster { client, .. } => Some(client),
+        }
+    }
 }
 
 /// The Redis URL that keeps a service's state in its own process instead of Redis.
@@ -57,7 +204,7 @@ pub const IN_MEMORY_URL: &str = "memory://";
     reason = "one per service, made once at start-up; boxing would only add a deref"
 )]
 pub enum StateBackend {
-    /// A real Redis, shared by every replica.
+    /// A real Redis (one server or a cluster), shared by every replica.
     Redis(Redis),
     /// The process's own memory ([`IN_MEMORY_URL`]).
     InMemory {
@@ -75,9 +222,10 @@ impl StateBackend {
         }
     }
 
-    /// A short name for logs: `redis` or `memory`.
+    /// A short name for logs: `redis`, `redis-cluster` or `memory`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Redis(redis) if redis.is_cluster() => "redis-cluster",
             Self::Redis(_) => "redis",
             Self::InMemory { .. } => "memory",
         }
@@ -103,18 +251,120 @@ pub async fn connect_state(config: &RedisConfig) -> Result<StateBackend, RedisSe
     connect(config).await.map(StateBackend::Redis)
 }
 
-/// Connects to Redis as `config` says and checks the connection.
+/// Connects to Redis (one server, or a cluster for a `redis+cluster://` URL) as `config`
+/// says and checks the connection.
 pub async fn connect(config: &RedisConfig) -> Result<Redis, RedisSetupError> {
     let namespace = KeyNamespace::new(&config.redis_key_prefix)?;
+    if let Some(nodes) = cluster_nodes(&config.redis_url)? {
+        namespace.check_for_cluster()?;
+        if [
+            &config.redis_tls_ca,
+            &config.redis_tls_cert,
+            &config.redis_tls_key,
+        ]
+        .iter()
+        .any(|file| file.is_some())
+        {
+            return Err(RedisSetupError::Tls(
+                "TLS to a Redis Cluster is not supported yet: AS2_REDIS_TLS_* files need a \
+                 rediss:// url"
+                    .to_owned(),
+            ));
+        }
+        let node_clients = nodes
+            .iter()
+            .map(|node| RedisClient::open(node.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RedisSetupError::InvalidUrl)?;
+        let client = cluster_client(nodes, config, config.response_timeout())
+            .map_err(RedisSetupError::InvalidUrl)?;
+        let connection = client
+            .get_async_connection()
+            .await
+            .map_err(RedisSetupError::Connect)?;
+        let mut connection = RedisConnection::Cluster(connection);
+        // The cluster connection is made lazily per node; one command shows it works.
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(RedisSetupError::Connect)?;
+        return Ok(Redis {
+            connection,
+            namespace,
+            topology: Topology::Cluster {
+                client,
+                nodes: node_clients,
+            },
+        });
+    }
     let client = client(config)?;
     let connection = connect_manager(&client, config, config.response_timeout())
         .await
         .map_err(RedisSetupError::Connect)?;
     Ok(Redis {
-        client,
-        connection,
+        connection: RedisConnection::Standalone(connection),
         namespace,
+        topology: Topology::Standalone(client),
     })
+}
+
+/// The node URLs of a `redis+cluster://` URL (`redis://[user:password@]host:port/` each);
+/// `None` for any other URL.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, RedisSetupError> {
+    let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+        if url.starts_with("rediss+cluster://") {
+            return Err(RedisSetupError::Tls(
+                "TLS to a Redis Cluster (rediss+cluster://) is not supported yet".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let invalid = |reason: &str| RedisSetupError::InvalidClusterUrl(reason.to_owned());
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() && path != "0" {
+        return Err(invalid(
+            "a Redis Cluster has database 0 only: end the url with / or nothing",
+        ));
+    }
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (Some(credentials), hosts),
+        None => (None, authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|host| !host.is_empty())
+        .map(|host| match credentials {
+            Some(credentials) => format!("redis://{credentials}@{host}/"),
+            None => format!("redis://{host}/"),
+        })
+        .collect();
+    if nodes.is_empty() {
+        return Err(invalid(
+            "it names no node (redis+cluster://host:port,host:port/)",
+        ));
+    }
+    Ok(Some(nodes))
+}
+
+/// The URLs of the seed nodes that `clients` were made from.
+fn nodes_of(clients: &[RedisClient]) -> Vec<redis::ConnectionInfo> {
+    clients
+        .iter()
+        .map(|client| client.get_connection_info().clone())
+        .collect()
+}
+
+/// A cluster client over `nodes` with the timeouts of `config` (commands: `response_timeout`).
+fn cluster_client(
+    nodes: impl IntoIterator<Item = impl redis::IntoConnectionInfo>,
+    config: &RedisConfig,
+    response_timeout: Duration,
+) -> Result<ClusterClient, redis::RedisError> {
+    ClusterClient::builder(nodes)
+        .connection_timeout(config.connect_timeout())
+        .response_timeout(response_timeout)
+        .build()
 }
 
 /// The client for `config`: `rediss://` with the configured CA bundle and client
@@ -162,9 +412,8 @@ fn client(config: &RedisConfig) -> Result<RedisClient, RedisSetupError> {
     .map_err(RedisSetupError::InvalidUrl)
 }
 
-/// A further reconnecting connection to the same Redis, for commands that must not share
-/// the multiplexed one (blocking reads), with its own response timeout.
-pub async fn connect_manager(
+/// A reconnecting connection to one server with its own response timeout.
+async fn connect_manager(
     client: &RedisClient,
     config: &RedisConfig,
     response_timeout: Duration,
@@ -178,6 +427,103 @@ pub async fn connect_manager(
         .set_number_of_retries(8)
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_with_config(client.clone(), manager_config).await
+}
+
+/// The groups of keys that scripts use together: in a Redis Cluster each group's keys
+/// share a hash tag, so they live in one slot.
+///
+/// | group | keys | hash tag |
+/// |---|---|---|
+/// | [`Partnerships`](Self::Partnerships) | routing: partnerships, the pair index, the id set, the audit stream | `{partnership}` |
+/// | [`MdnDelivery`](Self::MdnDelivery) | mdn: deliveries, the job stream, retries, the indexes | `{mdn}` |
+/// | [`Outbound`](Self::Outbound) | sender: messages, awaiting MDNs, the receipt outbox | `{sender}` |
+/// | [`Dedup`](Self::Dedup) | edge: one record per message, every script touches one key | none: spread over all slots |
+///
+/// One slot per group keeps each group's atomic scripts possible in a cluster (the
+/// pair index, the job stream and the outbox are shared by all of a group's records);
+/// the dedup records, which carry most of the inbound traffic, stay spread over every
+/// node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyGroup {
+    /// The routing service's partnerships.
+    Partnerships,
+    /// The mdn service's delivery jobs.
+    MdnDelivery,
+    /// The sender's outbound messages.
+    Outbound,
+    /// The edge's dedup records.
+    Dedup,
+}
+
+impl KeyGroup {
+    /// Every group.
+    pub const ALL: [Self; 4] = [
+        Self::Partnerships,
+        Self::MdnDelivery,
+        Self::Outbound,
+        Self::Dedup,
+    ];
+
+    /// The word after the prefix: inside braces as the hash tag for the tagged groups.
+    fn word(self) -> &'static str {
+        match self {
+            Self::Partnerships => "partnership",
+            Self::MdnDelivery => "mdn",
+            Self::Outbound => "sender",
+            Self::Dedup => "dedup",
+        }
+    }
+
+    /// The group's hash tag (`partnership`, `mdn`, `sender`); `None` for dedup records,
+    /// which are spread over all slots.
+    pub fn hash_tag(self) -> Option<&'static str> {
+        match self {
+            Self::Dedup => None,
+            _ => Some(self.word()),
+        }
+    }
+
+    /// `{prefix}:{tag}{rest}` (for dedup `{prefix}:dedup{rest}`): `rest` starts with the
+    /// separator, e.g. `:jobs` or `-pairs`.
+    pub fn key(self, namespace: &KeyNamespace, rest: impl fmt::Display) -> String {
+        match self.hash_tag() {
+            Some(tag) => format!("{}:{{{tag}}}{rest}", namespace.prefix()),
+            None => format!("{}:{}{rest}", namespace.prefix(), self.word()),
+        }
+    }
+
+    /// The glob (as ACL key patterns and SCAN take it) of every key of the group.
+    pub fn pattern(self, namespace: &KeyNamespace) -> String {
+        let prefix = glob_escape(namespace.prefix());
+        match self.hash_tag() {
+            Some(tag) => format!("{prefix}:{{{tag}}}*"),
+            None => format!("{prefix}:{}:*", self.word()),
+        }
+    }
+
+    /// The glob of the group's keys in the layout before hash tags (what
+    /// [`layout`] moves); `None` for dedup records, whose keys did not change.
+    pub fn legacy_pattern(self, namespace: &KeyNamespace) -> Option<String> {
+        let prefix = glob_escape(namespace.prefix());
+        match self {
+            // `{p}:partnership:{id}`, `{p}:partnership-pairs`, `-ids`, `-audit`.
+            Self::Partnerships => Some(format!("{prefix}:partnership*")),
+            Self::MdnDelivery | Self::Outbound => Some(format!("{prefix}:{}:*", self.word())),
+            Self::Dedup => None,
+        }
+    }
+}
+
+/// `text` with the glob characters of Redis patterns (`*?[]\`) escaped.
+pub fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
 }
 
 /// The prefix that every key and channel of one gateway starts with.
@@ -214,6 +560,18 @@ impl KeyNamespace {
     /// `{prefix}:{suffix}`.
     pub fn key(&self, suffix: impl fmt::Display) -> String {
         format!("{}:{suffix}", self.prefix)
+    }
+
+    /// In a Redis Cluster, braces in the prefix would take the place of the groups' hash
+    /// tags (and `{}` would leave keys without one), so they are refused there.
+    fn check_for_cluster(&self) -> Result<(), RedisSetupError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(RedisSetupError::InvalidPrefix {
+                prefix: self.prefix.clone(),
+                reason: "must not contain { or } with a Redis Cluster (they are hash tags)",
+            });
+        }
+        Ok(())
     }
 }
 

@@ -229,6 +229,21 @@ impl Runtime {
         });
     }
 
+    /// Runs [`LayoutMigration::watch`] in the background: moves keys that replicas of an
+    /// older version write under the names before the hash tags (a rolling upgrade).
+    ///
+    /// [`LayoutMigration::watch`]: crate::redis::layout::LayoutMigration::watch
+    pub fn watch_key_layout(
+        &mut self,
+        migration: crate::redis::layout::LayoutMigration,
+        redis: crate::redis::Redis,
+    ) {
+        self.spawn_background("redis key layout watch", |stop| async move {
+            migration.watch(redis, stop).await;
+            Ok(())
+        });
+    }
+
     /// Runs a background task, given the token that stops it once the front ends are
     /// done.
     pub fn spawn_background<F>(

@@ -33,7 +33,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use process::{KafkaBroker, RedisServer, S3Server};
+pub use process::{KafkaBroker, RedisCluster, RedisServer, S3Server};
 
 /// How long a server may take to accept connections after it was spawned.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -284,11 +284,42 @@ pub fn s3s_fs_binary() -> PathBuf {
     })
 }
 
+/// The `redis-cli` binary: the one beside [`redis_server_binary`], else the first one on
+/// `PATH` (it creates the test kit's Redis Cluster).
+///
+/// # Panics
+///
+/// When there is none.
+pub fn redis_cli_binary() -> PathBuf {
+    let beside_server = redis_server_binary().with_file_name("redis-cli");
+    if beside_server.is_file() {
+        return beside_server;
+    }
+    find_on_path("redis-cli")
+        .unwrap_or_else(|| panic!("redis-cli is not installed; {HOW_TO_INSTALL}"))
+}
+
 fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// A new empty directory under the system's temporary directory, named after `purpose`,
+/// this process and a counter; the caller removes it.
+pub(crate) fn unique_temp_dir(purpose: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "as2-testkit-{purpose}-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        random_u32()
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+    dir
 }
 
 /// Waits until something accepts TCP connections on `addr`, or the timeout passes.

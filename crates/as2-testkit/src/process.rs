@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{
-    STARTUP_TIMEOUT, free_port, redis_server_binary, s3s_fs_binary, tansu_binary, wait_for_port,
+    STARTUP_TIMEOUT, free_port, redis_cli_binary, redis_server_binary, s3s_fs_binary, tansu_binary,
+    unique_temp_dir, wait_for_port,
 };
 
 /// How many fresh ports to try when a chosen port turns out to be taken.
@@ -298,6 +299,147 @@ fn redis_answers_ping(addr: SocketAddr) -> bool {
     }
     let mut reply = [0_u8; 7];
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// A Redis Cluster of three masters without replicas, each a `redis-server` on a free
+/// loopback port (its cluster bus on another free port), the 16384 slots spread over
+/// them by `redis-cli --cluster create`. Persistence is off; every node is killed and its
+/// directory removed on drop.
+///
+/// ```no_run
+/// let cluster = as2_testkit::RedisCluster::start();
+/// let url = cluster.url(); // redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/
+/// # drop(url);
+/// ```
+pub struct RedisCluster {
+    nodes: Vec<(OwnedProcess, u16)>,
+    dir: PathBuf,
+}
+
+/// Masters of a [`RedisCluster`].
+const CLUSTER_MASTERS: usize = 3;
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node reports
+    /// `cluster_state:ok`; panics with the logs when it cannot.
+    pub fn start() -> Self {
+        let dir = unique_temp_dir("redis-cluster");
+        let nodes: Vec<(OwnedProcess, u16)> = (0..CLUSTER_MASTERS)
+            .map(|_| {
+                let make = |port: u16| {
+                    let mut command = redis_command(port);
+                    command
+                        .args(["--cluster-enabled", "yes"])
+                        .arg("--cluster-config-file")
+                        .arg(dir.join(format!("nodes-{port}.conf")))
+                        .args(["--cluster-port", &free_port().to_string()])
+                        .args(["--cluster-node-timeout", "5000"])
+                        .arg("--dir")
+                        .arg(&dir);
+                    command
+                };
+                start_on_free_port("redis (cluster node)", make, redis_answers_ping)
+            })
+            .collect();
+        let cluster = Self { nodes, dir };
+        let mut create = Command::new(redis_cli_binary());
+        create.args(["--cluster", "create"]);
+        for port in cluster.ports() {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let created = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run redis-cli --cluster create: {error}"));
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}\n{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr),
+            cluster.logs()
+        );
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !cluster.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the redis cluster did not reach cluster_state:ok within {STARTUP_TIMEOUT:?}\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// The URL the services take for it: `redis+cluster://` and every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}/", nodes.join(","))
+    }
+
+    /// Each node's own URL, `redis://127.0.0.1:PORT/` (a plain connection to one node
+    /// answers only for the keys of its slots).
+    pub fn node_urls(&self) -> Vec<String> {
+        self.ports()
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect()
+    }
+
+    /// The nodes' client ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(_, port)| *port).collect()
+    }
+
+    /// The nodes' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|(process, _)| process.pid())
+            .collect()
+    }
+
+    /// Whether every node says `cluster_state:ok` and knows all 16384 slots.
+    fn is_ok(&self) -> bool {
+        self.ports().iter().all(|port| {
+            Command::new(redis_cli_binary())
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "cluster",
+                    "info",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|output| {
+                    let info = String::from_utf8_lossy(&output.stdout);
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+        })
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(process, _)| process.log_tail())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (process, _) in &mut self.nodes {
+            process.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A Kafka-protocol broker (Tansu) on a free loopback port: in-memory storage, or an

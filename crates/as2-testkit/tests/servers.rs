@@ -37,6 +37,38 @@ fn a_durable_redis_keeps_what_it_acknowledged_across_a_kill() {
 }
 
 #[test]
+fn redis_cluster_has_three_masters_sharing_the_slots_and_stops() {
+    let cluster = as2_testkit::RedisCluster::start();
+    let ports = cluster.ports();
+    assert_eq!(ports.len(), 3);
+    assert!(cluster.url().starts_with("redis+cluster://127.0.0.1:"));
+    // A key lives on one node; the others redirect to it.
+    let answers: Vec<String> = ports
+        .iter()
+        .map(|port| redis_command(*port, b"SET cluster-key v\r\n"))
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|answer| *answer == "+OK\r\n").count(),
+        1
+    );
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|answer| answer.starts_with("-MOVED"))
+            .count(),
+        2,
+        "{answers:?}"
+    );
+    drop(cluster);
+    for port in ports {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "cluster node still listening after drop"
+        );
+    }
+}
+
+#[test]
 fn kafka_broker_accepts_connections_and_stops() {
     let mut broker = as2_testkit::KafkaBroker::start();
     let port = broker.port();

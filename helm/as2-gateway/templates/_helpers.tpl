@@ -326,11 +326,18 @@ kafka-options: {{ .Values.kafka.options | b64enc | quote }}
 {{/* The env entries read from Secrets; call with (dict "root" $ "component" "edge"). */}}
 {{- define "as2-gateway.secretEnv" -}}
 {{- $values := .root.Values }}
+{{- /* A service's own Redis user (redis.users.<component>) wins over the shared URL. */ -}}
+{{- $user := index ($values.redis.users | default dict) .component | default dict }}
 - name: AS2_REDIS_URL
   valueFrom:
     secretKeyRef:
+      {{- if $user.existingSecret }}
+      name: {{ $user.existingSecret }}
+      key: {{ $user.existingSecretKey | default "redis-url" }}
+      {{- else }}
       name: {{ $values.redis.existingSecret | default (include "as2-gateway.connectionSecretName" .root) }}
       key: {{ ternary $values.redis.existingSecretKey "redis-url" (ne $values.redis.existingSecret "") }}
+      {{- end }}
 {{- if and (include "as2-gateway.usesKafka" .) (or $values.kafka.options $values.kafka.existingSecret) }}
 - name: AS2_KAFKA_OPTIONS
   valueFrom:

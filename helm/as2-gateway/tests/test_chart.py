@@ -509,6 +509,45 @@ def test_inline_credentials_go_into_the_chart_secret() -> None:
     assert "AS2_KAFKA_OPTIONS" not in {e["name"] for e in routing["env"]}
 
 
+def test_each_service_can_have_its_own_redis_user_secret() -> None:
+    def redis_url_refs(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+        refs = {}
+        for component, deployment in deployments(documents).items():
+            env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+            refs[component] = env["AS2_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        return refs
+
+    shared = {"name": f"{FULLNAME}-connection", "key": "redis-url"}
+    everything = {"sender": {"enabled": True}}
+    assert redis_url_refs(render(everything)) == {c: shared for c in ["edge", "routing", "mdn", "sender"]}
+    documents = render({
+        **everything,
+        "redis": {
+            "users": {
+                "edge": {"existingSecret": "as2-redis-edge"},
+                "routing": {"existingSecret": "as2-redis-routing", "existingSecretKey": "url"},
+            }
+        }
+    })
+    assert redis_url_refs(documents) == {
+        "edge": {"name": "as2-redis-edge", "key": "redis-url"},
+        "routing": {"name": "as2-redis-routing", "key": "url"},
+        "mdn": shared,
+        "sender": shared,
+    }
+
+
+def test_a_redis_cluster_url_is_accepted_and_other_schemes_are_not() -> None:
+    import base64
+
+    documents = render({"redis": {"url": "redis+cluster://as2:pw@redis-0:6379,redis-1:6379/"}})
+    secret = named(documents, "Secret", f"{FULLNAME}-connection")
+    assert base64.b64decode(secret["data"]["redis-url"]).decode().startswith("redis+cluster://")
+    _chart().validate_schema({"redis": {"url": "redis+cluster://redis-0:6379/"}})
+    with pytest.raises(helm.HelmError):
+        _chart().validate_schema({"redis": {"url": "http://redis:6379/"}})
+
+
 def test_existing_secrets_and_tls_files_are_used_as_given() -> None:
     values = scenario_values("kafka-sasl-redis-auth-values.yaml")
     documents = render(values)

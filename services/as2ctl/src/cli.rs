@@ -98,6 +98,33 @@ pub enum Command {
     /// Find archived messages (as received) and the answers we returned.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Redis set-up: the per-service ACL users.
+    #[command(subcommand)]
+    Redis(RedisCommand),
+}
+
+/// `as2ctl redis ...`
+#[derive(Subcommand, Debug)]
+pub enum RedisCommand {
+    /// Print one `ACL SETUSER` line per service (edge, routing, mdn, sender), each user
+    /// limited to its service's keys and to the commands the gateway uses; pipe them
+    /// into `redis-cli` as an admin user.
+    Acl(RedisAclArgs),
+}
+
+/// `as2ctl redis acl`
+#[derive(Args, Debug)]
+pub struct RedisAclArgs {
+    /// The gateway's key prefix (users are named `{prefix}-{service}`).
+    #[arg(long, env = "AS2_REDIS_KEY_PREFIX", default_value = "as2")]
+    pub key_prefix: String,
+    /// Only this service's user.
+    #[arg(long, value_parser = ["edge", "routing", "mdn", "sender"])]
+    pub service: Option<String>,
+    /// Take each user's password from `AS2_REDIS_PASSWORD_{SERVICE}`
+    /// (`AS2_REDIS_PASSWORD_EDGE`, ...) instead of printing a placeholder.
+    #[arg(long)]
+    pub passwords_from_env: bool,
 }
 
 /// `as2ctl archive ...`

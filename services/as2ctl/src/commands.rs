@@ -22,7 +22,8 @@ use crate::certificates::{
     CertificateFileError, LoadedCertificate, load_certificates, normalize_fingerprint,
 };
 use crate::cli::{
-    AddArgs, Cli, Command, PartnershipCommand, RemoveArgs, SettingsArgs, ShowArgs, UpdateArgs,
+    AddArgs, Cli, Command, PartnershipCommand, RedisCommand, RemoveArgs, SettingsArgs, ShowArgs,
+    UpdateArgs,
 };
 use crate::https::apply_https_settings;
 use crate::output::{PartnershipView, render_detail, render_table};
@@ -103,6 +104,7 @@ pub async fn execute(cli: Cli) -> Result<String, CtlError> {
         Command::Send(args) => return crate::send::execute(args, json).await,
         Command::Consume(args) => return crate::consume::execute(args, json).await,
         Command::Archive(command) => return crate::archive::execute(command, json).await,
+        Command::Redis(RedisCommand::Acl(args)) => return crate::redis_acl::execute(&args),
         Command::Partnership(command) => command,
     };
     let security = grpc_security(&credentials)?;

@@ -13,6 +13,7 @@ mod consume;
 mod deliveries;
 mod https;
 mod output;
+mod redis_acl;
 mod send;
 
 use std::io::Write as _;

@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use as2_common::redis::KeyNamespace;
-use redis::aio::ConnectionManager;
+use as2_common::redis::RedisConnection;
 use serde::{Deserialize, Serialize};
 
 /// The identity of a received message.
@@ -335,7 +335,7 @@ pub struct DedupStore {
 #[derive(Clone)]
 enum Backend {
     Redis {
-        connection: ConnectionManager,
+        connection: RedisConnection,
         scripts: Arc<Scripts>,
     },
     Memory(Arc<Mutex<MemoryRecords>>),
@@ -366,7 +366,7 @@ impl Scripts {
 
 impl DedupStore {
     /// A store over `connection` with the durations of `times`.
-    pub fn new(connection: ConnectionManager, namespace: KeyNamespace, times: DedupTimes) -> Self {
+    pub fn new(connection: RedisConnection, namespace: KeyNamespace, times: DedupTimes) -> Self {
         Self {
             namespace,
             times,

@@ -1,5 +1,5 @@
-//! Dedup claims: the same scenarios against a real Redis and in memory, and the Redis
-//! failure modes.
+//! Dedup claims: the same scenarios against a real Redis, a real 3-master Redis Cluster
+//! and in memory, and the Redis failure modes.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -22,7 +22,12 @@ fn times(lease: Duration) -> DedupTimes {
 }
 
 async fn redis_store(redis: &as2_testkit::RedisServer, lease: Duration) -> DedupStore {
-    let connected = as2_common::redis::connect(&RedisConfig::new(redis.url(), "dedup-test"))
+    redis_store_at(&redis.url(), lease).await
+}
+
+/// A store on the Redis (or Redis Cluster) at `url`.
+async fn redis_store_at(url: &str, lease: Duration) -> DedupStore {
+    let connected = as2_common::redis::connect(&RedisConfig::new(url, "dedup-test"))
         .await
         .unwrap();
     DedupStore::new(connected.connection, connected.namespace, times(lease))
@@ -69,6 +74,17 @@ macro_rules! on_both_backends {
                 async fn $scenario() {
                     let redis = as2_testkit::RedisServer::start();
                     let store = super::redis_store(&redis, super::LEASE).await;
+                    assert_eq!(store.backend_kind(), "redis");
+                    super::$scenario(store).await;
+                }
+            )+
+        }
+        mod on_redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let cluster = as2_testkit::RedisCluster::start();
+                    let store = super::redis_store_at(&cluster.url(), super::LEASE).await;
                     assert_eq!(store.backend_kind(), "redis");
                     super::$scenario(store).await;
                 }

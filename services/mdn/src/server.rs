@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use as2_common::grpc;
 use as2_common::prometheus_client::registry::Registry;
-use as2_common::redis::StateBackend;
+use as2_common::redis::{Redis, StateBackend};
 use as2_common::runtime::{GrpcListeners, Runtime};
 use as2_partner::keys::KeyStore;
 use as2_partner::target::Network;
@@ -32,6 +32,8 @@ pub struct MdnServer {
     config: MdnConfig,
     listeners: GrpcListeners,
     store: DeliveryStore,
+    /// The Redis of the store (none in memory), for the key layout watch.
+    redis: Option<Redis>,
     network: Network,
 }
 
@@ -45,25 +47,34 @@ impl MdnServer {
             .map_err(anyhow::Error::msg)
             .context("invalid delivery settings")?;
         let status_ttl_secs = config.delivery.status_ttl_secs;
-        let store = match as2_common::redis::connect_state(&config.redis)
+        let (store, redis) = match as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?
         {
             StateBackend::Redis(redis) => {
+                crate::store::layout_migration(&redis.namespace)
+                    .run(&redis)
+                    .await
+                    .context("moving the mdn keys to the hash-tagged layout failed")?;
                 // Blocking stream reads get a connection of their own; the response
                 // timeout leaves room for the block time.
-                let reader_connection = as2_common::redis::connect_manager(
-                    &redis.client,
-                    &config.redis,
-                    config.redis.response_timeout() + std::time::Duration::from_secs(2),
+                let reader_connection = redis
+                    .connect_another(
+                        &config.redis,
+                        config.redis.response_timeout() + std::time::Duration::from_secs(2),
+                    )
+                    .await
+                    .context("redis setup failed for the job reader")?;
+                let store = DeliveryStore::new(
+                    redis.connection.clone(),
+                    redis.namespace.clone(),
+                    status_ttl_secs,
                 )
-                .await
-                .context("redis setup failed for the job reader")?;
-                DeliveryStore::new(redis.connection, redis.namespace, status_ttl_secs)
-                    .with_reader_connection(reader_connection)
+                .with_reader_connection(reader_connection);
+                (store, Some(redis))
             }
             StateBackend::InMemory { namespace } => {
-                DeliveryStore::in_memory(namespace, status_ttl_secs)
+                (DeliveryStore::in_memory(namespace, status_ttl_secs), None)
             }
         };
         let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
@@ -71,6 +82,7 @@ impl MdnServer {
             config,
             listeners,
             store,
+            redis,
             network: Network::default(),
         })
     }
@@ -104,6 +116,7 @@ impl MdnServer {
             config,
             listeners,
             store,
+            redis,
             network,
         } = self;
         let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
@@ -121,6 +134,9 @@ impl MdnServer {
                 error = %as2_common::error_chain(&error),
                 "cannot create the mdn job stream's consumer group yet; the job reader retries"
             );
+        }
+        if let Some(redis) = redis {
+            runtime.watch_key_layout(crate::store::layout_migration(&redis.namespace), redis);
         }
         let events = StatusEvents::new(&config.kafka, &config.tracking, metrics.clone())
             .context("kafka producer setup failed")?;

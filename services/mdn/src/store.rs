@@ -10,11 +10,16 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:mdn:delivery:{id}` | hash | one delivery: request fields, the MDN (until it is delivered or has failed), state, attempts, last HTTP status and error, times in Unix milliseconds; TTL `status-ttl`, renewed on every change |
-//! | `{prefix}:mdn:jobs` | stream | jobs ready to be attempted, one entry `id={delivery id}` each; consumer group `mdn-delivery` shared by all replicas; an entry is acknowledged and deleted when its attempt is recorded |
-//! | `{prefix}:mdn:retries` | sorted set | deliveries waiting for their next attempt, scored by its due time (ms); due members are moved back to the stream atomically |
-//! | `{prefix}:mdn:deliveries` | sorted set | every delivery by enqueue time (ms), for listing newest first; members older than the TTL are trimmed on enqueue, expired ones when a listing meets them |
-//! | `{prefix}:mdn:queued:{partnership}` | sorted set | the partnership's deliveries that are queued or being retried, by enqueue time (ms): its quota of queued MDNs is counted here; a delivery leaves it when it ends, members older than the TTL are trimmed on enqueue |
+//! | `{prefix}:{mdn}:delivery:{id}` | hash | one delivery: request fields, the MDN (until it is delivered or has failed), state, attempts, last HTTP status and error, times in Unix milliseconds; TTL `status-ttl`, renewed on every change |
+//! | `{prefix}:{mdn}:jobs` | stream | jobs ready to be attempted, one entry `id={delivery id}` each; consumer group `mdn-delivery` shared by all replicas; an entry is acknowledged and deleted when its attempt is recorded |
+//! | `{prefix}:{mdn}:retries` | sorted set | deliveries waiting for their next attempt, scored by its due time (ms); due members are moved back to the stream atomically |
+//! | `{prefix}:{mdn}:deliveries` | sorted set | every delivery by enqueue time (ms), for listing newest first; members older than the TTL are trimmed on enqueue, expired ones when a listing meets them |
+//! | `{prefix}:{mdn}:queued:{partnership}` | sorted set | the partnership's deliveries that are queued or being retried, by enqueue time (ms): its quota of queued MDNs is counted here; a delivery leaves it when it ends, members older than the TTL are trimmed on enqueue |
+//!
+//! `{mdn}` is a Redis Cluster hash tag: the scripts and transactions below touch a
+//! delivery together with the stream and the indexes, so every key of the service is in
+//! one slot. Versions before it wrote the same keys as `{prefix}:mdn:...`;
+//! [`layout_migration`] moves them at start-up.
 //!
 //! The stream's pending entries list is what makes a crash harmless: an entry read by
 //! a replica that dies stays pending and is claimed by another replica (`XAUTOCLAIM`)
@@ -40,14 +45,40 @@ mod memory;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use as2_common::redis::KeyNamespace;
+use as2_common::redis::layout::{LayoutMigration, Precedence};
+use as2_common::redis::{KeyGroup, KeyNamespace, RedisConnection};
 use as2_partner::target::AddressPolicy;
 use as2_rpc::mdn::v1::DeliveryState;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use self::memory::MemoryStore;
 use crate::job::{NewDelivery, PreparedMdn, state_from_name, state_name};
+
+/// How the service's keys move from the layout before hash tags (`{prefix}:mdn:...`)
+/// to the current one; a delivery kept under both names keeps the one further along.
+pub fn layout_migration(namespace: &KeyNamespace) -> LayoutMigration {
+    LayoutMigration::new(
+        KeyGroup::MdnDelivery,
+        namespace,
+        &[":jobs", ":retries", ":deliveries"],
+        &[
+            (
+                ":delivery:",
+                Precedence::Rank(
+                    "state",
+                    &[
+                        "queued",
+                        "in-flight",
+                        "retry-scheduled",
+                        "delivered",
+                        "failed",
+                    ],
+                ),
+            ),
+            (":queued:", Precedence::Merge),
+        ],
+    )
+}
 
 /// Name of the consumer group of the job stream.
 pub const CONSUMER_GROUP: &str = "mdn-delivery";
@@ -370,20 +401,19 @@ struct Keys {
 impl Keys {
     fn new(namespace: KeyNamespace) -> Self {
         Self {
-            jobs: namespace.key("mdn:jobs"),
-            retries: namespace.key("mdn:retries"),
-            index: namespace.key("mdn:deliveries"),
+            jobs: KeyGroup::MdnDelivery.key(&namespace, ":jobs"),
+            retries: KeyGroup::MdnDelivery.key(&namespace, ":retries"),
+            index: KeyGroup::MdnDelivery.key(&namespace, ":deliveries"),
             namespace,
         }
     }
 
     fn delivery(&self, id: &str) -> String {
-        self.namespace.key(format_args!("mdn:delivery:{id}"))
+        KeyGroup::MdnDelivery.key(&self.namespace, format_args!(":delivery:{id}"))
     }
 
     fn queued(&self, partnership_id: &str) -> String {
-        self.namespace
-            .key(format_args!("mdn:queued:{partnership_id}"))
+        KeyGroup::MdnDelivery.key(&self.namespace, format_args!(":queued:{partnership_id}"))
     }
 }
 
@@ -409,11 +439,7 @@ impl DeliveryStore {
     /// Blocking job reads ([`read_new`](Self::read_new)) use `connection` too unless
     /// [`with_reader_connection`](Self::with_reader_connection) gives them one of their
     /// own; on a shared connection they hold up every other command while they wait.
-    pub fn new(
-        connection: ConnectionManager,
-        namespace: KeyNamespace,
-        status_ttl_secs: u64,
-    ) -> Self {
+    pub fn new(connection: RedisConnection, namespace: KeyNamespace, status_ttl_secs: u64) -> Self {
         Self {
             backend: Backend::Redis(Arc::new(RedisStore::new(
                 connection,
@@ -437,7 +463,7 @@ impl DeliveryStore {
     /// Gives the blocking job reads of a Redis store a connection of their own, whose
     /// response timeout must leave room for the block time. A memory store ignores it.
     #[must_use]
-    pub fn with_reader_connection(mut self, reader_connection: ConnectionManager) -> Self {
+    pub fn with_reader_connection(mut self, reader_connection: RedisConnection) -> Self {
         if let Backend::Redis(redis) = &mut self.backend {
             Arc::make_mut(redis).reader_connection = reader_connection;
         }
@@ -641,9 +667,9 @@ impl DeliveryStore {
 /// The Redis backend of [`DeliveryStore`].
 #[derive(Clone)]
 struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     /// For blocking stream reads; the shared connection unless one was given.
-    reader_connection: ConnectionManager,
+    reader_connection: RedisConnection,
     keys: Keys,
     status_ttl_secs: u64,
     enqueue_script: Script,
@@ -651,7 +677,7 @@ struct RedisStore {
 }
 
 impl RedisStore {
-    fn new(connection: ConnectionManager, namespace: KeyNamespace, status_ttl_secs: u64) -> Self {
+    fn new(connection: RedisConnection, namespace: KeyNamespace, status_ttl_secs: u64) -> Self {
         Self {
             reader_connection: connection.clone(),
             connection,

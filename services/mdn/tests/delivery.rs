@@ -4,7 +4,9 @@
 //! URLs, status queries and listings.
 //!
 //! Each scenario takes the Redis URL and runs twice: `in_redis::…` with a Redis
-//! started for the test, `in_memory::…` with `memory://`.
+//! started for the test, `in_memory::…` with `memory://`; those that exercise every
+//! script and transaction of the store run a third time, `in_redis_cluster::…`, on a
+//! three-master Redis Cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,8 +20,8 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Message as _;
 use support::{
-    MEMORY_URL, Receiver, RunningMdn, enqueue_request, fast_config, in_redis_and_in_memory, status,
-    wait_for_state, wait_for_status,
+    MEMORY_URL, Receiver, RunningMdn, enqueue_request, fast_config, in_redis_and_in_memory,
+    in_redis_cluster, status, wait_for_state, wait_for_status,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -30,6 +32,13 @@ in_redis_and_in_memory!(
     a_503_is_retried_until_the_receiver_accepts,
     a_receiver_that_always_fails_ends_in_a_recorded_failure,
     mailto_is_recorded_as_unsupported_and_malformed_requests_are_refused,
+    deliveries_are_listed_newest_first_with_filters_and_pages,
+);
+
+in_redis_cluster!(
+    an_mdn_is_delivered_once_and_its_events_are_published,
+    a_503_is_retried_until_the_receiver_accepts,
+    a_receiver_that_always_fails_ends_in_a_recorded_failure,
     deliveries_are_listed_newest_first_with_filters_and_pages,
 );
 

@@ -77,7 +77,7 @@ async fn pending_summary(
     connection: &mut redis::aio::MultiplexedConnection,
 ) -> (u64, Vec<(String, String)>) {
     let reply: PendingReply = redis::cmd("XPENDING")
-        .arg("reclaim:mdn:jobs")
+        .arg("reclaim:{mdn}:jobs")
         .arg("mdn-delivery")
         .query_async(connection)
         .await

@@ -51,15 +51,17 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// Starts the subscription task; it runs until `stop` is cancelled.
+    /// Starts the subscription task; it runs until `stop` is cancelled. `clients` are
+    /// tried in turn, one after each lost or failed subscription: the server, or the
+    /// nodes of a Redis Cluster (whose pub/sub reaches the subscribers of every node).
     pub fn start(
-        client: redis::Client,
+        clients: Vec<redis::Client>,
         channel: String,
         metrics: RoutingMetrics,
         stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         Self::spawn_feed(false, metrics, |sender, live, metrics| {
-            subscribe_forever(client, channel, sender, live, metrics, stop)
+            subscribe_forever(clients, channel, sender, live, metrics, stop)
         })
     }
 
@@ -162,7 +164,7 @@ impl EventHub {
 }
 
 async fn subscribe_forever(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     sender: broadcast::Sender<PartnershipEvent>,
     live: watch::Sender<bool>,
@@ -170,8 +172,14 @@ async fn subscribe_forever(
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
+    let mut turn = 0_usize;
     while !stop.is_cancelled() {
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client, &channel)).await {
+        let Some(client) = clients.get(turn % clients.len().max(1)) else {
+            tracing::warn!("no redis client to subscribe to partnership events with");
+            return;
+        };
+        turn = turn.wrapping_add(1);
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(client, &channel)).await {
             Ok(Ok(pubsub)) => {
                 delay = Duration::from_millis(100);
                 live.send_replace(true);

@@ -38,6 +38,12 @@ impl RoutingServer {
         let state = as2_common::redis::connect_state(&config.redis)
             .await
             .context("redis setup failed")?;
+        if let StateBackend::Redis(redis) = &state {
+            crate::store::layout_migration(&redis.namespace)
+                .run(redis)
+                .await
+                .context("moving the partnership keys to the hash-tagged layout failed")?;
+        }
         let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
         Ok(Self {
             config,
@@ -77,17 +83,21 @@ impl RoutingServer {
             StateBackend::Redis(redis) => {
                 let store =
                     PartnershipStore::new(redis.connection.clone(), redis.namespace.clone());
-                let (client, channel, metrics) = (
-                    redis.client.clone(),
+                let (clients, channel, metrics) = (
+                    redis.pubsub_clients(),
                     store.events_channel(),
                     metrics.clone(),
                 );
                 let mut hub = None;
                 runtime.spawn_background("partnership event subscription", |stop| {
-                    let (events, task) = EventHub::start(client, channel, metrics, stop);
+                    let (events, task) = EventHub::start(clients, channel, metrics, stop);
                     hub = Some(events);
                     async move { task.await.context("the event subscription panicked") }
                 });
+                runtime.watch_key_layout(
+                    crate::store::layout_migration(&redis.namespace),
+                    redis.clone(),
+                );
                 (store, hub)
             }
             StateBackend::InMemory { namespace } => {

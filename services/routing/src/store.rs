@@ -6,11 +6,15 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:partnership:{id}` | hash | `doc` (the protobuf-encoded `Partnership`), `revision`, `pair` |
-//! | `{p}:partnership-pairs` | hash | field `"{as2_from}\n{as2_to}"` -> id (the resolve index) |
-//! | `{p}:partnership-ids` | sorted set | every id with score 0, ordered for paging |
+//! | `{p}:{partnership}:{id}` | hash | `doc` (the protobuf-encoded `Partnership`), `revision`, `pair` |
+//! | `{p}:{partnership}-pairs` | hash | field `"{as2_from}\n{as2_to}"` -> id (the resolve index) |
+//! | `{p}:{partnership}-ids` | sorted set | every id with score 0, ordered for paging |
+//! | `{p}:{partnership}-audit` | stream | the audit log |
 //! | `{p}:partnership-events` | pub/sub channel | protobuf-encoded `PartnershipEvent`s |
 //!
+//! `{partnership}` is a Redis Cluster hash tag: every key of the registry is in one
+//! slot, so the scripts below run on a cluster too. Versions before it wrote the same
+//! keys without the braces; [`layout_migration`] moves them at start-up.
 //! A newline separates the pair because AS2 IDs are printable ASCII and cannot
 //! contain one. Every change runs as one Lua script that checks the revision
 //! and the pair index, writes the hash, the index and the id set, and publishes
@@ -34,12 +38,12 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use as2_common::redis::KeyNamespace;
+use as2_common::redis::layout::{LayoutMigration, Precedence};
+use as2_common::redis::{KeyGroup, KeyNamespace, RedisConnection};
 use as2_rpc::prost::Message as _;
 use as2_rpc::routing::v1::{Partnership, PartnershipEvent, PartnershipEventKind};
 use redis::AsyncCommands as _;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 
 /// How often an unconditional update or delete is retried when another writer
@@ -130,6 +134,18 @@ impl StoreError {
 
 /// How many entries the audit log keeps (about: Redis trims the stream with `~`).
 pub const AUDIT_LOG_LENGTH: usize = 100_000;
+
+/// How the registry's keys move from the layout before hash tags
+/// (`{p}:partnership:{id}`, `{p}:partnership-pairs`, ...) to the current one; a
+/// partnership kept under both names keeps its higher revision.
+pub fn layout_migration(namespace: &KeyNamespace) -> LayoutMigration {
+    LayoutMigration::new(
+        KeyGroup::Partnerships,
+        namespace,
+        &["-pairs", "-ids", "-audit"],
+        &[(":", Precedence::Number("revision"))],
+    )
+}
 
 /// One change of a partnership in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,7 +269,7 @@ enum Backend {
 /// The Redis connection and the write scripts.
 #[derive(Clone)]
 struct RedisBackend {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     create_script: Arc<Script>,
     update_script: Arc<Script>,
     delete_script: Arc<Script>,
@@ -261,7 +277,7 @@ struct RedisBackend {
 
 impl PartnershipStore {
     /// A store using `connection`, with keys under `namespace`.
-    pub fn new(connection: ConnectionManager, namespace: KeyNamespace) -> Self {
+    pub fn new(connection: RedisConnection, namespace: KeyNamespace) -> Self {
         Self {
             namespace,
             backend: Backend::Redis(RedisBackend {
@@ -310,24 +326,24 @@ impl PartnershipStore {
 
     /// The pub/sub channel that change events are published on.
     pub fn events_channel(&self) -> String {
-        self.namespace.key("partnership-events")
+        as2_common::redis::acl::partnership_events_channel(&self.namespace)
     }
 
     fn partnership_key(&self, id: &str) -> String {
-        self.namespace.key(format_args!("partnership:{id}"))
+        KeyGroup::Partnerships.key(&self.namespace, format_args!(":{id}"))
     }
 
     fn pair_index_key(&self) -> String {
-        self.namespace.key("partnership-pairs")
+        KeyGroup::Partnerships.key(&self.namespace, "-pairs")
     }
 
     fn id_set_key(&self) -> String {
-        self.namespace.key("partnership-ids")
+        KeyGroup::Partnerships.key(&self.namespace, "-ids")
     }
 
     /// The Redis stream of partnership changes (the audit log).
     pub fn audit_key(&self) -> String {
-        self.namespace.key("partnership-audit")
+        KeyGroup::Partnerships.key(&self.namespace, "-audit")
     }
 
     /// The newest `count` audit entries, newest first.
@@ -357,9 +373,13 @@ impl PartnershipStore {
             .into_iter()
             .map(|entry| {
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                // An entry an older replica wrote after the layout migration was
+                // appended with its own id in `migrated_id`: that id has its time.
+                let id = entry
+                    .get::<String>("migrated_id")
+                    .unwrap_or(entry.id.clone());
                 AuditEntry {
-                    at_millis: entry
-                        .id
+                    at_millis: id
                         .split_once('-')
                         .and_then(|(millis, _)| millis.parse().ok())
                         .unwrap_or_default(),

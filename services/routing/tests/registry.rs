@@ -1,5 +1,6 @@
-//! The routing service against a real Redis and on in-memory state (the Redis
-//! URL `memory://`): CRUD, resolve, validation, watch events, races, health;
+//! The routing service against a real Redis, a real three-master Redis Cluster and on
+//! in-memory state (the Redis URL `memory://`): CRUD, resolve, validation, watch events,
+//! races, health;
 //! and, with Redis only, what needs a shared or restarted Redis: events across
 //! replicas, restarts.
 
@@ -22,9 +23,10 @@ use support::{
     partnership, resolve, update, watch,
 };
 
-/// Runs each scenario (an `async fn(url: &str)`) once against a fresh Redis and once
-/// on in-memory state (the Redis URL `memory://`).
-macro_rules! on_both_backends {
+/// Runs each scenario (an `async fn(url: &str)`) once against a fresh Redis, once
+/// against a fresh Redis Cluster and once on in-memory state (the Redis URL
+/// `memory://`).
+macro_rules! on_every_backend {
     ($($scenario:ident),+ $(,)?) => {
         mod on_redis {
             $(
@@ -32,6 +34,15 @@ macro_rules! on_both_backends {
                 async fn $scenario() {
                     let redis = as2_testkit::RedisServer::start();
                     super::$scenario(&redis.url()).await;
+                }
+            )+
+        }
+        mod on_redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let cluster = as2_testkit::RedisCluster::start();
+                    super::$scenario(&cluster.url()).await;
                 }
             )+
         }
@@ -46,7 +57,7 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     partnership_crud_round_trip,
     resolve_by_exact_pair,
     validation_errors_name_the_field,

@@ -47,6 +47,10 @@ impl SenderServer {
         let redis = as2_common::redis::connect(&config.redis)
             .await
             .context("redis setup failed")?;
+        crate::store::layout_migration(&redis.namespace)
+            .run(&redis)
+            .await
+            .context("moving the sender keys to the hash-tagged layout failed")?;
         let listeners = GrpcListeners::bind(&config.grpc, &config.admin).await?;
         Ok(Self {
             config,
@@ -136,6 +140,10 @@ impl SenderServer {
             run_consumer(consumer, consuming, max_in_flight, stop_consuming, grace).await;
             Ok(())
         });
+        runtime.watch_key_layout(
+            crate::store::layout_migration(&redis.namespace),
+            redis.clone(),
+        );
         let (sweeping, interval) = (sender.clone(), sending.sweep_interval());
         runtime.spawn_background("sweeper", move |stop| async move {
             sweep(sweeping, interval, stop).await;

@@ -2,20 +2,25 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:sender:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN; TTL = record TTL |
-//! | `{prefix}:sender:awaiting-mdn` | sorted set | ids of messages awaiting an asynchronous MDN, score = deadline (Unix ms) |
-//! | `{prefix}:sender:receipt-outbox` | sorted set | ids whose outcome is recorded but whose receipt is not yet acknowledged by Kafka, score = time of the outcome (Unix ms) |
+//! | `{prefix}:{sender}:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN; TTL = record TTL |
+//! | `{prefix}:{sender}:awaiting-mdn` | sorted set | ids of messages awaiting an asynchronous MDN, score = deadline (Unix ms) |
+//! | `{prefix}:{sender}:receipt-outbox` | sorted set | ids whose outcome is recorded but whose receipt is not yet acknowledged by Kafka, score = time of the outcome (Unix ms) |
 //!
 //! `{id}` is 32 hex digits of SHA-256 over the Message-ID without angle brackets. Every
 //! state change is one Lua script, so the consumer, the reconciliation API and the
 //! sweeper of any replica never overwrite each other's outcome: a message leaves
 //! `sending` or `awaiting-mdn` once, and the outcome enters the outbox in the same step.
+//!
+//! `{sender}` is a Redis Cluster hash tag: the scripts move a message between the
+//! deadline index and the outbox, so every key of the sender is in one slot. Versions
+//! before it wrote the same keys as `{prefix}:sender:...`; [`layout_migration`] moves
+//! them at start-up.
 
 use std::collections::HashMap;
 
-use as2_common::redis::KeyNamespace;
+use as2_common::redis::layout::{LayoutMigration, Precedence};
+use as2_common::redis::{KeyGroup, KeyNamespace, RedisConnection};
 use openssl::sha::sha256;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script};
 
 use crate::message::RecordSource;
@@ -227,6 +232,20 @@ pub struct Outcome {
     pub mdn_body: Vec<u8>,
 }
 
+/// How the sender's keys move from the layout before hash tags (`{prefix}:sender:...`)
+/// to the current one; a message kept under both names keeps the one further along.
+pub fn layout_migration(namespace: &KeyNamespace) -> LayoutMigration {
+    LayoutMigration::new(
+        KeyGroup::Outbound,
+        namespace,
+        &[":awaiting-mdn", ":receipt-outbox"],
+        &[(
+            ":message:",
+            Precedence::Rank("state", &["sending", "awaiting-mdn", "delivered", "failed"]),
+        )],
+    )
+}
+
 /// Redis failed.
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
@@ -235,7 +254,7 @@ pub struct StoreError(#[from] redis::RedisError);
 /// The Redis side of the sender. Cheap to clone.
 #[derive(Clone)]
 pub struct MessageStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     namespace: KeyNamespace,
     record_ttl_secs: u64,
 }
@@ -272,11 +291,7 @@ return 1
 
 impl MessageStore {
     /// A store in `namespace`; records live `record_ttl_secs`.
-    pub fn new(
-        connection: ConnectionManager,
-        namespace: KeyNamespace,
-        record_ttl_secs: u64,
-    ) -> Self {
+    pub fn new(connection: RedisConnection, namespace: KeyNamespace, record_ttl_secs: u64) -> Self {
         Self {
             connection,
             namespace,
@@ -296,15 +311,15 @@ impl MessageStore {
     }
 
     fn message_key(&self, id: &str) -> String {
-        self.namespace.key(format_args!("sender:message:{id}"))
+        KeyGroup::Outbound.key(&self.namespace, format_args!(":message:{id}"))
     }
 
     fn awaiting_key(&self) -> String {
-        self.namespace.key("sender:awaiting-mdn")
+        KeyGroup::Outbound.key(&self.namespace, ":awaiting-mdn")
     }
 
     fn outbox_key(&self) -> String {
-        self.namespace.key("sender:receipt-outbox")
+        KeyGroup::Outbound.key(&self.namespace, ":receipt-outbox")
     }
 
     /// Creates the record of a new message in state `sending`, or returns the state of

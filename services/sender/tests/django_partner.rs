@@ -301,12 +301,12 @@ async fn a_partner_that_stays_down_is_a_failed_receipt_after_the_retries() {
         .unwrap();
     let settled = eventually(Duration::from_secs(10), || {
         let state: Option<String> = redis::cmd("HGET")
-            .arg(format!("out:sender:message:{record_id}"))
+            .arg(format!("out:{{sender}}:message:{record_id}"))
             .arg("state")
             .query(&mut redis)
             .unwrap();
         let in_outbox: Option<f64> = redis::cmd("ZSCORE")
-            .arg("out:sender:receipt-outbox")
+            .arg("out:{sender}:receipt-outbox")
             .arg(&record_id)
             .query(&mut redis)
             .unwrap();

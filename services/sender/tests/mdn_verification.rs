@@ -220,7 +220,7 @@ async fn a_forged_async_mdn_is_refused_and_a_missing_one_fails_after_the_timeout
     let mut message_id = String::new();
     for _ in 0..80 {
         let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg("out:sender:awaiting-mdn")
+            .arg("out:{sender}:awaiting-mdn")
             .arg(0)
             .arg(-1)
             .query_async(&mut connection)
@@ -228,7 +228,7 @@ async fn a_forged_async_mdn_is_refused_and_a_missing_one_fails_after_the_timeout
             .unwrap();
         if let Some(id) = ids.first() {
             message_id = redis::cmd("HGET")
-                .arg(format!("out:sender:message:{id}"))
+                .arg(format!("out:{{sender}}:message:{id}"))
                 .arg("message_id")
                 .query_async(&mut connection)
                 .await

@@ -361,7 +361,7 @@ async fn every_rpc_answers_every_identity_as_the_permissions_table_says() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("authz:partnership-audit")
+        .arg("authz:{partnership}-audit")
         .arg("-")
         .arg("+")
         .query_async(&mut connection)

@@ -59,6 +59,24 @@ macro_rules! in_redis_and_in_memory {
 }
 pub(crate) use in_redis_and_in_memory;
 
+/// Runs each scenario once more, `in_redis_cluster::{scenario}`, against a three-master
+/// Redis Cluster started for the test.
+macro_rules! in_redis_cluster {
+    ($($scenario:ident),+ $(,)?) => {
+        mod in_redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let cluster = as2_testkit::RedisCluster::start();
+                    super::$scenario(&cluster.url()).await;
+                }
+            )+
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use in_redis_cluster;
+
 /// The Redis URL that keeps the service's state in its own process.
 pub const MEMORY_URL: &str = as2_common::redis::IN_MEMORY_URL;
 
