@@ -63,6 +63,8 @@ pub const COMMAND_RULES: &[&str] = &[
     "-@dangerous",
     "+cluster|slots",
     "+cluster|shards",
+    // The dedup scripts read Redis's clock for their leases.
+    "+time",
 ];
 
 /// The extra command rules of a user that follows the partnership change events.
@@ -151,7 +153,7 @@ mod tests {
             lines[0],
             "ACL SETUSER as2-edge reset on >edge-secret ~as2:dedup:* -@all +@connection +@read \
              +@write +@keyspace +@transaction +evalsha +eval +script|load +script|exists \
-             -@dangerous +cluster|slots +cluster|shards"
+             -@dangerous +cluster|slots +cluster|shards +time"
         );
         assert!(lines[1].starts_with(
             "ACL SETUSER as2-routing reset on >routing-secret ~as2:{partnership}* \
