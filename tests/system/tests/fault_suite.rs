@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use as2_protocol::cms::{ContentCipher, Identity, KeyTransport, SignatureScheme};
-use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm};
+use as2_protocol::headers::{As2Id, MessageId, MicAlgorithm, ReceiptDeliveryOption};
 use as2_protocol::outbound::{Encryption, MdnRequest, OutboundMessage, Signing, build_message};
 use as2_rpc::routing::v1::routing_service_client::RoutingServiceClient;
 use as2_rpc::routing::v1::{CreatePartnershipRequest, PartnerCertificate, Partnership};
@@ -108,6 +108,8 @@ struct Gateway {
     b_addr: SocketAddr,
     balancer: as2_testkit::balancer::Balancer,
     prepared: Vec<Prepared>,
+    mdn: Option<ServiceProcess>,
+    mdn_grpc: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -120,8 +122,9 @@ fn crash_after() -> (&'static str, String) {
 }
 
 /// Starts the gateway (edge "b" with its fault point armed when `crash_b`) and prepares
-/// `messages` messages.
-async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
+/// `messages` messages. With `async_mdn_url`, an mdn service runs too and every message
+/// asks for its MDN at that URL.
+async fn start_gateway(messages: usize, crash_b: bool, async_mdn_url: Option<&str>) -> Gateway {
     let redis = Arc::new(Mutex::new(as2_testkit::RedisServer::start_durable()));
     let redis_url = redis.lock().await.url();
     let broker = as2_testkit::KafkaBroker::start();
@@ -173,8 +176,27 @@ async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
         ),
     );
     routing.wait_for(routing_grpc);
+    let mdn_grpc = loopback();
+    let mdn = async_mdn_url.map(|_| {
+        let mut mdn = service(
+            "mdn",
+            dir.path(),
+            "mdn",
+            &common(
+                "mdn",
+                &[
+                    ("AS2_GRPC_LISTEN", mdn_grpc.to_string()),
+                    ("AS2_HTTP_LISTEN", loopback().to_string()),
+                    ("AS2_MDN_POLL_INTERVAL_MS", "50".to_owned()),
+                ],
+            ),
+        );
+        mdn.wait_for(mdn_grpc);
+        mdn
+    });
     let edge_env = |as2: SocketAddr, extra: &[(&'static str, String)]| {
         let mut env = vec![
+            ("AS2_MDN_URL", format!("https://{mdn_grpc}")),
             ("AS2_EDGE_LISTEN", as2.to_string()),
             ("AS2_HTTP_LISTEN", loopback().to_string()),
             ("AS2_ROUTING_URL", format!("https://{routing_grpc}")),
@@ -211,6 +233,11 @@ async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
                     pem: partner_material.cert_pem.clone(),
                     ..PartnerCertificate::default()
                 }],
+                // The MDN receiver listens on loopback: the partnership opts in.
+                async_mdn: Some(as2_rpc::routing::v1::AsyncMdnPolicy {
+                    allow_private_targets: true,
+                    ..Default::default()
+                }),
                 ..Partnership::default()
             }),
         })
@@ -253,7 +280,8 @@ async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
                 mdn: Some(MdnRequest {
                     disposition_notification_to: "edi@faults.partner.example".to_owned(),
                     signed_receipt_algorithms: vec![MicAlgorithm::Sha256],
-                    receipt_delivery_option: None,
+                    receipt_delivery_option: async_mdn_url
+                        .map(|url| ReceiptDeliveryOption::parse(url).unwrap()),
                 }),
             })
             .unwrap();
@@ -276,6 +304,8 @@ async fn start_gateway(messages: usize, crash_b: bool) -> Gateway {
         b_addr,
         balancer,
         prepared,
+        mdn,
+        mdn_grpc,
         _dir: dir,
     }
 }
@@ -298,7 +328,8 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
         balancer,
         prepared,
         _dir,
-    } = start_gateway(messages, true).await;
+        ..
+    } = start_gateway(messages, true, None).await;
 
     // The faults, until the partner is done.
     let done = Arc::new(AtomicBool::new(false));
@@ -472,7 +503,7 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_edge_crashes_between_the_acknowledgement_and_the_receipt_a_resend_is_answered_within_ten_seconds()
  {
-    let mut gateway = start_gateway(2, false).await;
+    let mut gateway = start_gateway(2, false, None).await;
     let client = http_client();
     // Edge "b" publishes the first message, then dies before it stores the receipt.
     gateway
@@ -610,8 +641,10 @@ async fn send_until_processed(
         match answer {
             Some((status, _, body)) if status == 200 => {
                 let text = String::from_utf8_lossy(&body);
+                // A processed sync MDN, or the answer to an asynchronous request.
                 assert!(
-                    text.contains("; processed\r\n"),
+                    text.contains("; processed\r\n")
+                        || text.contains("the MDN follows asynchronously"),
                     "{} got a non-processed MDN: {text}",
                     message.message_id
                 );
@@ -638,6 +671,147 @@ async fn send_until_processed(
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_asynchronous_mdn_is_delivered_while_the_mdn_service_is_killed() {
+    const MESSAGES: usize = 300;
+    let (receiver_url, received) = start_mdn_receiver().await;
+    // Bound whole: every part of it must live to the end of the test.
+    let mut gateway = start_gateway(MESSAGES, false, Some(&receiver_url)).await;
+    let mut mdn = gateway.mdn.take().expect("the mdn service");
+    let mdn_grpc = gateway.mdn_grpc;
+
+    // The mdn service is SIGKILLed every 1.5 to 3 s, with MDNs queued and in flight.
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut kills = 0;
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(random_in(1_500..3_000))).await;
+                mdn.kill();
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                mdn.restart(&[]);
+                mdn.wait_for(mdn_grpc);
+            }
+            (mdn, kills)
+        })
+    };
+    let client = http_client();
+    let url = format!("http://{}/as2", gateway.balancer.addr());
+    let prepared = Arc::new(std::mem::take(&mut gateway.prepared));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (prepared, next, client, url) = (
+                Arc::clone(&prepared),
+                Arc::clone(&next),
+                client.clone(),
+                url.clone(),
+            );
+            tokio::spawn(async move {
+                let mut stuck = 0;
+                while let Some(message) = prepared.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let sent =
+                        send_until_processed(&client, &url, message, Duration::from_secs(1)).await;
+                    stuck += usize::from(sent.gave_up);
+                }
+                stuck
+            })
+        })
+        .collect();
+    let mut stuck = 0;
+    for worker in workers {
+        stuck += worker.await.unwrap();
+    }
+    assert_eq!(
+        stuck,
+        0,
+        "messages never answered:\n{}",
+        gateway.edge_a.log()
+    );
+
+    // Every acknowledged message's MDN arrives, whatever the kills did (the last restart
+    // delivers what was left).
+    let all_delivered = async {
+        loop {
+            let delivered = received.lock().await.len();
+            if delivered >= MESSAGES {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let in_time = tokio::time::timeout(Duration::from_secs(90), all_delivered).await;
+    done.store(true, Ordering::SeqCst);
+    let (mdn, kills) = killer.await.unwrap();
+    let per_message = received.lock().await.clone();
+    let missing: Vec<_> = prepared
+        .iter()
+        .filter(|message| !per_message.contains_key(&message.message_id))
+        .map(|message| message.message_id.clone())
+        .collect();
+    let repeated: usize = per_message.values().map(|count| count - 1).sum();
+    println!(
+        "async MDNs: {MESSAGES} messages, {kills} mdn service kills; {} delivered, {} missing, \
+         {repeated} delivered more than once (a POST cut by a kill is repeated)",
+        per_message.len(),
+        missing.len()
+    );
+    assert!(
+        in_time.is_ok() && missing.is_empty(),
+        "missing MDNs {missing:?}\nmdn log:\n{}",
+        mdn.log()
+    );
+    assert!(kills >= 1);
+}
+
+/// A partner's MDN endpoint on loopback: counts the MDNs it gets per original
+/// Message-ID (angle brackets dropped).
+async fn start_mdn_receiver() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mdn", listener.local_addr().unwrap());
+    let received: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counts = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counts = Arc::clone(&counts);
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let counts = Arc::clone(&counts);
+                    async move {
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|body| body.to_bytes());
+                        if let Ok(body) = body
+                            && let Some(original) = original_message_id(&body)
+                        {
+                            *counts.lock().await.entry(original).or_default() += 1;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, received)
+}
+
+/// The Original-Message-ID of an MDN, without angle brackets.
+fn original_message_id(mdn: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(mdn);
+    let start = text.find("Original-Message-ID:")? + "Original-Message-ID:".len();
+    let value = text[start..].lines().next()?;
+    Some(bare(value).to_owned())
 }
 
 /// The suite restarts the broker; its storage must keep what it acknowledged, or a lost
