@@ -380,47 +380,13 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
 
     // The partner: resends what was not answered with a processed MDN.
     let url = format!("http://{}/as2", balancer.addr());
-    let client = http_client();
     let prepared = Arc::new(prepared);
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (prepared, next, client, url) = (
-                Arc::clone(&prepared),
-                Arc::clone(&next),
-                client.clone(),
-                url.clone(),
-            );
-            tokio::spawn(async move {
-                let mut sent = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(message) = prepared.get(index) else {
-                        return sent;
-                    };
-                    sent.push((
-                        index,
-                        send_until_processed(&client, &url, message, Duration::from_secs(1)).await,
-                    ));
-                }
-            })
-        })
-        .collect();
-    let mut outcomes: Vec<Option<Sent>> = (0..messages).map(|_| None).collect();
-    for worker in workers {
-        for (index, sent) in worker.await.unwrap() {
-            outcomes[index] = Some(sent);
-        }
-    }
+    let outcomes = send_all(&prepared, &url).await;
     let elapsed = started.elapsed();
     done.store(true, Ordering::SeqCst);
     let (edge_a, edge_b) = chaos.await.unwrap();
-    let stuck = outcomes
-        .iter()
-        .flatten()
-        .filter(|sent| sent.gave_up)
-        .count();
+    let stuck = outcomes.iter().filter(|sent| sent.gave_up).count();
     let tail = |log: String| {
         let lines: Vec<_> = log.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
@@ -457,7 +423,6 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
         .filter(|id| !prepared.iter().any(|message| &message.message_id == *id))
         .count();
 
-    let outcomes: Vec<Sent> = outcomes.into_iter().map(Option::unwrap).collect();
     let resends: usize = outcomes.iter().map(|sent| sent.attempts - 1).sum();
     let mut recoveries: Vec<Duration> = outcomes.iter().filter_map(|sent| sent.recovery).collect();
     recoveries.sort();
@@ -620,6 +585,43 @@ fn percentile(sorted: &[Duration], percent: usize) -> Option<Duration> {
     Some(sorted[index])
 }
 
+/// Sends every prepared message over [`CONCURRENCY`] connections, each until it is
+/// processed (waiting at most 1 s of a Retry-After); what the partner saw, in message
+/// order.
+async fn send_all(prepared: &Arc<Vec<Prepared>>, url: &str) -> Vec<Sent> {
+    let client = http_client();
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (prepared, next, client, url) = (
+                Arc::clone(prepared),
+                Arc::clone(&next),
+                client.clone(),
+                url.to_owned(),
+            );
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(message) = prepared.get(index) else {
+                        return sent;
+                    };
+                    let outcome =
+                        send_until_processed(&client, &url, message, Duration::from_secs(1)).await;
+                    sent.push((index, outcome));
+                }
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<Option<Sent>> = (0..prepared.len()).map(|_| None).collect();
+    for worker in workers {
+        for (index, sent) in worker.await.unwrap() {
+            outcomes[index] = Some(sent);
+        }
+    }
+    outcomes.into_iter().map(Option::unwrap).collect()
+}
+
 /// Posts `message` until the answer is a processed MDN; panics on an error MDN or any
 /// answer a partner would not resend on.
 async fn send_until_processed(
@@ -699,33 +701,13 @@ async fn every_asynchronous_mdn_is_delivered_while_the_mdn_service_is_killed() {
             (mdn, kills)
         })
     };
-    let client = http_client();
     let url = format!("http://{}/as2", gateway.balancer.addr());
     let prepared = Arc::new(std::mem::take(&mut gateway.prepared));
-    let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (prepared, next, client, url) = (
-                Arc::clone(&prepared),
-                Arc::clone(&next),
-                client.clone(),
-                url.clone(),
-            );
-            tokio::spawn(async move {
-                let mut stuck = 0;
-                while let Some(message) = prepared.get(next.fetch_add(1, Ordering::SeqCst)) {
-                    let sent =
-                        send_until_processed(&client, &url, message, Duration::from_secs(1)).await;
-                    stuck += usize::from(sent.gave_up);
-                }
-                stuck
-            })
-        })
-        .collect();
-    let mut stuck = 0;
-    for worker in workers {
-        stuck += worker.await.unwrap();
-    }
+    let stuck = send_all(&prepared, &url)
+        .await
+        .iter()
+        .filter(|sent| sent.gave_up)
+        .count();
     assert_eq!(
         stuck,
         0,
