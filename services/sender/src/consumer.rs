@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::message::Headers as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -122,30 +122,7 @@ pub async fn run_consumer(
                 continue;
             }
         };
-        let source = RecordSource {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        let headers: Vec<(String, Vec<u8>)> = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| {
-                        (
-                            header.key.to_owned(),
-                            header.value.unwrap_or_default().to_vec(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let document = OutboundDocument::from_record(
-            source.clone(),
-            &headers,
-            message.payload().unwrap_or_default(),
-        );
+        let (source, document) = document_of(&message);
         lock(&tracker).started(&source.topic, source.partition, source.offset);
         let (sender, consumer, tracker, stop) = (
             sender.clone(),
@@ -190,6 +167,40 @@ pub async fn run_consumer(
     // Dropping a consumer that still holds fetched records can hang in librdkafka's
     // destructor (rust-rdkafka issue 509); leaving the group first releases them.
     consumer.unsubscribe();
+}
+
+/// Where a record is, and the document it carries.
+pub(crate) fn document_of<M: rdkafka::message::Message>(
+    message: &M,
+) -> (
+    RecordSource,
+    Result<OutboundDocument, crate::message::RecordError>,
+) {
+    let source = RecordSource {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let headers: Vec<(String, Vec<u8>)> = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let document = OutboundDocument::from_record(
+        source.clone(),
+        &headers,
+        message.payload().unwrap_or_default(),
+    );
+    (source, document)
 }
 
 fn lock(tracker: &Mutex<OffsetTracker>) -> std::sync::MutexGuard<'_, OffsetTracker> {

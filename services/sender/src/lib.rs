@@ -25,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbound;
 pub mod receipts;
+pub mod recovery;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -34,6 +34,11 @@ pub struct SenderMetrics {
     /// Archive writes that failed (the message, the partner's answer or MDN); the send
     /// goes on.
     pub archive_failures: Counter,
+    /// Messages whose record Redis lost, by `restored` (written again from memory by the
+    /// replica sending it) or `unknown` (found by the recovery: an outcome-unknown receipt).
+    pub state_lost: Family<OutcomeLabels, Counter>,
+    /// Recoveries after Redis lost the sender's state, by `done|failed`.
+    pub recoveries: Family<OutcomeLabels, Counter>,
 }
 
 impl SenderMetrics {
@@ -48,6 +53,8 @@ impl SenderMetrics {
             in_flight: Gauge::default(),
             send_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             archive_failures: Counter::default(),
+            state_lost: Family::default(),
+            recoveries: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_sender");
         registry.register(
@@ -90,7 +97,31 @@ impl SenderMetrics {
             "archive writes that failed (message, answer or asynchronous MDN)",
             metrics.archive_failures.clone(),
         );
+        registry.register(
+            "state_lost",
+            "messages whose Redis record was lost (restored from memory, or reported unknown)",
+            metrics.state_lost.clone(),
+        );
+        registry.register(
+            "recoveries",
+            "recoveries after Redis lost the sender's state (done, failed)",
+            metrics.recoveries.clone(),
+        );
         metrics
+    }
+
+    /// Counts a message whose record Redis lost.
+    pub fn state_lost(&self, outcome: &'static str) {
+        self.state_lost
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a recovery.
+    pub fn recovery(&self, outcome: &'static str) {
+        self.recoveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts a record's end.

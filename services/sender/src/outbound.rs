@@ -33,7 +33,9 @@ use crate::message::{
 };
 use crate::metrics::SenderMetrics;
 use crate::receipts::ReceiptPublisher;
-use crate::store::{MessageRecord, MessageState, MessageStore, NewMessage, Outcome, SendFacts};
+use crate::store::{
+    MessageRecord, MessageState, MessageStore, NewMessage, Outcome, SendFacts, Settled,
+};
 
 /// Pause before a dependency (Redis, routing) is asked again.
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
@@ -174,8 +176,10 @@ impl OutboundSender {
             filename: document.filename.as_deref(),
             traceparent: &document.traceparent,
         };
+        let begun_at = now_ms();
+        let mut draft = new.draft(begun_at);
         let existing = self
-            .retry_redis(stop, || self.store.begin(&new, now_ms()))
+            .retry_redis(stop, || self.store.begin(&new, begun_at))
             .await?;
         match existing {
             Some(state) if state.is_final() => {
@@ -200,7 +204,7 @@ impl OutboundSender {
                 PartnershipLookup::Found(partnership) => break partnership,
                 PartnershipLookup::Missing => {
                     let reason = format!("unknown partnership {}", document.partnership_id);
-                    return self.fail(stop, &id, reason, 0).await;
+                    return self.fail(stop, &mut draft, reason, 0).await;
                 }
                 PartnershipLookup::Unavailable(error) => {
                     tracing::warn!(error, "routing service unavailable, waiting");
@@ -212,7 +216,7 @@ impl OutboundSender {
         let (plan, prepared, archive) = loop {
             let started = match self.start(document, &partnership, message_id.clone()).await {
                 Ok(started) => started,
-                Err(error) => return self.fail(stop, &id, error.to_string(), 0).await,
+                Err(error) => return self.fail(stop, &mut draft, error.to_string(), 0).await,
             };
             let archive = self.archive_entry(&started.plan, &partnership);
             match self.prepare(document, started, archive.as_ref()).await {
@@ -229,7 +233,7 @@ impl OutboundSender {
                     wait(stop, delay).await?;
                 }
                 Err(PrepareError::Transient(reason) | PrepareError::Permanent(reason)) => {
-                    return self.fail(stop, &id, reason, 0).await;
+                    return self.fail(stop, &mut draft, reason, 0).await;
                 }
             }
         };
@@ -246,9 +250,16 @@ impl OutboundSender {
             signed_mdn_requested: plan.signed_mdn_requested,
             archive_location: &archive_location,
         };
-        self.retry_redis(stop, || self.store.record_send_facts(&id, &facts))
+        draft.apply_facts(&facts);
+        let stored = self
+            .retry_redis(stop, || self.store.record_send_facts(&id, &facts))
             .await?;
-        let sent = self.send_with_retries(&plan, &prepared, stop).await;
+        if !stored {
+            self.restore(stop, &draft).await?;
+        }
+        let sent = self
+            .send_with_retries(&plan, &prepared, &mut draft, stop)
+            .await;
         if let Ok(outcome) = &sent {
             if let Some(archive) = &archive
                 && let Err(error) = archive.finish(outcome.as_ref().ok()).await
@@ -265,10 +276,19 @@ impl OutboundSender {
         }
         let response = match sent? {
             Ok(response) => response,
-            Err((reason, http_status)) => return self.fail(stop, &id, reason, http_status).await,
+            Err((reason, http_status)) => {
+                return self.fail(stop, &mut draft, reason, http_status).await;
+            }
         };
-        self.record_answer(stop, &plan, &prepared.expected_mic, &partnership, response)
-            .await
+        self.record_answer(
+            stop,
+            &plan,
+            &prepared.expected_mic,
+            &partnership,
+            &mut draft,
+            response,
+        )
+        .await
     }
 
     /// The archive entry of a message to `partnership`, when its messages are archived.
@@ -369,6 +389,7 @@ impl OutboundSender {
         &self,
         plan: &SendPlan,
         prepared: &Prepared,
+        draft: &mut MessageRecord,
         stop: &CancellationToken,
     ) -> Result<Result<PartnerResponse, (String, u32)>, Interrupted> {
         let id = plan.message_id.original();
@@ -380,11 +401,23 @@ impl OutboundSender {
         };
         let (mut last_error, mut last_status) = (String::new(), 0);
         loop {
-            let attempts = self
+            let counted = self
                 .retry_redis(stop, || {
                     self.store.record_attempt(id, &last_error, last_status)
                 })
                 .await?;
+            let attempts = match counted {
+                Some(attempts) => attempts,
+                None => {
+                    // Redis lost the record: write it again with this send counted.
+                    draft.attempts += 1;
+                    draft.reason.clone_from(&last_error);
+                    draft.http_status = last_status;
+                    self.restore(stop, draft).await?;
+                    draft.attempts
+                }
+            };
+            draft.attempts = attempts;
             let started = Instant::now();
             let result = match request_body(plan, prepared).await {
                 Ok(body) => {
@@ -446,6 +479,7 @@ impl OutboundSender {
         plan: &SendPlan,
         expected_mic: &ReceivedContentMic,
         partnership: &Partnership,
+        draft: &mut MessageRecord,
         response: PartnerResponse,
     ) -> Result<(), Interrupted> {
         let id = plan.message_id.original();
@@ -457,15 +491,22 @@ impl OutboundSender {
                     http_status,
                     ..Outcome::default()
                 };
-                self.finish(stop, id, outcome).await
+                self.finish(stop, draft, outcome).await
             }
             MdnDelivery::Async => {
                 let deadline = now_ms().saturating_add(
                     i64::try_from(self.settings.async_mdn_timeout.as_millis()).unwrap_or(i64::MAX),
                 );
-                let state = self
+                let mut state = self
                     .retry_redis(stop, || self.store.await_mdn(id, deadline, http_status))
                     .await?;
+                if state.is_none() {
+                    draft.state = MessageState::AwaitingMdn.as_str().to_owned();
+                    draft.mdn_deadline_ms = deadline;
+                    draft.http_status = http_status;
+                    self.restore(stop, draft).await?;
+                    state = Some(MessageState::AwaitingMdn);
+                }
                 if state.is_some_and(MessageState::is_final) {
                     self.publish_receipt(id).await;
                 }
@@ -490,7 +531,7 @@ impl OutboundSender {
                 );
                 let mdn_headers = response.headers.clone();
                 let outcome = outcome_of(verdict, http_status, mdn_headers, response.body);
-                self.finish(stop, id, outcome).await
+                self.finish(stop, draft, outcome).await
             }
         }
     }
@@ -498,7 +539,7 @@ impl OutboundSender {
     async fn fail(
         &self,
         stop: &CancellationToken,
-        message_id: &str,
+        draft: &mut MessageRecord,
         reason: String,
         http_status: u32,
     ) -> Result<(), Interrupted> {
@@ -508,15 +549,34 @@ impl OutboundSender {
             reason,
             ..Outcome::default()
         };
-        self.finish(stop, message_id, outcome).await
+        self.finish(stop, draft, outcome).await
+    }
+
+    /// Redis lost the record of a message this replica is working on (a restart without
+    /// persistence, a failover to a replica that lagged): writes it again from memory.
+    async fn restore(
+        &self,
+        stop: &CancellationToken,
+        draft: &MessageRecord,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            message_id = draft.message_id,
+            state = draft.state,
+            "redis lost the record of a message being sent, writing it again"
+        );
+        self.metrics.state_lost("restored");
+        self.retry_redis(stop, || self.store.restore(draft)).await?;
+        Ok(())
     }
 
     async fn finish(
         &self,
         stop: &CancellationToken,
-        message_id: &str,
+        draft: &mut MessageRecord,
         outcome: Outcome,
     ) -> Result<(), Interrupted> {
+        let message_id = draft.message_id.clone();
+        let message_id = message_id.as_str();
         let label = if outcome.delivered {
             "delivered"
         } else {
@@ -531,9 +591,21 @@ impl OutboundSender {
         } else {
             tracing::warn!(message_id, reason = outcome.reason, "message failed");
         }
-        let decided = self
-            .retry_redis(stop, || self.store.finish(message_id, &outcome, now_ms()))
+        let finished_at = now_ms();
+        let settled = self
+            .retry_redis(stop, || {
+                self.store.settle(message_id, &outcome, finished_at)
+            })
             .await?;
+        let decided = match settled {
+            Settled::Decided => true,
+            Settled::AlreadyFinal => false,
+            Settled::Missing => {
+                draft.apply_outcome(&outcome, finished_at);
+                self.restore(stop, draft).await?;
+                true
+            }
+        };
         if decided {
             self.metrics.record(label);
         }

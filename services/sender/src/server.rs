@@ -23,6 +23,7 @@ use crate::documents::{self, Objects};
 use crate::metrics::SenderMetrics;
 use crate::outbound::{Backoff, OutboundSender, SenderSettings};
 use crate::receipts::ReceiptPublisher;
+use crate::recovery::{StateRecovery, check_and_log};
 use crate::service::OutboundApi;
 use crate::store::MessageStore;
 
@@ -145,8 +146,12 @@ impl SenderServer {
             redis.clone(),
         );
         let (sweeping, interval) = (sender.clone(), sending.sweep_interval());
+        let recovery = StateRecovery::new(
+            config.kafka.clone(),
+            Duration::from_secs(sending.async_mdn_timeout_secs),
+        );
         runtime.spawn_background("sweeper", move |stop| async move {
-            sweep(sweeping, interval, stop).await;
+            sweep(sweeping, recovery, interval, stop).await;
             Ok(())
         });
 
@@ -171,7 +176,12 @@ impl SenderServer {
     }
 }
 
-async fn sweep(sender: Arc<OutboundSender>, interval: Duration, stop: CancellationToken) {
+async fn sweep(
+    sender: Arc<OutboundSender>,
+    recovery: StateRecovery,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut spool_swept: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
@@ -181,6 +191,7 @@ async fn sweep(sender: Arc<OutboundSender>, interval: Duration, stop: Cancellati
         if let Err(error) = sender.sweep().await {
             tracing::warn!(%error, "sweep failed");
         }
+        check_and_log(&recovery, &sender).await;
         if let Some(store) = sender.objects.own()
             && spool_swept.is_none_or(|at| at.elapsed() >= SPOOL_SWEEP_INTERVAL)
         {

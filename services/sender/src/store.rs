@@ -5,6 +5,8 @@
 //! | `{prefix}:{sender}:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN; TTL = record TTL |
 //! | `{prefix}:{sender}:awaiting-mdn` | sorted set | ids of messages awaiting an asynchronous MDN, score = deadline (Unix ms) |
 //! | `{prefix}:{sender}:receipt-outbox` | sorted set | ids whose outcome is recorded but whose receipt is not yet acknowledged by Kafka, score = time of the outcome (Unix ms) |
+//! | `{prefix}:{sender}:epoch` | hash | `id`, `recovered`, `created_at`: created whenever Redis holds none, so a new id tells the sender Redis lost its state ([`crate::recovery`]) |
+//! | `{prefix}:{sender}:recovery-lock` | string | the replica running the recovery of an epoch; TTL |
 //!
 //! `{id}` is 32 hex digits of SHA-256 over the Message-ID without angle brackets. Every
 //! state change is one Lua script, so the consumer, the reconciliation API and the
@@ -36,6 +38,9 @@ pub enum MessageState {
     Delivered,
     /// Failed for good.
     Failed,
+    /// Redis lost the message's state after it was taken from the topic: whether the
+    /// partner has it is not known (see `recovery`). Final: a late MDN does not change it.
+    Unknown,
 }
 
 impl MessageState {
@@ -46,6 +51,7 @@ impl MessageState {
             Self::AwaitingMdn => "awaiting-mdn",
             Self::Delivered => "delivered",
             Self::Failed => "failed",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -55,6 +61,7 @@ impl MessageState {
             Self::AwaitingMdn,
             Self::Delivered,
             Self::Failed,
+            Self::Unknown,
         ]
         .into_iter()
         .find(|state| state.as_str() == value)
@@ -62,7 +69,7 @@ impl MessageState {
 
     /// Whether the message has its outcome.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Failed)
+        matches!(self, Self::Delivered | Self::Failed | Self::Unknown)
     }
 }
 
@@ -85,7 +92,7 @@ pub struct MessageRecord {
     pub offset: i64,
     /// The filename, if any.
     pub filename: String,
-    /// `sending`, `awaiting-mdn`, `delivered` or `failed`.
+    /// `sending`, `awaiting-mdn`, `delivered`, `failed` or `unknown`.
     pub state: String,
     /// Sends so far.
     pub attempts: u32,
@@ -177,6 +184,77 @@ impl MessageRecord {
     }
 }
 
+impl MessageRecord {
+    /// The record as a hash's fields (the inverse of reading it).
+    fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let text = |value: &str| value.as_bytes().to_vec();
+        let number = |value: i64| value.to_string().into_bytes();
+        let flag = |value: bool| if value { b"1".to_vec() } else { b"0".to_vec() };
+        vec![
+            ("message_id", text(&self.message_id)),
+            ("partnership_id", text(&self.partnership_id)),
+            ("as2_from", text(&self.as2_from)),
+            ("as2_to", text(&self.as2_to)),
+            ("topic", text(&self.topic)),
+            ("partition", number(i64::from(self.partition))),
+            ("offset", number(self.offset)),
+            ("filename", text(&self.filename)),
+            ("state", text(&self.state)),
+            ("attempts", number(i64::from(self.attempts))),
+            ("mdn_mode", text(&self.mdn_mode)),
+            ("expected_mic", text(&self.expected_mic)),
+            ("signed", flag(self.signed)),
+            ("signed_mdn_requested", flag(self.signed_mdn_requested)),
+            ("http_status", number(i64::from(self.http_status))),
+            ("disposition", text(&self.disposition)),
+            ("received_mic", text(&self.received_mic)),
+            ("mic_verified", flag(self.mic_verified)),
+            ("reason", text(&self.reason)),
+            ("last_rejected_mdn", text(&self.last_rejected_mdn)),
+            (
+                "mdn_headers",
+                serde_json::to_vec(&self.mdn_headers).unwrap_or_default(),
+            ),
+            ("mdn_body", self.mdn_body.clone()),
+            ("created_at", number(self.created_at_ms)),
+            ("finished_at", number(self.finished_at_ms)),
+            ("mdn_deadline", number(self.mdn_deadline_ms)),
+            ("traceparent", text(&self.traceparent)),
+            ("archive_location", text(&self.archive_location)),
+        ]
+    }
+
+    /// Takes in what a send established.
+    pub fn apply_facts(&mut self, facts: &SendFacts<'_>) {
+        self.as2_from = facts.as2_from.to_owned();
+        self.as2_to = facts.as2_to.to_owned();
+        self.mdn_mode = facts.mdn_mode.to_owned();
+        self.expected_mic.clone_from(&facts.expected_mic);
+        self.signed = facts.signed;
+        self.signed_mdn_requested = facts.signed_mdn_requested;
+        self.archive_location = facts.archive_location.to_owned();
+    }
+
+    /// Takes in an outcome, as [`MessageStore::finish`] records it.
+    pub fn apply_outcome(&mut self, outcome: &Outcome, now_ms: i64) {
+        self.state = if outcome.delivered {
+            MessageState::Delivered
+        } else {
+            MessageState::Failed
+        }
+        .as_str()
+        .to_owned();
+        self.finished_at_ms = now_ms;
+        self.http_status = outcome.http_status;
+        self.disposition.clone_from(&outcome.disposition);
+        self.received_mic.clone_from(&outcome.received_mic);
+        self.mic_verified = outcome.mic_verified;
+        self.reason.clone_from(&outcome.reason);
+        self.mdn_headers.clone_from(&outcome.mdn_headers);
+        self.mdn_body.clone_from(&outcome.mdn_body);
+    }
+}
+
 /// A message's first record: what is known before anything is sent.
 #[derive(Clone, Debug)]
 pub struct NewMessage<'a> {
@@ -190,6 +268,25 @@ pub struct NewMessage<'a> {
     pub filename: Option<&'a str>,
     /// W3C traceparent.
     pub traceparent: &'a str,
+}
+
+impl NewMessage<'_> {
+    /// The record [`MessageStore::begin`] creates, as kept in memory while the message
+    /// is sent (so it can be written again should Redis lose it).
+    pub fn draft(&self, now_ms: i64) -> MessageRecord {
+        MessageRecord {
+            message_id: self.message_id.to_owned(),
+            partnership_id: self.partnership_id.to_owned(),
+            topic: self.source.topic.clone(),
+            partition: self.source.partition,
+            offset: self.source.offset,
+            filename: self.filename.unwrap_or_default().to_owned(),
+            state: MessageState::Sending.as_str().to_owned(),
+            created_at_ms: now_ms,
+            traceparent: self.traceparent.to_owned(),
+            ..MessageRecord::default()
+        }
+    }
 }
 
 /// What a message's sending established.
@@ -289,6 +386,81 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 ";
 
+/// Writes fields of a record that exists; returns 1, or 0 when the record is missing.
+const UPDATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+/// Counts a send on a record that exists; returns the count, or -1 when it is missing.
+const ATTEMPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'http_status', ARGV[2])
+return attempts
+";
+
+/// Writes a whole record unless it exists, into the index its state belongs to; returns
+/// `restored`, or the state of the record that exists.
+const RESTORE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'state')
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[3] == 'awaiting-mdn' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+elseif ARGV[3] ~= 'sending' then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+end
+return 'restored'
+";
+
+/// Reads the epoch of the sender's state, creating it (not recovered) when missing;
+/// returns `{id, recovered}`.
+const EPOCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'recovered', '0', 'created_at', now[1])
+end
+return redis.call('HMGET', KEYS[1], 'id', 'recovered')
+";
+
+/// Marks epoch `ARGV[1]` recovered, if it is still the current one.
+const MARK_RECOVERED: &str = r"
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'recovered', '1')
+return 1
+";
+
+/// Releases the recovery lock if `ARGV[1]` holds it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+/// How [`MessageStore::settle`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// This call recorded the outcome.
+    Decided,
+    /// The message had its outcome already.
+    AlreadyFinal,
+    /// There is no record (Redis lost it, or it expired).
+    Missing,
+}
+
+/// The epoch of the sender's state in Redis: created with a fresh id whenever Redis
+/// does not hold it, so a new id means Redis lost what it held (or never held any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    /// Random id.
+    pub id: String,
+    /// Whether the recovery after its creation ran to its end.
+    pub recovered: bool,
+}
+
 impl MessageStore {
     /// A store in `namespace`; records live `record_ttl_secs`.
     pub fn new(connection: RedisConnection, namespace: KeyNamespace, record_ttl_secs: u64) -> Self {
@@ -360,12 +532,13 @@ impl MessageStore {
         })
     }
 
-    /// Stores what the send established (before the first attempt's answer is judged).
+    /// Stores what the send established (before the first attempt's answer is judged);
+    /// `Ok(false)` when the record is missing.
     pub async fn record_send_facts(
         &self,
         message_id: &str,
         facts: &SendFacts<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let key = self.message_key(&Self::record_id(message_id));
         let fields = [
             ("as2_from", facts.as2_from.to_owned()),
@@ -376,32 +549,38 @@ impl MessageStore {
             ("signed_mdn_requested", flag(facts.signed_mdn_requested)),
             ("archive_location", facts.archive_location.to_owned()),
         ];
-        let () = self.connection.clone().hset_multiple(key, &fields).await?;
-        Ok(())
+        let script = Script::new(UPDATE);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        for (name, value) in fields {
+            invocation.arg(name).arg(value);
+        }
+        let updated: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(updated == 1)
     }
 
-    /// Counts one more send and keeps why the previous one failed.
+    /// Counts one more send and keeps why the previous one failed; `Ok(None)` when the
+    /// record is missing.
     pub async fn record_attempt(
         &self,
         message_id: &str,
         last_error: &str,
         http_status: u32,
-    ) -> Result<u32, StoreError> {
-        let key = self.message_key(&Self::record_id(message_id));
-        let mut connection = self.connection.clone();
-        let (attempts, (), ()): (u32, (), ()) = redis::pipe()
-            .atomic()
-            .hincr(&key, "attempts", 1)
-            .hset(&key, "reason", last_error)
-            .hset(&key, "http_status", http_status)
-            .query_async(&mut connection)
+    ) -> Result<Option<u32>, StoreError> {
+        let attempts: i64 = Script::new(ATTEMPT)
+            .key(self.message_key(&Self::record_id(message_id)))
+            .arg(last_error)
+            .arg(http_status)
+            .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(attempts)
+        Ok(u32::try_from(attempts).ok())
     }
 
     /// Records that the partner accepted the message and its MDN comes later, by
     /// `deadline_ms`. Returns the state after: `awaiting-mdn`, or the outcome should the
-    /// MDN have been reconciled first.
+    /// MDN have been reconciled first; `None` when the record is missing.
     pub async fn await_mdn(
         &self,
         message_id: &str,
@@ -428,6 +607,16 @@ impl MessageStore {
         outcome: &Outcome,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        Ok(self.settle(message_id, outcome, now_ms).await? == Settled::Decided)
+    }
+
+    /// Records the outcome if the message is still open, and says how it went.
+    pub async fn settle(
+        &self,
+        message_id: &str,
+        outcome: &Outcome,
+        now_ms: i64,
+    ) -> Result<Settled, StoreError> {
         let id = Self::record_id(message_id);
         let state = if outcome.delivered {
             MessageState::Delivered
@@ -459,7 +648,113 @@ impl MessageStore {
         let answer: redis::Value = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(matches!(answer, redis::Value::Int(1)))
+        Ok(match answer {
+            redis::Value::Int(1) => Settled::Decided,
+            redis::Value::BulkString(state) if state == b"missing" => Settled::Missing,
+            redis::Value::SimpleString(state) if state == "missing" => Settled::Missing,
+            _ => Settled::AlreadyFinal,
+        })
+    }
+
+    /// Writes `record` again, whole, unless a record of its Message-ID exists (Redis lost
+    /// it while the message was being worked on, or it is a recovered message); it goes
+    /// into the deadline index or the receipt outbox as its state asks. Returns `None`
+    /// when it was written, else the state of the record that exists.
+    pub async fn restore(
+        &self,
+        record: &MessageRecord,
+    ) -> Result<Option<MessageState>, StoreError> {
+        let id = Self::record_id(&record.message_id);
+        let score = match record.state() {
+            Some(MessageState::AwaitingMdn) => record.mdn_deadline_ms,
+            _ => record.finished_at_ms,
+        };
+        let script = Script::new(RESTORE);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.message_key(&id))
+            .key(self.awaiting_key())
+            .key(self.outbox_key())
+            .arg(self.record_ttl_secs)
+            .arg(&id)
+            .arg(&record.state)
+            .arg(score);
+        for (name, value) in record.to_fields() {
+            invocation.arg(name).arg(value);
+        }
+        let state: String = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(if state == "restored" {
+            None
+        } else {
+            MessageState::parse(&state).or(Some(MessageState::Sending))
+        })
+    }
+
+    /// Whether a record of this Message-ID exists.
+    pub async fn exists(&self, message_id: &str) -> Result<bool, StoreError> {
+        let exists: bool = self
+            .connection
+            .clone()
+            .exists(self.message_key(&Self::record_id(message_id)))
+            .await?;
+        Ok(exists)
+    }
+
+    fn epoch_key(&self) -> String {
+        KeyGroup::Outbound.key(&self.namespace, ":epoch")
+    }
+
+    fn recovery_lock_key(&self) -> String {
+        KeyGroup::Outbound.key(&self.namespace, ":recovery-lock")
+    }
+
+    /// The current epoch; creates one (with id `fresh_id`, not recovered) when Redis
+    /// holds none.
+    pub async fn epoch(&self, fresh_id: &str) -> Result<Epoch, StoreError> {
+        let (id, recovered): (Option<String>, Option<String>) = Script::new(EPOCH)
+            .key(self.epoch_key())
+            .arg(fresh_id)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(Epoch {
+            id: id.unwrap_or_default(),
+            recovered: recovered.as_deref() == Some("1"),
+        })
+    }
+
+    /// Marks the epoch `id` recovered (nothing when another epoch replaced it).
+    pub async fn mark_recovered(&self, id: &str) -> Result<(), StoreError> {
+        let _: i64 = Script::new(MARK_RECOVERED)
+            .key(self.epoch_key())
+            .arg(id)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the recovery lock for `ttl_ms` unless another replica holds it.
+    pub async fn lock_recovery(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.recovery_lock_key())
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Releases the recovery lock if `holder` has it.
+    pub async fn unlock_recovery(&self, holder: &str) -> Result<(), StoreError> {
+        let _: i64 = Script::new(UNLOCK)
+            .key(self.recovery_lock_key())
+            .arg(holder)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
     }
 
     /// Keeps why an MDN for an awaiting message was refused.
@@ -468,11 +763,11 @@ impl MessageStore {
         message_id: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let key = self.message_key(&Self::record_id(message_id));
-        let () = self
-            .connection
-            .clone()
-            .hset(key, "last_rejected_mdn", reason)
+        let _: i64 = Script::new(UPDATE)
+            .key(self.message_key(&Self::record_id(message_id)))
+            .arg("last_rejected_mdn")
+            .arg(reason)
+            .invoke_async(&mut self.connection.clone())
             .await?;
         Ok(())
     }
@@ -567,6 +862,7 @@ mod tests {
             MessageState::AwaitingMdn,
             MessageState::Delivered,
             MessageState::Failed,
+            MessageState::Unknown,
         ] {
             assert_eq!(MessageState::parse(state.as_str()), Some(state));
         }

@@ -87,7 +87,7 @@ async fn async_mdn_lifecycle(url: &str) {
             .record_attempt(message_id, "timed out", 0)
             .await
             .unwrap(),
-        1
+        Some(1)
     );
     assert_eq!(
         store
