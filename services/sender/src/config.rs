@@ -234,6 +234,17 @@ pub struct SendingConfig {
     )]
     pub max_in_flight: usize,
 
+    /// Records of one partnership sent at the same time by this replica (0: a quarter
+    /// of `sender-max-in-flight`, at least 1). A partner that is down holds no more
+    /// than this many; a record read beyond it waits, and its partition pauses, until
+    /// one of the partnership's records ends.
+    #[arg(
+        long = "sender-max-in-flight-per-partnership",
+        env = "AS2_SENDER_MAX_IN_FLIGHT_PER_PARTNERSHIP",
+        default_value_t = 0
+    )]
+    pub max_in_flight_per_partnership: usize,
+
     /// Delay before the first resend after a transport failure or a 5xx, in
     /// milliseconds; each further delay doubles, with jitter.
     #[arg(
@@ -320,6 +331,7 @@ impl SendingConfig {
             default_signing_key_id: None,
             message_id_domain: "as2-gateway.local".to_owned(),
             max_in_flight: 16,
+            max_in_flight_per_partnership: 0,
             initial_backoff_ms: 5_000,
             max_backoff_ms: 300_000,
             async_mdn_timeout_secs: 6 * 3600,

@@ -29,6 +29,8 @@ pub struct SenderMetrics {
     pub receipts: Family<OutcomeLabels, Counter>,
     /// Records being worked on now.
     pub in_flight: Gauge,
+    /// Records parked because their partnership had all its slots taken.
+    pub parked: Counter,
     /// Duration of one send (request and answer).
     pub send_duration: Histogram,
     /// Archive writes that failed (the message, the partner's answer or MDN); the send
@@ -51,6 +53,7 @@ impl SenderMetrics {
             mdn_timeouts: Counter::default(),
             receipts: Family::default(),
             in_flight: Gauge::default(),
+            parked: Counter::default(),
             send_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             archive_failures: Counter::default(),
             state_lost: Family::default(),
@@ -86,6 +89,11 @@ impl SenderMetrics {
             "records_in_flight",
             "outbound records being worked on",
             metrics.in_flight.clone(),
+        );
+        registry.register(
+            "records_parked",
+            "records that waited because their partnership had all its slots taken",
+            metrics.parked.clone(),
         );
         registry.register(
             "send_duration_seconds",

@@ -18,7 +18,7 @@ use as2_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SenderConfig;
-use crate::consumer::{create_consumer, run_consumer};
+use crate::consumer::{Concurrency, create_consumer, run_consumer};
 use crate::documents::{self, Objects};
 use crate::metrics::SenderMetrics;
 use crate::outbound::{Backoff, OutboundSender, SenderSettings};
@@ -131,14 +131,14 @@ impl SenderServer {
             },
         });
         let consumer = create_consumer(&config.kafka).context("kafka consumer setup failed")?;
-        let (consuming, max_in_flight, grace) = (
+        let (consuming, concurrency, grace) = (
             sender.clone(),
-            sending.max_in_flight,
+            Concurrency::new(sending.max_in_flight, sending.max_in_flight_per_partnership),
             config.shutdown.grace_period(),
         );
         let stop_consuming = runtime.accepting();
         runtime.spawn_frontend("outbound consumer", async move {
-            run_consumer(consumer, consuming, max_in_flight, stop_consuming, grace).await;
+            run_consumer(consumer, consuming, concurrency, stop_consuming, grace).await;
             Ok(())
         });
         runtime.watch_key_layout(

@@ -343,6 +343,11 @@ fn spawn_sender(stack: &OutboundStack, log: &Path) -> Child {
         .env("AS2_KAFKA_RECEIPTS_TOPIC", RECEIPTS_TOPIC)
         .env("AS2_MESSAGE_ID_DOMAIN", MESSAGE_ID_DOMAIN)
         .env("AS2_SENDER_MAX_IN_FLIGHT", MAX_IN_FLIGHT.to_string())
+        // Every record is of one partnership: it may have all the slots.
+        .env(
+            "AS2_SENDER_MAX_IN_FLIGHT_PER_PARTNERSHIP",
+            MAX_IN_FLIGHT.to_string(),
+        )
         .env("AS2_SENDER_SWEEP_INTERVAL_MS", "200")
         .env("AS2_SHUTDOWN_DELAY_SECS", "0")
         .env("AS2_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
