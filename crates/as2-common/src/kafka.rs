@@ -27,6 +27,8 @@
 //! retriable and are logged, so a new librdkafka code never makes a document look
 //! permanently bad.
 
+pub mod placement;
+
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

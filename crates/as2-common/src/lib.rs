@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fault;
 pub mod grpc;
 pub mod health;
 pub mod kafka;

@@ -7,22 +7,9 @@
 /// would end it) right after its Nth acknowledged publish.
 #[cfg(feature = "fault-injection")]
 pub fn after_publish() {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    static CRASH_AT: OnceLock<Option<u64>> = OnceLock::new();
-    static PUBLISHED: AtomicU64 = AtomicU64::new(0);
-    let crash_at = CRASH_AT.get_or_init(|| {
-        std::env::var("AS2_FAULT_CRASH_AFTER_PUBLISH")
-            .ok()
-            .and_then(|value| value.trim().parse().ok())
-    });
-    if let Some(crash_at) = *crash_at
-        && PUBLISHED.fetch_add(1, Ordering::SeqCst) + 1 == crash_at
-    {
-        tracing::error!(crash_at, "fault injection: aborting after this publish");
-        std::process::abort();
-    }
+    static POINT: as2_common::fault::CrashPoint =
+        as2_common::fault::CrashPoint::new("AS2_FAULT_CRASH_AFTER_PUBLISH");
+    POINT.pass();
 }
 
 /// See the `fault-injection` build of this function.

@@ -21,6 +21,7 @@ pub mod clients;
 pub mod config;
 pub mod consumer;
 pub mod documents;
+mod fault;
 pub mod message;
 pub mod metrics;
 pub mod outbound;

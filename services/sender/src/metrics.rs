@@ -25,7 +25,7 @@ pub struct SenderMetrics {
     pub mdns_reconciled: Family<OutcomeLabels, Counter>,
     /// Asynchronous MDNs that never came (messages failed by the sweeper).
     pub mdn_timeouts: Counter,
-    /// Receipts, by `published|error`.
+    /// Receipts, by `published|found|error` (`found`: an earlier attempt had landed).
     pub receipts: Family<OutcomeLabels, Counter>,
     /// Records being worked on now.
     pub in_flight: Gauge,

@@ -34,8 +34,9 @@ use crate::message::{
 use crate::metrics::SenderMetrics;
 use crate::receipts::ReceiptPublisher;
 use crate::store::{
-    MessageRecord, MessageState, MessageStore, NewMessage, Outcome, SendFacts, Settled,
+    MessageRecord, MessageState, MessageStore, NewMessage, Outcome, ReceiptArm, SendFacts, Settled,
 };
+use as2_common::kafka::placement::Search;
 
 /// Pause before a dependency (Redis, routing) is asked again.
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
@@ -613,28 +614,96 @@ impl OutboundSender {
         Ok(())
     }
 
-    /// Publishes the receipt of a finished message and takes it out of the outbox; a
-    /// failure leaves it there for the sweeper.
+    /// Publishes the receipt of a finished message, once, and takes it out of the outbox;
+    /// a failure, or another attempt that may still land, leaves it there for the
+    /// sweeper (see [`crate::receipts`]).
     pub async fn publish_receipt(&self, message_id: &str) {
-        let record = match self.store.load(message_id).await {
-            Ok(Some(record)) if record.state().is_some_and(MessageState::is_final) => record,
-            Ok(_) => return,
-            Err(error) => {
-                tracing::warn!(message_id, %error, "cannot load the record for its receipt");
-                return;
-            }
-        };
-        match self.receipts.publish(&record).await {
-            Ok(()) => {
-                self.metrics.receipt("published");
-                if let Err(error) = self.store.receipt_published(message_id).await {
-                    tracing::warn!(message_id, %error, "receipt published but still in the outbox");
+        let window_ms =
+            u64::try_from(self.receipts.publish_window().as_millis()).unwrap_or(u64::MAX);
+        let mut searched = String::new();
+        // At most: an earlier attempt searched for, then this one armed.
+        for _ in 0..3 {
+            let record = match self.store.load(message_id).await {
+                Ok(Some(record)) if record.state().is_some_and(MessageState::is_final) => record,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(message_id, %error, "cannot load the record for its receipt");
+                    return;
+                }
+            };
+            let placement = match self.receipts.place(&record).await {
+                Ok(placement) => placement,
+                Err(error) => {
+                    self.metrics.receipt("error");
+                    tracing::warn!(message_id, %error, "receipt not published, the sweeper tries again");
+                    return;
+                }
+            };
+            let arm = self
+                .store
+                .arm_receipt(
+                    message_id,
+                    placement.partition,
+                    placement.scan_from,
+                    window_ms,
+                    &searched,
+                )
+                .await;
+            match arm {
+                Err(error) => {
+                    tracing::warn!(message_id, %error, "cannot arm the receipt, the sweeper tries again");
+                    return;
+                }
+                Ok(ReceiptArm::Published | ReceiptArm::NotFinal) => return,
+                Ok(ReceiptArm::Busy { left_ms }) => {
+                    tracing::debug!(
+                        message_id,
+                        left_ms,
+                        "another attempt at this receipt may still land"
+                    );
+                    return;
+                }
+                Ok(ReceiptArm::Search {
+                    partition,
+                    scan_from,
+                    armed,
+                }) => match self.receipts.find(partition, scan_from, message_id).await {
+                    Ok(Search::Found(_)) => {
+                        tracing::info!(
+                            message_id,
+                            "an earlier attempt at this receipt landed, marking it published"
+                        );
+                        self.metrics.receipt("found");
+                        self.mark_receipt_published(message_id).await;
+                        return;
+                    }
+                    Ok(Search::Absent { .. }) => searched = armed,
+                    Err(error) => {
+                        tracing::warn!(message_id, %error, "cannot search for an earlier receipt, the sweeper tries again");
+                        return;
+                    }
+                },
+                Ok(ReceiptArm::Armed) => {
+                    match self.receipts.publish(&record, placement.partition).await {
+                        Ok(()) => {
+                            self.metrics.receipt("published");
+                            crate::fault::after_receipt();
+                            self.mark_receipt_published(message_id).await;
+                        }
+                        Err(error) => {
+                            self.metrics.receipt("error");
+                            tracing::warn!(message_id, %error, "receipt not published, the sweeper tries again");
+                        }
+                    }
+                    return;
                 }
             }
-            Err(error) => {
-                self.metrics.receipt("error");
-                tracing::warn!(message_id, %error, "receipt not published, the sweeper tries again");
-            }
+        }
+    }
+
+    async fn mark_receipt_published(&self, message_id: &str) {
+        if let Err(error) = self.store.receipt_published(message_id).await {
+            tracing::warn!(message_id, %error, "receipt published but still in the outbox");
         }
     }
 

@@ -3,14 +3,23 @@
 //! The value is JSON ([`Receipt`]); the key is the partnership id; headers name the
 //! Message-ID, the partnership and the outcome, plus the document's `traceparent` and,
 //! when the message is archived, `as2-archive-location` (its archive entry). The
-//! producer is the shared idempotent one (`acks=all`, replaced when its state breaks) and [`ReceiptPublisher::publish`] waits for the
-//! acknowledgement. Receipts are at least once: an outcome enters the Redis outbox when
-//! it is recorded and leaves it once its receipt is acknowledged, and the sweeper
-//! publishes what is left there; consumers deduplicate on `message_id`.
+//! producer is the shared idempotent one (`acks=all`, replaced when its state breaks) and
+//! [`ReceiptPublisher::publish`] waits for the acknowledgement.
+//!
+//! One receipt per message: an outcome enters the Redis outbox when it is recorded and
+//! leaves it once its receipt is acknowledged. Before producing, the publisher arms the
+//! message's record with the receipt's partition, an offset at or below the one it will
+//! get, and the end of the window in which it may land ([`crate::store::ReceiptArm`]).
+//! Whoever publishes it later (the sweeper, a replica that reads the record again after a
+//! crash) and finds an armed attempt whose window ended without an acknowledgement on
+//! record first reads that partition from there: a receipt found is marked published,
+//! and only a receipt not found is produced again. The exception is a Redis that lost
+//! the record ([`crate::recovery`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use as2_common::kafka::placement::{Placement, PlacingProducer, Search, header_value};
 use as2_common::kafka::{IdempotentProducer, ProducerSettings, PublishError, Record};
 use base64::Engine as _;
 use rdkafka::error::KafkaError;
@@ -141,13 +150,17 @@ pub enum ReceiptError {
     Kafka(#[from] PublishError),
 }
 
-/// The idempotent producer of receipts (the shared one of [`as2_common::kafka`]). Cheap
-/// to clone.
+/// The idempotent producer of receipts (the shared one of [`as2_common::kafka`], with
+/// placement and search). Cheap to clone.
 #[derive(Clone)]
 pub struct ReceiptPublisher {
-    producer: IdempotentProducer,
+    producer: PlacingProducer,
     topic: Arc<str>,
 }
+
+/// How long after the producer's timeout an attempt is still counted as possibly
+/// landing (the broker may append a request it received just before the timeout).
+pub const PUBLISH_WINDOW_MARGIN: Duration = Duration::from_secs(2);
 
 impl ReceiptPublisher {
     /// Creates the producer; connecting happens in the background.
@@ -161,14 +174,53 @@ impl ReceiptPublisher {
                 linger: Duration::from_millis(2),
             },
         )?;
+        let consumer_config = config.client.client_config(
+            config.bootstrap_servers(),
+            "as2-sender-search",
+            &[("group.id", "as2-sender-search")],
+        );
         Ok(Self {
-            producer,
+            producer: PlacingProducer::new(producer, consumer_config),
             topic: config.receipts_topic().into(),
         })
     }
 
-    /// Publishes the receipt of `record` and waits for the acknowledgement.
-    pub async fn publish(&self, record: &MessageRecord) -> Result<(), ReceiptError> {
+    /// How long a receipt handed to the producer may still land: its timeout and
+    /// [`PUBLISH_WINDOW_MARGIN`].
+    pub fn publish_window(&self) -> Duration {
+        self.producer.producer().publish_timeout() + PUBLISH_WINDOW_MARGIN
+    }
+
+    /// Where the receipt of `record` goes (keyed by its partnership).
+    pub async fn place(&self, record: &MessageRecord) -> Result<Placement, PublishError> {
+        self.producer
+            .place(&self.topic, &record.partnership_id)
+            .await
+    }
+
+    /// Reads `partition` from `from` for the receipt of `message_id`.
+    pub async fn find(
+        &self,
+        partition: i32,
+        from: i64,
+        message_id: &str,
+    ) -> Result<Search, PublishError> {
+        let message_id = message_id.to_owned();
+        let matches = Box::new(move |record: &rdkafka::message::BorrowedMessage<'_>| {
+            header_value(record, "as2-message-id") == Some(message_id.as_str())
+        });
+        self.producer
+            .find(&self.topic, partition, from, matches)
+            .await
+    }
+
+    /// Publishes the receipt of `record` to `partition` and waits for the
+    /// acknowledgement.
+    pub async fn publish(
+        &self,
+        record: &MessageRecord,
+        partition: i32,
+    ) -> Result<(), ReceiptError> {
         let receipt = Receipt::from_record(record);
         let payload = serde_json::to_vec(&receipt)?;
         let mut headers = vec![
@@ -183,10 +235,10 @@ impl ReceiptPublisher {
             headers.push(("as2-archive-location", record.archive_location.clone()));
         }
         self.producer
-            .send(Record {
+            .publish(Record {
                 topic: &self.topic,
                 key: &receipt.partnership_id,
-                partition: None,
+                partition: Some(partition),
                 headers,
                 payload: &payload,
             })
@@ -196,7 +248,7 @@ impl ReceiptPublisher {
 
     /// Waits up to `timeout` for queued receipts to be acknowledged. Blocks.
     pub fn flush(&self, timeout: Duration) {
-        self.producer.flush(timeout);
+        self.producer.producer().flush(timeout);
     }
 }
 

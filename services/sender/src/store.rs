@@ -2,7 +2,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:{sender}:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN; TTL = record TTL |
+//! | `{prefix}:{sender}:message:{id}` | hash | one outbound message: ids, source record, state, attempts, expected MIC, the outcome and the partner's MDN, and where its receipt was published (`receipt_partition`, `receipt_scan_from`, `receipt_until`, `receipt_published`); TTL = record TTL |
 //! | `{prefix}:{sender}:awaiting-mdn` | sorted set | ids of messages awaiting an asynchronous MDN, score = deadline (Unix ms) |
 //! | `{prefix}:{sender}:receipt-outbox` | sorted set | ids whose outcome is recorded but whose receipt is not yet acknowledged by Kafka, score = time of the outcome (Unix ms) |
 //! | `{prefix}:{sender}:epoch` | hash | `id`, `recovered`, `created_at`: created whenever Redis holds none, so a new id tells the sender Redis lost its state ([`crate::recovery`]) |
@@ -440,6 +440,71 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
+/// Arms the publish of a final message's receipt: records the partition and the offset
+/// a search for it would start from, and until when (Redis time, ms) this attempt may
+/// still land. See [`MessageStore::arm_receipt`].
+const ARM_RECEIPT: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing'} end
+if state ~= 'delivered' and state ~= 'failed' and state ~= 'unknown' then return {'open'} end
+if redis.call('HGET', KEYS[1], 'receipt_published') == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'published'}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local armed = redis.call('HGET', KEYS[1], 'receipt_until')
+-- A final message leaves the outbox only when its receipt is acknowledged (versions
+-- before the arming did not mark the record).
+if not armed and not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {'published'} end
+if armed and armed ~= ARGV[5] then
+  local left = tonumber(armed) - now
+  if left > 0 then return {'busy', string.format('%.0f', left)} end
+  return {'search', redis.call('HGET', KEYS[1], 'receipt_partition'),
+          redis.call('HGET', KEYS[1], 'receipt_scan_from'), armed}
+end
+redis.call('HSET', KEYS[1], 'receipt_partition', ARGV[3], 'receipt_scan_from', ARGV[4],
+           'receipt_until', string.format('%.0f', now + tonumber(ARGV[2])))
+return {'armed'}
+";
+
+/// Marks a receipt acknowledged: on the record (if it still exists) and out of the outbox.
+const RECEIPT_DONE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'receipt_published', '1')
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+";
+
+/// What [`MessageStore::arm_receipt`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptArm {
+    /// The caller may produce the receipt now, to the partition it placed it in.
+    Armed,
+    /// The receipt is acknowledged already.
+    Published,
+    /// Another attempt may still land within `left_ms`: leave it (the sweeper looks
+    /// again).
+    Busy {
+        /// Milliseconds until that attempt's window ends.
+        left_ms: i64,
+    },
+    /// An earlier attempt's window ended without an acknowledgement on record: search
+    /// `partition` from `scan_from`; if the receipt is not there, arm again passing
+    /// `armed` (so that only one of several searchers arms).
+    Search {
+        /// The partition of the earlier attempt.
+        partition: i32,
+        /// Where its search starts.
+        scan_from: i64,
+        /// The earlier attempt's window end, as stored.
+        armed: String,
+    },
+    /// The message is not final (or has no record): no receipt yet.
+    NotFinal,
+}
+
 /// How [`MessageStore::settle`] went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
@@ -821,10 +886,59 @@ impl MessageStore {
         Ok(ids)
     }
 
-    /// Marks a message's receipt as acknowledged by Kafka.
+    /// Marks a message's receipt as acknowledged by Kafka: on its record, and out of the
+    /// outbox.
     pub async fn receipt_published(&self, message_id: &str) -> Result<(), StoreError> {
-        self.receipt_published_by_id(&Self::record_id(message_id))
-            .await
+        let id = Self::record_id(message_id);
+        let _: i64 = Script::new(RECEIPT_DONE)
+            .key(self.message_key(&id))
+            .key(self.outbox_key())
+            .arg(&id)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Arms the publish of a final message's receipt (see [`ReceiptArm`]): `partition`
+    /// and `scan_from` say where it will be; the attempt may land for `window_ms`
+    /// (the producer's timeout and a margin). `searched` is the `armed` value of a
+    /// [`ReceiptArm::Search`] whose search found nothing, empty otherwise.
+    pub async fn arm_receipt(
+        &self,
+        message_id: &str,
+        partition: i32,
+        scan_from: i64,
+        window_ms: u64,
+        searched: &str,
+    ) -> Result<ReceiptArm, StoreError> {
+        let id = Self::record_id(message_id);
+        let answer: Vec<String> = Script::new(ARM_RECEIPT)
+            .key(self.message_key(&id))
+            .key(self.outbox_key())
+            .arg(&id)
+            .arg(window_ms)
+            .arg(partition)
+            .arg(scan_from)
+            .arg(searched)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let number = |index: usize| -> i64 {
+            answer
+                .get(index)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_default()
+        };
+        Ok(match answer.first().map(String::as_str) {
+            Some("armed") => ReceiptArm::Armed,
+            Some("published") => ReceiptArm::Published,
+            Some("busy") => ReceiptArm::Busy { left_ms: number(1) },
+            Some("search") => ReceiptArm::Search {
+                partition: i32::try_from(number(1)).unwrap_or_default(),
+                scan_from: number(2),
+                armed: answer.get(3).cloned().unwrap_or_default(),
+            },
+            _ => ReceiptArm::NotFinal,
+        })
     }
 
     /// Marks the receipt of the record with this id as acknowledged.

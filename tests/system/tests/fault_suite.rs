@@ -8,6 +8,11 @@
 //! MDN, as a partner does. Then every record of the topic is counted per Message-ID: each
 //! message must be there exactly once.
 //!
+//! Outbound, two sender processes crash right after the broker acknowledged a receipt
+//! (a fault point of `as2-sender`) and one is SIGKILLed with documents in flight, while
+//! they send to the gateway's own edges: each document must get exactly one receipt and
+//! reach the edges' topic once.
+//!
 //! `AS2_FAULT_SUITE_MESSAGES` sets the number of messages (a soak runs it with many
 //! more); the counts of each run are printed at the end.
 
@@ -110,6 +115,12 @@ struct Gateway {
     prepared: Vec<Prepared>,
     mdn: Option<ServiceProcess>,
     mdn_grpc: SocketAddr,
+    /// What further services need: the gRPC credentials, routing's address, our keys.
+    grpc_dir: std::path::PathBuf,
+    routing_grpc: SocketAddr,
+    keys_dir: std::path::PathBuf,
+    gateway_cert_pem: String,
+    redis_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -306,6 +317,11 @@ async fn start_gateway(messages: usize, crash_b: bool, async_mdn_url: Option<&st
         prepared,
         mdn,
         mdn_grpc,
+        grpc_dir: grpc,
+        routing_grpc,
+        keys_dir,
+        gateway_cert_pem: gateway.cert_pem.clone(),
+        redis_url,
         _dir: dir,
     }
 }
@@ -837,4 +853,311 @@ async fn the_durable_broker_keeps_acknowledged_records_across_a_kill() {
             .map(|index| format!("record {index}"))
             .collect::<Vec<_>>()
     );
+}
+
+const OUTBOUND_TOPIC: &str = "fault-outbound";
+const RECEIPTS_TOPIC: &str = "fault-receipts";
+const LOOP_TOPIC: &str = "fault-loop-inbound";
+
+/// The fault point of sender "b": crash right after the Nth acknowledged receipt.
+fn crash_after_receipt() -> (&'static str, String) {
+    (
+        "AS2_FAULT_CRASH_AFTER_RECEIPT",
+        random_in(25..70).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_outbound_document_gets_exactly_one_receipt_while_the_senders_crash() {
+    const DOCUMENTS: usize = 200;
+    let gateway = start_gateway(0, false, None).await;
+    let edge_url = format!("http://{}/as2", gateway.balancer.addr());
+
+    // The gateway sends to itself: partnership "loop-out" sends to the edges, which
+    // receive it as partnership "loop-in" and publish it to LOOP_TOPIC. One key pair signs,
+    // encrypts and verifies on both sides.
+    let mut registry = RoutingServiceClient::new(
+        grpc_channel(
+            &gateway.grpc_dir,
+            "operator",
+            "routing",
+            gateway.routing_grpc,
+        )
+        .await,
+    );
+    let certificate = || {
+        vec![PartnerCertificate {
+            pem: gateway.gateway_cert_pem.clone(),
+            ..PartnerCertificate::default()
+        }]
+    };
+    for partnership in [
+        Partnership {
+            id: "loop-out".to_owned(),
+            as2_from: "loop-partner".to_owned(),
+            as2_to: "loop-gateway".to_owned(),
+            kafka_topic: "fault-unused".to_owned(),
+            partner_certificates: certificate(),
+            outbound: Some(as2_rpc::routing::v1::OutboundSettings {
+                url: edge_url.clone(),
+                sign: true,
+                signing_digest: as2_rpc::routing::v1::SigningDigest::Sha256.into(),
+                encrypt: true,
+                mdn_mode: as2_rpc::routing::v1::MdnMode::Sync.into(),
+                request_signed_mdn: true,
+                timeout_seconds: 20,
+                max_retries: 100,
+                ..Default::default()
+            }),
+            ..Partnership::default()
+        },
+        Partnership {
+            id: "loop-in".to_owned(),
+            as2_from: "loop-gateway".to_owned(),
+            as2_to: "loop-partner".to_owned(),
+            kafka_topic: LOOP_TOPIC.to_owned(),
+            partner_certificates: certificate(),
+            ..Partnership::default()
+        },
+    ] {
+        registry
+            .create_partnership(CreatePartnershipRequest {
+                partnership: Some(partnership),
+            })
+            .await
+            .unwrap();
+    }
+    create_topics(
+        &gateway.bootstrap_servers,
+        &[(OUTBOUND_TOPIC, 2), (RECEIPTS_TOPIC, 1)],
+    )
+    .await;
+
+    // Two senders in one consumer group, each crashing right after its Nth receipt the
+    // broker acknowledged (before Redis marks it), and "a" also SIGKILLed at random
+    // moments with documents in flight.
+    let dir = tempfile::tempdir().unwrap();
+    let sender_env = |grpc: SocketAddr| {
+        vec![
+            (
+                "AS2_GRPC_TLS_CERT",
+                gateway.grpc_dir.join("sender.crt").display().to_string(),
+            ),
+            (
+                "AS2_GRPC_TLS_KEY",
+                gateway.grpc_dir.join("sender.key").display().to_string(),
+            ),
+            (
+                "AS2_GRPC_TLS_CA",
+                gateway.grpc_dir.join("ca.crt").display().to_string(),
+            ),
+            ("AS2_GRPC_LISTEN", grpc.to_string()),
+            ("AS2_HTTP_LISTEN", loopback().to_string()),
+            ("AS2_REDIS_URL", gateway.redis_url.clone()),
+            ("AS2_REDIS_KEY_PREFIX", "faults".to_owned()),
+            (
+                "AS2_KAFKA_BOOTSTRAP_SERVERS",
+                gateway.bootstrap_servers.clone(),
+            ),
+            ("AS2_KAFKA_OUTBOUND_TOPIC", OUTBOUND_TOPIC.to_owned()),
+            ("AS2_KAFKA_RECEIPTS_TOPIC", RECEIPTS_TOPIC.to_owned()),
+            ("AS2_KAFKA_CONSUMER_GROUP", "fault-senders".to_owned()),
+            (
+                "AS2_KAFKA_OPTIONS",
+                "session.timeout.ms=6000,heartbeat.interval.ms=500".to_owned(),
+            ),
+            (
+                "AS2_ROUTING_URL",
+                format!("https://{}", gateway.routing_grpc),
+            ),
+            ("AS2_KEYS_DIR", gateway.keys_dir.display().to_string()),
+            ("AS2_DEFAULT_SIGNING_KEY_ID", KEY_ID.to_owned()),
+            // One partnership: it may use every slot.
+            ("AS2_SENDER_MAX_IN_FLIGHT_PER_PARTNERSHIP", "16".to_owned()),
+            ("AS2_SENDER_INITIAL_BACKOFF_MS", "200".to_owned()),
+            ("AS2_SENDER_MAX_BACKOFF_MS", "1000".to_owned()),
+            ("AS2_SENDER_SWEEP_INTERVAL_MS", "500".to_owned()),
+            ("AS2_SHUTDOWN_GRACE_SECS", "1".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+            crash_after_receipt(),
+        ]
+    };
+    let (a_grpc, b_grpc) = (loopback(), loopback());
+    let mut sender_a = service("sender-a", dir.path(), "sender", &sender_env(a_grpc));
+    let mut sender_b = service("sender-b", dir.path(), "sender", &sender_env(b_grpc));
+    sender_a.wait_for(a_grpc);
+    sender_b.wait_for(b_grpc);
+
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &gateway.bootstrap_servers)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    for index in 0..DOCUMENTS {
+        let payload = format!("UNB+UNOA:2+LOOP+PARTNER+261204:0100+{index}'\r\nUNZ+1+{index}'\r\n");
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "as2-partnership-id",
+                value: Some("loop-out"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "content-type",
+                value: Some("application/EDIFACT"),
+            });
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(OUTBOUND_TOPIC)
+                    .key("loop-out")
+                    .payload(payload.as_bytes())
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The faults, while the receipts come in: a sender that crashed at its fault point
+    // is restarted with a new one; "a" is killed four times.
+    let done = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let (mut kills, mut crashes) = (0_usize, 0_usize);
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(random_in(500..2_000))).await;
+                for (sender, grpc) in [(&mut sender_a, a_grpc), (&mut sender_b, b_grpc)] {
+                    if sender.has_exited() {
+                        crashes += 1;
+                        sender.restart(&[crash_after_receipt()]);
+                        sender.wait_for(grpc);
+                    }
+                }
+                if kills < 4 && !done.load(Ordering::SeqCst) {
+                    sender_a.kill();
+                    kills += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    sender_a.restart(&[]);
+                    sender_a.wait_for(a_grpc);
+                }
+            }
+            (sender_a, sender_b, kills, crashes)
+        })
+    };
+    let receipts = collect(
+        &gateway.bootstrap_servers,
+        RECEIPTS_TOPIC,
+        DOCUMENTS,
+        Duration::from_secs(240),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let (sender_a, sender_b, kills, crashes) = chaos.await.unwrap();
+    assert!(
+        receipts.len() >= DOCUMENTS,
+        "{} receipts for {DOCUMENTS} documents\nsender a:\n{}\nsender b:\n{}",
+        receipts.len(),
+        sender_a.log(),
+        sender_b.log()
+    );
+    for record in &receipts {
+        let payload: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        assert_eq!(payload["outcome"], "delivered", "{payload:#}");
+    }
+    let per_document = per_message_id(&receipts);
+    let twice: Vec<_> = per_document
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, count)| format!("{id} x{count}"))
+        .collect();
+    // What the edges received from the senders: each document once.
+    let inbound = as2_testkit::kafka::consume(
+        &gateway.bootstrap_servers,
+        LOOP_TOPIC,
+        DOCUMENTS,
+        Duration::from_secs(3),
+    )
+    .await;
+    let per_message = per_message_id(&inbound);
+    let logs = format!("{}{}", sender_a.log(), sender_b.log());
+    let found = logs
+        .matches("an earlier attempt at this receipt landed")
+        .count();
+    println!(
+        "outbound faults: {DOCUMENTS} documents in {:.1} s; {} receipts for {} documents, \
+         {} twice; {} inbound records for {} messages; {kills} kills of sender a, {crashes} \
+         crashes after a receipt; {found} receipts found instead of published again",
+        elapsed.as_secs_f64(),
+        receipts.len(),
+        per_document.len(),
+        twice.len(),
+        inbound.len(),
+        per_message.len(),
+    );
+    assert!(twice.is_empty(), "receipts published twice: {twice:?}");
+    assert_eq!(per_document.len(), DOCUMENTS);
+    assert_eq!(
+        per_message.len(),
+        DOCUMENTS,
+        "every document reached the partner"
+    );
+    assert!(
+        per_message.values().all(|count| *count == 1),
+        "the partner's topic holds a document twice"
+    );
+    assert!(kills >= 4);
+    assert!(crashes >= 1, "no sender reached its fault point");
+    assert!(found >= 1, "no crash after a receipt was recovered");
+}
+
+/// How many records carry each `as2-message-id`.
+fn per_message_id(records: &[as2_testkit::kafka::ConsumedRecord]) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for record in records {
+        let id = record.header("as2-message-id").unwrap_or_default();
+        *counts.entry(id.to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// Reads `topic` from the beginning until it holds records of `distinct` different
+/// Message-IDs (within `timeout`), then 5 s more for any extra record.
+async fn collect(
+    bootstrap_servers: &str,
+    topic: &str,
+    distinct: usize,
+    timeout: Duration,
+) -> Vec<as2_testkit::kafka::ConsumedRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records =
+            as2_testkit::kafka::consume(bootstrap_servers, topic, 0, Duration::from_secs(5)).await;
+        let ids: std::collections::HashSet<_> = records
+            .iter()
+            .filter_map(|record| record.header("as2-message-id"))
+            .collect();
+        if ids.len() >= distinct || Instant::now() >= deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Creates `topics` (name, partitions) with one replica.
+async fn create_topics(bootstrap_servers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()
+        .unwrap();
+    let topics: Vec<_> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap();
 }

@@ -1,5 +1,6 @@
-//! `as2-service edge|routing|mdn [flags]`: runs one gateway service exactly as its
-//! own binary does (`as2-edge`, `as2-routing`, `as2-mdn`), for tests in this crate.
+//! `as2-service edge|routing|mdn|sender [flags]`: runs one gateway service exactly as
+//! its own binary does (`as2-edge`, `as2-routing`, `as2-mdn`, `as2-sender`), for tests in
+//! this crate.
 
 use clap::Parser as _;
 
@@ -33,6 +34,15 @@ async fn main() -> anyhow::Result<()> {
             telemetry.shutdown();
             outcome
         }
-        other => anyhow::bail!("unknown service {other:?}; expected edge, routing or mdn"),
+        "sender" => {
+            let config = as2_sender::SenderConfig::try_parse_from(rest)?;
+            let telemetry = as2_common::telemetry::init_telemetry(&config.telemetry, "as2-sender")?;
+            let outcome = as2_sender::run(config, shutdown).await;
+            telemetry.shutdown();
+            outcome
+        }
+        other => {
+            anyhow::bail!("unknown service {other:?}; expected edge, routing, mdn or sender")
+        }
     }
 }
