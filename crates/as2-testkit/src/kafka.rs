@@ -15,6 +15,10 @@ pub struct ConsumedRecord {
     pub headers: Vec<(String, String)>,
     /// The record's value.
     pub payload: Vec<u8>,
+    /// The partition the record was read from.
+    pub partition: i32,
+    /// The record's offset in its partition.
+    pub offset: i64,
 }
 
 impl ConsumedRecord {
@@ -29,7 +33,10 @@ impl ConsumedRecord {
 
 /// Reads `count` records from `topic` from the beginning (within 60 s), then waits
 /// `quiet` for any extra record (which is returned too, so callers can assert exact
-/// counts).
+/// counts). Each record is returned once: one that the consumer reads again (after a
+/// rebalance of its group it starts over from the beginning) is left out by its
+/// partition and offset, so two records with the same content are two records in the
+/// topic.
 ///
 /// # Panics
 ///
@@ -52,6 +59,7 @@ pub async fn consume(
         .subscribe(&[topic])
         .expect("subscribe to the topic");
     let mut records = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let wait = if records.len() >= count {
@@ -60,7 +68,10 @@ pub async fn consume(
             deadline.saturating_duration_since(tokio::time::Instant::now())
         };
         match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(message)) if !seen.insert((message.partition(), message.offset())) => {}
             Ok(Ok(message)) => records.push(ConsumedRecord {
+                partition: message.partition(),
+                offset: message.offset(),
                 key: message.key().map(<[u8]>::to_vec),
                 headers: message
                     .headers()

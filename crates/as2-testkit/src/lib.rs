@@ -43,6 +43,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const PYTHON_ENV: &str = "AS2_TEST_PYTHON";
 /// Environment variable naming the Tansu broker binary. `tests/run` sets it.
 pub const TANSU_ENV: &str = "AS2_TEST_TANSU";
+/// Environment variable naming the Tansu binary built with SQLite storage (the durable
+/// broker). `tests/run` sets it.
+pub const TANSU_DURABLE_ENV: &str = "AS2_TEST_TANSU_DURABLE";
 /// Environment variable naming the `redis-server` binary (default: found on `PATH`).
 pub const REDIS_SERVER_ENV: &str = "AS2_TEST_REDIS_SERVER";
 /// Environment variable naming the `s3s-fs` binary (the S3-protocol test server).
@@ -245,6 +248,26 @@ pub fn tansu_binary() -> PathBuf {
             lib.display()
         )
     })
+}
+
+/// The Tansu binary with SQLite storage: `AS2_TEST_TANSU_DURABLE`, else
+/// `<workspace>/.tools/bin/tansu` (where `deploy/local/install-deps` builds it).
+///
+/// # Panics
+///
+/// When the binary cannot be found.
+pub fn tansu_durable_binary() -> PathBuf {
+    if let Some(path) = path_from_env(TANSU_DURABLE_ENV) {
+        return path;
+    }
+    let installed = workspace_root().join(".tools/bin/tansu");
+    if installed.exists() {
+        return installed;
+    }
+    panic!(
+        "no Tansu with SQLite storage found ({TANSU_DURABLE_ENV} unset, none at {}); {HOW_TO_INSTALL}",
+        installed.display()
+    )
 }
 
 /// The `redis-server` binary: `AS2_TEST_REDIS_SERVER`, else the first one on `PATH`.

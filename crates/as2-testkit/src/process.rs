@@ -2,13 +2,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{
     STARTUP_TIMEOUT, free_port, redis_cli_binary, redis_server_binary, s3s_fs_binary, tansu_binary,
-    unique_temp_dir, wait_for_port,
+    tansu_durable_binary, unique_temp_dir, wait_for_port,
 };
 
 /// How many fresh ports to try when a chosen port turns out to be taken.
@@ -442,13 +442,13 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A Kafka-protocol broker (Tansu) on a free loopback port: in-memory storage, or an
-/// object store that survives restarts ([`KafkaBroker::start_durable`]).
+/// A Kafka-protocol broker (Tansu) on a free loopback port: in-memory storage, or a
+/// SQLite database that survives restarts ([`KafkaBroker::start_durable`]).
 pub struct KafkaBroker {
     process: OwnedProcess,
     port: u16,
-    /// The object store of a durable broker (dropped after the broker).
-    storage: Option<S3Server>,
+    /// The directory of a durable broker's database (removed on drop).
+    storage: Option<PathBuf>,
 }
 
 impl KafkaBroker {
@@ -462,18 +462,19 @@ impl KafkaBroker {
         }
     }
 
-    /// Starts a broker that keeps its topics in an S3-protocol object store (an
-    /// [`S3Server`] of its own, Tansu's `s3://` storage engine), so a
+    /// Starts a broker that keeps its topics in a SQLite database of its own (Tansu's
+    /// `sqlite://` storage engine, the [`tansu_durable_binary`] built with it), so a
     /// [`restart`](Self::restart), even after a kill, keeps every acknowledged record.
     pub fn start_durable() -> Self {
-        let storage = S3Server::start();
-        storage.create_bucket("tansu");
-        let make = |port: u16| durable_tansu_command(port, &storage);
-        let (process, port) = start_on_free_port("tansu (s3)", make, |_| true);
+        let dir = std::env::temp_dir().join(format!("as2-testkit-tansu-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+        let make = |port: u16| durable_tansu_command(port, &dir);
+        let (process, port) = start_on_free_port("tansu (sqlite)", make, |_| true);
         Self {
             process,
             port,
-            storage: Some(storage),
+            storage: Some(dir),
         }
     }
 
@@ -502,9 +503,9 @@ impl KafkaBroker {
     pub fn restart(&mut self) {
         self.process.kill();
         let restarted = match &self.storage {
-            Some(storage) => start_on_port(
-                "tansu (s3)",
-                &|port| durable_tansu_command(port, storage),
+            Some(dir) => start_on_port(
+                "tansu (sqlite)",
+                &|port| durable_tansu_command(port, dir),
                 &|_| true,
                 self.port,
             ),
@@ -515,14 +516,19 @@ impl KafkaBroker {
     }
 }
 
-fn durable_tansu_command(port: u16, storage: &S3Server) -> Command {
-    let mut command = tansu_command_on(port, "s3://tansu/");
-    command
-        .env("AWS_ACCESS_KEY_ID", storage.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", storage.secret_access_key())
-        .env("AWS_DEFAULT_REGION", storage.region())
-        .env("AWS_ENDPOINT", storage.endpoint())
-        .env("AWS_ALLOW_HTTP", "true");
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.process.kill();
+        if let Some(dir) = &self.storage {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn durable_tansu_command(port: u16, dir: &Path) -> Command {
+    let mut command = tansu_command_with(tansu_durable_binary(), port, "sqlite://tansu.db");
+    // The engine's path is relative to the working directory.
+    command.current_dir(dir);
     command
 }
 
@@ -531,8 +537,12 @@ fn tansu_command(port: u16) -> Command {
 }
 
 fn tansu_command_on(port: u16, storage_engine: &str) -> Command {
+    tansu_command_with(tansu_binary(), port, storage_engine)
+}
+
+fn tansu_command_with(binary: PathBuf, port: u16, storage_engine: &str) -> Command {
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut command = Command::new(tansu_binary());
+    let mut command = Command::new(binary);
     command
         .arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
