@@ -31,12 +31,12 @@ impl ConsumedRecord {
     }
 }
 
-/// Reads `count` records from `topic` from the beginning (within 60 s), then waits
-/// `quiet` for any extra record (which is returned too, so callers can assert exact
-/// counts). Each record is returned once: one that the consumer reads again (after a
-/// rebalance of its group it starts over from the beginning) is left out by its
-/// partition and offset, so two records with the same content are two records in the
-/// topic.
+/// Reads `count` records from `topic` from the beginning (within 60 s plus 1 ms per
+/// record), then waits `quiet` for any extra record (which is returned too, so callers
+/// can assert exact counts). Each record is returned once: one that the consumer reads
+/// again (after a rebalance of its group it starts over from the beginning) is left out
+/// by its partition and offset, so two records with the same content are two records in
+/// the topic.
 ///
 /// # Panics
 ///
@@ -60,7 +60,9 @@ pub async fn consume(
         .expect("subscribe to the topic");
     let mut records = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(60)
+        + Duration::from_millis(u64::try_from(count).unwrap_or(u64::MAX));
     loop {
         let wait = if records.len() >= count {
             quiet

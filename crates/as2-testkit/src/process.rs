@@ -466,9 +466,7 @@ impl KafkaBroker {
     /// `sqlite://` storage engine, the [`tansu_durable_binary`] built with it), so a
     /// [`restart`](Self::restart), even after a kill, keeps every acknowledged record.
     pub fn start_durable() -> Self {
-        let dir = std::env::temp_dir().join(format!("as2-testkit-tansu-{}", unique_suffix()));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+        let dir = unique_temp_dir("tansu");
         let make = |port: u16| durable_tansu_command(port, &dir);
         let (process, port) = start_on_free_port("tansu (sqlite)", make, |_| true);
         Self {

@@ -13,7 +13,8 @@
 //! reach the edges' topic once.
 //!
 //! `AS2_FAULT_SUITE_MESSAGES` sets the number of messages (a soak runs it with many
-//! more); the counts of each run are printed at the end.
+//! more, with `AS2_FAULT_SUITE_MEMORY_BROKER=1`: see [`memory_broker`]); the counts of
+//! each run are printed at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -132,20 +133,29 @@ fn crash_after() -> (&'static str, String) {
     )
 }
 
+/// Whether the main suite runs on the in-memory broker and leaves the broker restarts
+/// out (`AS2_FAULT_SUITE_MEMORY_BROKER` set): for soaks, since Tansu's SQLite engine
+/// slows down to a few messages a minute once it holds several thousand records.
+fn memory_broker() -> bool {
+    std::env::var_os("AS2_FAULT_SUITE_MEMORY_BROKER").is_some()
+}
+
 /// Starts the gateway (edge "b" with its fault point armed when `crash_b`, the broker
-/// on durable storage with `crash_b` too) and prepares `messages` messages. With
+/// on durable storage with `crash_b` too unless [`memory_broker`]) and prepares
+/// `messages` messages. With
 /// `async_mdn_url`, an mdn service runs too and every message asks for its MDN at that
 /// URL.
 async fn start_gateway(messages: usize, crash_b: bool, async_mdn_url: Option<&str>) -> Gateway {
     let redis = Arc::new(Mutex::new(as2_testkit::RedisServer::start_durable()));
     let redis_url = redis.lock().await.url();
-    let broker = if crash_b {
+    let durable = crash_b && !memory_broker();
+    let broker = if durable {
         as2_testkit::KafkaBroker::start_durable()
     } else {
         as2_testkit::KafkaBroker::start()
     };
     let bootstrap_servers = broker.bootstrap_servers();
-    if crash_b {
+    if durable {
         // Tansu's SQLite engine does not create topics on first use.
         create_topics(&bootstrap_servers, &[(TOPIC, 3)]).await;
     }
@@ -397,7 +407,7 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
                         faults.broker_stalls.fetch_add(1, Ordering::SeqCst);
                     }
                     // The broker is killed and restarted on its storage.
-                    3 => {
+                    3 if !memory_broker() => {
                         broker.lock().await.restart();
                         faults.broker_restarts.fetch_add(1, Ordering::SeqCst);
                     }
@@ -452,9 +462,13 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
         .filter(|(_, count)| **count > 1)
         .map(|(id, count)| format!("{id} x{count}"))
         .collect();
+    let sent: std::collections::HashSet<&str> = prepared
+        .iter()
+        .map(|message| message.message_id.as_str())
+        .collect();
     let unknown = per_message
         .keys()
-        .filter(|id| !prepared.iter().any(|message| &message.message_id == *id))
+        .filter(|id| !sent.contains(id.as_str()))
         .count();
 
     let resends: usize = outcomes.iter().map(|sent| sent.attempts - 1).sum();
@@ -493,7 +507,7 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
     assert!(faults.edge_kills.load(Ordering::SeqCst) >= 1);
     assert!(faults.fault_point_crashes.load(Ordering::SeqCst) >= 1);
     assert!(faults.broker_stalls.load(Ordering::SeqCst) >= 1);
-    assert!(faults.broker_restarts.load(Ordering::SeqCst) >= 1);
+    assert!(memory_broker() || faults.broker_restarts.load(Ordering::SeqCst) >= 1);
     assert!(faults.redis_restarts.load(Ordering::SeqCst) >= 1);
     assert!(
         recovered >= 1,
