@@ -257,17 +257,26 @@ pub fn tansu_binary() -> PathBuf {
 ///
 /// When the binary cannot be found.
 pub fn tansu_durable_binary() -> PathBuf {
-    if let Some(path) = path_from_env(TANSU_DURABLE_ENV) {
-        return path;
+    installed_tool(TANSU_DURABLE_ENV, "tansu").unwrap_or_else(|installed| {
+        panic!(
+            "no Tansu with SQLite storage found ({TANSU_DURABLE_ENV} unset, none at {}); {HOW_TO_INSTALL}",
+            installed.display()
+        )
+    })
+}
+
+/// A tool that `deploy/local/install-deps` builds: the path `variable` names, else
+/// `<workspace>/.tools/bin/<name>` if it is there; otherwise that path, as the error.
+fn installed_tool(variable: &str, name: &str) -> Result<PathBuf, PathBuf> {
+    if let Some(path) = path_from_env(variable) {
+        return Ok(path);
     }
-    let installed = workspace_root().join(".tools/bin/tansu");
-    if installed.exists() {
-        return installed;
+    let installed = workspace_root().join(".tools/bin").join(name);
+    if installed.is_file() {
+        Ok(installed)
+    } else {
+        Err(installed)
     }
-    panic!(
-        "no Tansu with SQLite storage found ({TANSU_DURABLE_ENV} unset, none at {}); {HOW_TO_INSTALL}",
-        installed.display()
-    )
 }
 
 /// The `redis-server` binary: `AS2_TEST_REDIS_SERVER`, else the first one on `PATH`.
@@ -292,13 +301,10 @@ pub fn redis_server_binary() -> PathBuf {
 ///
 /// When the binary cannot be found.
 pub fn s3s_fs_binary() -> PathBuf {
-    if let Some(path) = path_from_env(S3S_FS_ENV) {
-        return path;
-    }
-    let installed = workspace_root().join(".tools/bin/s3s-fs");
-    if installed.is_file() {
-        return installed;
-    }
+    let installed = match installed_tool(S3S_FS_ENV, "s3s-fs") {
+        Ok(path) => return path,
+        Err(installed) => installed,
+    };
     find_on_path("s3s-fs").unwrap_or_else(|| {
         panic!(
             "s3s-fs is not installed ({S3S_FS_ENV} unset, {} missing); {HOW_TO_INSTALL}",
