@@ -234,6 +234,8 @@ AS2_HTTP2_MAX_CONCURRENT_STREAMS: {{ $settings.http2MaxConcurrentStreams | int64
 AS2_RATE_LIMIT_PER_SOURCE_PER_MINUTE: {{ $settings.rateLimitPerSourcePerMinute | int64 | quote }}
 AS2_DEDUP_LEASE_MS: {{ $settings.dedupLeaseMs | int64 | quote }}
 AS2_DEDUP_RETENTION_SECS: {{ $settings.dedupRetentionSecs | int64 | quote }}
+AS2_ORPHAN_SWEEP_AFTER_SECS: {{ $settings.orphanSweepAfterSecs | int64 | quote }}
+AS2_ORPHAN_SWEEP_INTERVAL_SECS: {{ $settings.orphanSweepIntervalSecs | int64 | quote }}
 AS2_ROUTE_CACHE_TTL_SECS: {{ $settings.routeCacheTtlSecs | int64 | quote }}
 AS2_REPORTING_UA: {{ $settings.reportingUa | quote }}
 AS2_MESSAGE_ID_DOMAIN: {{ $settings.messageIdDomain | quote }}

@@ -238,6 +238,25 @@ pub struct InboundConfig {
     #[arg(long = "dedup-retention-secs", env = "AS2_DEDUP_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
     pub dedup_retention_secs: u64,
 
+    /// Seconds after which a document object whose attempt has not ended (the edge died
+    /// between making it visible and storing the receipt, and no resend came) is settled
+    /// by the orphan sweep: deleted when no record references it, kept when one does.
+    #[arg(
+        long = "orphan-sweep-after-secs",
+        env = "AS2_ORPHAN_SWEEP_AFTER_SECS",
+        default_value_t = 900
+    )]
+    pub orphan_sweep_after_secs: u64,
+
+    /// Seconds between rounds of the orphan sweep (0: no sweep; objects of dead attempts
+    /// then go with the claim-check retention).
+    #[arg(
+        long = "orphan-sweep-interval-secs",
+        env = "AS2_ORPHAN_SWEEP_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub orphan_sweep_interval_secs: u64,
+
     /// Seconds a resolved partnership is cached when no change event drops it earlier.
     #[arg(
         long = "route-cache-ttl-secs",
@@ -290,6 +309,8 @@ impl InboundConfig {
             rate_limit_per_source_per_minute: 0,
             dedup_lease_ms: 5_000,
             dedup_retention_secs: 7 * 24 * 3600,
+            orphan_sweep_after_secs: 900,
+            orphan_sweep_interval_secs: 60,
             route_cache_ttl_secs: 60,
             reporting_ua: "as2-gateway edge".to_owned(),
             message_id_domain: "as2-gateway.local".to_owned(),

@@ -170,6 +170,10 @@ pub struct ClaimToken {
     key: String,
     token: String,
     earlier: Option<EarlierAttempt>,
+    /// The object an earlier holder noted and never armed: nothing references it.
+    stale_object: Option<String>,
+    /// The object this holder noted ([`DedupStore::note_object`]).
+    noted: Option<Box<PendingObject>>,
     lost: Arc<AtomicBool>,
     renewals: Option<tokio::task::AbortHandle>,
 }
@@ -180,6 +184,18 @@ impl ClaimToken {
     /// called.
     pub fn earlier(&self) -> Option<&EarlierAttempt> {
         self.earlier.as_ref()
+    }
+
+    /// The object of an earlier holder that noted it ([`DedupStore::note_object`]) and
+    /// never armed: it never published, so no record references the object and the new
+    /// holder deletes it. Taken once.
+    pub fn take_stale_object(&mut self) -> Option<String> {
+        self.stale_object.take()
+    }
+
+    /// The object this holder noted, if any.
+    pub fn noted_object(&self) -> Option<&str> {
+        self.noted.as_ref().map(|noted| noted.object.as_str())
     }
 
     /// Records that the earlier attempt's record was searched for after its window and
@@ -209,6 +225,57 @@ impl Drop for ClaimToken {
             renewals.abort();
         }
     }
+}
+
+/// A document object that an attempt is about to make visible in the store, registered
+/// before it does ([`DedupStore::note_object`]) and forgotten once the attempt ended
+/// cleanly: what is still registered after a while belongs to an attempt that died, and
+/// the orphan sweep (`crate::orphans`) decides from the message's claim whether a record
+/// references it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingObject {
+    /// The message's AS2-From.
+    #[serde(rename = "f")]
+    pub as2_from: String,
+    /// Its AS2-To.
+    #[serde(rename = "t")]
+    pub as2_to: String,
+    /// Its Message-ID as received.
+    #[serde(rename = "m")]
+    pub message_id: String,
+    /// The object's key in the document store.
+    #[serde(rename = "o")]
+    pub object: String,
+}
+
+impl PendingObject {
+    /// The message it belongs to.
+    pub fn message(&self) -> MessageKey<'_> {
+        MessageKey {
+            as2_from: &self.as2_from,
+            as2_to: &self.as2_to,
+            message_id: &self.message_id,
+        }
+    }
+
+    /// The registry member: the same JSON for the same fields.
+    fn member(&self) -> Result<String, DedupError> {
+        Ok(serde_json::to_string(self)?)
+    }
+}
+
+/// What a message's claim says, read without changing it ([`DedupStore::inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inspection {
+    /// No record: never claimed, released, past its retention, or lost by Redis.
+    Absent,
+    /// Processed: its record references `object` (`None`: an inline document).
+    Done {
+        /// The object the published record references.
+        object: Option<String>,
+    },
+    /// Claimed, by a live holder or by one whose lease ran out.
+    InFlight,
 }
 
 /// Why the dedup store could not answer.
@@ -247,9 +314,12 @@ impl DedupTimes {
 }
 
 // Scripts. Each touches one key; `now` is Redis's clock in milliseconds. Fields of an
-// `in_flight` record: token, lease_until, and once armed topic, partition, scan_from,
-// object, publish_until. A record an older version wrote has no lease_until: it is held
-// until its TTL ends, as that version expected.
+// `in_flight` record: token, lease_until, noted (the object the holder is about to make
+// visible, until it arms), and once armed topic, partition, scan_from, object,
+// publish_until. A `done` record: receipt, and object (what the record references). A
+// record with a noted object or an armed attempt is kept for the retention, so that an
+// object it names is never forgotten while it may exist. A record an older version wrote
+// has no lease_until: it is held until its TTL ends, as that version expected.
 const NOW: &str = "local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 ";
@@ -268,12 +338,15 @@ if state == 'in_flight' then
     return {'in_flight', lease_until - now}
   end
   redis.call('HSET', KEYS[1], 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]))
+  local noted = redis.call('HGET', KEYS[1], 'noted')
   local armed = redis.call('HMGET', KEYS[1], 'topic', 'partition', 'scan_from', 'object', 'publish_until')
   if armed[1] then
-    return {'taken_over', armed[1], armed[2], armed[3], armed[4] or '', math.max(0, tonumber(armed[5]) - now)}
+    return {'taken_over', armed[1], armed[2], armed[3], armed[4] or '', math.max(0, tonumber(armed[5]) - now), noted or ''}
   end
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'claimed'}
+  if not noted then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return {'claimed', noted or ''}
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]))
@@ -292,9 +365,18 @@ local lease_until = now + tonumber(ARGV[2])
 if lease_until > (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) then
   redis.call('HSET', KEYS[1], 'lease_until', lease_until)
 end
-if redis.call('HEXISTS', KEYS[1], 'topic') == 0 then
+if redis.call('HEXISTS', KEYS[1], 'topic') == 0 and redis.call('HEXISTS', KEYS[1], 'noted') == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
+return 1
+";
+
+const NOTE_SCRIPT: &str = r"
+if now >= (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'noted', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
@@ -303,6 +385,7 @@ if now >= (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'topic', ARGV[3], 'partition', ARGV[4], 'scan_from', ARGV[5], 'object', ARGV[6], 'publish_until', now + tonumber(ARGV[2]))
+redis.call('HDEL', KEYS[1], 'noted')
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 1
 ";
@@ -315,6 +398,9 @@ return 1
 const COMPLETE_SCRIPT: &str = r"
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'done', 'receipt', ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'object', ARGV[3])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -345,6 +431,7 @@ struct Scripts {
     claim: redis::Script,
     renew: redis::Script,
     arm: redis::Script,
+    note: redis::Script,
     abandon: redis::Script,
     complete: redis::Script,
     release: redis::Script,
@@ -357,6 +444,7 @@ impl Scripts {
             claim: redis::Script::new(&format!("{NOW}{CLAIM_SCRIPT}")),
             renew: held(RENEW_SCRIPT),
             arm: held(ARM_SCRIPT),
+            note: held(NOTE_SCRIPT),
             abandon: held(ABANDON_SCRIPT),
             complete: redis::Script::new(COMPLETE_SCRIPT),
             release: held(RELEASE_SCRIPT),
@@ -426,7 +514,11 @@ impl DedupStore {
             }
         };
         Ok(match found {
-            Found::Claimed(earlier) => Claim::Claimed(self.held(key, token, earlier)),
+            Found::Claimed(earlier, stale_object) => {
+                let mut claim = self.held(key, token, earlier);
+                claim.stale_object = stale_object;
+                Claim::Claimed(claim)
+            }
             Found::InFlight(retry_after) => Claim::InFlight { retry_after },
             Found::Done(receipt) => Claim::Done(receipt),
         })
@@ -446,6 +538,8 @@ impl DedupStore {
             key,
             token,
             earlier,
+            stale_object: None,
+            noted: None,
             lost,
             renewals,
         }
@@ -530,13 +624,195 @@ impl DedupStore {
         }
     }
 
-    /// Records that the claimed message was published and what was answered.
+    /// Notes `object`, the document this holder is about to make visible in the store,
+    /// before it does: in the registry of pending objects (for the orphan sweep), then in
+    /// the claim (for whoever takes the claim over). `false` when this request no longer
+    /// holds a valid lease: it must not complete the upload. Once the claim ends,
+    /// [`complete`](Self::complete) and [`release`](Self::release) forget the object
+    /// again; [`abandon`](Self::abandon) and a crash leave it to the sweep.
+    pub async fn note_object(
+        &self,
+        claim: &mut ClaimToken,
+        message: &MessageKey<'_>,
+        object: &str,
+    ) -> Result<bool, DedupError> {
+        if claim.lost() {
+            return Ok(false);
+        }
+        let pending = PendingObject {
+            as2_from: message.as2_from.to_owned(),
+            as2_to: message.as2_to.to_owned(),
+            message_id: message.message_id.to_owned(),
+            object: object.to_owned(),
+        };
+        let member = pending.member()?;
+        let registered = epoch_millis();
+        let noted = match &self.backend {
+            Backend::Memory(records) => {
+                let mut records = lock(records);
+                records.pending.insert(member, registered);
+                records.note(
+                    &claim.key,
+                    &claim.token,
+                    object,
+                    &self.times,
+                    Instant::now(),
+                )
+            }
+            Backend::Redis {
+                connection,
+                scripts,
+            } => {
+                let mut connection = connection.clone();
+                let _: i64 = redis::cmd("ZADD")
+                    .arg(self.pending_key())
+                    .arg(registered)
+                    .arg(&member)
+                    .query_async(&mut connection)
+                    .await?;
+                let noted: i64 = scripts
+                    .note
+                    .key(&claim.key)
+                    .arg(&claim.token)
+                    .arg(object)
+                    .arg(millis(self.times.retention))
+                    .invoke_async(&mut connection)
+                    .await?;
+                noted == 1
+            }
+        };
+        if noted {
+            claim.noted = Some(Box::new(pending));
+        }
+        Ok(noted)
+    }
+
+    /// The pending objects registered at least `age` ago, oldest first, at most `limit`.
+    pub async fn pending_objects(
+        &self,
+        age: Duration,
+        limit: usize,
+    ) -> Result<Vec<PendingObject>, DedupError> {
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        let before = epoch_millis().saturating_sub(age);
+        let members: Vec<String> = match &self.backend {
+            Backend::Memory(records) => {
+                let records = lock(records);
+                let mut due: Vec<(u64, &String)> = records
+                    .pending
+                    .iter()
+                    .filter(|(_, registered)| **registered <= before)
+                    .map(|(member, registered)| (*registered, member))
+                    .collect();
+                due.sort();
+                due.into_iter()
+                    .take(limit)
+                    .map(|(_, member)| member.clone())
+                    .collect()
+            }
+            Backend::Redis { connection, .. } => {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.pending_key())
+                    .arg("-inf")
+                    .arg(before)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut connection.clone())
+                    .await?
+            }
+        };
+        let mut pending = Vec::with_capacity(members.len());
+        for member in members {
+            match serde_json::from_str::<PendingObject>(&member) {
+                Ok(object) => pending.push(object),
+                Err(error) => {
+                    // Not ours to judge: drop the entry, the object goes with its day.
+                    tracing::warn!(%error, "an unreadable pending-object entry is dropped");
+                    self.forget_member(&member).await?;
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Removes `pending` from the registry.
+    pub async fn forget_pending(&self, pending: &PendingObject) -> Result<(), DedupError> {
+        self.forget_member(&pending.member()?).await
+    }
+
+    async fn forget_member(&self, member: &str) -> Result<(), DedupError> {
+        match &self.backend {
+            Backend::Memory(records) => {
+                lock(records).pending.remove(member);
+            }
+            Backend::Redis { connection, .. } => {
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(self.pending_key())
+                    .arg(member)
+                    .query_async(&mut connection.clone())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the claim of `message` says, without changing it.
+    pub async fn inspect(&self, message: &MessageKey<'_>) -> Result<Inspection, DedupError> {
+        let key = self.key(message);
+        let (state, object): (Option<String>, Option<String>) = match &self.backend {
+            Backend::Memory(records) => {
+                let mut records = lock(records);
+                let now = Instant::now();
+                records.purge_expired(now);
+                match records.live_mut(&key, now).map(|record| &record.state) {
+                    None => (None, None),
+                    Some(MemoryState::InFlight(_)) => (Some("in_flight".to_owned()), None),
+                    Some(MemoryState::Done(_, object)) => (Some("done".to_owned()), object.clone()),
+                }
+            }
+            Backend::Redis { connection, .. } => {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("state")
+                    .arg("object")
+                    .query_async(&mut connection.clone())
+                    .await?
+            }
+        };
+        Ok(match state.as_deref() {
+            None => Inspection::Absent,
+            Some("done") => Inspection::Done {
+                object: object.filter(|object| !object.is_empty()),
+            },
+            Some("in_flight") => Inspection::InFlight,
+            Some(_) => return Err(DedupError::Unexpected("unknown claim state")),
+        })
+    }
+
+    fn pending_key(&self) -> String {
+        self.namespace.key("dedup:pending-objects")
+    }
+
+    /// Records that the claimed message was published and what was answered. The
+    /// published record references the earlier attempt's object when the claim was
+    /// taken over from an attempt whose record was found, else the object this holder
+    /// noted.
     pub async fn complete(
         &self,
         claim: ClaimToken,
         receipt: &StoredReceipt,
     ) -> Result<(), DedupError> {
-        self.store_receipt(&claim.key, receipt).await
+        let object = match &claim.earlier {
+            Some(earlier) => earlier.attempt.object.clone(),
+            None => claim.noted.as_ref().map(|noted| noted.object.clone()),
+        };
+        self.write_receipt(&claim.key, receipt, object.as_deref())
+            .await?;
+        if let Some(noted) = &claim.noted {
+            self.forget_pending(noted).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the receipt stored for a message that was published before.
@@ -545,7 +821,12 @@ impl DedupStore {
         message: &MessageKey<'_>,
         receipt: &StoredReceipt,
     ) -> Result<(), DedupError> {
-        self.store_receipt(&self.key(message), receipt).await
+        let key = self.key(message);
+        let object = match self.inspect(message).await? {
+            Inspection::Done { object } => object,
+            Inspection::Absent | Inspection::InFlight => None,
+        };
+        self.write_receipt(&key, receipt, object.as_deref()).await
     }
 
     fn key(&self, message: &MessageKey<'_>) -> String {
@@ -553,7 +834,12 @@ impl DedupStore {
             .key(format_args!("dedup:{}", message.digest()))
     }
 
-    async fn store_receipt(&self, key: &str, receipt: &StoredReceipt) -> Result<(), DedupError> {
+    async fn write_receipt(
+        &self,
+        key: &str,
+        receipt: &StoredReceipt,
+        object: Option<&str>,
+    ) -> Result<(), DedupError> {
         let (connection, scripts) = match &self.backend {
             Backend::Redis {
                 connection,
@@ -563,6 +849,7 @@ impl DedupStore {
                 lock(records).store_receipt(
                     key,
                     receipt.clone(),
+                    object.map(str::to_owned),
                     self.times.retention,
                     Instant::now(),
                 );
@@ -575,6 +862,7 @@ impl DedupStore {
             .key(key)
             .arg(encoded)
             .arg(millis(self.times.retention))
+            .arg(object.unwrap_or_default())
             .invoke_async(&mut connection.clone())
             .await?;
         Ok(())
@@ -583,11 +871,17 @@ impl DedupStore {
     /// Drops a claim whose message was certainly not published (by this request, nor by
     /// an earlier one: a claim taken over from an armed attempt that was not proven
     /// absent is [abandoned](Self::abandon) instead), if this request still holds it.
+    /// The object this holder noted must be deleted first: the claim then forgets it.
     pub async fn release(&self, claim: ClaimToken) -> Result<(), DedupError> {
         if claim.earlier.is_some() {
             return self.abandon(claim).await;
         }
-        self.end(claim, Ending::Release).await
+        let noted = claim.noted.clone();
+        self.end(claim, Ending::Release).await?;
+        if let Some(noted) = &noted {
+            self.forget_pending(noted).await?;
+        }
+        Ok(())
     }
 
     /// Ends this request's lease at once, keeping what the claim says about where a record
@@ -633,7 +927,9 @@ enum Ending {
 /// What a claim found, from either backend.
 #[derive(Debug, PartialEq)]
 enum Found {
-    Claimed(Option<EarlierAttempt>),
+    /// Claimed, with the armed attempt of an earlier holder and the object an earlier
+    /// holder noted without arming.
+    Claimed(Option<EarlierAttempt>, Option<String>),
     InFlight(Duration),
     Done(StoredReceipt),
 }
@@ -660,7 +956,10 @@ fn decode_claim(reply: &[redis::Value]) -> Result<Found, DedupError> {
         number(index).map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     };
     match text(0).as_deref() {
-        Some("claimed") => Ok(Found::Claimed(None)),
+        Some("claimed") => Ok(Found::Claimed(
+            None,
+            text(1).filter(|object| !object.is_empty()),
+        )),
         Some("in_flight") => Ok(Found::InFlight(duration(1)?.max(Duration::from_millis(1)))),
         Some("done") => {
             let receipt = match reply.get(1) {
@@ -674,7 +973,7 @@ fn decode_claim(reply: &[redis::Value]) -> Result<Found, DedupError> {
             let partition = i32::try_from(number(2)?)
                 .map_err(|_| DedupError::Unexpected("the partition is out of range"))?;
             let object = text(4).filter(|object| !object.is_empty());
-            Ok(Found::Claimed(Some(EarlierAttempt {
+            let earlier = EarlierAttempt {
                 attempt: PublishAttempt {
                     topic,
                     partition,
@@ -682,7 +981,11 @@ fn decode_claim(reply: &[redis::Value]) -> Result<Found, DedupError> {
                     object,
                 },
                 window_left: duration(5)?,
-            })))
+            };
+            Ok(Found::Claimed(
+                Some(earlier),
+                text(6).filter(|object| !object.is_empty()),
+            ))
         }
         _ => Err(DedupError::Unexpected("unknown claim state")),
     }
@@ -697,6 +1000,9 @@ struct MemoryRecords {
     /// Deadlines of receipts and armed claims as they were written, hence in deadline
     /// order.
     retention_deadlines: VecDeque<(Instant, String)>,
+    /// The registry of pending objects: member to registration time (milliseconds since
+    /// the epoch).
+    pending: HashMap<String, u64>,
 }
 
 /// One message's record; it counts as absent from `expires_at` on, like a Redis key past
@@ -708,12 +1014,14 @@ struct MemoryRecord {
 
 enum MemoryState {
     InFlight(MemoryClaim),
-    Done(StoredReceipt),
+    /// The receipt, and the object the published record references.
+    Done(StoredReceipt, Option<String>),
 }
 
 struct MemoryClaim {
     token: String,
     lease_until: Instant,
+    noted: Option<String>,
     armed: Option<(PublishAttempt, Instant)>,
 }
 
@@ -723,18 +1031,23 @@ impl MemoryRecords {
         self.purge_expired(now);
         let lease_until = deadline(now, times.lease);
         match self.live_mut(key, now).map(|record| &mut record.state) {
-            Some(MemoryState::Done(receipt)) => return Found::Done(receipt.clone()),
+            Some(MemoryState::Done(receipt, _)) => return Found::Done(receipt.clone()),
             Some(MemoryState::InFlight(claim)) if now < claim.lease_until => {
                 return Found::InFlight(claim.lease_until - now);
             }
             Some(MemoryState::InFlight(claim)) => {
                 claim.token = token.to_owned();
                 claim.lease_until = lease_until;
+                let noted = claim.noted.clone();
                 if let Some((attempt, publish_until)) = &claim.armed {
-                    return Found::Claimed(Some(EarlierAttempt {
+                    let earlier = EarlierAttempt {
                         attempt: attempt.clone(),
                         window_left: publish_until.saturating_duration_since(now),
-                    }));
+                    };
+                    return Found::Claimed(Some(earlier), noted);
+                }
+                if noted.is_some() {
+                    return Found::Claimed(None, noted);
                 }
             }
             None => {}
@@ -742,6 +1055,7 @@ impl MemoryRecords {
         let claim = MemoryClaim {
             token: token.to_owned(),
             lease_until,
+            noted: None,
             armed: None,
         };
         self.write(
@@ -751,7 +1065,7 @@ impl MemoryRecords {
             now,
             false,
         );
-        Found::Claimed(None)
+        Found::Claimed(None, None)
     }
 
     /// The claim under `key` while `token` holds it.
@@ -770,6 +1084,7 @@ impl MemoryRecords {
         };
         claim.lease_until = claim.lease_until.max(deadline(now, times.lease));
         if claim.armed.is_none()
+            && claim.noted.is_none()
             && let Some(record) = self.records.remove(key)
         {
             self.write(key, record.state, times.claim_ttl(), now, false);
@@ -786,13 +1101,43 @@ impl MemoryRecords {
         times: &DedupTimes,
         now: Instant,
     ) -> bool {
+        self.change_leased(key, token, times, now, |claim| {
+            claim.armed = Some((attempt.clone(), deadline(now, times.publish_window)));
+            claim.noted = None;
+        })
+    }
+
+    /// [`NOTE_SCRIPT`].
+    fn note(
+        &mut self,
+        key: &str,
+        token: &str,
+        object: &str,
+        times: &DedupTimes,
+        now: Instant,
+    ) -> bool {
+        self.change_leased(key, token, times, now, |claim| {
+            claim.noted = Some(object.to_owned());
+        })
+    }
+
+    /// Applies `change` to the claim under `key` while `token` holds it with a valid
+    /// lease, and keeps the record for the retention from now on; `false` otherwise.
+    fn change_leased(
+        &mut self,
+        key: &str,
+        token: &str,
+        times: &DedupTimes,
+        now: Instant,
+        change: impl FnOnce(&mut MemoryClaim),
+    ) -> bool {
         let Some(claim) = self.held(key, token, now) else {
             return false;
         };
         if now >= claim.lease_until {
             return false;
         }
-        claim.armed = Some((attempt.clone(), deadline(now, times.publish_window)));
+        change(claim);
         if let Some(record) = self.records.remove(key) {
             self.write(key, record.state, times.retention, now, true);
         }
@@ -813,9 +1158,16 @@ impl MemoryRecords {
     }
 
     /// [`COMPLETE_SCRIPT`]: whatever was there, the receipt is stored with a fresh TTL.
-    fn store_receipt(&mut self, key: &str, receipt: StoredReceipt, ttl: Duration, now: Instant) {
+    fn store_receipt(
+        &mut self,
+        key: &str,
+        receipt: StoredReceipt,
+        object: Option<String>,
+        ttl: Duration,
+        now: Instant,
+    ) {
         self.purge_expired(now);
-        self.write(key, MemoryState::Done(receipt), ttl, now, true);
+        self.write(key, MemoryState::Done(receipt, object), ttl, now, true);
     }
 
     /// The record under `key` unless it has expired.
@@ -882,6 +1234,16 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
 /// changes, so a poisoned lock is still consistent.
 fn lock(records: &Mutex<MemoryRecords>) -> MutexGuard<'_, MemoryRecords> {
     records.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This machine's clock in milliseconds since the epoch: registration times of pending
+/// objects (replicas' clocks only shift when the sweep first looks at an entry; what it
+/// then does depends on the claim, on Redis's clock).
+fn epoch_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -989,7 +1351,10 @@ mod tests {
     fn a_memory_lease_runs_out_unless_renewed() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        assert_eq!(
+            claim_k(&mut records, "first", start),
+            Found::Claimed(None, None)
+        );
         let just_before = start + TIMES.lease - Duration::from_millis(1);
         assert_eq!(
             claim_k(&mut records, "second", just_before),
@@ -1005,7 +1370,7 @@ mod tests {
         let expired = just_before + TIMES.lease;
         assert_eq!(
             claim_k(&mut records, "third", expired),
-            Found::Claimed(None)
+            Found::Claimed(None, None)
         );
         assert!(!records.renew("k", "first", &TIMES, expired));
         assert!(!records.arm("k", "first", &attempt(), &TIMES, expired));
@@ -1017,7 +1382,7 @@ mod tests {
         records.end("k", "third", Ending::Release, expired);
         assert_eq!(
             claim_k(&mut records, "fifth", expired),
-            Found::Claimed(None)
+            Found::Claimed(None, None)
         );
     }
 
@@ -1025,28 +1390,34 @@ mod tests {
     fn a_taken_over_armed_claim_tells_where_to_look_and_how_long_to_wait() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        assert_eq!(
+            claim_k(&mut records, "first", start),
+            Found::Claimed(None, None)
+        );
         assert!(records.arm("k", "first", &attempt(), &TIMES, start));
         // The holder dies: after its lease the resend takes over and learns the attempt.
         let later = start + TIMES.lease;
         assert_eq!(
             claim_k(&mut records, "second", later),
-            Found::Claimed(Some(EarlierAttempt {
-                attempt: attempt(),
-                window_left: TIMES.publish_window - TIMES.lease,
-            }))
+            Found::Claimed(
+                Some(EarlierAttempt {
+                    attempt: attempt(),
+                    window_left: TIMES.publish_window - TIMES.lease,
+                }),
+                None
+            )
         );
         // An abandoned claim is free at once, and still carries the attempt.
         records.end("k", "second", Ending::Abandon, later);
         assert!(matches!(
             claim_k(&mut records, "third", later),
-            Found::Claimed(Some(_))
+            Found::Claimed(Some(_), None)
         ));
         // The armed record outlives ten leases (an unarmed one would not).
         let much_later = start + TIMES.lease * 20;
         assert!(matches!(
             claim_k(&mut records, "fourth", much_later),
-            Found::Claimed(Some(EarlierAttempt { window_left, .. })) if window_left.is_zero()
+            Found::Claimed(Some(EarlierAttempt { window_left, .. }), None) if window_left.is_zero()
         ));
     }
 
@@ -1054,7 +1425,10 @@ mod tests {
     fn arming_needs_a_valid_lease() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        assert_eq!(
+            claim_k(&mut records, "first", start),
+            Found::Claimed(None, None)
+        );
         // Nobody took it over, but the lease ran out: a holder that stalled cannot arm.
         assert!(!records.arm("k", "first", &attempt(), &TIMES, start + TIMES.lease));
     }
@@ -1063,7 +1437,10 @@ mod tests {
     fn an_unarmed_memory_claim_is_forgotten_after_ten_leases() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "first", start), Found::Claimed(None));
+        assert_eq!(
+            claim_k(&mut records, "first", start),
+            Found::Claimed(None, None)
+        );
         records.claim("probe", "t", &TIMES, start + TIMES.claim_ttl());
         assert_eq!(records.records.len(), 1);
     }
@@ -1072,8 +1449,11 @@ mod tests {
     fn a_memory_receipt_is_kept_for_the_retention_then_forgotten() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        assert_eq!(claim_k(&mut records, "token", start), Found::Claimed(None));
-        records.store_receipt("k", stored(200), TIMES.retention, start);
+        assert_eq!(
+            claim_k(&mut records, "token", start),
+            Found::Claimed(None, None)
+        );
+        records.store_receipt("k", stored(200), None, TIMES.retention, start);
         let later = start + TIMES.claim_ttl() * 2;
         assert_eq!(
             claim_k(&mut records, "other", later),
@@ -1092,7 +1472,7 @@ mod tests {
         );
         assert_eq!(
             claim_k(&mut records, "new", retention_end),
-            Found::Claimed(None)
+            Found::Claimed(None, None)
         );
     }
 
@@ -1100,9 +1480,9 @@ mod tests {
     fn an_updated_memory_receipt_gets_a_fresh_retention() {
         let mut records = MemoryRecords::default();
         let start = Instant::now();
-        records.store_receipt("k", stored(200), TIMES.retention, start);
+        records.store_receipt("k", stored(200), None, TIMES.retention, start);
         let updated_at = start + TIMES.retention / 2;
-        records.store_receipt("k", stored(202), TIMES.retention, updated_at);
+        records.store_receipt("k", stored(202), None, TIMES.retention, updated_at);
         let after_first_deadline = start + TIMES.retention + Duration::from_secs(1);
         assert_eq!(
             claim_k(&mut records, "t", after_first_deadline),
@@ -1110,7 +1490,7 @@ mod tests {
         );
         assert_eq!(
             claim_k(&mut records, "t", updated_at + TIMES.retention),
-            Found::Claimed(None)
+            Found::Claimed(None, None)
         );
     }
 
@@ -1121,9 +1501,12 @@ mod tests {
         for index in 0..1_000 {
             let key = format!("message {index}");
             let at = start + Duration::from_millis(index);
-            assert_eq!(records.claim(&key, "t", &TIMES, at), Found::Claimed(None));
+            assert_eq!(
+                records.claim(&key, "t", &TIMES, at),
+                Found::Claimed(None, None)
+            );
             if index % 2 == 0 {
-                records.store_receipt(&key, stored(200), TIMES.retention, at);
+                records.store_receipt(&key, stored(200), None, TIMES.retention, at);
             }
         }
         assert_eq!(records.records.len(), 1_000);
@@ -1229,7 +1612,7 @@ mod tests {
         let text = |text: &str| BulkString(text.as_bytes().to_vec());
         assert_eq!(
             decode_claim(&[text("claimed")]).unwrap(),
-            Found::Claimed(None)
+            Found::Claimed(None, None)
         );
         assert_eq!(
             decode_claim(&[text("in_flight"), Int(1500)]).unwrap(),
@@ -1245,10 +1628,37 @@ mod tests {
                 Int(7000)
             ])
             .unwrap(),
-            Found::Claimed(Some(EarlierAttempt {
-                attempt: attempt(),
-                window_left: Duration::from_secs(7),
-            }))
+            Found::Claimed(
+                Some(EarlierAttempt {
+                    attempt: attempt(),
+                    window_left: Duration::from_secs(7),
+                }),
+                None
+            )
+        );
+        // An object noted by a holder that never armed comes back with the claim.
+        assert_eq!(
+            decode_claim(&[text("claimed"), text("documents/y")]).unwrap(),
+            Found::Claimed(None, Some("documents/y".to_owned()))
+        );
+        assert_eq!(
+            decode_claim(&[
+                text("taken_over"),
+                text("t"),
+                text("2"),
+                text("40"),
+                text("documents/x"),
+                Int(7000),
+                text("documents/z")
+            ])
+            .unwrap(),
+            Found::Claimed(
+                Some(EarlierAttempt {
+                    attempt: attempt(),
+                    window_left: Duration::from_secs(7),
+                }),
+                Some("documents/z".to_owned())
+            )
         );
         assert!(decode_claim(&[text("what")]).is_err());
     }

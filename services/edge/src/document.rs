@@ -377,6 +377,14 @@ impl SpooledDocument {
         }
     }
 
+    /// The key an uploaded document will have once completed (`None` for an inline one).
+    pub fn object_key(&self) -> Option<&str> {
+        match self {
+            Self::Inline { .. } => None,
+            Self::Uploading(pending) => Some(pending.upload.key()),
+        }
+    }
+
     /// Takes the bytes of an inline document (empty for an uploaded one).
     pub fn take_inline(&mut self) -> Vec<u8> {
         match self {

@@ -980,6 +980,12 @@ impl InboundProcessor {
             }
         };
 
+        // An earlier holder that made its document visible and died before arming never
+        // published: nothing references that object.
+        if let Some(stale) = claim.take_stale_object() {
+            crate::document::delete_object(&self.documents, &stale).await;
+        }
+
         // Everything that can fail for reasons of ours is settled before the publish,
         // the MDN included: after the acknowledgement only storing the receipt is left.
         let signing = match decisions
@@ -1032,18 +1038,51 @@ impl InboundProcessor {
         }
 
         // A large document becomes visible in the store before its record is written:
-        // no record points at a partial object.
+        // no record points at a partial object. The claim notes the object first, so
+        // that whoever comes after a crash here (a resend, or the orphan sweep) finds
+        // and deletes it.
         let document_size = document.size();
+        if let Some(object) = document.object_key().map(str::to_owned) {
+            match self
+                .dedup
+                .note_object(&mut claim, &message_key, &object)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("the dedup lease ran out before the upload completed");
+                    document.discard().await;
+                    return Err(Unavailable(
+                        "this message is being processed, please resend later",
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not note the document's object in its claim");
+                    document.discard().await;
+                    self.release(claim).await;
+                    return Err(Unavailable(
+                        "the message store is unavailable, please resend later",
+                    ));
+                }
+            }
+        }
         let (stored, sha256) = match document.complete().await {
             Ok(completed) => completed,
             Err(failure) => {
                 tracing::warn!(?failure, "completing the document's upload failed");
+                // The store may have completed it all the same.
+                if let Some(object) = claim.noted_object().map(str::to_owned) {
+                    crate::document::delete_object(&self.documents, &object).await;
+                }
                 self.release(claim).await;
                 return Err(Unavailable(
                     "the object store is unavailable, please resend later",
                 ));
             }
         };
+        if stored.is_some() {
+            crate::fault::after_upload();
+        }
         let forget_stored = || async {
             if let Some(stored) = &stored {
                 crate::document::delete_stored(&self.documents, stored).await;
@@ -1163,7 +1202,7 @@ impl InboundProcessor {
     /// Searches for the record of an earlier holder's attempt: in its partition from its
     /// offset, and once more after its publish window has passed (a record can land until
     /// then). `None` proves it absent.
-    async fn find_earlier(
+    pub(crate) async fn find_earlier(
         &self,
         message_key: &MessageKey<'_>,
         earlier: &EarlierAttempt,

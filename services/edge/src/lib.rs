@@ -24,6 +24,7 @@ pub mod inbound;
 pub mod kafka;
 pub mod keys;
 pub mod metrics;
+pub mod orphans;
 pub mod partner_mdn;
 pub mod rate;
 pub mod record;

@@ -86,6 +86,14 @@ pub struct DedupLabels {
     pub state: &'static str,
 }
 
+/// Labels of a pending object the orphan sweep settled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrphanLabels {
+    /// `deleted` (no record references it), `kept` (a record does) or `unknown` (the
+    /// claim is gone: left to the retention sweep).
+    pub outcome: &'static str,
+}
+
 /// Labels of a partnership lookup.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCacheLabels {
@@ -106,6 +114,7 @@ pub struct EdgeMetrics {
     budget_exhausted: Counter,
     stored_documents: Counter,
     archive_failures: Counter,
+    orphan_objects: Family<OrphanLabels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -124,6 +133,7 @@ impl EdgeMetrics {
             budget_exhausted: Counter::default(),
             stored_documents: Counter::default(),
             archive_failures: Counter::default(),
+            orphan_objects: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("as2_edge");
         registry.register(
@@ -175,6 +185,11 @@ impl EdgeMetrics {
             "archive_failures",
             "messages answered but not archived (the object store failed at the end)",
             metrics.archive_failures.clone(),
+        );
+        registry.register(
+            "orphan_objects",
+            "objects of attempts that died before their claim ended, settled by the orphan sweep",
+            metrics.orphan_objects.clone(),
         );
         // Series that alerts and dashboards rate() exist from the start, at zero.
         for state in ["done", "in_flight"] {
@@ -239,6 +254,13 @@ impl EdgeMetrics {
     /// Counts a document stored in the object store for a reference record.
     pub fn document_stored(&self) {
         self.stored_documents.inc();
+    }
+
+    /// Counts a pending object the orphan sweep settled.
+    pub fn orphan_object(&self, outcome: &'static str) {
+        self.orphan_objects
+            .get_or_create(&OrphanLabels { outcome })
+            .inc();
     }
 
     /// Counts a request answered 503 because the memory budget was spent.

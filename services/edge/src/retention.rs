@@ -4,8 +4,9 @@
 //! [`as2_store::archive::sweep_expired`] and [`as2_store::archive::sweep_archive`], which
 //! list only the days that have expired, never the whole store. Deleting is idempotent:
 //! every replica may sweep. An object whose record was never written (the edge died
-//! between completing the upload and the broker's acknowledgement) is never referenced
-//! and goes with its day. Stores with lifecycle rules can do the same themselves; the
+//! between completing the upload and the broker's acknowledgement) is found much earlier
+//! by the orphan sweep ([`crate::orphans`]); what that sweep cannot judge goes with its
+//! day. Stores with lifecycle rules can do the same themselves; the
 //! sweep then finds nothing. On a local directory the staging files of uploads a crash
 //! interrupted (which listings never show) are removed too, once an hour old
 //! ([`remove_interrupted_uploads`]); on S3 a lifecycle rule aborts such uploads.

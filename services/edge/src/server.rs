@@ -162,6 +162,17 @@ impl EdgeServer {
             documents,
             background: tokio_util::task::TaskTracker::new(),
         });
+        if processor.documents.store.is_some() && inbound.orphan_sweep_interval_secs > 0 {
+            let (sweeper, age, interval) = (
+                Arc::clone(&processor),
+                Duration::from_secs(inbound.orphan_sweep_after_secs),
+                Duration::from_secs(inbound.orphan_sweep_interval_secs),
+            );
+            runtime.spawn_background("orphan sweep", move |stop| async move {
+                crate::orphans::run_orphan_sweeps(sweeper, age, interval, stop).await;
+                Ok(())
+            });
+        }
         let limits = HttpLimits {
             max_body_bytes: settings.max_body_bytes,
             header_read_timeout: inbound.header_read_timeout(),

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use as2_common::config::RedisConfig;
 use as2_common::redis::KeyNamespace;
-use as2_edge::dedup::{Claim, DedupStore, DedupTimes, MessageKey, PublishAttempt, StoredReceipt};
+use as2_edge::dedup::{
+    Claim, DedupStore, DedupTimes, Inspection, MessageKey, PendingObject, PublishAttempt,
+    StoredReceipt,
+};
 
 /// Short enough for the takeover scenarios to run quickly; the holder renews every 100 ms.
 const LEASE: Duration = Duration::from_millis(300);
@@ -114,6 +117,9 @@ on_both_backends!(
     a_dead_holders_armed_attempt_is_handed_to_the_resend,
     a_holder_that_lost_its_lease_cannot_arm,
     an_abandoned_claim_is_free_at_once_and_keeps_its_attempt,
+    a_noted_object_is_pending_until_its_claim_ends,
+    a_dead_holders_noted_object_is_handed_to_the_resend,
+    a_done_claim_names_the_object_its_record_references,
 );
 
 async fn first_claim_wins_then_resends_see_in_flight_then_done(store: DedupStore) {
@@ -359,4 +365,170 @@ async fn in_memory_stores_are_separate() {
         second.claim(&MESSAGE).await.unwrap(),
         Claim::Claimed(_)
     ));
+}
+
+/// A claim of [`MESSAGE`] that noted `object`.
+async fn claim_noting(store: &DedupStore, object: &str) -> as2_edge::dedup::ClaimToken {
+    let Claim::Claimed(mut token) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("claim")
+    };
+    assert!(
+        store
+            .note_object(&mut token, &MESSAGE, object)
+            .await
+            .unwrap()
+    );
+    token
+}
+
+/// The objects registered at least `age` ago, by key.
+async fn pending(store: &DedupStore, age: Duration) -> Vec<String> {
+    store
+        .pending_objects(age, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|pending: PendingObject| {
+            assert_eq!(pending.message(), MESSAGE);
+            pending.object
+        })
+        .collect()
+}
+
+async fn a_noted_object_is_pending_until_its_claim_ends(store: DedupStore) {
+    assert_eq!(store.inspect(&MESSAGE).await.unwrap(), Inspection::Absent);
+    let token = claim_noting(&store, "documents/one").await;
+    assert_eq!(store.inspect(&MESSAGE).await.unwrap(), Inspection::InFlight);
+    assert_eq!(token.noted_object(), Some("documents/one"));
+    assert_eq!(pending(&store, Duration::ZERO).await, ["documents/one"]);
+    assert!(
+        pending(&store, Duration::from_secs(60)).await.is_empty(),
+        "only entries at least that old are listed"
+    );
+    // Published: the done record names the object, the registry forgets it.
+    let published = PublishAttempt {
+        object: Some("documents/one".to_owned()),
+        ..attempt()
+    };
+    assert!(store.arm(&token, &published).await.unwrap());
+    store.complete(token, &receipt()).await.unwrap();
+    assert_eq!(
+        store.inspect(&MESSAGE).await.unwrap(),
+        Inspection::Done {
+            object: Some("documents/one".to_owned())
+        }
+    );
+    assert!(pending(&store, Duration::ZERO).await.is_empty());
+
+    // Certainly not published (its object deleted by the caller): released and forgotten.
+    let other = MessageKey {
+        message_id: "<2@partner>",
+        ..MESSAGE
+    };
+    let Claim::Claimed(mut token) = store.claim(&other).await.unwrap() else {
+        panic!("claim")
+    };
+    assert!(
+        store
+            .note_object(&mut token, &other, "documents/two")
+            .await
+            .unwrap()
+    );
+    store.release(token).await.unwrap();
+    assert_eq!(store.inspect(&other).await.unwrap(), Inspection::Absent);
+    assert!(
+        store
+            .pending_objects(Duration::ZERO, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_dead_holders_noted_object_is_handed_to_the_resend(store: DedupStore) {
+    // A holder notes its object, completes the upload and dies before arming.
+    drop(claim_noting(&store, "documents/first").await);
+    // Longer than ten leases: a noted claim is kept like an armed one.
+    tokio::time::sleep(LEASE * 11).await;
+    let Claim::Claimed(mut second) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("a dead holder's claim is taken over")
+    };
+    assert!(second.earlier().is_none(), "it never armed");
+    assert_eq!(
+        second.take_stale_object().as_deref(),
+        Some("documents/first")
+    );
+    assert_eq!(second.take_stale_object(), None, "taken once");
+    // Its registry entry stays until the sweep (or the new holder) settles it.
+    assert_eq!(pending(&store, Duration::ZERO).await, ["documents/first"]);
+
+    // The second holder arms its own attempt and dies; a third holder that finds it
+    // absent notes another object and dies before arming too.
+    let second_attempt = PublishAttempt {
+        object: Some("documents/second".to_owned()),
+        ..attempt()
+    };
+    assert!(
+        store
+            .note_object(&mut second, &MESSAGE, "documents/second")
+            .await
+            .unwrap()
+    );
+    assert!(store.arm(&second, &second_attempt).await.unwrap());
+    store.abandon(second).await.unwrap();
+    let Claim::Claimed(mut third) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("an abandoned claim is free")
+    };
+    assert_eq!(
+        third.take_stale_object(),
+        None,
+        "arming settled the noted object"
+    );
+    assert_eq!(
+        third.earlier().map(|earlier| &earlier.attempt),
+        Some(&second_attempt)
+    );
+    assert!(
+        store
+            .note_object(&mut third, &MESSAGE, "documents/third")
+            .await
+            .unwrap()
+    );
+    store.abandon(third).await.unwrap();
+    let Claim::Claimed(mut fourth) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("an abandoned claim is free")
+    };
+    // The armed attempt and the object noted after it come back apart.
+    assert_eq!(
+        fourth.earlier().map(|earlier| &earlier.attempt),
+        Some(&second_attempt)
+    );
+    assert_eq!(
+        fourth.take_stale_object().as_deref(),
+        Some("documents/third")
+    );
+}
+
+async fn a_done_claim_names_the_object_its_record_references(store: DedupStore) {
+    // The first holder's record is in Kafka; the holder died before storing the receipt.
+    let first = claim_noting(&store, "documents/first").await;
+    let published = PublishAttempt {
+        object: Some("documents/first".to_owned()),
+        ..attempt()
+    };
+    assert!(store.arm(&first, &published).await.unwrap());
+    store.abandon(first).await.unwrap();
+    // The resend found that record and answers for it: the done record names its object.
+    let Claim::Claimed(second) = store.claim(&MESSAGE).await.unwrap() else {
+        panic!("an abandoned claim is free")
+    };
+    assert!(second.earlier().is_some());
+    store.complete(second, &receipt()).await.unwrap();
+    let done = Inspection::Done {
+        object: Some("documents/first".to_owned()),
+    };
+    assert_eq!(store.inspect(&MESSAGE).await.unwrap(), done);
+    // An updated receipt keeps it.
+    store.update_receipt(&MESSAGE, &receipt()).await.unwrap();
+    assert_eq!(store.inspect(&MESSAGE).await.unwrap(), done);
 }

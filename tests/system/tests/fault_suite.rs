@@ -12,6 +12,10 @@
 //! they send to the gateway's own edges: each document must get exactly one receipt and
 //! reach the edges' topic once.
 //!
+//! Documents in the object store: an edge that dies after making a document visible and
+//! before arming its claim, and one that dies after the publish, leave objects that the
+//! other edge's orphan sweep settles (deleted, and kept) when no resend comes.
+//!
 //! `AS2_FAULT_SUITE_MESSAGES` sets the number of messages (a soak runs it with many
 //! more, with `AS2_FAULT_SUITE_MEMORY_BROKER=1`: see [`memory_broker`]); the counts of
 //! each run are printed at the end.
@@ -587,6 +591,201 @@ async fn after_an_edge_crashes_between_the_acknowledgement_and_the_receipt_a_res
         })
         .count();
     assert_eq!((records.len(), first), (2, 1));
+}
+
+/// The document objects under `root` (a local object store), relative to it: what a
+/// listing shows (object_store's staging files of interrupted uploads, `{key}#{n}`, are
+/// not objects).
+fn document_objects(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, found);
+            } else if !path.to_string_lossy().contains('#') {
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, &root.join("documents"), &mut found);
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_of_attempts_that_died_are_swept_unless_a_record_references_them() {
+    let mut gateway = start_gateway(3, false, None).await;
+    let objects = tempfile::tempdir().unwrap();
+    // Every document goes to the store (a local directory both edges share).
+    let store = [
+        (
+            "AS2_OBJECT_STORE_URL",
+            format!("file://{}", objects.path().display()),
+        ),
+        ("AS2_CLAIM_CHECK_THRESHOLD_BYTES", "16".to_owned()),
+        ("AS2_ORPHAN_SWEEP_INTERVAL_SECS", "0".to_owned()),
+    ];
+    let client = http_client();
+    let url_a = format!("http://{}/as2", gateway.a_addr);
+    let url_b = format!("http://{}/as2", gateway.b_addr);
+    let (unpublished, published, resent) = (
+        &gateway.prepared[0],
+        &gateway.prepared[1],
+        &gateway.prepared[2],
+    );
+    let crash_b_at = |fault_point: &'static str, other: &'static str| {
+        let mut env = store.to_vec();
+        // 0: never.
+        env.extend([(fault_point, "1".to_owned()), (other, "0".to_owned())]);
+        env
+    };
+    let wait_until_b_exits = |edge_b: &mut ServiceProcess| {
+        let started = Instant::now();
+        while !edge_b.has_exited() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "edge b aborted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Edge "b" dies right after making a document visible, before arming its claim; the
+    // partner resends to edge "a" at once, which takes the claim over after the lease,
+    // deletes that object and publishes with its own.
+    gateway.edge_b.restart(&crash_b_at(
+        "AS2_FAULT_CRASH_AFTER_UPLOAD",
+        "AS2_FAULT_CRASH_AFTER_PUBLISH",
+    ));
+    gateway.edge_b.wait_for(gateway.b_addr);
+    assert!(send_once(&client, &url_b, resent).await.is_none());
+    wait_until_b_exits(&mut gateway.edge_b);
+    let stale = document_objects(objects.path());
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    gateway.edge_a.restart(&store);
+    gateway.edge_a.wait_for(gateway.a_addr);
+    let sent = send_until_processed(&client, &url_a, resent, Duration::from_secs(2)).await;
+    assert!(!sent.gave_up);
+    let after_resend = document_objects(objects.path());
+    assert_eq!(after_resend.len(), 1, "{after_resend:?}");
+    assert_ne!(after_resend, stale, "the dead attempt's object is gone");
+
+    // Edge "b" dies right after making the first document visible (before arming its
+    // claim), then, restarted, right after the broker acknowledged the second.
+    for (fault_point, other, message) in [
+        (
+            "AS2_FAULT_CRASH_AFTER_UPLOAD",
+            "AS2_FAULT_CRASH_AFTER_PUBLISH",
+            unpublished,
+        ),
+        (
+            "AS2_FAULT_CRASH_AFTER_PUBLISH",
+            "AS2_FAULT_CRASH_AFTER_UPLOAD",
+            published,
+        ),
+    ] {
+        gateway.edge_b.restart(&crash_b_at(fault_point, other));
+        gateway.edge_b.wait_for(gateway.b_addr);
+        assert!(send_once(&client, &url_b, message).await.is_none());
+        wait_until_b_exits(&mut gateway.edge_b);
+    }
+    let left: Vec<String> = document_objects(objects.path())
+        .into_iter()
+        .filter(|object| !after_resend.contains(object))
+        .collect();
+    assert_eq!(left.len(), 2, "both uploads completed: {left:?}");
+    let records =
+        as2_testkit::kafka::consume(&gateway.bootstrap_servers, TOPIC, 2, Duration::from_secs(3))
+            .await;
+    assert_eq!(
+        records.len(),
+        2,
+        "the resent one and the second were published"
+    );
+    let referenced = records
+        .iter()
+        .find(|record| {
+            bare(record.header("as2-message-id").unwrap_or_default()) == published.message_id
+        })
+        .and_then(|record| record.header("as2-document-key"))
+        .unwrap()
+        .to_owned();
+    assert!(left.contains(&referenced), "{referenced} in {left:?}");
+
+    // No resend comes. Edge "a" sweeps every second, every entry however recent: it
+    // deletes the object no record references and keeps the published one.
+    let mut env = store.to_vec();
+    env.extend([
+        ("AS2_ORPHAN_SWEEP_INTERVAL_SECS", "1".to_owned()),
+        ("AS2_ORPHAN_SWEEP_AFTER_SECS", "0".to_owned()),
+    ]);
+    gateway.edge_a.restart(&env);
+    gateway.edge_a.wait_for(gateway.a_addr);
+    let settled = async {
+        while gateway
+            .edge_a
+            .log()
+            .matches("pending object settled")
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), settled)
+        .await
+        .unwrap_or_else(|_| panic!("the sweep settled both: {}", gateway.edge_a.log()));
+    let mut expected = vec![referenced.clone(), after_resend[0].clone()];
+    expected.sort();
+    assert_eq!(document_objects(objects.path()), expected);
+    let log = gateway.edge_a.log();
+    for (message, outcome) in [(unpublished, "deleted"), (published, "kept")] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("pending object settled")
+                    && line.contains(&message.message_id)
+                    && line.contains(outcome)),
+            "{} {outcome}: {log}",
+            message.message_id
+        );
+    }
+
+    // The partner's resends come later: the first is published afresh, the second is
+    // found; each is in the topic once and its record references an object that exists.
+    for message in [unpublished, published] {
+        let sent = send_until_processed(&client, &url_a, message, Duration::from_secs(2)).await;
+        assert!(!sent.gave_up, "{}", message.message_id);
+    }
+    let records =
+        as2_testkit::kafka::consume(&gateway.bootstrap_servers, TOPIC, 3, Duration::from_secs(3))
+            .await;
+    let count = |message: &Prepared| {
+        records
+            .iter()
+            .filter(|record| {
+                bare(record.header("as2-message-id").unwrap_or_default()) == message.message_id
+            })
+            .count()
+    };
+    assert_eq!(
+        (
+            records.len(),
+            count(unpublished),
+            count(published),
+            count(resent)
+        ),
+        (3, 1, 1, 1)
+    );
+    let left = document_objects(objects.path());
+    for record in &records {
+        let key = record.header("as2-document-key").unwrap();
+        assert!(left.iter().any(|object| object == key), "{key} in {left:?}");
+    }
+    assert_eq!(left.len(), 3, "{left:?}");
 }
 
 type Client = hyper_util::client::legacy::Client<
