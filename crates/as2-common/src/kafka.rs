@@ -57,6 +57,18 @@ pub struct KafkaConfig {
     )]
     pub publish_timeout_ms: Option<u64>,
 
+    /// The longest a broker may hold a produce request it has received before appending
+    /// it, in milliseconds. The edge's and the sender's exactly-once bookkeeping counts a
+    /// record as possibly landing until the publish timeout, the 1 s from arming to
+    /// producing, and this have passed; a broker that appends a request later than that
+    /// can duplicate a document. Unset: 10000, longer than KRaft's default broker session
+    /// timeout (9 s), past which a paused partition leader is fenced (with a replication
+    /// factor of at least 2, `acks=all` and `min.insync.replicas` of at least 2, what it
+    /// appends after that is never committed). A single broker has no such bound: set the
+    /// longest pause it may have.
+    #[arg(long = "kafka-broker-pause-ms", env = "AS2_KAFKA_BROKER_PAUSE_MS")]
+    pub broker_pause_ms: Option<u64>,
+
     /// Largest record a producer sends, in bytes (librdkafka's `message.max.bytes`);
     /// brokers and topics must accept records this large. Unset: 16777216 (16 MiB).
     #[arg(long = "kafka-max-record-bytes", env = "AS2_KAFKA_MAX_RECORD_BYTES")]
@@ -76,6 +88,8 @@ pub struct KafkaConfig {
 
 /// The brokers used when none are configured (the edge and the sender).
 pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
+/// The broker pause covered when none is configured ([`KafkaConfig::broker_pause_ms`]).
+pub const DEFAULT_BROKER_PAUSE: Duration = Duration::from_secs(10);
 /// The largest record sent when no limit is configured.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
@@ -106,6 +120,12 @@ impl KafkaConfig {
     pub fn publish_timeout_or(&self, default: Duration) -> Duration {
         self.publish_timeout_ms
             .map_or(default, Duration::from_millis)
+    }
+
+    /// The configured broker pause, or [`DEFAULT_BROKER_PAUSE`].
+    pub fn broker_pause(&self) -> Duration {
+        self.broker_pause_ms
+            .map_or(DEFAULT_BROKER_PAUSE, Duration::from_millis)
     }
 
     /// The configured record size limit, or [`DEFAULT_MAX_RECORD_BYTES`].
@@ -286,6 +306,7 @@ struct Inner {
     client: ClientConfig,
     client_id: &'static str,
     publish_timeout: Duration,
+    broker_pause: Duration,
     current: RwLock<Generation>,
 }
 
@@ -323,6 +344,7 @@ impl IdempotentProducer {
                 client,
                 client_id: settings.client_id,
                 publish_timeout,
+                broker_pause: config.broker_pause(),
                 current: RwLock::new(Generation {
                     number: 0,
                     producer,
@@ -334,6 +356,12 @@ impl IdempotentProducer {
     /// The publish timeout in force.
     pub fn publish_timeout(&self) -> Duration {
         self.inner.publish_timeout
+    }
+
+    /// How long after an attempt was armed its record may still land
+    /// ([`placement::publish_window`] of this producer's timeout and broker pause).
+    pub fn publish_window(&self) -> Duration {
+        placement::publish_window(self.inner.publish_timeout, self.inner.broker_pause)
     }
 
     /// How many times the producer has been replaced.

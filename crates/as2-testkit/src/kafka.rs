@@ -19,6 +19,9 @@ pub struct ConsumedRecord {
     pub partition: i32,
     /// The record's offset in its partition.
     pub offset: i64,
+    /// The record's timestamp (milliseconds since the epoch; the producer's create time
+    /// unless the topic stamps append times), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl ConsumedRecord {
@@ -74,6 +77,7 @@ pub async fn consume(
             Ok(Ok(message)) => records.push(ConsumedRecord {
                 partition: message.partition(),
                 offset: message.offset(),
+                timestamp: message.timestamp().to_millis(),
                 key: message.key().map(<[u8]>::to_vec),
                 headers: message
                     .headers()

@@ -242,6 +242,7 @@ AS2_MESSAGE_ID_DOMAIN: {{ $settings.messageIdDomain | quote }}
 AS2_RETRY_AFTER_SECS: {{ $settings.retryAfterSecs | int64 | quote }}
 {{- end }}
 {{- if has $component (list "edge" "sender") }}
+AS2_KAFKA_BROKER_PAUSE_MS: {{ $values.kafka.brokerPauseMs | int64 | quote }}
 {{- with $values.objectStore }}
 {{- if .url }}
 AS2_OBJECT_STORE_URL: {{ .url | quote }}

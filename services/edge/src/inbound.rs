@@ -1118,7 +1118,7 @@ impl InboundProcessor {
         // record is handed to the producer at once, well within the window.
         let arming = Instant::now();
         let armed = self.dedup.arm(&claim, &attempt).await;
-        let in_time = arming.elapsed() < crate::server::PUBLISH_WINDOW_MARGIN / 2;
+        let in_time = arming.elapsed() < as2_common::kafka::placement::PRODUCE_DEADLINE;
         match armed {
             Ok(true) if in_time => {}
             Ok(true) => {
@@ -1227,9 +1227,20 @@ impl InboundProcessor {
             Search::Found(record) => return Ok(Some(record)),
             Search::Absent { end } => end,
         };
+        let absent = |end: i64| {
+            // Rare (a takeover after a crash or a timeout), and what a duplicate would
+            // have to be explained by.
+            tracing::info!(
+                partition = attempt.partition,
+                from = attempt.scan_from,
+                end,
+                "an earlier attempt's record is not in its partition"
+            );
+            Ok(None)
+        };
         let left = earlier.window_left.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return Ok(None);
+            return absent(end);
         }
         tracing::info!(
             wait_ms = left.as_millis(),
@@ -1243,7 +1254,7 @@ impl InboundProcessor {
             .map_err(unavailable)?
         {
             Search::Found(record) => Ok(Some(record)),
-            Search::Absent { .. } => Ok(None),
+            Search::Absent { end } => absent(end),
         }
     }
 

@@ -81,6 +81,12 @@ impl DocumentPublisher {
         self.producer.producer().publish_timeout()
     }
 
+    /// How long after arming a record can still land
+    /// ([`as2_common::kafka::placement::publish_window`]).
+    pub fn publish_window(&self) -> Duration {
+        self.producer.producer().publish_window()
+    }
+
     /// How many times the producer has been replaced after its state broke.
     pub fn generation(&self) -> u64 {
         self.producer.producer().generation()

@@ -150,7 +150,7 @@ impl EdgeServer {
                 &state,
                 DedupTimes {
                     lease: Duration::from_millis(inbound.dedup_lease_ms.max(1)),
-                    publish_window: publisher.publish_timeout() + PUBLISH_WINDOW_MARGIN,
+                    publish_window: publisher.publish_window(),
                     retention: Duration::from_secs(inbound.dedup_retention_secs),
                 },
             ),
@@ -263,12 +263,6 @@ fn dedup_store(state: &StateBackend, times: DedupTimes) -> DedupStore {
         StateBackend::InMemory { namespace } => DedupStore::in_memory(namespace.clone(), times),
     }
 }
-
-/// How much longer than the producer's delivery timeout a record may still land after
-/// its claim was armed: the time from arming to handing the record to the producer is
-/// held under half of it ([`crate::inbound`]), the rest covers the broker's handling of
-/// the last request.
-pub const PUBLISH_WINDOW_MARGIN: Duration = Duration::from_secs(2);
 
 /// Binds and serves until `shutdown` completes.
 pub async fn run(

@@ -639,6 +639,7 @@ impl OutboundSender {
                     return;
                 }
             };
+            let arming = std::time::Instant::now();
             let arm = self
                 .store
                 .arm_receipt(
@@ -683,6 +684,17 @@ impl OutboundSender {
                         return;
                     }
                 },
+                Ok(ReceiptArm::Armed)
+                    if arming.elapsed() >= as2_common::kafka::placement::PRODUCE_DEADLINE =>
+                {
+                    // The window counts from arming: a record produced later could land
+                    // after it. Once the window has passed, a search and a new arming.
+                    tracing::warn!(
+                        message_id,
+                        "arming the receipt took too long; the sweeper tries again"
+                    );
+                    return;
+                }
                 Ok(ReceiptArm::Armed) => {
                     match self.receipts.publish(&record, placement.partition).await {
                         Ok(()) => {

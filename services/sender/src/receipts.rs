@@ -158,10 +158,6 @@ pub struct ReceiptPublisher {
     topic: Arc<str>,
 }
 
-/// How long after the producer's timeout an attempt is still counted as possibly
-/// landing (the broker may append a request it received just before the timeout).
-pub const PUBLISH_WINDOW_MARGIN: Duration = Duration::from_secs(2);
-
 impl ReceiptPublisher {
     /// Creates the producer; connecting happens in the background.
     pub fn new(config: &SenderKafkaConfig) -> Result<Self, KafkaError> {
@@ -185,10 +181,10 @@ impl ReceiptPublisher {
         })
     }
 
-    /// How long a receipt handed to the producer may still land: its timeout and
-    /// [`PUBLISH_WINDOW_MARGIN`].
+    /// How long after arming a receipt may still land
+    /// ([`as2_common::kafka::placement::publish_window`]).
     pub fn publish_window(&self) -> Duration {
-        self.producer.producer().publish_timeout() + PUBLISH_WINDOW_MARGIN
+        self.producer.producer().publish_window()
     }
 
     /// Where the receipt of `record` goes (keyed by its partnership).

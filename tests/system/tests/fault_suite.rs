@@ -69,6 +69,15 @@ fn random_in(range: std::ops::Range<u64>) -> u64 {
     range.start + u64::from(as2_testkit::random_u32()) % (range.end - range.start)
 }
 
+/// Prints a fault with the time (seconds since the epoch), to be read beside the
+/// services' logs when a run fails.
+fn log_fault(what: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    println!("fault at {:.3}: {what}", now.as_secs_f64());
+}
+
 /// Sends SIGSTOP or SIGCONT.
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
@@ -385,6 +394,7 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
             while !done.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(random_in(1_500..3_500))).await;
                 if edge_b.has_exited() {
+                    log_fault("edge b crashed at its fault point; restarting it");
                     faults.fault_point_crashes.fetch_add(1, Ordering::SeqCst);
                     edge_b.restart(&[crash_after()]);
                     edge_b.wait_for(b_addr);
@@ -396,6 +406,7 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
                 match round % 5 {
                     // Edge "a" dies at a random moment and comes back.
                     0 | 2 => {
+                        log_fault("killing edge a");
                         edge_a.kill();
                         faults.edge_kills.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -405,19 +416,24 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
                     // The broker stops answering for 3 s.
                     1 => {
                         let pid = broker.lock().await.pid().unwrap();
+                        log_fault("stopping the broker");
                         signal(pid, "STOP");
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         signal(pid, "CONT");
+                        log_fault("the broker goes on");
                         faults.broker_stalls.fetch_add(1, Ordering::SeqCst);
                     }
                     // The broker is killed and restarted on its storage.
                     3 if !memory_broker() => {
+                        log_fault("restarting the broker");
                         broker.lock().await.restart();
                         faults.broker_restarts.fetch_add(1, Ordering::SeqCst);
                     }
                     // Redis is killed and restarted from its append-only file.
                     _ => {
+                        log_fault("restarting redis");
                         redis.lock().await.restart();
+                        log_fault("redis is back");
                         faults.redis_restarts.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -479,6 +495,13 @@ async fn no_document_is_lost_or_duplicated_while_edges_crash_and_the_broker_and_
     let mut recoveries: Vec<Duration> = outcomes.iter().filter_map(|sent| sent.recovery).collect();
     recoveries.sort();
     let logs = format!("{}{}", edge_a.log(), edge_b.log());
+    // A soak keeps the edges' logs for reading afterwards.
+    if let Some(dir) = std::env::var_os("AS2_FAULT_SUITE_LOG_DIR") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("edge-a.log"), edge_a.log()).unwrap();
+        std::fs::write(dir.join("edge-b.log"), edge_b.log()).unwrap();
+    }
     let recovered = logs
         .matches("an earlier attempt published this message")
         .count();
@@ -1387,10 +1410,12 @@ fn doubled_report(
         .filter(|record| names(record.header("as2-message-id").unwrap_or_default()))
         .map(|record| {
             format!(
-                "{} at {}/{}",
+                "{} at {}/{}, created {:?} ms, received at {}",
                 record.header("as2-message-id").unwrap_or_default(),
                 record.partition,
-                record.offset
+                record.offset,
+                record.timestamp,
+                record.header("as2-received-at").unwrap_or_default(),
             )
         })
         .collect();

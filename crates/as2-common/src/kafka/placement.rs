@@ -25,6 +25,21 @@ use super::{IdempotentProducer, PublishError, Record, StoredRecord, partition_fo
 /// from the broker again.
 pub const WATERMARK_MAX_AGE: Duration = Duration::from_secs(2);
 
+/// The longest time from arming an attempt to handing its record to the producer: a
+/// writer that took longer does not produce (it answers as for a failure whose outcome
+/// is unknown).
+pub const PRODUCE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long after an attempt was armed its record can still land: the record is handed
+/// to the producer within [`PRODUCE_DEADLINE`], librdkafka sends it (or sends it again)
+/// until its delivery timeout (`publish_timeout`, `message.timeout.ms`), and the broker
+/// may hold a request it has received for up to `broker_pause` before appending it
+/// ([`super::KafkaConfig::broker_pause_ms`]). A search that finds nothing after this
+/// proves the record absent.
+pub fn publish_window(publish_timeout: Duration, broker_pause: Duration) -> Duration {
+    PRODUCE_DEADLINE + publish_timeout + broker_pause
+}
+
 /// How long a topic's partition count is trusted before it is read again.
 const PARTITION_COUNT_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -213,10 +228,30 @@ fn search_partition(
     let (low, high) = match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
         Ok(watermarks) => watermarks,
         // No such partition (a broker that lost its data, a deleted topic): no record can
-        // be in it.
-        Err(error) if no_such_partition(&error) => return Ok(Search::Absent { end: 0 }),
+        // be in it. Only the cluster's metadata shows that: an error alone proves nothing
+        // (a client that has no metadata yet, a broker that has just come back).
+        Err(error) if no_such_partition(&error) => {
+            if partition_exists(&consumer, topic, partition)? {
+                return Err(error);
+            }
+            tracing::warn!(
+                topic,
+                partition,
+                "the partition a record was placed in does not exist: nothing can be found in it"
+            );
+            return Ok(Search::Absent { end: 0 });
+        }
         Err(error) => return Err(error),
     };
+    if low > from {
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            low,
+            "the partition no longer holds the offsets a search starts from"
+        );
+    }
     let start = from.max(low);
     if start >= high {
         return Ok(Search::Absent { end: high });
@@ -250,6 +285,27 @@ fn search_partition(
     // Unassigned before it is dropped, so that no fetch is left pending.
     let _ = consumer.unassign();
     Ok(found.map_or(Search::Absent { end: high }, Search::Found))
+}
+
+/// Whether the cluster's metadata lists `partition` of `topic`; an error when the
+/// metadata cannot be read.
+fn partition_exists(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<bool, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let Some(found) = metadata.topics().iter().find(|found| found.name() == topic) else {
+        return Ok(false);
+    };
+    match found.error() {
+        None => Ok(found
+            .partitions()
+            .iter()
+            .any(|listed| listed.id() == partition)),
+        Some(error) if no_such_partition(&KafkaError::MetadataFetch(error.into())) => Ok(false),
+        Some(error) => Err(KafkaError::MetadataFetch(error.into())),
+    }
 }
 
 /// Whether `error` says the partition does not exist.
