@@ -135,11 +135,7 @@ pub(crate) fn open_content_key(
         .next()
         .ok_or_else(|| As2Error::DecryptionFailed("no RSA key-transport recipient".into()))?;
     // Computed whether or not it is needed.
-    let substitute = substitute_key(
-        &first_identity.key,
-        &first_recipient.encrypted_key,
-        key_length,
-    )?;
+    let substitute = substitute_key(first_identity, &first_recipient.encrypted_key, key_length)?;
     let mut opened: Option<OpenedKey> = None;
     let mut reason = "the content-encryption key does not decrypt with our keys";
     for (identity_index, identity) in identities.iter().enumerate() {
@@ -171,12 +167,8 @@ pub(crate) fn open_content_key(
 /// The key used in place of a content-encryption key that did not open (see
 /// [`open_content_key`]): an HMAC, keyed by a digest of our private key, over the
 /// wrapped key; unpredictable without our key, the same for the same message.
-fn substitute_key<K: HasPrivate>(
-    key: &PKeyRef<K>,
-    wrapped: &[u8],
-    length: usize,
-) -> Result<Vec<u8>> {
-    let secret = openssl::hash::hash(MessageDigest::sha512(), &key.private_key_to_der()?)?;
+fn substitute_key(identity: &Identity, wrapped: &[u8], length: usize) -> Result<Vec<u8>> {
+    let secret = key_secret(identity)?;
     let hmac_key = PKey::hmac(&secret)?;
     let mut signer = Signer::new(MessageDigest::sha512(), &hmac_key)?;
     signer.update(b"as2 substitute content-encryption key (RFC 3218 2.3)")?;
@@ -190,6 +182,38 @@ fn substitute_key<K: HasPrivate>(
     substitute.truncate(length);
     Ok(substitute)
 }
+
+/// The SHA-512 of `identity`'s private key (DER), the HMAC key of [`substitute_key`].
+///
+/// Kept per certificate, at most [`KEY_SECRETS`] of them: encoding a private key goes
+/// through OpenSSL 3's encoder lookup (providers searched under locks), which cost about
+/// 3% of the edge's CPU when done for every message.
+fn key_secret(identity: &Identity) -> Result<[u8; 64]> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static SECRETS: OnceLock<Mutex<HashMap<[u8; 32], [u8; 64]>>> = OnceLock::new();
+    let certificate = openssl::sha::sha256(&identity.certificate.to_der()?);
+    let secrets = SECRETS.get_or_init(Mutex::default);
+    if let Some(secret) = secrets
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&certificate)
+    {
+        return Ok(*secret);
+    }
+    let digest = openssl::hash::hash(MessageDigest::sha512(), &identity.key.private_key_to_der()?)?;
+    let mut secret = [0_u8; 64];
+    secret.copy_from_slice(&digest);
+    let mut secrets = secrets.lock().unwrap_or_else(PoisonError::into_inner);
+    if secrets.len() >= KEY_SECRETS {
+        secrets.clear();
+    }
+    secrets.insert(certificate, secret);
+    Ok(secret)
+}
+
+/// Identities whose [`key_secret`] is kept.
+const KEY_SECRETS: usize = 64;
 
 fn parse_recipients<'a>(set: &Element<'a>) -> Result<Vec<RecipientInfo<'a>>> {
     let mut recipients = Vec::new();
