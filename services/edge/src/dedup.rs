@@ -736,6 +736,22 @@ impl DedupStore {
         Ok(pending)
     }
 
+    /// Removes the registry entry of `object`, an object of `message` that was deleted
+    /// (best effort: an entry left behind is settled by the sweep).
+    pub async fn forget_object(
+        &self,
+        message: &MessageKey<'_>,
+        object: &str,
+    ) -> Result<(), DedupError> {
+        self.forget_pending(&PendingObject {
+            as2_from: message.as2_from.to_owned(),
+            as2_to: message.as2_to.to_owned(),
+            message_id: message.message_id.to_owned(),
+            object: object.to_owned(),
+        })
+        .await
+    }
+
     /// Removes `pending` from the registry.
     pub async fn forget_pending(&self, pending: &PendingObject) -> Result<(), DedupError> {
         self.forget_member(&pending.member()?).await

@@ -983,7 +983,7 @@ impl InboundProcessor {
         // An earlier holder that made its document visible and died before arming never
         // published: nothing references that object.
         if let Some(stale) = claim.take_stale_object() {
-            crate::document::delete_object(&self.documents, &stale).await;
+            self.delete_unreferenced(&message_key, &stale).await;
         }
 
         // Everything that can fail for reasons of ours is settled before the publish,
@@ -1025,7 +1025,7 @@ impl InboundProcessor {
                 }
                 Ok(None) => {
                     if let Some(object) = &earlier.attempt.object {
-                        crate::document::delete_object(&self.documents, object).await;
+                        self.delete_unreferenced(&message_key, object).await;
                     }
                     claim.earlier_absent();
                 }
@@ -1297,6 +1297,15 @@ impl InboundProcessor {
             }
         }
         Ok(Handled::new(replay.answer, Outcome::Duplicate))
+    }
+
+    /// Deletes `object`, an earlier attempt's document that no record references, and its
+    /// entry in the registry of pending objects.
+    async fn delete_unreferenced(&self, message_key: &MessageKey<'_>, object: &str) {
+        crate::document::delete_object(&self.documents, object).await;
+        if let Err(error) = self.dedup.forget_object(message_key, object).await {
+            tracing::warn!(%error, "could not forget a deleted object; the orphan sweep will");
+        }
     }
 
     async fn remember(&self, claim: ClaimToken, receipt: &StoredReceipt) {
