@@ -10,7 +10,9 @@ use as2_common::config::RedisConfig;
 use as2_common::redis::acl::SERVICE_USERS;
 use as2_common::redis::{KeyGroup, KeyNamespace, Redis};
 use as2_common::runtime::ServiceHandle;
-use as2_edge::dedup::{Claim, DedupStore, DedupTimes, MessageKey, PublishAttempt, StoredReceipt};
+use as2_edge::dedup::{
+    Claim, DedupStore, DedupTimes, Inspection, MessageKey, PublishAttempt, StoredReceipt,
+};
 use as2_rpc::mdn::v1::mdn_delivery_service_client::MdnDeliveryServiceClient;
 use as2_rpc::mdn::v1::{
     DeliveryState, EnqueueMdnDeliveryRequest, GetDeliveryStatusRequest, HeaderField, PreparedMdn,
@@ -103,15 +105,30 @@ async fn the_edge_user_keeps_its_dedup_records_and_cannot_write_a_partnership() 
         as2_to: "us",
         message_id: "<acl@acme.example>",
     };
-    let Claim::Claimed(token) = store.claim(&message).await.unwrap() else {
+    let Claim::Claimed(mut token) = store.claim(&message).await.unwrap() else {
         panic!("a new message is claimed");
     };
-    // Every script of the claim protocol runs under the edge's user.
+    // Every script of the claim protocol runs under the edge's user, and so does the
+    // registry of pending objects the orphan sweep reads.
+    assert!(
+        store
+            .note_object(&mut token, &message, "documents/acl")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .pending_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let attempt = PublishAttempt {
         topic: "documents".to_owned(),
         partition: 0,
         scan_from: 0,
-        object: None,
+        object: Some("documents/acl".to_owned()),
     };
     assert!(store.arm(&token, &attempt).await.unwrap());
     store.abandon(token).await.unwrap();
@@ -131,6 +148,23 @@ async fn the_edge_user_keeps_its_dedup_records_and_cannot_write_a_partnership() 
     store.complete(token, &receipt).await.unwrap();
     assert!(
         matches!(store.claim(&message).await.unwrap(), Claim::Done(stored) if stored == receipt)
+    );
+    assert_eq!(
+        store.inspect(&message).await.unwrap(),
+        Inspection::Done {
+            object: Some("documents/acl".to_owned())
+        }
+    );
+    store
+        .forget_object(&message, "documents/acl")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 
     let partnership = KeyGroup::Partnerships.key(&namespace, ":acme");
