@@ -1,5 +1,6 @@
 //! What every service of the AS2 gateway shares.
 //!
+//! - [`clock`]: the wall clock in Unix milliseconds, as the services store times.
 //! - [`config`]: clap argument blocks that each service flattens into its own
 //!   configuration; every flag is also an `AS2_*` environment variable and
 //!   parsing has no side effects.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod grpc;

@@ -249,6 +249,16 @@ pub struct PendingObject {
 }
 
 impl PendingObject {
+    /// The entry of `object`, a document of `message`.
+    pub fn new(message: &MessageKey<'_>, object: &str) -> Self {
+        Self {
+            as2_from: message.as2_from.to_owned(),
+            as2_to: message.as2_to.to_owned(),
+            message_id: message.message_id.to_owned(),
+            object: object.to_owned(),
+        }
+    }
+
     /// The message it belongs to.
     pub fn message(&self) -> MessageKey<'_> {
         MessageKey {
@@ -639,14 +649,11 @@ impl DedupStore {
         if claim.lost() {
             return Ok(false);
         }
-        let pending = PendingObject {
-            as2_from: message.as2_from.to_owned(),
-            as2_to: message.as2_to.to_owned(),
-            message_id: message.message_id.to_owned(),
-            object: object.to_owned(),
-        };
+        let pending = PendingObject::new(message, object);
         let member = pending.member()?;
-        let registered = epoch_millis();
+        // This machine's clock: replicas' clocks only shift when the sweep first looks at
+        // the entry; what it then does depends on the claim, on Redis's clock.
+        let registered = as2_common::clock::unix_millis();
         let noted = match &self.backend {
             Backend::Memory(records) => {
                 let mut records = lock(records);
@@ -693,12 +700,12 @@ impl DedupStore {
         age: Duration,
         limit: usize,
     ) -> Result<Vec<PendingObject>, DedupError> {
-        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-        let before = epoch_millis().saturating_sub(age);
+        let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let before = as2_common::clock::unix_millis().saturating_sub(age);
         let members: Vec<String> = match &self.backend {
             Backend::Memory(records) => {
                 let records = lock(records);
-                let mut due: Vec<(u64, &String)> = records
+                let mut due: Vec<(i64, &String)> = records
                     .pending
                     .iter()
                     .filter(|(_, registered)| **registered <= before)
@@ -743,13 +750,8 @@ impl DedupStore {
         message: &MessageKey<'_>,
         object: &str,
     ) -> Result<(), DedupError> {
-        self.forget_pending(&PendingObject {
-            as2_from: message.as2_from.to_owned(),
-            as2_to: message.as2_to.to_owned(),
-            message_id: message.message_id.to_owned(),
-            object: object.to_owned(),
-        })
-        .await
+        self.forget_pending(&PendingObject::new(message, object))
+            .await
     }
 
     /// Removes `pending` from the registry.
@@ -776,26 +778,29 @@ impl DedupStore {
     /// What the claim of `message` says, without changing it.
     pub async fn inspect(&self, message: &MessageKey<'_>) -> Result<Inspection, DedupError> {
         let key = self.key(message);
-        let (state, object): (Option<String>, Option<String>) = match &self.backend {
+        let connection = match &self.backend {
             Backend::Memory(records) => {
                 let mut records = lock(records);
                 let now = Instant::now();
                 records.purge_expired(now);
-                match records.live_mut(&key, now).map(|record| &record.state) {
-                    None => (None, None),
-                    Some(MemoryState::InFlight(_)) => (Some("in_flight".to_owned()), None),
-                    Some(MemoryState::Done(_, object)) => (Some("done".to_owned()), object.clone()),
-                }
+                return Ok(
+                    match records.live_mut(&key, now).map(|record| &record.state) {
+                        None => Inspection::Absent,
+                        Some(MemoryState::InFlight(_)) => Inspection::InFlight,
+                        Some(MemoryState::Done(_, object)) => Inspection::Done {
+                            object: object.clone(),
+                        },
+                    },
+                );
             }
-            Backend::Redis { connection, .. } => {
-                redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("state")
-                    .arg("object")
-                    .query_async(&mut connection.clone())
-                    .await?
-            }
+            Backend::Redis { connection, .. } => connection,
         };
+        let (state, object): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("state")
+            .arg("object")
+            .query_async(&mut connection.clone())
+            .await?;
         Ok(match state.as_deref() {
             None => Inspection::Absent,
             Some("done") => Inspection::Done {
@@ -1018,7 +1023,7 @@ struct MemoryRecords {
     retention_deadlines: VecDeque<(Instant, String)>,
     /// The registry of pending objects: member to registration time (milliseconds since
     /// the epoch).
-    pending: HashMap<String, u64>,
+    pending: HashMap<String, i64>,
 }
 
 /// One message's record; it counts as absent from `expires_at` on, like a Redis key past
@@ -1250,16 +1255,6 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
 /// changes, so a poisoned lock is still consistent.
 fn lock(records: &Mutex<MemoryRecords>) -> MutexGuard<'_, MemoryRecords> {
     records.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// This machine's clock in milliseconds since the epoch: registration times of pending
-/// objects (replicas' clocks only shift when the sweep first looks at an entry; what it
-/// then does depends on the claim, on Redis's clock).
-fn epoch_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -15,7 +15,7 @@
 //! but before the outcome was recorded leaves the job to be delivered again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use as2_partner::https::HttpsSettings;
 use as2_rpc::mdn::v1::DeliveryState;
@@ -46,13 +46,7 @@ const CONSUMER_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
 const CONSUMER_FORGET_IDLE_MS: u64 = 3_600_000;
 
 /// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
+pub use as2_common::clock::unix_millis as now_ms;
 
 /// What the workers of a replica use.
 pub struct Deliverer {

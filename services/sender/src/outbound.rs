@@ -42,12 +42,7 @@ use as2_common::kafka::placement::Search;
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(1);
 
 /// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use as2_common::clock::unix_millis as now_ms;
 
 /// The sender stopped before the record's outcome was recorded; it is sent again
 /// (under the same Message-ID) by whoever consumes the record next.
